@@ -1,0 +1,219 @@
+"""Socket authentication, the Origin check and revocation.
+
+* :func:`StreamingAuthMiddlewareStack` wraps the WebSocket router: Origin check,
+  Django session cookie, and DRF token (``Authorization: Token <key>``) in the
+  handshake. Tokens in the URL are not read (they end up in logs).
+* :class:`OriginValidator` refuses browser handshakes from foreign origins, reading
+  settings per handshake. A handshake without ``Origin`` (non-browser) goes on.
+* :func:`revoke` closes every live socket of a user in the whole cluster (4401).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from channels.auth import get_user
+from channels.db import database_sync_to_async
+from channels.middleware import BaseMiddleware
+from channels.sessions import CookieMiddleware, SessionMiddleware
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
+
+from .serialization import SerializableEntity
+
+logger = logging.getLogger("streaming.auth")
+
+#: Scope key set to True when the handshake carried credentials that do not work.
+AUTH_FAILED_KEY = "streaming.auth_failed"
+TOKEN_KEYWORD = "Token"
+
+
+class RevokedAuthentication(SerializableEntity):
+    """Internal bus message: close every socket of ``user_id`` with 4401."""
+
+    class_name = "streaming.RevokedAuthentication"
+    user_id: int
+
+
+def revocation_channel(user_id: int) -> str:
+    return f"streaming.revoked.{user_id}"
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            try:
+                return value.decode("latin-1")
+            except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
+                return None
+    return None
+
+
+@database_sync_to_async
+def _user_for_token(key: str) -> Any | None:
+    from rest_framework.authtoken.models import Token
+
+    try:
+        token = Token.objects.select_related("user").get(key=key)
+    except (Token.DoesNotExist, ValueError):
+        return None
+    return token.user if token.user.is_active else None
+
+
+async def user_for_key(key: Any) -> Any | None:
+    """The active user for an ``Authorization`` value (``"Token <key>"``), else None."""
+    if not isinstance(key, str):
+        return None
+    keyword, _, token = key.strip().partition(" ")
+    token = token.strip()
+    if keyword != TOKEN_KEYWORD or not token or " " in token or len(token) > 256:
+        return None
+    return await _user_for_token(token)
+
+
+class StreamingAuthMiddleware(BaseMiddleware):
+    """Sets ``scope["user"]``: token user, else session user, else AnonymousUser.
+
+    A handshake whose ``Authorization`` header does not resolve to an active user
+    gets ``scope[AUTH_FAILED_KEY] = True``: the consumer accepts it, then closes it
+    with 4401 so that the client knows to stop retrying with those credentials.
+    """
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        scope = dict(scope)
+        header = _header(scope, b"authorization")
+        if header is not None:
+            user = await user_for_key(header)
+            if user is None:
+                scope[AUTH_FAILED_KEY] = True
+                user = AnonymousUser()
+        elif "session" in scope:
+            user = await get_user(scope)
+        else:
+            user = AnonymousUser()
+        scope["user"] = user
+        return await super().__call__(scope, receive, send)
+
+
+def _default_port(scheme: str) -> int:
+    return 443 if scheme == "https" else 80
+
+
+def _normalise(origin: str) -> tuple[str, str, int] | None:
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname.lower(), port or _default_port(parts.scheme)
+
+
+def _request_scheme(scope: dict[str, Any]) -> str:
+    proxy_header = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    if proxy_header:
+        name, expected = proxy_header
+        # Django names it HTTP_X_FORWARDED_PROTO; the ASGI header is x-forwarded-proto.
+        header = name.lower().removeprefix("http_").replace("_", "-").encode()
+        if _header(scope, header) == expected:
+            return "https"
+    return "https" if scope.get("scheme") in ("wss", "https") else "http"
+
+
+def origin_allowed(scope: dict[str, Any]) -> bool:
+    """True when the handshake has no Origin, or one of the request's own or trusted."""
+    origin = _header(scope, b"origin")
+    if origin is None:
+        return True  # not a browser: authentication decides
+    wanted = _normalise(origin)
+    if wanted is None:
+        return False
+    host = _header(scope, b"host")
+    if host:
+        scheme = _request_scheme(scope)
+        own = _normalise(f"{scheme}://{host}")
+        if own is not None and own == wanted:
+            return True
+    for trusted in getattr(settings, "CSRF_TRUSTED_ORIGINS", ()):
+        if "*" in trusted:
+            scheme, _, rest = trusted.partition("://")
+            suffix = rest.removeprefix("*")  # "*.example.com" -> ".example.com"
+            host_part = _normalise(f"{scheme}://x{suffix}")
+            if (
+                host_part is not None
+                and wanted[0] == scheme
+                and wanted[1].endswith(suffix.split(":")[0].lower())
+                and wanted[2] == host_part[2]
+            ):
+                return True
+        elif _normalise(trusted) == wanted:
+            return True
+    return False
+
+
+class OriginValidator:
+    """Refuses (HTTP 403) WebSocket handshakes from foreign browser origins.
+
+    Unlike channels' ``AllowedHostsOriginValidator`` it reads settings per
+    handshake, lets Origin-less (non-browser) clients through, and is not widened
+    by ``ALLOWED_HOSTS = ["*"]``: the session cookie would otherwise let any site
+    drive a signed-in user's socket.
+    """
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if scope["type"] == "websocket" and not origin_allowed(scope):
+            logger.info("refused WebSocket handshake from origin %r", _header(scope, b"origin"))
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 4403})
+            return None
+        return await self.application(scope, receive, send)
+
+
+def StreamingAuthMiddlewareStack(inner: Any) -> Any:  # noqa: N802 - channels' naming
+    """Origin check, session cookie, DRF token: what ``/websocket/`` needs in front of it."""
+    return OriginValidator(CookieMiddleware(SessionMiddleware(StreamingAuthMiddleware(inner))))
+
+
+async def revoke(user_id: int) -> None:
+    """Close every live socket of ``user_id`` in the cluster with 4401.
+
+    Published through the message bus: every server closes its own sockets of that
+    user. Raises ``MessagingUnavailable`` if the cluster cannot be reached.
+    """
+    from .messages import post_message
+
+    await post_message(revocation_channel(user_id), RevokedAuthentication(user_id=user_id))
+
+
+def revoke_soon(user_id: int) -> None:
+    """:func:`revoke` from sync code (signal handlers), after the transaction commits."""
+    from asgiref.sync import async_to_sync
+    from django.db import transaction
+
+    def run() -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        try:
+            if loop is not None:
+                task = loop.create_task(revoke(user_id))
+                task.add_done_callback(_log_failure)
+            else:
+                async_to_sync(revoke)(user_id)
+        except Exception:
+            logger.exception("could not revoke the sockets of user %s", user_id)
+
+    transaction.on_commit(run)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("revocation failed", exc_info=task.exception())

@@ -1,0 +1,74 @@
+"""System checks: misconfiguration reported at start-up with stable ids.
+
+* ``streaming.E001`` unknown key in ``STREAMING``
+* ``streaming.E002`` a ``STREAMING`` value of the wrong type or range
+* ``streaming.E003`` two endpoints under one name
+* ``streaming.E004`` an entry of ``STREAMING["ENDPOINTS"]`` that cannot be used
+* ``streaming.W001`` daphne's message size limit is below ``MAX_MESSAGE_BYTES``
+* ``streaming.W002`` the channel layer in ``STREAMING["CHANNEL_LAYER"]`` is missing
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core import checks
+
+from . import conf
+
+
+@checks.register("streaming")
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    messages: list[checks.CheckMessage] = []
+    for check_id, message, hint in conf.problems():
+        messages.append(checks.Error(message, hint=hint, id=check_id))
+    if messages:
+        return messages
+    max_bytes = conf.streaming_settings.MAX_MESSAGE_BYTES
+    daphne_limit = getattr(settings, "DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE", 1024 * 1024)
+    if daphne_limit <= max_bytes:
+        messages.append(
+            checks.Warning(
+                f"DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE ({daphne_limit}) is not above "
+                f"STREAMING['MAX_MESSAGE_BYTES'] ({max_bytes}): daphne drops oversize "
+                "frames with 1006 before Streampod can answer them.",
+                hint="Set DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE a little above MAX_MESSAGE_BYTES.",
+                id="streaming.W001",
+            )
+        )
+    alias = conf.streaming_settings.CHANNEL_LAYER
+    if alias not in getattr(settings, "CHANNEL_LAYERS", {}):
+        messages.append(
+            checks.Warning(
+                f"CHANNEL_LAYERS has no {alias!r} layer: messaging stays in one process.",
+                hint="Configure CHANNEL_LAYERS (channels-redis for several servers).",
+                id="streaming.W002",
+            )
+        )
+    return messages
+
+
+@checks.register("streaming")
+def check_endpoints(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    from .registry import endpoints
+
+    messages: list[checks.CheckMessage] = []
+    for first, second in endpoints.conflicts:
+        messages.append(
+            checks.Error(
+                f"Two endpoints are named {first.name!r}: "
+                f"{first.__module__}.{first.__qualname__} and "
+                f"{second.__module__}.{second.__qualname__}.",
+                hint="Set a distinct `name` on one of them.",
+                id="streaming.E003",
+            )
+        )
+    for path, reason in endpoints.import_errors:
+        messages.append(
+            checks.Error(
+                f"STREAMING['ENDPOINTS'] entry {path!r} cannot be used: {reason}.",
+                id="streaming.E004",
+            )
+        )
+    return messages

@@ -1,0 +1,137 @@
+"""The ``STREAMING`` settings namespace, read lazily in this one module.
+
+``streaming_settings.MAX_MESSAGE_BYTES`` reads ``settings.STREAMING`` on first use
+and caches it; the cache is reset on Django's ``setting_changed`` signal, so
+``override_settings(STREAMING=...)`` works. Unknown keys are rejected: reading any
+setting raises ``ImproperlyConfigured``, and system check ``streaming.E001`` reports
+them at start-up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+
+#: Every key of ``STREAMING`` with its default. See docs/settings.md.
+DEFAULTS: dict[str, Any] = {
+    # Dotted paths of Endpoint classes to register besides each app's endpoints module.
+    "ENDPOINTS": [],
+    # Largest text frame accepted, in UTF-8 bytes; larger ones close the socket with 4009.
+    "MAX_MESSAGE_BYTES": 65536,
+    # Frames waiting to be handed to the server per connection; past it: close 4013.
+    "SEND_QUEUE_LIMIT": 1024,
+    # Frames waiting for one endpoint's hook per connection; past it: error rate_limited.
+    "MAX_PENDING_FRAMES": 256,
+    # Inbound frames per second per connection (token bucket), None to turn off.
+    "RATE_LIMIT_PER_SECOND": 500.0,
+    # Bucket size: frames a connection may send in one burst.
+    "RATE_LIMIT_BURST": 1000,
+    # Refused frames in a row after which the socket is closed with 4008 (flooding).
+    "FLOOD_CLOSE_AFTER": 200,
+    # Seconds a cross-server publish (or `await handle`) may take before MessagingUnavailable.
+    "PUBLISH_TIMEOUT": 2.0,
+    # Messages buffered per `session.messages.listen()` iterator.
+    "LISTEN_QUEUE_LIMIT": 1024,
+    # Alias in CHANNEL_LAYERS that carries messages between servers.
+    "CHANNEL_LAYER": "default",
+    # Seconds between re-joins of the bus's groups (channel-layer memberships expire).
+    "GROUP_REFRESH_INTERVAL": 3600.0,
+}
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "ENDPOINTS": (list, tuple),
+    "MAX_MESSAGE_BYTES": (int,),
+    "SEND_QUEUE_LIMIT": (int,),
+    "MAX_PENDING_FRAMES": (int,),
+    "RATE_LIMIT_PER_SECOND": (int, float, type(None)),
+    "RATE_LIMIT_BURST": (int,),
+    "FLOOD_CLOSE_AFTER": (int,),
+    "PUBLISH_TIMEOUT": (int, float),
+    "LISTEN_QUEUE_LIMIT": (int,),
+    "CHANNEL_LAYER": (str,),
+    "GROUP_REFRESH_INTERVAL": (int, float),
+}
+
+
+def user_settings() -> dict[str, Any]:
+    value = getattr(settings, "STREAMING", None)
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def problems() -> list[tuple[str, str, str]]:
+    """``(check id, message, hint)`` for each thing wrong with ``settings.STREAMING``."""
+    found: list[tuple[str, str, str]] = []
+    raw = getattr(settings, "STREAMING", {})
+    if not isinstance(raw, dict):
+        return [("streaming.E002", "STREAMING must be a dict.", "STREAMING = {...}")]
+    for key in sorted(set(raw) - set(DEFAULTS)):
+        found.append(
+            (
+                "streaming.E001",
+                f"Unknown key {key!r} in STREAMING.",
+                "Known keys: " + ", ".join(sorted(DEFAULTS)),
+            )
+        )
+    for key, value in raw.items():
+        types = _TYPES.get(key)
+        if types is None:
+            continue
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            found.append(
+                (
+                    "streaming.E002",
+                    f"STREAMING[{key!r}] has the wrong type ({type(value).__name__}).",
+                    f"Default: {DEFAULTS[key]!r}",
+                )
+            )
+        elif isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
+            found.append(
+                (
+                    "streaming.E002",
+                    f"STREAMING[{key!r}] must be positive.",
+                    f"Default: {DEFAULTS[key]!r}",
+                )
+            )
+    return found
+
+
+class StreamingSettings:
+    """Attribute access to the merged ``STREAMING`` settings (defaults + project)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] | None = None
+
+    def _load(self) -> dict[str, Any]:
+        errors = [p for p in problems() if p[0] in ("streaming.E001", "streaming.E002")]
+        if errors:
+            raise ImproperlyConfigured("; ".join(message for _, message, _ in errors))
+        merged = dict(DEFAULTS)
+        merged.update(user_settings())
+        return merged
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._cache is None:
+            self._cache = self._load()
+        try:
+            return self._cache[name]
+        except KeyError:
+            raise AttributeError(f"No STREAMING setting {name!r}.") from None
+
+    def reload(self) -> None:
+        self._cache = None
+
+
+streaming_settings = StreamingSettings()
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "STREAMING":
+        streaming_settings.reload()
+
+
+setting_changed.connect(_reload)

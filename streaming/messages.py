@@ -1,0 +1,452 @@
+"""The message bus: Serverpod's ``session.messages``, in one process and across servers.
+
+One :class:`MessageBus` per event loop. Listeners live in process memory; a post is
+delivered to this process's listeners directly and, when the channel layer spans
+processes (channels-redis), published ONCE to the channel-layer group named after
+the channel. Each server joins a channel's group once for all its local listeners
+and fans out in process, so a post to N listeners on S servers costs O(S) broker
+work, not O(N). A server ignores the echo of its own posts, so each listener gets
+each post exactly once while its server and the broker are up.
+
+Contracts:
+
+* ``add_listener`` is sync: local delivery starts at once. It returns a
+  :class:`ListenerHandle`; ``await handle`` returns once the server has joined the
+  channel's group, i.e. posts from the whole cluster are delivered. It raises
+  ``MessagingUnavailable`` after ``PUBLISH_TIMEOUT`` if the broker is unreachable;
+  the bus keeps retrying in the background and joins when the broker is back.
+* The same listener added twice to a channel is called once per post.
+* A listener may be any callable; an awaitable result is awaited. A listener that
+  raises is logged; the others still get the message.
+* Posts from one sender to one channel arrive in order.
+* Listeners are owned (by a session, or a connection): ``remove_owner`` drops all of
+  an owner's listeners and leaves no group membership behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import logging
+import re
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Callable, Generator
+from typing import TYPE_CHECKING, Any
+
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+
+from .conf import streaming_settings
+from .exceptions import InvalidChannelName, MessagingNotGlobal, MessagingUnavailable
+from .serialization import SerializableEntity, decode_object_json, encode_object
+
+if TYPE_CHECKING:
+    from .session import StreamingSession
+
+logger = logging.getLogger("streaming.messages")
+
+Listener = Callable[[SerializableEntity], Any]
+
+#: Event type of the bus's channel-layer messages (one namespaced type, never a client string).
+EVENT_TYPE = "streaming.post"
+MAX_CHANNEL_LENGTH = 200
+_PLAIN_GROUP = re.compile(r"^[A-Za-z0-9_\-]{1,90}$")
+
+
+def group_name(channel: str) -> str:
+    """The channel-layer group that carries ``channel`` between servers.
+
+    Names of ``[A-Za-z0-9_-]`` up to 90 characters are used as they are
+    (``user_42`` stays ``user_42``); any other name maps to ``streaming.<sha256>``,
+    which cannot collide with a plain name since those have no dot.
+    """
+    if _PLAIN_GROUP.match(channel):
+        return channel
+    return "streaming." + hashlib.sha256(channel.encode("utf-8")).hexdigest()[:48]
+
+
+def check_channel(channel: Any) -> str:
+    if not isinstance(channel, str) or not channel:
+        raise InvalidChannelName("A channel name must be a non-empty string.")
+    if len(channel) > MAX_CHANNEL_LENGTH:
+        raise InvalidChannelName(
+            f"Channel name too long ({len(channel)} > {MAX_CHANNEL_LENGTH} characters)."
+        )
+    return channel
+
+
+class _Channel:
+    __slots__ = ("joined", "listeners")
+
+    def __init__(self) -> None:
+        # listener -> owners; a dict keeps the order listeners were added in
+        self.listeners: dict[Listener, set[int]] = {}
+        self.joined = asyncio.Event()
+
+
+class ListenerHandle:
+    """Returned by ``add_listener``. ``await handle``: cluster-wide delivery is assured."""
+
+    __slots__ = ("_bus", "channel", "listener")
+
+    def __init__(self, bus: MessageBus, channel: str, listener: Listener) -> None:
+        self._bus = bus
+        self.channel = channel
+        self.listener = listener
+
+    def __await__(self) -> Generator[Any, None, ListenerHandle]:
+        yield from self._bus._wait_joined(self.channel).__await__()
+        return self
+
+
+class MessageBus:
+    """The process's (event loop's) message bus. Get it with :func:`get_bus`."""
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self.id = uuid.uuid4().hex
+        self.cross_process = layer is not None and not isinstance(layer, InMemoryChannelLayer)
+        self._channels: dict[str, _Channel] = {}
+        self._owned: dict[int, set[tuple[str, Listener]]] = {}
+        self._joined: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._reconcilers: set[asyncio.Task[None]] = set()
+        self._channel_name: str | None = None
+        self._receiver: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self.posts_published = 0
+        self.posts_received = 0
+
+    # -- listeners --------------------------------------------------------------------------
+
+    def add_listener(self, channel: str, listener: Listener, *, owner: Any) -> ListenerHandle:
+        check_channel(channel)
+        if not callable(listener):
+            raise TypeError(f"listener must be callable, got {listener!r}")
+        entry = self._channels.get(channel)
+        if entry is None:
+            entry = self._channels[channel] = _Channel()
+            if self.cross_process:
+                self._reconcile_soon(channel)
+            else:
+                entry.joined.set()
+        entry.listeners.setdefault(listener, set()).add(id(owner))
+        self._owned.setdefault(id(owner), set()).add((channel, listener))
+        return ListenerHandle(self, channel, listener)
+
+    def remove_listener(self, channel: str, listener: Listener, *, owner: Any) -> None:
+        owned = self._owned.get(id(owner))
+        if owned is not None:
+            owned.discard((channel, listener))
+            if not owned:
+                del self._owned[id(owner)]
+        self._drop(channel, listener, id(owner))
+
+    def remove_owner(self, owner: Any) -> None:
+        """Remove every listener ``owner`` added."""
+        for channel, listener in self._owned.pop(id(owner), ()):
+            self._drop(channel, listener, id(owner))
+
+    def _drop(self, channel: str, listener: Listener, owner_id: int) -> None:
+        entry = self._channels.get(channel)
+        if entry is None:
+            return
+        owners = entry.listeners.get(listener)
+        if owners is None:
+            return
+        owners.discard(owner_id)
+        if not owners:
+            del entry.listeners[listener]
+        if not entry.listeners:
+            del self._channels[channel]
+            if self.cross_process:
+                self._reconcile_soon(channel)
+
+    def listener_count(self, channel: str) -> int:
+        entry = self._channels.get(channel)
+        return len(entry.listeners) if entry else 0
+
+    def channels(self) -> list[str]:
+        return list(self._channels)
+
+    # -- posting ----------------------------------------------------------------------------
+
+    async def post_message(
+        self, channel: str, message: SerializableEntity, *, global_: bool | None = None
+    ) -> bool:
+        """Deliver ``message`` to every listener of ``channel``; see the module docstring.
+
+        ``global_=None``: through the channel layer when it spans processes, else in
+        process. ``False``: this process only. ``True``: cluster-wide, or
+        ``MessagingNotGlobal`` when the layer is in-process. Raises
+        ``MessagingUnavailable`` if the cluster publish fails or takes longer than
+        ``PUBLISH_TIMEOUT``; local listeners have had it by then. Returns True.
+        """
+        check_channel(channel)
+        if not isinstance(message, SerializableEntity):
+            raise TypeError(f"post_message needs a SerializableEntity, got {message!r}")
+        if global_ and not self.cross_process:
+            raise MessagingNotGlobal()
+        wire = encode_object(message)  # once per post, whatever the number of listeners
+        entry = self._channels.get(channel)
+        if entry is not None:
+            await self._deliver(channel, entry, message)
+        if self.cross_process and global_ is not False:
+            event = {"type": EVENT_TYPE, "origin": self.id, "channel": channel, "object": wire}
+            try:
+                async with asyncio.timeout(streaming_settings.PUBLISH_TIMEOUT):
+                    await self.layer.group_send(group_name(channel), event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise MessagingUnavailable(
+                    f"Could not publish to channel {channel!r}: {exc!r}"
+                ) from exc
+            self.posts_published += 1
+        return True
+
+    async def _deliver(self, channel: str, entry: _Channel, message: SerializableEntity) -> None:
+        for listener in list(entry.listeners):
+            try:
+                result = listener(message)
+                if inspect.isawaitable(result):
+                    await result
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("listener %r of channel %r raised", listener, channel)
+
+    # -- the cluster side -------------------------------------------------------------------
+
+    async def _wait_joined(self, channel: str) -> None:
+        entry = self._channels.get(channel)
+        if entry is None or entry.joined.is_set():
+            return
+        try:
+            async with asyncio.timeout(streaming_settings.PUBLISH_TIMEOUT):
+                await entry.joined.wait()
+        except TimeoutError:
+            raise MessagingUnavailable(
+                f"Could not join channel {channel!r} in the cluster yet; retrying."
+            ) from None
+
+    def _reconcile_soon(self, channel: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._reconcile(channel))
+        self._reconcilers.add(task)
+        task.add_done_callback(self._reconcilers.discard)
+
+    async def _reconcile(self, channel: str) -> None:
+        """Make group membership match whether ``channel`` has local listeners."""
+        lock = self._locks.setdefault(channel, asyncio.Lock())
+        try:
+            async with lock:
+                delay = 0.05
+                while True:
+                    want = channel in self._channels
+                    have = channel in self._joined
+                    if want == have:
+                        if want:
+                            self._channels[channel].joined.set()
+                        return
+                    try:
+                        await self._ensure_receiver()
+                        async with asyncio.timeout(streaming_settings.PUBLISH_TIMEOUT):
+                            if want:
+                                await self.layer.group_add(group_name(channel), self._channel_name)
+                                self._joined.add(channel)
+                            else:
+                                await self.layer.group_discard(
+                                    group_name(channel), self._channel_name
+                                )
+                                self._joined.discard(channel)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        logger.warning(
+                            "channel %r: group %s failed (%r); retrying in %.2fs",
+                            channel,
+                            "join" if want else "leave",
+                            exc,
+                            delay,
+                        )
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 5.0)
+        finally:
+            if not lock.locked() and channel not in self._channels:
+                self._locks.pop(channel, None)
+
+    async def _ensure_receiver(self) -> None:
+        if self._channel_name is None:
+            self._channel_name = await self.layer.new_channel("streaming.bus.")
+        if self._receiver is None:
+            loop = asyncio.get_running_loop()
+            self._receiver = loop.create_task(self._receive_loop())
+            self._refresher = loop.create_task(self._refresh_loop())
+
+    async def _receive_loop(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                event = await self.layer.receive(self._channel_name)
+                delay = 0.05
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("bus receive failed (%r); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if event.get("type") != EVENT_TYPE or event.get("origin") == self.id:
+                continue
+            channel = event.get("channel")
+            entry = self._channels.get(channel) if isinstance(channel, str) else None
+            if entry is None:
+                continue
+            wire = event.get("object")
+            try:
+                message = decode_object_json(wire)
+            except Exception:
+                logger.exception("dropping an undecodable bus message on channel %r", channel)
+                continue
+            message._wire = wire  # already encoded: recipients reuse it
+            self.posts_received += 1
+            await self._deliver(channel, entry, message)
+
+    async def _refresh_loop(self) -> None:
+        """Re-join groups now and then: channel-layer memberships expire."""
+        while True:
+            await asyncio.sleep(streaming_settings.GROUP_REFRESH_INTERVAL)
+            for channel in list(self._joined):
+                try:
+                    await self.layer.group_add(group_name(channel), self._channel_name)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    logger.warning("refreshing group of %r failed: %r", channel, exc)
+
+    async def aclose(self) -> None:
+        """Stop the bus's tasks (tests, shutdown)."""
+        for task in (self._receiver, self._refresher, *self._reconcilers):
+            if task is not None:
+                task.cancel()
+        for task in (self._receiver, self._refresher, *self._reconcilers):
+            if task is not None:
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        self._receiver = self._refresher = None
+
+
+_buses: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MessageBus] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def get_bus() -> MessageBus:
+    """The running event loop's bus, created on first use."""
+    loop = asyncio.get_running_loop()
+    bus = _buses.get(loop)
+    if bus is None:
+        layer = get_channel_layer(streaming_settings.CHANNEL_LAYER)
+        bus = _buses[loop] = MessageBus(layer)
+    return bus
+
+
+def reset_bus() -> None:
+    """Forget the running loop's bus (tests that change CHANNEL_LAYERS)."""
+    _buses.pop(asyncio.get_running_loop(), None)
+
+
+async def post_message(
+    channel: str, message: SerializableEntity, *, global_: bool | None = None
+) -> bool:
+    """Post outside a session (views, management commands); same meaning as in a session."""
+    return await get_bus().post_message(channel, message, global_=global_)
+
+
+class _End:
+    pass
+
+
+_END = _End()
+
+
+class SessionMessages:
+    """``session.messages``: the bus, with listeners owned by one session."""
+
+    __slots__ = ("__weakref__", "_queues", "_session")
+
+    def __init__(self, session: StreamingSession) -> None:
+        self._session = weakref.ref(session)
+        self._queues: set[asyncio.Queue[Any]] = set()
+
+    def _owner(self) -> StreamingSession:
+        session = self._session()
+        if session is None or session.closed:
+            raise RuntimeError("this session is closed")
+        return session
+
+    def add_listener(self, channel: str, listener: Listener) -> ListenerHandle:
+        """Call ``listener(message)`` for each post to ``channel`` until the session closes."""
+        return get_bus().add_listener(channel, listener, owner=self._owner())
+
+    def remove_listener(self, channel: str, listener: Listener) -> None:
+        session = self._session()
+        if session is not None:
+            get_bus().remove_listener(channel, listener, owner=session)
+
+    async def post_message(
+        self, channel: str, message: SerializableEntity, *, global_: bool | None = None
+    ) -> bool:
+        """Post ``message`` to every listener of ``channel`` (see ``MessageBus.post_message``)."""
+        return await get_bus().post_message(channel, message, global_=global_)
+
+    def listen(self, channel: str) -> AsyncIterator[SerializableEntity]:
+        """An async iterator of ``channel``'s messages, ended when the session closes.
+
+        Listening starts at the call, not at the first iteration. At most
+        ``LISTEN_QUEUE_LIMIT`` messages wait; a reader that falls further behind gets
+        ``MessagingUnavailable`` from the iterator instead of silent loss.
+        """
+        session = self._owner()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        limit = streaming_settings.LISTEN_QUEUE_LIMIT
+        self._queues.add(queue)
+
+        def push(message: SerializableEntity) -> None:
+            if queue.qsize() >= limit:
+                queue.put_nowait(MessagingUnavailable(f"listen({channel!r}) fell behind"))
+                get_bus().remove_listener(channel, push, owner=session)
+            else:
+                queue.put_nowait(message)
+
+        get_bus().add_listener(channel, push, owner=session)
+        return self._iterate(channel, push, queue)
+
+    async def _iterate(
+        self, channel: str, push: Listener, queue: asyncio.Queue[Any]
+    ) -> AsyncIterator[SerializableEntity]:
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            self._queues.discard(queue)
+            self.remove_listener(channel, push)
+
+    def _close(self) -> None:
+        session = self._session()
+        if session is not None:
+            try:
+                get_bus().remove_owner(session)
+            except RuntimeError:  # no running loop (interpreter shutdown)
+                pass
+        for queue in self._queues:
+            queue.put_nowait(_END)
+        self._queues.clear()

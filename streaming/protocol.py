@@ -1,0 +1,200 @@
+"""The Streampod wire protocol: one closed set of frames, one decoder, one error type.
+
+Imports no Django and no channels; the server and the Python client share it.
+
+Every frame is a WebSocket *text* frame holding one JSON object:
+
+* data, both directions::
+
+      {"endpoint": "<name>", "object": {"className": "<class>", "data": {...}}, "id": "<opt>"}
+
+* commands::
+
+      {"command": "ping" | "pong" | "auth" | "error", "args": {...}}
+
+Unknown top-level keys are ignored so that later versions can add some. Anything
+else raises :class:`~streaming.exceptions.MalformedFrame` (or
+:class:`~streaming.exceptions.FrameTooLarge`) from :func:`decode_frame`. See
+``docs/protocol.md`` for every frame, error code and close code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from .exceptions import FrameTooLarge, MalformedFrame
+
+__all__ = [
+    "COMMANDS",
+    "CloseCode",
+    "CommandFrame",
+    "DataFrame",
+    "ErrorCode",
+    "Frame",
+    "decode_frame",
+    "encode_command",
+    "encode_data",
+    "encode_error",
+]
+
+#: Longest ``id`` a client may attach to a data frame.
+MAX_ID_LENGTH = 128
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes Streampod uses (daphne only sends 1000 and 3000-4999)."""
+
+    NORMAL = 1000
+    POLICY = 4008  # flooding: the client kept sending past the rate limit
+    TOO_BIG = 4009  # a frame larger than MAX_MESSAGE_BYTES
+    OVERLOADED = 4013  # the client does not read fast enough: its send queue is full
+    UNAUTHORIZED = 4401  # invalid or revoked credentials: do not retry with them
+    FORBIDDEN = 4403  # refused by policy (for example a foreign Origin)
+
+
+class ErrorCode(StrEnum):
+    """``args.code`` of an ``error`` frame."""
+
+    MALFORMED_FRAME = "malformed_frame"
+    UNKNOWN_COMMAND = "unknown_command"
+    UNKNOWN_ENDPOINT = "unknown_endpoint"
+    UNKNOWN_CLASS = "unknown_class"
+    INVALID_MESSAGE = "invalid_message"
+    NOT_AUTHENTICATED = "not_authenticated"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
+    INTERNAL_ERROR = "internal_error"
+
+
+#: Every command name of the protocol, in either direction.
+COMMANDS = frozenset({"ping", "pong", "auth", "error"})
+
+
+@dataclass(frozen=True, slots=True)
+class DataFrame:
+    """A typed object for (or from) one endpoint. ``data`` is not validated here."""
+
+    endpoint: str
+    class_name: str
+    data: dict[str, Any]
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandFrame:
+    """A control frame. ``command`` may be outside :data:`COMMANDS`: the receiver decides."""
+
+    command: str
+    args: dict[str, Any]
+
+
+Frame = DataFrame | CommandFrame
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise MalformedFrame("JSON nested too deeply.") from None
+    except (ValueError, UnicodeError) as exc:  # JSONDecodeError is a ValueError
+        raise MalformedFrame(f"Not valid JSON: {exc}") from None
+
+
+def decode_frame(
+    text: str | None = None, data: bytes | None = None, *, max_bytes: int | None = None
+) -> Frame:
+    """Decode one WebSocket frame.
+
+    ``text`` is a text frame's payload, ``data`` a binary frame's (always refused:
+    the protocol is text only). Raises :class:`FrameTooLarge` when the UTF-8 size
+    exceeds ``max_bytes`` (checked before parsing), :class:`MalformedFrame` for
+    everything else that is not a frame. Never raises anything else.
+    """
+    if text is None:
+        raise MalformedFrame("Binary frames are not supported; send JSON text frames.")
+    if max_bytes is not None and len(text) * 4 > max_bytes:
+        # Only encode when the character count alone cannot decide.
+        if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+            raise FrameTooLarge(f"Frame larger than {max_bytes} bytes.")
+    if not text:
+        raise MalformedFrame("Empty frame.")
+    obj = _loads(text)
+    if not isinstance(obj, dict):
+        raise MalformedFrame("A frame must be a JSON object.")
+    if "command" in obj:
+        command = obj["command"]
+        args = obj.get("args", {})
+        if not isinstance(command, str):
+            raise MalformedFrame("'command' must be a string.")
+        if not isinstance(args, dict):
+            raise MalformedFrame("'args' must be an object.")
+        return CommandFrame(command, args)
+    endpoint = obj.get("endpoint")
+    payload = obj.get("object")
+    frame_id = obj.get("id")
+    if not isinstance(endpoint, str) or not endpoint:
+        raise MalformedFrame("A data frame needs 'endpoint' (a non-empty string).")
+    if not isinstance(payload, dict):
+        raise MalformedFrame("A data frame needs 'object' (an object).")
+    class_name = payload.get("className")
+    fields = payload.get("data")
+    if not isinstance(class_name, str) or not class_name:
+        raise MalformedFrame("'object.className' must be a non-empty string.")
+    if not isinstance(fields, dict):
+        raise MalformedFrame("'object.data' must be an object.")
+    if frame_id is not None and (not isinstance(frame_id, str) or len(frame_id) > MAX_ID_LENGTH):
+        raise MalformedFrame(f"'id' must be a string of at most {MAX_ID_LENGTH} characters.")
+    return DataFrame(endpoint, class_name, fields, frame_id)
+
+
+def peek_id(text: str | None) -> str | None:
+    """Best-effort ``id`` of a frame that failed to decode, so its error can echo it."""
+    if not text or len(text) > 1_000_000:
+        return None
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(obj, dict):
+        frame_id = obj.get("id")
+        if isinstance(frame_id, str) and len(frame_id) <= MAX_ID_LENGTH:
+            return frame_id
+    return None
+
+
+def encode_data(endpoint: str, object_json: str, frame_id: str | None = None) -> str:
+    """A data frame around an already-encoded ``{"className", "data"}`` object.
+
+    The object is encoded once per post (see ``serialization.encode_object``); only
+    this thin envelope is built per recipient.
+    """
+    head = '{"endpoint":' + json.dumps(endpoint)
+    if frame_id is not None:
+        head += ',"id":' + json.dumps(frame_id)
+    return head + ',"object":' + object_json + "}"
+
+
+def encode_command(command: str, args: dict[str, Any] | None = None) -> str:
+    return json.dumps({"command": command, "args": args or {}}, separators=(",", ":"))
+
+
+def encode_error(
+    code: str,
+    message: str,
+    *,
+    endpoint: str | None = None,
+    frame_id: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> str:
+    """An ``error`` command. ``endpoint``, ``id`` and ``errors`` appear only when known."""
+    args: dict[str, Any] = {"code": str(code), "message": message}
+    if endpoint is not None:
+        args["endpoint"] = endpoint
+    if frame_id is not None:
+        args["id"] = frame_id
+    if errors is not None:
+        args["errors"] = errors
+    return encode_command("error", args)

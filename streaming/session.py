@@ -1,0 +1,87 @@
+"""``StreamingSession``: one connection's stream for one endpoint.
+
+A session is created when an endpoint is opened for a connection and closed when
+that endpoint's stream closes (socket closed, or the socket's identity changed).
+Its user never changes: re-authenticating a socket as somebody else closes every
+open session and opens new ones, so a listener on ``user_<id>`` can never leak to
+another user. Closing a session removes its message-bus listeners, ends its
+``listen()`` iterators and drops its user object, leaving no reference behind.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .consumer import StreamingConsumer
+    from .messages import SessionMessages
+
+USER_OBJECTS_KEY = "streaming.user_objects"
+
+
+class SessionAuth:
+    """Who is on the other end: ``authenticated_user_id`` (int or None)."""
+
+    __slots__ = ("authenticated_user_id",)
+
+    def __init__(self, user: Any) -> None:
+        self.authenticated_user_id: int | None = (
+            user.pk if getattr(user, "is_authenticated", False) else None
+        )
+
+    @property
+    def is_authenticated(self) -> bool:
+        return self.authenticated_user_id is not None
+
+    def __repr__(self) -> str:
+        return f"<SessionAuth user_id={self.authenticated_user_id}>"
+
+
+class StreamingSession:
+    """The streaming session of one connection for one endpoint."""
+
+    __slots__ = ("__weakref__", "_connection", "_messages", "auth", "closed", "endpoint", "user")
+
+    def __init__(self, connection: StreamingConsumer, endpoint: str, user: Any) -> None:
+        self._connection: StreamingConsumer | None = connection
+        self.endpoint = endpoint
+        self.user = user
+        self.auth = SessionAuth(user)
+        self.closed = False
+        self._messages: SessionMessages | None = None
+
+    @property
+    def scope(self) -> dict[str, Any]:
+        """The connection's ASGI scope (empty once the session is closed)."""
+        return self._connection.scope if self._connection is not None else {}
+
+    @property
+    def messages(self) -> SessionMessages:
+        """The message bus, with listeners owned by this session."""
+        if self._messages is None:
+            from .messages import SessionMessages
+
+            self._messages = SessionMessages(self)
+        return self._messages
+
+    def _send_text(self, text: str) -> bool:
+        if self.closed or self._connection is None:
+            return False
+        return self._connection.send_text(text)
+
+    def _close(self) -> None:
+        """Release everything this session holds. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._messages is not None:
+            self._messages._close()
+        if self._connection is not None:
+            objects = self._connection.scope.get(USER_OBJECTS_KEY)
+            if objects is not None:
+                objects.pop(self.endpoint, None)
+        self._connection = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<StreamingSession {self.endpoint} user_id={self.auth.authenticated_user_id} {state}>"
