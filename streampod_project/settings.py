@@ -90,6 +90,11 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Concurrent sockets write from several threads: wait for the lock instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # A file, not memory, so that the daphne processes the end-to-end tests start
+    # read the users the tests create.
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.environ.get("STREAMPOD_TEST_DB", str(BASE_DIR / "test-artifacts" / "test.sqlite3"))
+    }
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:

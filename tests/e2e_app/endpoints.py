@@ -1,0 +1,81 @@
+"""Endpoints served by the end-to-end test servers (tests/e2e_settings.py)."""
+
+from streaming.endpoint import Endpoint
+
+from .protocol import Echo, RoomPost, WhoAmI
+
+
+class EchoEndpoint(Endpoint):
+    """Sends every message back."""
+
+    async def handle_stream_message(self, session, message):
+        await self.send_stream_message(session, message)
+
+
+class WhoamiEndpoint(Endpoint):
+    """On open, tells the client who the session belongs to."""
+
+    async def stream_opened(self, session):
+        await self.send_stream_message(
+            session, WhoAmI(user_id=session.auth.authenticated_user_id, endpoint=session.endpoint)
+        )
+
+
+class PrivateEndpoint(Endpoint):
+    """login_required: echoes, with the user id."""
+
+    login_required = True
+
+    async def stream_opened(self, session):
+        await self.send_stream_message(
+            session, WhoAmI(user_id=session.auth.authenticated_user_id, endpoint=session.endpoint)
+        )
+
+    async def handle_stream_message(self, session, message):
+        await self.send_stream_message(session, message)
+
+
+class StaffOnlyEndpoint(Endpoint):
+    """has_permission: staff only; others get `forbidden`."""
+
+    async def has_permission(self, session):
+        return bool(getattr(session.user, "is_staff", False))
+
+    async def handle_stream_message(self, session, message):
+        await self.send_stream_message(session, message)
+
+
+class BrokenOpenEndpoint(Endpoint):
+    """stream_opened raises: its frames get internal_error."""
+
+    async def stream_opened(self, session):
+        raise RuntimeError("broken on purpose (stream_opened)")
+
+
+class BrokenHandlerEndpoint(Endpoint):
+    """handle_stream_message raises: internal_error, connection goes on."""
+
+    async def handle_stream_message(self, session, message):
+        raise RuntimeError("broken on purpose (handle_stream_message)")
+
+
+class RoomEndpoint(Endpoint):
+    """Messaging: listens on `room:<name>` for rooms it is told to join; posts RoomPost."""
+
+    async def stream_opened(self, session):
+        self.set_user_object(session, set())
+
+    async def handle_stream_message(self, session, message):
+        if isinstance(message, RoomPost):
+            joined = self.get_user_object(session)
+            channel = f"room:{message.room}"
+            if message.text == "/join":
+                if channel not in joined:
+                    joined.add(channel)
+                    await session.messages.add_listener(
+                        channel, lambda m: self.send_stream_message(session, m)
+                    )
+                await self.send_stream_message(session, Echo(text=f"joined {message.room}"))
+            else:
+                message.sender_id = session.auth.authenticated_user_id
+                await session.messages.post_message(channel, message)

@@ -1,0 +1,22 @@
+"""Message classes of the end-to-end test endpoints (import no Django)."""
+
+from datetime import datetime
+
+from streaming.serialization import SerializableEntity
+
+
+class Echo(SerializableEntity):
+    text: str
+    n: int = 0
+    at: datetime | None = None
+
+
+class WhoAmI(SerializableEntity):
+    user_id: int | None
+    endpoint: str
+
+
+class RoomPost(SerializableEntity):
+    room: str
+    text: str
+    sender_id: int | None = None

@@ -1,0 +1,8 @@
+from django.urls import include, path
+
+from . import views
+
+urlpatterns = [
+    path("e2e/js-client/", views.js_client, name="e2e-js-client"),
+    path("", include("streampod_project.urls")),
+]

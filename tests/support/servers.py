@@ -1,0 +1,207 @@
+"""Real servers for end-to-end tests: daphne processes on 127.0.0.1 and redis-server.
+
+Readiness is read from the process's own output ("Listening on ..." / "Ready to
+accept connections"), never guessed with a sleep. Every process is stopped by the
+fixture that started it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class _Output:
+    """Collects a process's output lines in a thread; lets a test wait for one."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: deque[str] = deque(maxlen=2000)
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: Any) -> None:
+        for raw in iter(stream.readline, ""):
+            with self._cond:
+                self.lines.append(raw.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def wait_for(self, needle: str, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self._closed or any(needle in line for line in self.lines), timeout
+            ) and any(needle in line for line in self.lines)
+
+    def text(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+
+class DaphneServer:
+    """``python -m daphne streampod_project.asgi:application`` on a free port."""
+
+    def __init__(self, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.env = env or {}
+        self.proc: subprocess.Popen[str] | None = None
+        self.output: _Output | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/websocket/"
+
+    def start(self, timeout: float = 30) -> DaphneServer:
+        from django.conf import settings
+
+        env = dict(os.environ)
+        db = settings.DATABASES["default"]
+        if db["ENGINE"].endswith("sqlite3"):
+            env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
+        env.update(
+            {
+                "DJANGO_SETTINGS_MODULE": "tests.e2e_settings",
+                "DJANGO_DEBUG": "0",
+                "PYTHONUNBUFFERED": "1",
+                "REDIS_URL": "",
+            }
+        )
+        env.update(self.env)
+        max_bytes = 65536 + 1024
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-v",
+                "1",
+                "--websocket-max-message-size",
+                str(max_bytes),
+                "streampod_project.asgi:application",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.output = _Output(self.proc.stdout)
+        if not self.output.wait_for(f"Listening on TCP address 127.0.0.1:{self.port}", timeout):
+            out = self.output.text()
+            self.stop()
+            raise RuntimeError(f"daphne did not start on port {self.port}:\n{out}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def logs(self) -> str:
+        return self.output.text() if self.output else ""
+
+    def __enter__(self) -> DaphneServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class RedisServer:
+    """A private redis-server on its own port (for fault tests that stop and restart it)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[str] | None = None
+        self.dir = tempfile.mkdtemp(prefix="streampod-redis-")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 15) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        output = _Output(self.proc.stdout)
+        if not output.wait_for("Ready to accept connections", timeout):
+            self.stop()
+            raise RuntimeError(f"redis-server did not start:\n{output.text()}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def shared_redis_url() -> str:
+    """The machine's Redis (127.0.0.1:6379 unless ``STREAMPOD_TEST_REDIS_URL``)."""
+    return os.environ.get("STREAMPOD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def require_redis(url: str | None = None) -> str:
+    """The Redis URL if it answers; otherwise fail under CI=true, skip elsewhere."""
+    import pytest
+    import redis
+
+    url = url or shared_redis_url()
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except Exception as exc:  # noqa: BLE001
+        message = f"Redis at {url} is not reachable ({exc!r})"
+        if IN_CI:
+            pytest.fail(message + "; CI=true needs it")
+        pytest.skip(message)
+    return url
