@@ -44,6 +44,7 @@ from .conf import streaming_settings
 from .endpoint import Endpoint
 from .exceptions import (
     FrameTooLarge,
+    MessagingUnavailable,
     ProtocolError,
     SerializationError,
     StreamingError,
@@ -333,8 +334,18 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
                 return
             try:
                 await slot.instance.handle_stream_message(slot.session, message)  # type: ignore[union-attr]
+            except MessagingUnavailable as exc:
+                logger.warning("%s: %s", slot.cls.__qualname__, exc.detail)
+                self.send_error(
+                    ErrorCode.INTERNAL_ERROR,
+                    "Messaging between servers is unavailable; "
+                    "this message may not have reached every recipient.",
+                    endpoint=name,
+                    frame_id=frame.id,
+                )
             except StreamingError as exc:
-                # A hook may answer with a protocol error on purpose (e.g. InvalidMessage).
+                # A hook may answer with a protocol error on purpose (InvalidMessage,
+                # RateLimited, ...): the client gets that code.
                 self.send_error(
                     exc.code,
                     exc.detail,

@@ -45,6 +45,9 @@ class _WithUser:
         return await self.app(scope, receive, send)
 
 
+SYNC_ID = "streaming.testing.sync"
+
+
 class StreamingCommunicator(WebsocketCommunicator):
     """A ``WebsocketCommunicator`` that speaks Streampod frames.
 
@@ -119,6 +122,25 @@ class StreamingCommunicator(WebsocketCommunicator):
     async def ping(self) -> None:
         await self.send_command("ping")
         await self.receive_command("pong")
+
+    async def sync(self, endpoint: str) -> str:
+        """Wait until ``endpoint`` has handled everything sent to it so far, its
+        ``stream_opened`` included; returns how it answered a probe frame.
+
+        The probe is a frame of an unregistered class. It queues behind earlier frames
+        in the endpoint's lane and is answered from there: ``"unknown_class"`` when the
+        endpoint is open, else ``"not_authenticated"``, ``"forbidden"`` or
+        ``"internal_error"``. Any other frame arriving first fails the call, so use it
+        while the endpoint is quiet.
+        """
+        await self.send_to(
+            text_data=protocol.encode_data(
+                endpoint, '{"className":"streaming.Probe","data":{}}', SYNC_ID
+            )
+        )
+        args = await self.receive_error()
+        assert args.get("id") == SYNC_ID, f"unexpected error frame {args!r}"
+        return str(args["code"])
 
     async def assert_nothing_received(self) -> None:
         """Fails if any frame is waiting: a ping's pong must be the next frame."""

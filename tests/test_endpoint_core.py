@@ -159,7 +159,7 @@ async def test_user_objects_and_sessions_leave_no_reference():
     for _ in range(30):
         comm = StreamingCommunicator(endpoints=[Keeper])
         await comm.connect()
-        await comm.ping()
+        await comm.sync("keeper")
         await comm.disconnect()
     gc.collect()
     assert len(sessions) == 30
@@ -186,7 +186,7 @@ async def test_login_required_refuses_anonymous():
     assert opened == []
 
     async with StreamingCommunicator(endpoints=[Private], user=_User(7)) as comm:
-        await comm.ping()
+        assert await comm.sync("private") == "unknown_class"
     assert opened == [7]
 
 

@@ -1,0 +1,79 @@
+"""Helpers for end-to-end tests of two daphne servers sharing a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import redis
+import websockets
+
+from streaming.messages import group_name
+
+PUBSUB_PREFIX = "asgi"  # channels_redis' default prefix
+
+
+def redis_channel(channel: str) -> str:
+    """The Redis pub/sub channel carrying a bus channel (channels_redis naming)."""
+    return f"{PUBSUB_PREFIX}__group__{group_name(channel)}"
+
+
+def numsub(url: str, channel: str) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        return int(dict(client.pubsub_numsub(redis_channel(channel)))[redis_channel(channel).encode()])
+    finally:
+        client.close()
+
+
+async def wait_numsub(url: str, channel: str, expected: int, timeout: float = 10) -> None:
+    """Wait until ``expected`` servers subscribe to ``channel`` (a state, polled)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        count = await asyncio.to_thread(numsub, url, channel)
+        if count == expected:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{channel}: {count} subscribers, expected {expected}")
+        await asyncio.sleep(0.05)
+
+
+def room_post(room: str, text: str) -> str:
+    return json.dumps(
+        {"endpoint": "room", "object": {"className": "RoomPost", "data": {"room": room, "text": text}}}
+    )
+
+
+async def recv_json(ws, timeout: float = 10) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def recv_endpoint(ws, endpoint: str, timeout: float = 10) -> dict:
+    """The next frame for ``endpoint``, skipping the others (whoami's greeting...)."""
+    while True:
+        frame = await recv_json(ws, timeout)
+        if frame.get("endpoint") == endpoint or frame.get("command") == "error":
+            return frame
+
+
+async def join(ws, room: str) -> None:
+    """Join a room through the `room` test endpoint; returns once cluster-wide."""
+    await ws.send(room_post(room, "/join"))
+    frame = await recv_endpoint(ws, "room")
+    assert frame["object"]["data"]["text"] == f"joined {room}", frame
+
+
+async def assert_quiet(ws) -> None:
+    """Nothing is waiting for this socket: the pong must be the next frame."""
+    await ws.send(json.dumps({"command": "ping", "args": {}}))
+    while True:
+        frame = await recv_json(ws)
+        if frame.get("endpoint") == "whoami":
+            continue
+        assert frame == {"command": "pong", "args": {}}, frame
+        return
+
+
+def connect(url: str, **kwargs):
+    return websockets.connect(url, open_timeout=10, **kwargs)
