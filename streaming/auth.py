@@ -176,7 +176,7 @@ class OriginValidator:
         return await self.application(scope, receive, send)
 
 
-def StreamingAuthMiddlewareStack(inner: Any) -> Any:  # noqa: N802 - channels' naming
+def StreamingAuthMiddlewareStack(inner: Any) -> Any:
     """Origin check, session cookie, DRF token: what ``/websocket/`` needs in front of it."""
     return OriginValidator(CookieMiddleware(SessionMiddleware(StreamingAuthMiddleware(inner))))
 

@@ -496,7 +496,11 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
 
     def _on_revoked(self, message: Any) -> None:
         if isinstance(message, RevokedAuthentication):
-            logger.info("closing %s: credentials of user %s revoked", self.scope.get("client"), message.user_id)
+            logger.info(
+                "closing %s: credentials of user %s revoked",
+                self.scope.get("client"),
+                message.user_id,
+            )
             self.close_with(CloseCode.UNAUTHORIZED)
 
     async def _teardown(self) -> None:

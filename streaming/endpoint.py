@@ -68,7 +68,10 @@ class Endpoint(AsyncJsonWebsocketConsumer):
     # -- hooks: empty by default ------------------------------------------------------
 
     async def has_permission(self, session: StreamingSession) -> bool:
-        """Whether ``session`` may use this endpoint. False: not opened; frames get ``forbidden``."""
+        """Whether ``session`` may use this endpoint.
+
+        False: the endpoint is not opened for the session and its frames get ``forbidden``.
+        """
         return True
 
     async def stream_opened(self, session: StreamingSession) -> None:

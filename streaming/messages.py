@@ -113,6 +113,7 @@ class MessageBus:
         self._locks: dict[str, asyncio.Lock] = {}
         self._reconcilers: set[asyncio.Task[None]] = set()
         self._channel_name: str | None = None
+        self._receiver_lock = asyncio.Lock()
         self._receiver: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
         self.posts_published = 0
@@ -277,8 +278,11 @@ class MessageBus:
                 self._locks.pop(channel, None)
 
     async def _ensure_receiver(self) -> None:
-        if self._channel_name is None:
-            self._channel_name = await self.layer.new_channel("streaming.bus.")
+        # Reconcilers of several channels get here concurrently: one channel name only,
+        # or groups would be joined with a name nobody reads.
+        async with self._receiver_lock:
+            if self._channel_name is None:
+                self._channel_name = await self.layer.new_channel("streaming.bus.")
         if self._receiver is None:
             loop = asyncio.get_running_loop()
             self._receiver = loop.create_task(self._receive_loop())

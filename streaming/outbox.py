@@ -82,7 +82,7 @@ class Outbox:
                     self.sent += 1
                 else:
                     queue.clear()
-                    await send({"type": "websocket.close", "code": item})
+                    await send({"type": "websocket.close", "code": int(item)})
         except asyncio.CancelledError:
             raise
         except Exception:  # the transport is gone: nothing more can be delivered

@@ -84,4 +84,5 @@ class StreamingSession:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
-        return f"<StreamingSession {self.endpoint} user_id={self.auth.authenticated_user_id} {state}>"
+        user_id = self.auth.authenticated_user_id
+        return f"<StreamingSession {self.endpoint} user_id={user_id} {state}>"

@@ -86,7 +86,8 @@ class StreamingCommunicator(WebsocketCommunicator):
     async def send_message(
         self, endpoint: str, message: SerializableEntity, *, frame_id: str | None = None
     ) -> None:
-        await self.send_to(text_data=protocol.encode_data(endpoint, encode_object(message), frame_id))
+        text = protocol.encode_data(endpoint, encode_object(message), frame_id)
+        await self.send_to(text_data=text)
 
     async def send_command(self, command: str, args: dict[str, Any] | None = None) -> None:
         await self.send_to(text_data=protocol.encode_command(command, args))
@@ -112,7 +113,9 @@ class StreamingCommunicator(WebsocketCommunicator):
         )
         return frame.args
 
-    async def receive_error(self, code: str | None = None, timeout: float | None = None) -> dict[str, Any]:
+    async def receive_error(
+        self, code: str | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
         """The next frame, which must be an ``error`` (with ``code`` if given); its args."""
         args = await self.receive_command("error", timeout)
         if code is not None:

@@ -15,18 +15,8 @@ from tests.e2e.redis_support import (
     room_post,
     wait_numsub,
 )
-from tests.support.servers import DaphneServer, RedisServer
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture(scope="module")
-def cluster(django_db_setup, django_db_blocker):
-    """A private redis-server and two daphne servers using it."""
-    with RedisServer() as rs:
-        env = {"REDIS_URL": rs.url}
-        with DaphneServer(env=env) as a, DaphneServer(env=env) as b:
-            yield rs, a, b
 
 
 def room():
@@ -34,7 +24,7 @@ def room():
 
 
 async def test_listener_on_a_poster_on_b(cluster):
-    rs, a, b = cluster
+    _, a, b = cluster
     name = room()
     async with connect(a.ws_url) as listener, connect(b.ws_url) as poster:
         await join(listener, name)
@@ -46,7 +36,7 @@ async def test_listener_on_a_poster_on_b(cluster):
 
 
 async def test_listeners_on_both_servers_get_each_post_once_in_order(cluster):
-    rs, a, b = cluster
+    _, a, b = cluster
     name = room()
     async with connect(a.ws_url) as a1, connect(a.ws_url) as a2, connect(b.ws_url) as b1:
         for ws in (a1, a2, b1):
@@ -100,15 +90,16 @@ async def test_redis_commands_do_not_grow_with_listeners(cluster):
     assert large.get("cmdstat_publish") == small.get("cmdstat_publish") == 1
     # INFO/CONFIG are this test's own; whatever else ran must not scale with listeners.
     def total(stats):
-        return sum(v for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_config|resetstat"))
+        own = ("cmdstat_info", "cmdstat_config|resetstat")
+        return sum(v for k, v in stats.items() if k not in own)
 
     print("redis commands for one post:", small, large)
     assert total(large) <= total(small) + 2, (small, large)
 
 
 async def test_idle_socket_on_a_redis_backed_server_stays_open(cluster):
-    """redis-py 8's default 5 s socket_timeout used to kill idle subscribers (channels_redis#422)."""
-    rs, a, b = cluster
+    """redis-py 8's default 5 s socket_timeout killed idle subscribers (channels_redis#422)."""
+    _, a, b = cluster
     name = room()
     async with connect(a.ws_url) as idle, connect(b.ws_url) as poster:
         await join(idle, name)
