@@ -97,27 +97,38 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
-if REDIS_URL:
+# "pubsub" (default) or "core": see docs/architecture.md for why pubsub.
+REDIS_LAYER = os.environ.get("STREAMPOD_REDIS_LAYER", "pubsub")
+_REDIS_HOST = {
+    "address": REDIS_URL,
+    # redis-py 8's 5 s default kills idle subscribers (channels_redis#422).
+    "socket_timeout": None,
+    # A dead Redis must fail fast, not hang a publish.
+    "socket_connect_timeout": 2,
+    # The default cap of 100 gives HTTP 500 on connect storms.
+    "max_connections": 2000,
+    "health_check_interval": 15,
+    "retry_on_timeout": True,
+}
+if REDIS_URL and REDIS_LAYER == "core":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [_REDIS_HOST],
+                # The bus's one channel per process carries all cross-server traffic:
+                # the default capacity of 100 drops silently under load.
+                "channel_capacity": {"streaming.bus.*": 100_000},
+            },
+        }
+    }
+elif REDIS_URL:
     # The pub/sub layer: measured faster than the core layer here and, unlike it, it
-    # never drops past a per-process capacity of 100 (docs/architecture.md).
+    # never drops past a per-process capacity (docs/architecture.md).
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {
-                "hosts": [
-                    {
-                        "address": REDIS_URL,
-                        # redis-py 8's 5 s default kills idle subscribers (channels_redis#422).
-                        "socket_timeout": None,
-                        # A dead Redis must fail fast, not hang a publish.
-                        "socket_connect_timeout": 2,
-                        # The default cap of 100 gives HTTP 500 on connect storms.
-                        "max_connections": 2000,
-                        "health_check_interval": 15,
-                        "retry_on_timeout": True,
-                    }
-                ],
-            },
+            "CONFIG": {"hosts": [_REDIS_HOST]},
         }
     }
 else:

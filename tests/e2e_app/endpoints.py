@@ -2,7 +2,7 @@
 
 from streaming.endpoint import Endpoint
 
-from .protocol import Echo, RoomPost, WhoAmI
+from .protocol import Echo, MyChatMessage, RoomPost, WhoAmI
 
 
 class EchoEndpoint(Endpoint):
@@ -79,3 +79,19 @@ class RoomEndpoint(Endpoint):
             else:
                 message.sender_id = session.auth.authenticated_user_id
                 await session.messages.post_message(channel, message)
+
+
+class ExampleChatEndpoint(Endpoint):
+    """Issue 3's example, as written in the docs (name: example_chat)."""
+
+    login_required = True
+
+    async def stream_opened(self, session):
+        session.messages.add_listener(
+            f"user_{session.auth.authenticated_user_id}",
+            lambda message: self.send_stream_message(session, message),
+        )
+
+    async def handle_stream_message(self, session, message):
+        if isinstance(message, MyChatMessage):
+            await session.messages.post_message(f"user_{message.recipient_id}", message)

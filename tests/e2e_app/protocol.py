@@ -20,3 +20,10 @@ class RoomPost(SerializableEntity):
     room: str
     text: str
     sender_id: int | None = None
+
+
+class MyChatMessage(SerializableEntity):
+    """The message class of the docs' messaging example."""
+
+    recipient_id: int
+    text: str
