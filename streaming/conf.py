@@ -87,6 +87,15 @@ def problems() -> list[tuple[str, str, str]]:
                     f"Default: {DEFAULTS[key]!r}",
                 )
             )
+        elif isinstance(value, list | tuple) and not all(isinstance(p, str) for p in value):
+            # import_string() would fail on them with an AttributeError at start-up.
+            found.append(
+                (
+                    "streaming.E002",
+                    "STREAMING['ENDPOINTS'] must list dotted paths (strings).",
+                    'For example ["myapp.endpoints.ChatEndpoint"].',
+                )
+            )
         elif isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
             found.append(
                 (

@@ -332,8 +332,10 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
                     errors=getattr(exc, "errors", None),
                 )
                 return
+            instance, session = slot.instance, slot.session
+            assert instance is not None and session is not None  # OPEN implies both
             try:
-                await slot.instance.handle_stream_message(slot.session, message)  # type: ignore[union-attr]
+                await instance.handle_stream_message(session, message)
             except MessagingUnavailable as exc:
                 logger.warning("%s: %s", slot.cls.__qualname__, exc.detail)
                 self.send_error(

@@ -145,7 +145,8 @@ async def test_staff_token_may_use_the_staff_endpoint(server, make_user):
 async def test_invalid_token_header_is_accepted_then_closed_4401(server, make_user, header):
     _, key = await make_user("alice", password=None)
     raw = key.removeprefix("Token ")
-    async with connect(server.ws_url, additional_headers={"Authorization": header.format(raw=raw)}) as ws:
+    headers = {"Authorization": header.format(raw=raw)}
+    async with connect(server.ws_url, additional_headers=headers) as ws:
         # The handshake succeeded (no InvalidStatus): the close code tells the client why.
         assert await close_code(ws) == 4401
 
@@ -175,7 +176,9 @@ async def test_token_in_the_url_is_not_accepted(server, make_user, query):
 
 async def test_token_from_the_api_works_on_the_socket(server, make_user):
     user, _ = await make_user("bob", password="bob-pass-123")
-    async with httpx.AsyncClient(base_url=server.http_url, trust_env=False, timeout=TIMEOUT) as http:
+    async with httpx.AsyncClient(
+        base_url=server.http_url, trust_env=False, timeout=TIMEOUT
+    ) as http:
         wrong = await http.post("/api/auth/token/", data={"username": "bob", "password": "nope"})
         assert wrong.status_code == 400
         response = await http.post(

@@ -95,9 +95,7 @@ async def test_no_message_is_lost_between_open_and_the_first_iteration(server, m
         error = await next_item(client.errors)
         assert (error.code, error.id) == ("unknown_class", "sync")
         assert await next_item(client.whoami.stream) == WhoAmI(user_id=user.pk, endpoint="whoami")
-        assert await next_item(client.private.stream) == WhoAmI(
-            user_id=user.pk, endpoint="private"
-        )
+        assert await next_item(client.private.stream) == WhoAmI(user_id=user.pk, endpoint="private")
 
 
 async def test_status_transitions_in_order(server):
@@ -227,7 +225,7 @@ def run_cli(*args, stdin="", **kwargs):
 
 
 async def test_cli_sends_stdin_lines_and_prints_the_endpoint_frames(server, make_user):
-    user, key = await make_user("alice")
+    _, key = await make_user("alice")
     token = key.removeprefix("Token ")
     lines = "\n".join(
         [

@@ -24,7 +24,7 @@ MAX_MESSAGE_BYTES = 65536
 
 @pytest.fixture(scope="module")
 def limited_server(django_db_setup, django_db_blocker):
-    """A daphne whose rate limit lets 5 frames through, then refuses (tests/e2e_limits_settings.py)."""
+    """A daphne whose bucket lets 5 frames through, then refuses (tests/e2e_limits_settings.py)."""
     with DaphneServer(env={"DJANGO_SETTINGS_MODULE": "tests.e2e_limits_settings"}) as srv:
         yield srv
 
@@ -76,7 +76,7 @@ async def opened_anonymous(ws):
 
 
 async def expect_error(ws, code, *, endpoint=None, frame_id=None):
-    """The next frame is an error with ``code``; ``endpoint`` and ``id`` present exactly when given."""
+    """The next frame is an error with ``code``; ``endpoint`` and ``id`` exactly as given."""
     frame = await recv(ws)
     assert set(frame) == {"command", "args"} and frame["command"] == "error", frame
     args = frame["args"]
@@ -145,32 +145,34 @@ async def test_unknown_top_level_keys_are_ignored(server):
 # -- malformed_frame -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        pytest.param("not json", id="not-json"),
-        pytest.param('{"endpoint": "echo",', id="truncated-json"),
-        pytest.param("[1, 2]", id="array"),
-        pytest.param('"a string"', id="string"),
-        pytest.param("42", id="number"),
-        pytest.param("null", id="null"),
-        pytest.param("{}", id="empty-object"),
-        pytest.param("[" * 60000, id="deep-array-nesting"),
-        pytest.param('{"a":' * 12000, id="deep-object-nesting"),
-        pytest.param('{"object": {"className": "Echo", "data": {}}}', id="no-endpoint"),
-        pytest.param('{"endpoint": "echo"}', id="no-object"),
-        pytest.param('{"endpoint": "", "object": {"className": "Echo", "data": {}}}', id="empty-endpoint"),
-        pytest.param('{"endpoint": 5, "object": {"className": "Echo", "data": {}}}', id="endpoint-int"),
-        pytest.param('{"endpoint": "echo", "object": []}', id="object-list"),
-        pytest.param('{"endpoint": "echo", "object": {"data": {}}}', id="no-className"),
-        pytest.param('{"endpoint": "echo", "object": {"className": 7, "data": {}}}', id="className-int"),
-        pytest.param('{"endpoint": "echo", "object": {"className": "Echo"}}', id="no-data"),
-        pytest.param('{"endpoint": "echo", "object": {"className": "Echo", "data": [1]}}', id="data-list"),
-        pytest.param('{"endpoint": "echo", "id": 5, "object": {"className": "Echo", "data": {}}}', id="id-int"),
-        pytest.param('{"command": 1, "args": {}}', id="command-int"),
-        pytest.param('{"command": "ping", "args": []}', id="args-list"),
-    ],
-)
+OBJ = '"object": {"className": "Echo", "data": {}}'
+MALFORMED = {
+    "not-json": "not json",
+    "truncated-json": '{"endpoint": "echo",',
+    "array": "[1, 2]",
+    "string": '"a string"',
+    "number": "42",
+    "null": "null",
+    "empty-object": "{}",
+    "deep-array-nesting": "[" * 60000,
+    "deep-object-nesting": '{"a":' * 12000,
+    "no-endpoint": "{" + OBJ + "}",
+    "no-object": '{"endpoint": "echo"}',
+    "empty-endpoint": '{"endpoint": "", ' + OBJ + "}",
+    "endpoint-int": '{"endpoint": 5, ' + OBJ + "}",
+    "object-list": '{"endpoint": "echo", "object": []}',
+    "no-className": '{"endpoint": "echo", "object": {"data": {}}}',
+    "className-int": '{"endpoint": "echo", "object": {"className": 7, "data": {}}}',
+    "no-data": '{"endpoint": "echo", "object": {"className": "Echo"}}',
+    "data-list": '{"endpoint": "echo", "object": {"className": "Echo", "data": [1]}}',
+    "id-int": '{"endpoint": "echo", "id": 5, ' + OBJ + "}",
+    "id-too-long": '{"endpoint": "echo", "id": "' + "x" * 129 + '", ' + OBJ + "}",
+    "command-int": '{"command": 1, "args": {}}',
+    "args-list": '{"command": "ping", "args": []}',
+}
+
+
+@pytest.mark.parametrize("text", MALFORMED.values(), ids=MALFORMED.keys())
 async def test_malformed_text_frames(server, text):
     async with connect(server.ws_url) as ws:
         await opened_anonymous(ws)

@@ -6,8 +6,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
-DEMO_PASSWORD = "streampod"
-DEMO_USERS = [("alice", "Alice"), ("bob", "Bob"), ("carol", "Carol")]
+from chat.demo import ADMIN_USERNAME, DEMO_PASSWORD, DEMO_USERS
 
 
 class Command(BaseCommand):
@@ -18,10 +17,13 @@ class Command(BaseCommand):
         for username, first_name in DEMO_USERS:
             if not User.objects.filter(username=username).exists():
                 User.objects.create_user(username, password=DEMO_PASSWORD, first_name=first_name)
-        if not User.objects.filter(username="admin").exists():
-            User.objects.create_superuser("admin", "admin@example.com", DEMO_PASSWORD)
+        if not User.objects.filter(username=ADMIN_USERNAME).exists():
+            User.objects.create_superuser(ADMIN_USERNAME, "admin@example.com", DEMO_PASSWORD)
+        # Known passwords are for a developer's machine only: say them only with DEBUG.
         if settings.DEBUG:
             self.stdout.write(
-                "Demo accounts (password 'streampod'): alice, bob, carol; admin at /admin/ "
-                "(admin / streampod).\nOpen http://127.0.0.1:8000/"
+                f"Demo accounts (password '{DEMO_PASSWORD}'): "
+                + ", ".join(name for name, _ in DEMO_USERS)
+                + f"; admin at /admin/ ({ADMIN_USERNAME} / {DEMO_PASSWORD}).\n"
+                "Open http://127.0.0.1:8000/"
             )

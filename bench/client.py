@@ -1,0 +1,249 @@
+"""The load client's connections: one plain ``websockets`` client for every contender.
+
+Each contender speaks its own envelope around the same fields (:mod:`bench.protocol`);
+a :class:`Dialect` builds and parses it, so the workloads (:mod:`bench.workloads`) are
+written once. Socket.IO is spoken directly (Engine.IO v4 over a WebSocket: ``0`` open,
+``40`` connect, ``42[event, data]``, ``2``/``3`` ping/pong) so that every contender is
+driven by the same client library at the same cost per frame.
+
+Connections offer no compression (every server then sends plain frames) and send no
+client pings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+from .protocol import PAD
+
+# Kinds of parsed frames.
+RELAY = "relay"
+ECHO = "echo"
+READY = "ready"
+ERROR = "error"
+PING = "ping"
+OTHER = "other"
+
+Parsed = tuple[str, Any]
+OnMessage = Callable[["Conn", str, Any, float], None]
+
+_dumps = json.dumps
+_loads = json.loads
+
+
+class Dialect:
+    """How one contender frames the bench messages. Subclasses fill the methods."""
+
+    path = "/"
+
+    def url(self, base: str, uid: int) -> str:
+        return f"{base}{self.path}?uid={uid}"
+
+    async def handshake(self, ws: ClientConnection) -> None:
+        """Return once the server says the connection listens on ``user_<uid>``."""
+        while True:
+            kind, _ = self.parse(await ws.recv())
+            if kind == READY:
+                return
+            if kind == ERROR:
+                raise ConnectionError("the server refused the connection")
+
+    def relay(self, to: int, src: int, seq: int, t: float) -> str:
+        raise NotImplementedError
+
+    def echo(self, src: int, seq: int, t: float) -> str:
+        raise NotImplementedError
+
+    def parse(self, raw: str | bytes) -> Parsed:
+        raise NotImplementedError
+
+
+class StreampodDialect(Dialect):
+    """Streampod's data frames (``streaming.protocol``) on ``/websocket/``."""
+
+    path = "/websocket/"
+    _relay = '{"endpoint":"relay","object":{"className":"BenchRelay","data":'
+    _echo = '{"endpoint":"relay","object":{"className":"BenchEcho","data":'
+
+    def relay(self, to: int, src: int, seq: int, t: float) -> str:
+        data = {"to": to, "src": src, "seq": seq, "t": t, "pad": PAD}
+        return self._relay + _dumps(data) + "}}"
+
+    def echo(self, src: int, seq: int, t: float) -> str:
+        return self._echo + _dumps({"src": src, "seq": seq, "t": t, "pad": PAD}) + "}}"
+
+    def parse(self, raw: str | bytes) -> Parsed:
+        frame = _loads(raw)
+        obj = frame.get("object")
+        if obj is not None:
+            name = obj["className"]
+            if name == "BenchRelay":
+                return RELAY, obj["data"]
+            if name == "BenchEcho":
+                return ECHO, obj["data"]
+            if name == "BenchReady":
+                return READY, obj["data"]
+            return OTHER, obj
+        if frame.get("command") == "error":
+            return ERROR, frame.get("args")
+        return OTHER, frame
+
+
+class JsonDialect(Dialect):
+    """``{"type": ..., fields}``: the Channels baseline (``/channels/``) and the ceiling."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def relay(self, to: int, src: int, seq: int, t: float) -> str:
+        return _dumps({"type": "relay", "to": to, "src": src, "seq": seq, "t": t, "pad": PAD})
+
+    def echo(self, src: int, seq: int, t: float) -> str:
+        return _dumps({"type": "echo", "src": src, "seq": seq, "t": t, "pad": PAD})
+
+    def parse(self, raw: str | bytes) -> Parsed:
+        frame = _loads(raw)
+        return frame.get("type", OTHER), frame
+
+
+class SocketIODialect(Dialect):
+    """Socket.IO v5 over Engine.IO v4, WebSocket transport only."""
+
+    path = "/socket.io/"
+
+    def url(self, base: str, uid: int) -> str:
+        return f"{base}{self.path}?EIO=4&transport=websocket&uid={uid}"
+
+    async def handshake(self, ws: ClientConnection) -> None:
+        opened = await ws.recv()
+        if not str(opened).startswith("0"):
+            raise ConnectionError(f"expected an Engine.IO open packet, got {opened!r}")
+        await ws.send("40")
+        while True:
+            raw = str(await ws.recv())
+            if raw.startswith("40"):
+                return  # the connect handler (room entered) ran before this ack
+            if raw.startswith("44"):
+                raise ConnectionError(f"Socket.IO connect refused: {raw}")
+            if raw == "2":
+                await ws.send("3")
+
+    def relay(self, to: int, src: int, seq: int, t: float) -> str:
+        data = {"to": to, "src": src, "seq": seq, "t": t, "pad": PAD}
+        return '42["relay",' + _dumps(data) + "]"
+
+    def echo(self, src: int, seq: int, t: float) -> str:
+        return '42["echo",' + _dumps({"src": src, "seq": seq, "t": t, "pad": PAD}) + "]"
+
+    def parse(self, raw: str | bytes) -> Parsed:
+        text = raw if isinstance(raw, str) else raw.decode()
+        if text.startswith("42"):
+            event, data = _loads(text[2:])
+            return event, data
+        if text == "2":
+            return PING, None
+        if text.startswith("44") or text.startswith("41") or text == "1":
+            return ERROR, text
+        return OTHER, text
+
+
+class Conn:
+    """One client connection: its socket, its user id and the index of its server."""
+
+    __slots__ = ("dialect", "reader", "server", "uid", "ws")
+
+    def __init__(self, ws: ClientConnection, dialect: Dialect, uid: int, server: int) -> None:
+        self.ws = ws
+        self.dialect = dialect
+        self.uid = uid
+        self.server = server
+        self.reader: asyncio.Task[None] | None = None
+
+    def start_reader(self, on_message: OnMessage, on_closed: Callable[[Conn], None]) -> None:
+        """Read every frame into ``on_message(conn, kind, data, perf_counter())``."""
+        self.reader = asyncio.get_running_loop().create_task(
+            self._read(on_message, on_closed)
+        )
+
+    async def _read(self, on_message: OnMessage, on_closed: Callable[[Conn], None]) -> None:
+        parse = self.dialect.parse
+        clock = time.perf_counter
+        ws = self.ws
+        try:
+            async for raw in ws:
+                kind, data = parse(raw)
+                if kind == PING:
+                    await ws.send("3")
+                else:
+                    on_message(self, kind, data, clock())
+        except Exception:  # a broken socket ends reading; counted below
+            pass
+        on_closed(self)
+
+    async def close(self) -> None:
+        try:
+            await self.ws.close()
+        except Exception:  # closing a broken socket is not a bench result
+            pass
+        if self.reader is not None:
+            self.reader.cancel()
+
+
+async def open_conn(
+    dialect: Dialect, base: str, uid: int, server: int, timeout: float = 30.0
+) -> Conn:
+    """Connect and wait for the server's "ready": the socket listens on ``user_<uid>``."""
+    async with asyncio.timeout(timeout):
+        ws = await connect(
+            dialect.url(base, uid),
+            compression=None,
+            ping_interval=None,
+            open_timeout=None,
+            close_timeout=2,
+            max_queue=256,
+            max_size=2**20,
+            user_agent_header=None,
+        )
+        try:
+            await dialect.handshake(ws)
+        except BaseException:
+            await ws.close()
+            raise
+    return Conn(ws, dialect, uid, server)
+
+
+async def open_many(
+    dialect: Dialect, bases: list[str], specs: list[tuple[int, int]], concurrency: int = 64
+) -> list[Conn]:
+    """Open ``(server index, uid)`` connections, ``concurrency`` at a time; raise on a failure."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(server: int, uid: int) -> Conn:
+        async with gate:
+            return await open_conn(dialect, bases[server], uid, server)
+
+    results = await asyncio.gather(*(one(s, u) for s, u in specs), return_exceptions=True)
+    conns = [r for r in results if isinstance(r, Conn)]
+    failures = [r for r in results if not isinstance(r, Conn)]
+    if failures:
+        await close_all(conns)
+        raise ConnectionError(f"{len(failures)} of {len(specs)} connects failed: {failures[0]!r}")
+    return conns
+
+
+async def close_all(conns: list[Conn], timeout: float = 10.0) -> None:
+    """Close every connection (bounded in time; whatever is left is aborted)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*(conn.close() for conn in conns))
+    except TimeoutError:
+        for conn in conns:
+            conn.ws.transport.abort()
+            if conn.reader is not None:
+                conn.reader.cancel()

@@ -1,0 +1,3 @@
+"""The bench servers serve no HTTP pages."""
+
+urlpatterns: list = []

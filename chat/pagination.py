@@ -1,0 +1,67 @@
+"""Keyset pagination on the message id: ``?after=<id>&limit=<n>``.
+
+Message ids only grow, so "everything after the last id I have" is both the next
+page and what a client missed while it was offline, with no offset to drift when
+new messages arrive between two requests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from rest_framework import serializers
+from rest_framework.pagination import BasePagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.settings import api_settings
+from rest_framework.utils.urls import replace_query_param
+
+
+class _PageQuery(serializers.Serializer):
+    after = serializers.IntegerField(min_value=0, required=False, default=0)
+    limit = serializers.IntegerField(min_value=1, required=False)
+
+
+class AfterIdPagination(BasePagination):
+    """Rows with ``id > after``, oldest first, at most ``limit`` of them.
+
+    The response is ``{"next": <url or null>, "results": [...]}``; ``next`` is the
+    same query with ``after`` set to the page's last id, null on the last page.
+    """
+
+    max_limit = 200
+
+    def paginate_queryset(
+        self, queryset: QuerySet[Any], request: Request, view: Any = None
+    ) -> list[Any]:
+        query = _PageQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        after: int = query.validated_data["after"]
+        limit: int = min(
+            query.validated_data.get("limit") or api_settings.PAGE_SIZE or 50, self.max_limit
+        )
+        rows = list(queryset.filter(pk__gt=after).order_by("pk")[: limit + 1])
+        self.request = request
+        self.has_next = len(rows) > limit
+        self.page = rows[:limit]
+        return self.page
+
+    def get_next_link(self) -> str | None:
+        if not self.has_next:
+            return None
+        url = self.request.build_absolute_uri()
+        return replace_query_param(url, "after", self.page[-1].pk)
+
+    def get_paginated_response(self, data: Any) -> Response:
+        return Response({"next": self.get_next_link(), "results": data})
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "required": ["next", "results"],
+            "properties": {
+                "next": {"type": "string", "nullable": True, "format": "uri"},
+                "results": schema,
+            },
+        }

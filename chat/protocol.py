@@ -1,0 +1,58 @@
+"""The chat's message class, shared by the server and every Python client.
+
+Imports no Django (a test proves it): ``streaming.client`` users import it as it is.
+
+One class travels both ways::
+
+    client -> server   ChatMessage(recipient_id=2, text="Hello")
+    server -> clients  ChatMessage(id=7, sender_id=1, recipient_id=2, text="Hello",
+                                   sent_at=datetime(..., tzinfo=UTC))
+
+What the client sends is a request; what the server sends is a stored message, so
+``id``, ``sender_id`` and ``sent_at`` are optional and set only by the server. A
+``sender_id`` or ``id`` a client sends is ignored: the server takes the sender from
+the socket's authenticated user and the id from the database.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from streaming.serialization import SerializableEntity
+
+__all__ = ["MAX_TEXT_LENGTH", "ChatMessage", "clean_text"]
+
+#: Longest message text, counted after stripping surrounding whitespace.
+MAX_TEXT_LENGTH = 4000
+
+
+class ChatMessage(SerializableEntity):
+    """A direct message from one user to another.
+
+    Clients fill ``recipient_id`` and ``text``. Messages from the server also carry
+    ``id`` (the stored message's primary key, increasing), ``sender_id`` and
+    ``sent_at`` (UTC); receiving one with your own ``sender_id`` is the
+    acknowledgement that the server stored what you sent.
+    """
+
+    recipient_id: int
+    text: str
+    id: int | None = None
+    sender_id: int | None = None
+    sent_at: datetime | None = None
+
+    @property
+    def stored(self) -> bool:
+        """True for a message the server has saved (it has an ``id``)."""
+        return self.id is not None
+
+
+def clean_text(text: str) -> str | None:
+    """``text`` stripped, or None when that is empty or over :data:`MAX_TEXT_LENGTH`.
+
+    The server enforces this rule; clients may call it to refuse early.
+    """
+    stripped = text.strip()
+    if not stripped or len(stripped) > MAX_TEXT_LENGTH:
+        return None
+    return stripped

@@ -1,0 +1,162 @@
+"""``StreamingConnectionHandler``: keeps a client's connection up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+from .client import Client
+from .errors import ClientClosed, ConnectionFailed
+from .status import DisconnectReason
+
+__all__ = ["StreamingConnectionHandler"]
+
+logger = logging.getLogger("streaming.client")
+
+
+class StreamingConnectionHandler:
+    """Opens ``client``'s connection and opens it again whenever it ends.
+
+    Retries wait ``min(max_delay, min_delay * factor ** (n - 1))`` seconds after the
+    n-th failure in a row, shortened by a random fraction up to ``jitter`` (0: none,
+    1: anywhere between 0 and the full delay) so that many clients do not return in
+    step; ``rng`` draws that fraction (pass a fixed one in tests). A connection that
+    reached ``connected`` resets the count. While waiting the client's status is
+    ``waiting_to_retry`` and ``client.retry_in_seconds`` counts down.
+
+    It stops, leaving the client ``disconnected``, when the server closes with 4401
+    or 4403 (or refuses the handshake with HTTP 401/403): the same credentials would
+    be refused again. ``client.disconnect_reason`` then says why, and
+    :meth:`wait_closed` returns. It also stops when the client is closed on purpose
+    (:meth:`close`, ``client.close_streaming_connection()``, ``client.close()``).
+
+    Endpoint streams belong to the client, so the same iterators go on across
+    reconnects. A handler is started once; use ``async with`` or :meth:`start` and
+    :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        min_delay: float = 0.5,
+        max_delay: float = 30.0,
+        factor: float = 2.0,
+        jitter: float = 0.5,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        if not 0 < min_delay <= max_delay:
+            raise ValueError("need 0 < min_delay <= max_delay")
+        if factor < 1:
+            raise ValueError("factor must be at least 1")
+        if not 0 <= jitter <= 1:
+            raise ValueError("jitter must be between 0 and 1")
+        self.client = client
+        self.min_delay = min_delay
+        self.max_delay = max_delay
+        self.factor = factor
+        self.jitter = jitter
+        self._rng = rng
+        self._failures = 0
+        self._next_delay: float | None = None
+        self._stopping = False
+        self._sleeping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<StreamingConnectionHandler running={self.running} client={self.client!r}>"
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def delay_for(self, failures: int) -> float:
+        """The wait before the next attempt after ``failures`` failures in a row."""
+        try:
+            base = min(self.max_delay, self.min_delay * self.factor ** max(0, failures - 1))
+        except OverflowError:
+            base = self.max_delay
+        return base * (1.0 - self.jitter * self._rng())
+
+    def start(self) -> None:
+        """Start keeping the connection up (in a task of the running loop)."""
+        if self._task is not None:
+            raise RuntimeError("a StreamingConnectionHandler is started only once")
+        if self.client._handler is not None:
+            raise RuntimeError("this client already has a StreamingConnectionHandler")
+        self.client._handler = self
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name="streampod-connection-handler"
+        )
+
+    async def close(self) -> None:
+        """Stop retrying and close the connection; status ends ``disconnected``."""
+        self._stopping = True
+        if self.client._handler is self:
+            await self.client.close_streaming_connection()
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        """Return once the handler has stopped (closed, or refused credentials)."""
+        if self._task is not None:
+            await asyncio.wait({self._task})
+
+    async def __aenter__(self) -> StreamingConnectionHandler:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- called by the client ---------------------------------------------------------------
+
+    def _after_loss(self, reason: DisconnectReason) -> float | None:
+        """The delay before the next attempt, or None to stop (set when a link ends)."""
+        if self._stopping or reason.by_client or reason.is_auth_failure:
+            self._next_delay = None
+            return None
+        self._failures += 1
+        self._next_delay = self.delay_for(self._failures)
+        return self._next_delay
+
+    def _stop_retrying(self) -> None:
+        self._stopping = True
+        if self._sleeping and self._task is not None:
+            self._task.cancel()
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        client = self.client
+        try:
+            while not self._stopping:
+                self._next_delay = None
+                try:
+                    await client.open_streaming_connection()
+                except ConnectionFailed:
+                    pass
+                else:
+                    self._failures = 0
+                    await client._wait_link_closed()
+                delay = self._next_delay
+                if delay is None or self._stopping:
+                    return
+                self._sleeping = True
+                try:
+                    await asyncio.sleep(delay)  # the backoff itself, not a synchronisation
+                finally:
+                    self._sleeping = False
+        except ClientClosed:
+            pass
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            # Cancelled by _stop_retrying() while waiting: a normal stop.
+        except Exception:
+            logger.exception("StreamingConnectionHandler stopped on an unexpected error")
+            client._settle(DisconnectReason(None, "the connection handler failed (see the log)"))
+        finally:
+            if client._handler is self:
+                client._handler = None

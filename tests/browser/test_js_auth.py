@@ -1,0 +1,58 @@
+"""streampod.js authenticates with the page's Django session cookie."""
+
+from .support import states, wait_received, wait_states
+
+PASSWORD = "secret-pass-1"
+
+
+async def log_in(page, base_url, username):
+    """Sign in through Django's admin login form, as a person would."""
+    await page.goto(f"{base_url}/admin/login/?next=/admin/")
+    await page.fill("#id_username", username)
+    await page.fill("#id_password", PASSWORD)
+    await page.click("input[type=submit]")
+    await page.wait_for_url(f"{base_url}/admin/")
+
+
+async def test_session_cookie_identifies_the_user_on_the_socket(
+    server, browser, open_page, make_user
+):
+    user, _ = await make_user("staffer", password=PASSWORD, is_staff=True)
+    context = await browser.new_context()
+    await log_in(await context.new_page(), server.http_url, "staffer")
+
+    page = await open_page(server.http_url, context=context)
+    await page.evaluate("window.start(); window.pump('whoami'); window.pump('private')")
+    await wait_states(page, "connected")
+    whoami = await wait_received(page, "whoami", 1)
+    assert whoami == [{"className": "WhoAmI", "data": {"user_id": user.pk, "endpoint": "whoami"}}]
+    # login_required endpoint: opened for this session, and it echoes.
+    private = await wait_received(page, "private", 1)
+    assert private[0]["data"] == {"user_id": user.pk, "endpoint": "private"}
+    await page.evaluate("window.send('private', 'Echo', {text: 'secret'})")
+    private = await wait_received(page, "private", 2)
+    assert private[1] == {"className": "Echo", "data": {"text": "secret", "n": 0, "at": None}}
+    assert await page.evaluate("window.errorsLog") == []
+
+
+async def test_logging_out_elsewhere_closes_with_4401_and_stops_retrying(
+    server, browser, open_page, make_user
+):
+    await make_user("leaver", password=PASSWORD, is_staff=True)
+    context = await browser.new_context()
+    admin = await context.new_page()
+    await log_in(admin, server.http_url, "leaver")
+
+    page = await open_page(server.http_url, context=context)
+    await page.evaluate("window.start({retry: {min: 0.05, jitter: 0}}); window.pump('whoami')")
+    await wait_received(page, "whoami", 1)
+
+    # Log out in another tab: the server revokes the user's sockets (close code 4401).
+    await admin.click("#logout-form button")
+    await wait_states(page, "disconnected")
+    assert await states(page) == ["connecting", "connected", "disconnected"]
+    assert await page.evaluate("window.client.status") == {
+        "state": "disconnected",
+        "code": 4401,
+        "reason": "unauthorized",
+    }

@@ -1,0 +1,267 @@
+"""Socket authentication and the Origin check, through channels' WebsocketCommunicator.
+
+The application under test is the real stack (``StreamingAuthMiddlewareStack`` in
+front of ``StreamingConsumer``) serving endpoints defined here. Settings are read per
+handshake, so ``override_settings`` changes the answer without any re-import.
+"""
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.test import Client, override_settings
+
+from streaming.auth import StreamingAuthMiddlewareStack, origin_allowed, user_for_key
+from streaming.consumer import StreamingConsumer
+from streaming.endpoint import Endpoint
+from streaming.serialization import SerializableEntity
+from streaming.testing import StreamingCommunicator
+
+
+class Identity(SerializableEntity):
+    user_id: int | None
+
+
+class Knock(SerializableEntity):
+    text: str
+
+
+class WhoEndpoint(Endpoint):
+    """Says who the session belongs to when it opens."""
+
+    async def stream_opened(self, session):
+        await self.send_stream_message(
+            session, Identity(user_id=session.auth.authenticated_user_id)
+        )
+
+
+class MembersEndpoint(Endpoint):
+    login_required = True
+
+    async def stream_opened(self, session):
+        await self.send_stream_message(
+            session, Identity(user_id=session.auth.authenticated_user_id)
+        )
+
+    async def handle_stream_message(self, session, message):
+        await self.send_stream_message(session, message)
+
+
+def stack():
+    return StreamingAuthMiddlewareStack(
+        StreamingConsumer.as_asgi(endpoints=[WhoEndpoint, MembersEndpoint])
+    )
+
+
+def communicator(
+    *, origin=None, host="testserver", authorization=None, cookie=None, path="/websocket/"
+):
+    headers = [(b"host", host.encode())]
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    if authorization is not None:
+        headers.append((b"authorization", authorization.encode()))
+    if cookie is not None:
+        headers.append((b"cookie", cookie.encode()))
+    return StreamingCommunicator(stack(), path, headers=headers)
+
+
+def scope(origin=None, host="example.com", scheme="ws", extra=()):
+    headers = [(b"host", host.encode()), *extra]
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    return {"type": "websocket", "scheme": scheme, "headers": headers}
+
+
+# -- origin_allowed ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "scheme", "allowed"),
+    [
+        (None, "example.com", "ws", True),  # not a browser: authentication decides
+        ("http://example.com", "example.com", "ws", True),
+        ("http://example.com:80", "example.com", "ws", True),  # default port spelled out
+        ("http://EXAMPLE.com", "example.com", "ws", True),  # host names are case-insensitive
+        ("http://example.com:8000", "example.com:8000", "ws", True),
+        ("https://example.com", "example.com", "wss", True),
+        ("https://example.com", "example.com", "ws", False),  # scheme differs
+        ("http://example.com", "example.com", "wss", False),
+        ("http://example.com:8001", "example.com:8000", "ws", False),  # port differs
+        ("http://example.com", "example.com:8000", "ws", False),
+        ("http://sub.example.com", "example.com", "ws", False),
+        ("http://evil.example", "example.com", "ws", False),
+        ("null", "example.com", "ws", False),
+        ("file://", "example.com", "ws", False),
+        ("http://[bad", "example.com", "ws", False),
+        ("http://example.com", "", "ws", False),  # no Host to compare with
+    ],
+)
+def test_origin_must_be_the_requests_own(origin, host, scheme, allowed):
+    assert origin_allowed(scope(origin, host, scheme)) is allowed
+
+
+def test_csrf_trusted_origins_are_read_per_handshake():
+    handshake = scope("https://app.example.com")
+    assert origin_allowed(handshake) is False
+    with override_settings(CSRF_TRUSTED_ORIGINS=["https://app.example.com"]):
+        assert origin_allowed(handshake) is True
+        assert origin_allowed(scope("http://app.example.com")) is False  # scheme counts
+        assert origin_allowed(scope("https://app.example.com:8443")) is False  # so does the port
+    assert origin_allowed(handshake) is False
+
+
+def test_csrf_trusted_origins_wildcards_match_subdomains_only():
+    with override_settings(CSRF_TRUSTED_ORIGINS=["https://*.example.org"]):
+        assert origin_allowed(scope("https://chat.example.org")) is True
+        assert origin_allowed(scope("https://a.b.example.org")) is True
+        assert origin_allowed(scope("https://evilexample.org")) is False
+        assert origin_allowed(scope("https://example.org.evil.test")) is False
+        assert origin_allowed(scope("http://chat.example.org")) is False
+        assert origin_allowed(scope("https://chat.example.org:8443")) is False
+
+
+def test_allowed_hosts_star_does_not_widen_the_origin_check():
+    with override_settings(ALLOWED_HOSTS=["*"]):
+        assert origin_allowed(scope("http://evil.example")) is False
+        assert origin_allowed(scope("http://example.com")) is True
+
+
+def test_secure_proxy_ssl_header_makes_the_request_https():
+    proxied = scope("https://example.com", extra=[(b"x-forwarded-proto", b"https")])
+    assert origin_allowed(proxied) is False  # the header is not trusted by default
+    with override_settings(SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https")):
+        assert origin_allowed(proxied) is True
+        assert origin_allowed(scope("https://example.com")) is False  # header absent
+
+
+# -- the Origin check through the stack ------------------------------------------------------
+
+
+async def test_foreign_origin_handshake_is_refused():
+    comm = communicator(origin="http://evil.example")
+    connected, code = await comm.connect()
+    assert connected is False and code == 4403
+    await comm.disconnect()
+
+
+async def test_own_origin_and_missing_origin_handshakes_are_accepted():
+    for origin in ("http://testserver", None):
+        async with communicator(origin=origin) as comm:
+            assert await comm.receive_message("who") == Identity(user_id=None)
+
+
+async def test_trusted_origin_is_accepted_without_reimport():
+    with override_settings(CSRF_TRUSTED_ORIGINS=["https://app.example.com"]):
+        async with communicator(origin="https://app.example.com") as comm:
+            assert await comm.receive_message("who") == Identity(user_id=None)
+    comm = communicator(origin="https://app.example.com")
+    connected, _ = await comm.connect()
+    assert connected is False
+    await comm.disconnect()
+
+
+# -- credentials -------------------------------------------------------------------------------
+
+
+async def test_anonymous_without_credentials():
+    async with communicator() as comm:
+        assert await comm.receive_message("who") == Identity(user_id=None)
+        await comm.assert_nothing_received()  # `members` was not opened
+        await comm.send_message("members", Knock(text="x"), frame_id="k")
+        err = await comm.receive_error("not_authenticated")
+        assert err["endpoint"] == "members" and err["id"] == "k"
+
+
+async def test_token_header_sets_the_user(make_user):
+    user, key = await make_user("alice", password=None)
+    async with communicator(authorization=key) as comm:
+        assert await comm.receive_message("who") == Identity(user_id=user.pk)
+        assert await comm.receive_message("members") == Identity(user_id=user.pk)
+        await comm.send_message("members", Knock(text="in"))
+        assert await comm.receive_message("members") == Knock(text="in")
+
+
+@pytest.mark.parametrize(
+    "header", ["Token nope", "Bearer {raw}", "{raw}", "Token {raw} x", "Token"]
+)
+async def test_invalid_token_header_is_accepted_then_closed_4401(make_user, header):
+    _, key = await make_user("alice", password=None)
+    comm = communicator(authorization=header.format(raw=key.removeprefix("Token ")))
+    connected, _ = await comm.connect()
+    assert connected is True
+    assert await comm.receive_close() == 4401
+    await comm.disconnect()
+
+
+async def test_inactive_users_token_is_closed_4401(make_user):
+    _, key = await make_user("sleeper", password=None, is_active=False)
+    comm = communicator(authorization=key)
+    connected, _ = await comm.connect()
+    assert connected is True
+    assert await comm.receive_close() == 4401
+    await comm.disconnect()
+
+
+async def test_token_in_the_query_string_is_ignored(make_user):
+    _, key = await make_user("alice", password=None)
+    raw = key.removeprefix("Token ")
+    async with communicator(path=f"/websocket/?token={raw}&authorization=Token%20{raw}") as comm:
+        assert await comm.receive_message("who") == Identity(user_id=None)
+        await comm.assert_nothing_received()
+
+
+async def test_session_cookie_sets_the_user(make_user):
+    user, _ = await make_user("alice", password=None)
+
+    def log_in():
+        client = Client()
+        client.force_login(user)
+        return client.cookies["sessionid"].value
+
+    session_id = await sync_to_async(log_in)()
+    async with communicator(origin="http://testserver", cookie=f"sessionid={session_id}") as comm:
+        assert await comm.receive_message("who") == Identity(user_id=user.pk)
+        assert await comm.receive_message("members") == Identity(user_id=user.pk)
+
+
+async def test_auth_command_switches_identity_and_reopens_endpoints(make_user):
+    alice, alice_key = await make_user("alice", password=None)
+    bob, bob_key = await make_user("bob", password=None)
+    async with communicator() as comm:
+        assert await comm.receive_message("who") == Identity(user_id=None)
+        await comm.send_command("auth", {"key": alice_key})
+        assert await comm.receive_command("auth") == {"user_id": alice.pk}
+        assert await comm.receive_message("who") == Identity(user_id=alice.pk)
+        assert await comm.receive_message("members") == Identity(user_id=alice.pk)
+        await comm.send_command("auth", {"key": bob_key})
+        assert await comm.receive_command("auth") == {"user_id": bob.pk}
+        assert await comm.receive_message("who") == Identity(user_id=bob.pk)
+        assert await comm.receive_message("members") == Identity(user_id=bob.pk)
+        await comm.send_command("auth", {"key": "Token wrong"})
+        assert await comm.receive_command("auth") == {"user_id": None}
+        assert await comm.receive_message("who") == Identity(user_id=None)
+        await comm.send_message("members", Knock(text="x"))
+        await comm.receive_error("not_authenticated")
+        await comm.assert_nothing_received()
+
+
+async def test_auth_is_answered_while_a_hook_is_blocked():
+    gate, entered = asyncio.Event(), asyncio.Event()
+
+    class SlowEndpoint(Endpoint):
+        async def handle_stream_message(self, session, message):
+            entered.set()
+            await gate.wait()
+
+    async with StreamingCommunicator(endpoints=[SlowEndpoint]) as comm:
+        await comm.send_message("slow", Knock(text="x"))
+        await entered.wait()  # the hook holds the `slow` lane
+        await comm.send_command("auth", {"key": None})
+        assert await comm.receive_command("auth") == {"user_id": None}
+        gate.set()
+
+
+@pytest.mark.parametrize("key", [None, 5, ["Token x"], "", "Token " + "a" * 300, "Token a b"])
+async def test_user_for_key_refuses_malformed_keys(key):
+    assert await user_for_key(key) is None

@@ -1,0 +1,65 @@
+"""The benchmark harness cannot rot: ``python -m bench.run`` at a tiny size, every
+contender and every workload, one server and two servers sharing a private Redis.
+
+No timing assertions: only that every workload ran, delivered what was sent (zero
+losses, zero duplicates, zero connect errors) and that the results were written.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import IN_CI, ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+ONE_SERVER = {"streampod", "streampod_uvicorn", "channels", "socketio", "ceiling"}
+TWO_SERVERS = {"streampod", "channels", "socketio"}
+
+
+def test_every_workload_runs_at_tiny_size_with_zero_losses(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not installed (the two-server rows start their own)"
+        if IN_CI:
+            pytest.fail(message + "; CI=true needs it")
+        pytest.skip(message)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--size", "tiny", "--runs", "1",
+         "--out", str(tmp_path), "--profile", "off"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    [results_json] = tmp_path.glob("*.json")
+    results = json.loads(results_json.read_text())["results"]
+    expected = {f"{k}@1" for k in ONE_SERVER} | {f"{k}@2" for k in TWO_SERVERS}
+    assert set(results) == expected
+    for key, runs in results.items():
+        [run] = runs
+        workloads = {"storm", "relay", "fanout"} | ({"echo"} if key.endswith("@1") else set())
+        for name in workloads:
+            figures = run.get(name)
+            assert isinstance(figures, dict) and "error" not in figures, (key, name, run)
+        storm, relay, fanout = run["storm"], run["relay"], run["fanout"]
+        assert storm["storm_errors"] == 0 and storm["idle_connections"] == 10, (key, storm)
+        assert relay["sent"] == 2 * 20 and relay["lost"] == 0, (key, relay)
+        assert relay["duplicates"] == 0 and relay["errors"] == 0, (key, relay)
+        assert fanout["broadcasts"] == 3 and fanout["delivered"] == 3 * 5, (key, fanout)
+        assert fanout["lost"] == 0 and fanout["duplicates"] == 0, (key, fanout)
+        if "echo" in workloads:
+            assert run["echo"]["echoes"] == 3 * 10 and run["echo"]["lost"] == 0, (key, run)
+        assert run["server_errors"] == 0, (key, run.get("server_log_tail"))
+
+    [report] = tmp_path.glob("*.md")
+    text = report.read_text()
+    assert "Streampod (daphne) ÷ Channels baseline" in text
+    assert "Streampod (daphne) ÷ python-socketio" in text
+    assert "Streampod (daphne) ÷ ceiling" in text
+    assert (tmp_path / report.name.replace(".md", ".png")).stat().st_size > 0

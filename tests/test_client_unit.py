@@ -1,0 +1,506 @@
+"""The Python client (streaming.client) against tiny real WebSocket servers.
+
+Each test serves a few lines of ``websockets.serve`` on 127.0.0.1 (a real socket, not
+a mock) to put the client in situations daphne will not produce on demand: a pong
+held back, a server that stops answering, a refused handshake, a flood of frames.
+The client against real daphne processes is in tests/e2e/test_client_e2e.py.
+"""
+
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+from contextlib import asynccontextmanager
+
+import pytest
+from websockets.asyncio.server import serve
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+
+from streaming.client import (
+    Client,
+    ClientClosed,
+    ConnectionFailed,
+    NotConnected,
+    RawObject,
+    ServerError,
+    StreamingConnectionHandler,
+    StreamingConnectionStatus,
+    StreamOverflow,
+    UndecodableMessage,
+)
+from streaming.client.stream import MessageStream
+from streaming.serialization import SerializableEntity
+from tests.support.servers import ROOT, free_port
+
+S = StreamingConnectionStatus
+PONG = json.dumps({"command": "pong", "args": {}})
+WAIT = 20  # seconds: a safety net for awaits on real signals, never a measurement
+
+
+class Tick(SerializableEntity):
+    n: int
+
+
+def data(endpoint, class_name, **fields):
+    return json.dumps({"endpoint": endpoint, "object": {"className": class_name, "data": fields}})
+
+
+class StatusRecorder:
+    """A status listener that keeps every status and lets a test wait for one."""
+
+    def __init__(self, client):
+        self.seen = []
+        self._changed = asyncio.Event()
+        client.add_streaming_connection_status_listener(self)
+
+    def __call__(self, status):
+        self.seen.append(status)
+        self._changed.set()
+
+    async def wait_for(self, status, count=1):
+        async def reached():
+            while self.seen.count(status) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(reached(), WAIT)
+
+
+@asynccontextmanager
+async def ws_server(handler, **kwargs):
+    """A websockets server on a free port; yields its http:// base URL."""
+    async with serve(handler, "127.0.0.1", kwargs.pop("port", 0), **kwargs) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        yield f"http://127.0.0.1:{port}/"
+
+
+async def answer_pings(ws, on_frame=None):
+    """A minimal Streampod server loop: pong every ping, hand other frames on."""
+    async for text in ws:
+        frame = json.loads(text)
+        if frame.get("command") == "ping":
+            await ws.send(PONG)
+        elif on_frame is not None:
+            await on_frame(ws, frame)
+
+
+async def next_item(stream):
+    return await asyncio.wait_for(anext(stream), WAIT)
+
+
+# -- without any server ----------------------------------------------------------------------
+
+
+def test_imports_no_django_and_no_channels():
+    """streaming.client (and its CLI) import and work with Django and channels absent."""
+    code = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("django", "channels", "daphne", "rest_framework"):
+            raise ImportError(f"{name} is blocked in this test")
+sys.meta_path.insert(0, Block())
+from streaming.client import Client, StreamingConnectionHandler, NotConnected, ServerError
+import streaming.client.cli
+client = Client("http://127.0.0.1:1/")
+handler = StreamingConnectionHandler(client)
+assert client.echo is client.endpoint("echo")
+assert not [m for m in sys.modules if m.split(".")[0] in ("django", "channels")]
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_urls_are_derived_from_the_http_url():
+    client = Client("http://127.0.0.1:8000")
+    assert client.url == "http://127.0.0.1:8000/"
+    assert client.websocket_url == "ws://127.0.0.1:8000/websocket/"
+    assert client.auth_url == "http://127.0.0.1:8000/api/auth/token/"
+    secure = Client("https://example.com/app")
+    assert secure.websocket_url == "wss://example.com/app/websocket/"
+    assert secure.auth_url == "https://example.com/app/api/auth/token/"
+    with pytest.raises(ValueError):
+        Client("ftp://example.com/")
+    with pytest.raises(ValueError, match="query"):
+        Client("http://example.com/?auth=secret")
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError):
+        Client("http://h/", buffer_size=0)
+    with pytest.raises(ValueError, match="silence_timeout"):
+        Client("http://h/", ping_interval=10, silence_timeout=5)
+    with pytest.raises(ValueError):
+        StreamingConnectionHandler(Client("http://h/"), min_delay=2, max_delay=1)
+    with pytest.raises(ValueError):
+        StreamingConnectionHandler(Client("http://h/"), jitter=1.5)
+
+
+async def test_endpoint_refs_are_shared_and_private_names_are_not_endpoints():
+    client = Client("http://127.0.0.1:1/")
+    assert client.chat is client.endpoint("chat")
+    assert client.chat.name == "chat"
+    with pytest.raises(AttributeError):
+        client._secret  # noqa: B018
+    await client.close()
+
+
+async def test_send_before_connecting_raises_not_connected():
+    client = Client("http://127.0.0.1:1/")
+    with pytest.raises(NotConnected, match="disconnected"):
+        await client.echo.send_stream_message(Tick(n=1))
+    await client.close()
+    with pytest.raises(ClientClosed):
+        await client.open_streaming_connection()
+
+
+async def test_a_full_stream_drops_the_oldest_and_reports_the_gap_in_band():
+    stream = MessageStream("test", maxsize=3)
+    for n in range(5):
+        stream._put(n)
+    with pytest.raises(StreamOverflow) as gap:
+        await anext(stream)
+    assert gap.value.dropped == 2
+    assert [await anext(stream) for _ in range(3)] == [2, 3, 4]
+    stream._put(5)
+    assert await anext(stream) == 5  # the gap is reported once
+    assert stream.dropped_total == 2
+
+
+async def test_a_cancelled_read_loses_nothing_and_an_ended_stream_drains_first():
+    stream = MessageStream("test", maxsize=10)
+    reader = asyncio.ensure_future(anext(stream))
+    await asyncio.wait({reader}, timeout=0)  # let it start waiting
+    reader.cancel()
+    await asyncio.wait({reader})
+    stream._put("kept")
+    stream._end()
+    assert [item async for item in stream] == ["kept"]
+
+
+def test_backoff_grows_by_factor_up_to_max_with_jitter_below_it():
+    client = Client("http://127.0.0.1:1/")
+    exact = StreamingConnectionHandler(
+        client, min_delay=1, max_delay=10, factor=3, jitter=0.5, rng=lambda: 0.0
+    )
+    assert [exact.delay_for(n) for n in range(1, 6)] == [1, 3, 9, 10, 10]
+    assert exact.delay_for(10_000) == 10  # no overflow
+    jittered = StreamingConnectionHandler(
+        client, min_delay=1, max_delay=10, factor=3, jitter=0.5, rng=lambda: 1.0
+    )
+    assert [jittered.delay_for(n) for n in range(1, 4)] == [0.5, 1.5, 4.5]
+
+
+# -- against tiny real servers --------------------------------------------------------------
+
+
+async def test_connected_only_after_the_first_pong_and_the_token_in_a_header():
+    got_ping = asyncio.Event()
+    release_pong = asyncio.Event()
+    requests = []
+
+    async def handler(ws):
+        requests.append(ws.request)
+        frame = json.loads(await ws.recv())
+        assert frame == {"command": "ping", "args": {}}
+        got_ping.set()
+        await release_pong.wait()
+        await ws.send(PONG)
+        await answer_pings(ws)
+
+    async with ws_server(handler) as url:
+        client = Client(url, auth_key="Token abc123")
+        statuses = StatusRecorder(client)
+        opening = asyncio.ensure_future(client.open_streaming_connection())
+        try:
+            await asyncio.wait_for(got_ping.wait(), WAIT)
+            assert client.streaming_connection_status is S.connecting
+            assert not opening.done()
+        finally:
+            release_pong.set()  # a failed assertion must not leave the server waiting
+        await asyncio.wait_for(opening, WAIT)
+        assert client.streaming_connection_status is S.connected
+        await client.close_streaming_connection()
+        assert statuses.seen == [S.connecting, S.connected, S.disconnected]
+        assert client.disconnect_reason.by_client
+        await client.close()
+    request = requests[0]
+    assert request.path == "/websocket/"  # no credentials in the URL
+    assert request.headers["Authorization"] == "Token abc123"
+
+
+async def test_listeners_fire_only_on_change_and_a_raising_listener_is_logged(caplog):
+    async def handler(ws):
+        await answer_pings(ws)
+
+    async with ws_server(handler) as url:
+        client = Client(url)
+        statuses = StatusRecorder(client)
+
+        def broken(status):
+            raise RuntimeError("listener bug")
+
+        client.add_streaming_connection_status_listener(broken)
+        with caplog.at_level(logging.ERROR, logger="streaming.client"):
+            await client.open_streaming_connection()
+            await client.open_streaming_connection()  # already connected: no change
+        assert statuses.seen == [S.connecting, S.connected]
+        assert "listener bug" in caplog.text
+        client.remove_streaming_connection_status_listener(broken)
+        client.remove_streaming_connection_status_listener(broken)  # harmless
+        await client.close()
+        assert statuses.seen == [S.connecting, S.connected, S.disconnected]
+
+
+async def test_the_heartbeat_pings_and_a_live_server_keeps_it_connected():
+    pings = 0
+    three_pings = asyncio.Event()
+
+    async def handler(ws):
+        nonlocal pings
+        async for text in ws:
+            if json.loads(text).get("command") == "ping":
+                pings += 1
+                await ws.send(PONG)
+                if pings >= 4:  # the handshake ping and three heartbeats
+                    three_pings.set()
+
+    async with ws_server(handler) as url:
+        client = Client(url, ping_interval=0.05, silence_timeout=2.0)
+        await client.open_streaming_connection()
+        await asyncio.wait_for(three_pings.wait(), WAIT)
+        assert client.streaming_connection_status is S.connected
+        await client.close()
+
+
+async def test_silence_means_a_dead_connection():
+    """The server answers the first ping and then nothing, though its socket stays up."""
+    silent = asyncio.Event()
+
+    async def handler(ws):
+        await ws.recv()
+        await ws.send(PONG)
+        async for _ in ws:  # WebSocket pings are still answered by the library
+            silent.set()
+
+    async with ws_server(handler) as url:
+        client = Client(url, ping_interval=0.05, silence_timeout=0.3)
+        statuses = StatusRecorder(client)
+        await client.open_streaming_connection()
+        await statuses.wait_for(S.disconnected)
+        assert silent.is_set()  # heartbeat pings reached the server, unanswered
+        assert statuses.seen == [S.connecting, S.connected, S.disconnected]
+        assert "heartbeat" in client.disconnect_reason.message
+        assert not client.disconnect_reason.by_client
+        with pytest.raises(NotConnected):
+            await client.echo.send_stream_message(Tick(n=1))
+        await client.close()
+
+
+async def test_no_pong_fails_the_attempt():
+    async def handler(ws):
+        async for _ in ws:
+            pass
+
+    async with ws_server(handler) as url:
+        client = Client(url, connect_timeout=0.3, ping_interval=0.1, silence_timeout=1)
+        statuses = StatusRecorder(client)
+        with pytest.raises(ConnectionFailed, match="no pong"):
+            await client.open_streaming_connection()
+        assert statuses.seen == [S.connecting, S.disconnected]
+        await client.close()
+
+
+async def test_buffer_full_drops_oldest_and_the_stream_reports_the_gap():
+    async def handler(ws):
+        async def on_frame(ws, frame):
+            for n in range(5):
+                await ws.send(data("ticks", "Tick", n=n))
+            await ws.send(data("done", "Tick", n=-1))
+
+        await answer_pings(ws, on_frame)
+
+    async with ws_server(handler) as url:
+        client = Client(url, buffer_size=3)
+        await client.open_streaming_connection()
+        await client.go.send_stream_message(Tick(n=0))
+        assert await next_item(client.done.stream) == Tick(n=-1)  # everything has arrived
+        with pytest.raises(StreamOverflow) as gap:
+            await next_item(client.ticks.stream)
+        assert gap.value.dropped == 2
+        assert [await next_item(client.ticks.stream) for _ in range(3)] == [
+            Tick(n=2),
+            Tick(n=3),
+            Tick(n=4),
+        ]
+        assert client.streaming_connection_status is S.connected  # the socket is unharmed
+        await client.close()
+
+
+async def test_error_frames_and_undecodable_frames_are_reported():
+    async def handler(ws):
+        async def on_frame(ws, frame):
+            await ws.send(
+                json.dumps(
+                    {
+                        "command": "error",
+                        "args": {
+                            "code": "invalid_message",
+                            "message": "Invalid Tick",
+                            "endpoint": "ticks",
+                            "id": "m1",
+                            "errors": [{"path": "n", "reason": "Input should be a valid integer"}],
+                        },
+                    }
+                )
+            )
+            await ws.send(data("ticks", "NoSuchClass", x=1))
+            await ws.send(data("ticks", "Tick", n="not an int"))
+            await ws.send(data("ticks", "Tick", n=7))
+
+        await answer_pings(ws, on_frame)
+
+    async with ws_server(handler) as url:
+        seen = []
+        client = Client(url, on_error=seen.append)
+        await client.open_streaming_connection()
+        await client.ticks.send_stream_message(Tick(n=1), id="m1")
+        assert await next_item(client.ticks.stream) == Tick(n=7)  # the bad ones are not on it
+        error = await next_item(client.errors)
+        assert isinstance(error, ServerError)
+        assert (error.code, error.message, error.endpoint, error.id) == (
+            "invalid_message",
+            "Invalid Tick",
+            "ticks",
+            "m1",
+        )
+        assert error.errors == [{"path": "n", "reason": "Input should be a valid integer"}]
+        unknown = await next_item(client.errors)
+        invalid = await next_item(client.errors)
+        assert isinstance(unknown, UndecodableMessage)
+        assert (unknown.code, unknown.endpoint) == ("unknown_class", "ticks")
+        assert (invalid.code, invalid.errors[0]["path"]) == ("invalid_message", "n")
+        assert seen == [error, unknown, invalid]
+        assert client.is_connected
+        await client.close()
+
+
+async def test_a_raw_client_needs_no_classes():
+    async def handler(ws):
+        async def on_frame(ws, frame):
+            await ws.send(json.dumps(frame))  # echo
+
+        await answer_pings(ws, on_frame)
+
+    async with ws_server(handler) as url:
+        client = Client(url, raw=True)
+        await client.open_streaming_connection()
+        await client.echo.send_stream_message(RawObject("Unregistered", {"a": [1, 2]}))
+        assert await next_item(client.echo.stream) == RawObject("Unregistered", {"a": [1, 2]})
+        await client.close()
+
+
+async def test_close_ends_every_stream_after_what_was_buffered():
+    async def handler(ws):
+        async def on_frame(ws, frame):
+            await ws.send(data("ticks", "Tick", n=1))
+            await ws.send(data("done", "Tick", n=0))
+
+        await answer_pings(ws, on_frame)
+
+    async with ws_server(handler) as url:
+        client = Client(url)
+        await client.open_streaming_connection()
+        await client.go.send_stream_message(Tick(n=0))
+        await next_item(client.done.stream)
+        reader = asyncio.ensure_future(_collect(client.done.stream))
+        await client.close()
+        assert [m async for m in client.ticks.stream] == [Tick(n=1)]
+        assert await asyncio.wait_for(reader, WAIT) == []
+        assert [e async for e in client.errors] == []
+
+
+async def _collect(stream):
+    return [item async for item in stream]
+
+
+async def test_backoff_grows_while_failing_and_resets_after_a_success():
+    port = free_port()  # nothing listens here yet: attempts are refused
+    client = Client(f"http://127.0.0.1:{port}/", connect_timeout=5)
+    before, after = [], []  # delays before and after the first success
+    four_failures, retry_after_success = asyncio.Event(), asyncio.Event()
+
+    def record(status):
+        if status is S.waiting_to_retry:
+            (after if S.connected in statuses.seen else before).append(client.retry_in_seconds)
+            if len(before) == 4:
+                four_failures.set()
+            if after:
+                retry_after_success.set()
+
+    statuses = StatusRecorder(client)
+    client.add_streaming_connection_status_listener(record)
+    handler = StreamingConnectionHandler(
+        client, min_delay=0.05, max_delay=0.2, factor=2, jitter=0.5, rng=lambda: 0.0
+    )
+    drop = asyncio.Event()
+
+    async def server_handler(ws):
+        await ws.recv()
+        await ws.send(PONG)
+        await drop.wait()
+        await ws.close(1001)
+
+    async with handler:
+        await asyncio.wait_for(four_failures.wait(), WAIT)
+        async with ws_server(server_handler, port=port):
+            try:
+                await statuses.wait_for(S.connected)
+            finally:
+                drop.set()
+            await asyncio.wait_for(retry_after_success.wait(), WAIT)
+    assert before[:4] == pytest.approx([0.05, 0.1, 0.2, 0.2], abs=0.01)
+    assert after[0] == pytest.approx(0.05, abs=0.01)  # reset by the success
+    assert statuses.seen[:2] == [S.connecting, S.waiting_to_retry]
+    assert statuses.seen[-1] is S.disconnected
+    await client.close()
+
+
+async def test_a_refused_handshake_stops_the_handler():
+    def refuse(connection, request):
+        return Response(403, "Forbidden", Headers(), b"no\n")
+
+    async def handler(ws):
+        raise AssertionError("never reached")
+
+    async with ws_server(handler, process_request=refuse) as url:
+        client = Client(url)
+        statuses = StatusRecorder(client)
+        handler = StreamingConnectionHandler(client, min_delay=0.01)
+        handler.start()
+        await asyncio.wait_for(handler.wait_closed(), WAIT)
+        assert statuses.seen == [S.connecting, S.disconnected]
+        assert client.disconnect_reason.http_status == 403
+        assert client.disconnect_reason.is_auth_failure
+        await client.close()
+
+
+async def test_close_while_waiting_to_retry_stops_the_handler():
+    client = Client(f"http://127.0.0.1:{free_port()}/")
+    statuses = StatusRecorder(client)
+    handler = StreamingConnectionHandler(client, min_delay=30, max_delay=60)
+    handler.start()
+    await statuses.wait_for(S.waiting_to_retry)
+    assert 15 <= client.retry_in_seconds <= 30
+    await client.close_streaming_connection()
+    await asyncio.wait_for(handler.wait_closed(), WAIT)
+    assert statuses.seen == [S.connecting, S.waiting_to_retry, S.disconnected]
+    assert client.disconnect_reason.by_client
+    assert client.retry_in_seconds is None
+    await client.close()

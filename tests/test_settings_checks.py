@@ -1,0 +1,198 @@
+"""The ``STREAMING`` settings namespace and the system checks that report misconfiguration.
+
+Checks are run the way ``manage.py check`` runs them (``run_checks`` with the
+``streaming`` tag), so a check that is not registered fails these tests too.
+"""
+
+import pytest
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+from django.test import override_settings
+
+import streaming.registry
+from streaming.conf import DEFAULTS, streaming_settings
+from streaming.endpoint import Endpoint
+from streaming.registry import EndpointRegistry
+
+
+class EchoLike(Endpoint):
+    pass
+
+
+def streaming_checks():
+    return checks.run_checks(tags=["streaming"])
+
+
+def ids(messages):
+    return [m.id for m in messages]
+
+
+def test_the_shipped_settings_pass_every_check():
+    assert streaming_checks() == []
+
+
+def test_defaults_apply_and_the_project_value_wins():
+    assert streaming_settings.SEND_QUEUE_LIMIT == DEFAULTS["SEND_QUEUE_LIMIT"]
+    with override_settings(STREAMING={"SEND_QUEUE_LIMIT": 7}):
+        assert streaming_settings.SEND_QUEUE_LIMIT == 7
+        assert streaming_settings.MAX_MESSAGE_BYTES == DEFAULTS["MAX_MESSAGE_BYTES"]
+    with pytest.raises(AttributeError):
+        streaming_settings.NO_SUCH_SETTING  # noqa: B018
+
+
+def test_override_settings_takes_effect_and_is_undone():
+    before = streaming_settings.MAX_MESSAGE_BYTES  # cached now
+    with override_settings(STREAMING={"MAX_MESSAGE_BYTES": 1000}):
+        assert streaming_settings.MAX_MESSAGE_BYTES == 1000
+        with override_settings(STREAMING={"MAX_MESSAGE_BYTES": 2000}):
+            assert streaming_settings.MAX_MESSAGE_BYTES == 2000
+        assert streaming_settings.MAX_MESSAGE_BYTES == 1000
+    assert streaming_settings.MAX_MESSAGE_BYTES == before
+
+
+def test_the_settings_fixture_takes_effect(settings):
+    settings.STREAMING = {"FLOOD_CLOSE_AFTER": 3}
+    assert streaming_settings.FLOOD_CLOSE_AFTER == 3
+
+
+def test_unknown_key_is_e001_and_improperly_configured():
+    with override_settings(STREAMING={"MAX_MESAGE_BYTES": 1000}):
+        messages = streaming_checks()
+        assert ids(messages) == ["streaming.E001"]
+        assert isinstance(messages[0], checks.Error)
+        assert "MAX_MESAGE_BYTES" in messages[0].msg
+        assert "MAX_MESSAGE_BYTES" in messages[0].hint  # the hint lists the known keys
+        with pytest.raises(ImproperlyConfigured, match="MAX_MESAGE_BYTES"):
+            streaming_settings.MAX_MESSAGE_BYTES  # noqa: B018
+        with pytest.raises(ImproperlyConfigured):
+            streaming_settings.SEND_QUEUE_LIMIT  # noqa: B018 - any key: the namespace is wrong
+
+
+def test_every_unknown_key_is_reported():
+    with override_settings(STREAMING={"A": 1, "B": 2, "MAX_MESSAGE_BYTES": 1000}):
+        messages = streaming_checks()
+    assert ids(messages) == ["streaming.E001", "streaming.E001"]
+    assert "'A'" in messages[0].msg and "'B'" in messages[1].msg
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"MAX_MESSAGE_BYTES": "65536"},
+        {"MAX_MESSAGE_BYTES": 65536.0},
+        {"MAX_MESSAGE_BYTES": True},
+        {"MAX_MESSAGE_BYTES": 0},
+        {"SEND_QUEUE_LIMIT": -1},
+        {"RATE_LIMIT_PER_SECOND": "fast"},
+        {"RATE_LIMIT_BURST": None},
+        {"PUBLISH_TIMEOUT": "2"},
+        {"CHANNEL_LAYER": 1},
+        {"ENDPOINTS": "myapp.endpoints.ChatEndpoint"},
+        {"ENDPOINTS": [5]},
+        {"ENDPOINTS": [EchoLike]},  # the class itself instead of its dotted path
+    ],
+)
+def test_wrong_type_or_range_is_e002_and_improperly_configured(value):
+    (key,) = value
+    with override_settings(STREAMING=value):
+        messages = streaming_checks()
+        assert ids(messages) == ["streaming.E002"]
+        assert key in messages[0].msg
+        with pytest.raises(ImproperlyConfigured):
+            streaming_settings.MAX_MESSAGE_BYTES  # noqa: B018
+
+
+def test_streaming_must_be_a_dict():
+    with override_settings(STREAMING=[("MAX_MESSAGE_BYTES", 1)]):
+        assert ids(streaming_checks()) == ["streaming.E002"]
+        with pytest.raises(ImproperlyConfigured):
+            streaming_settings.MAX_MESSAGE_BYTES  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"RATE_LIMIT_PER_SECOND": None},  # None turns the limit off
+        {"RATE_LIMIT_PER_SECOND": 10},
+        {"PUBLISH_TIMEOUT": 1},
+        {"ENDPOINTS": ("tests.e2e_app.endpoints.EchoEndpoint",)},
+    ],
+)
+def test_accepted_values_pass(value):
+    with override_settings(STREAMING=value):
+        assert streaming_checks() == []
+
+
+@pytest.mark.parametrize(("daphne_limit", "warned"), [(65536, True), (1000, True), (65537, False)])
+def test_w001_when_daphnes_limit_is_not_above_max_message_bytes(daphne_limit, warned):
+    with override_settings(DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE=daphne_limit):
+        messages = streaming_checks()
+    assert ids(messages) == (["streaming.W001"] if warned else [])
+    if warned:
+        assert isinstance(messages[0], checks.Warning)
+        assert str(daphne_limit) in messages[0].msg
+
+
+def test_w001_follows_max_message_bytes():
+    with override_settings(STREAMING={"MAX_MESSAGE_BYTES": 2_000_000}):
+        assert ids(streaming_checks()) == ["streaming.W001"]  # daphne's own default is 1 MiB
+
+
+def test_w002_when_the_channel_layer_alias_is_missing():
+    with override_settings(STREAMING={"CHANNEL_LAYER": "nope"}):
+        assert ids(streaming_checks()) == ["streaming.W002"]
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch):
+    """The registry the checks read, swapped for an empty one for this test."""
+    registry = EndpointRegistry()
+    monkeypatch.setattr(streaming.registry, "endpoints", registry)
+    return registry
+
+
+def test_two_endpoints_with_one_name_is_e003_naming_both(fresh_registry):
+    class FirstEndpoint(Endpoint):
+        name = "dup"
+
+    class SecondEndpoint(Endpoint):
+        name = "dup"
+
+    fresh_registry.register(FirstEndpoint)
+    fresh_registry.register(SecondEndpoint)
+    messages = streaming_checks()
+    assert ids(messages) == ["streaming.E003"]
+    assert "'dup'" in messages[0].msg
+    assert f"{__name__}.{FirstEndpoint.__qualname__}" in messages[0].msg
+    assert f"{__name__}.{SecondEndpoint.__qualname__}" in messages[0].msg
+    # the first one keeps the name
+    assert fresh_registry.get("dup") is FirstEndpoint
+
+
+def test_registering_the_same_class_twice_is_not_a_conflict(fresh_registry):
+    class OnceEndpoint(Endpoint):
+        pass
+
+    fresh_registry.register(OnceEndpoint)
+    fresh_registry.register(OnceEndpoint)
+    assert fresh_registry.all() == [OnceEndpoint]
+    assert streaming_checks() == []
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("no_such_module.SomeEndpoint", "No module named"),
+        ("streaming.endpoint.NoSuchEndpoint", "does not define"),
+        ("streaming.endpoint.Endpoint", "not a concrete Endpoint subclass"),  # abstract
+        ("streaming.conf.DEFAULTS", "not a concrete Endpoint subclass"),
+        ("streaming.serialization.SerializableEntity", "not a concrete Endpoint subclass"),
+    ],
+)
+def test_bad_endpoints_entry_is_e004(fresh_registry, path, reason):
+    with override_settings(STREAMING={"ENDPOINTS": [path]}):
+        fresh_registry.autodiscover()
+        messages = streaming_checks()
+    assert ids(messages) == ["streaming.E004"]
+    assert path in messages[0].msg and reason in messages[0].msg
+    assert fresh_registry.get("endpoint") is None
