@@ -38,7 +38,10 @@ LISTENERS, SENDERS, WINDOW = 100, 20, 10
 
 def post(room: str, text: str) -> str:
     return json.dumps(
-        {"endpoint": "room", "object": {"className": "RoomPost", "data": {"room": room, "text": text}}}
+        {
+            "endpoint": "room",
+            "object": {"className": "RoomPost", "data": {"room": room, "text": text}},
+        }
     )
 
 
@@ -48,7 +51,9 @@ async def run(layer: str, seconds: float) -> dict:
         with DaphneServer(env=env) as a, DaphneServer(env=env) as b:
             latencies: list[float] = []
             received = 0
-            listeners = [await websockets.connect(a.ws_url, max_queue=None) for _ in range(LISTENERS)]
+            listeners = [
+                await websockets.connect(a.ws_url, max_queue=None) for _ in range(LISTENERS)
+            ]
             for i, ws in enumerate(listeners):
                 await ws.send(post(f"L{i}", "/join"))
             for ws in listeners:
@@ -59,9 +64,14 @@ async def run(layer: str, seconds: float) -> dict:
                 nonlocal received
                 async for raw in ws:
                     frame = json.loads(raw)
-                    if frame.get("endpoint") == "room" and frame["object"]["className"] == "RoomPost":
+                    if (
+                        frame.get("endpoint") == "room"
+                        and frame["object"]["className"] == "RoomPost"
+                    ):
                         received += 1
-                        latencies.append(time.perf_counter() - float(frame["object"]["data"]["text"]))
+                        latencies.append(
+                            time.perf_counter() - float(frame["object"]["data"]["text"])
+                        )
 
             tasks = [asyncio.create_task(listen(ws)) for ws in listeners]
             sent = 0
@@ -74,7 +84,9 @@ async def run(layer: str, seconds: float) -> dict:
                         # window: at most WINDOW posts in flight from this sender
                         while sent - received > WINDOW * SENDERS:
                             await asyncio.sleep(0.001)
-                        await ws.send(post(f"L{random.randrange(LISTENERS)}", repr(time.perf_counter())))
+                        await ws.send(
+                            post(f"L{random.randrange(LISTENERS)}", repr(time.perf_counter()))
+                        )
                         sent += 1
 
             started = time.perf_counter()

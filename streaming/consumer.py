@@ -57,6 +57,7 @@ from .session import USER_OBJECTS_KEY, StreamingSession
 logger = logging.getLogger("streaming.consumer")
 
 Job = Callable[[], Awaitable[None]]
+_WIRE_CODES = frozenset(code.value for code in ErrorCode)
 
 
 class EndpointStatus(enum.Enum):
@@ -249,7 +250,8 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             return
         text = message.get("text")
         if self._bucket is not None and not self._bucket.take():
-            self._refuse(ErrorCode.RATE_LIMITED, "Too many frames; slow down.", None)
+            frame_id = protocol.peek_id(text)
+            self._refuse(ErrorCode.RATE_LIMITED, "Too many frames; slow down.", frame_id)
             return
         try:
             frame = protocol.decode_frame(text, message.get("bytes"), max_bytes=self._max_bytes)
@@ -260,7 +262,6 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         except ProtocolError as exc:
             self._refuse(exc.code, exc.detail, protocol.peek_id(text))
             return
-        self._refused_in_a_row = 0
         if type(frame) is DataFrame:
             if self._held is not None:
                 self._held.append(frame)
@@ -278,6 +279,8 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
 
     def _command(self, frame: CommandFrame) -> None:
         command = frame.command
+        if command in ("ping", "auth", "pong"):
+            self._refused_in_a_row = 0
         if command == "ping":
             self.send_text(protocol.encode_command("pong"))
         elif command == "auth":
@@ -315,6 +318,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
                 endpoint=frame.endpoint,
             )
             return
+        self._refused_in_a_row = 0
         slot.lane.submit(lambda: self._deliver(slot, frame))
 
     async def _deliver(self, slot: EndpointSlot, frame: DataFrame) -> None:
@@ -347,7 +351,16 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
                 )
             except StreamingError as exc:
                 # A hook may answer with a protocol error on purpose (InvalidMessage,
-                # RateLimited, ...): the client gets that code.
+                # RateLimited, ...): the client gets that code, if it is a protocol one.
+                if exc.code not in _WIRE_CODES:
+                    logger.exception("%s.handle_stream_message raised", slot.cls.__qualname__)
+                    self.send_error(
+                        ErrorCode.INTERNAL_ERROR,
+                        "The server failed to handle this message.",
+                        endpoint=name,
+                        frame_id=frame.id,
+                    )
+                    return
                 self.send_error(
                     exc.code,
                     exc.detail,
@@ -522,4 +535,6 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             await slot.lane.join()
         if self.outbox is not None:
             self.outbox.discard()
+            self.outbox = None  # breaks the consumer <-> outbox cycle (_on_overflow)
+        self._slots = {}
         self.scope.pop(USER_OBJECTS_KEY, None)

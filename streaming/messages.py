@@ -313,7 +313,8 @@ class MessageBus:
             except Exception:
                 logger.exception("dropping an undecodable bus message on channel %r", channel)
                 continue
-            message._wire = wire  # already encoded: recipients reuse it
+            if message.__pydantic_private__ is not None:
+                message.__pydantic_private__["_wire"] = wire  # already encoded: reuse it
             self.posts_received += 1
             await self._deliver(channel, entry, message)
 

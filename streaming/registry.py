@@ -48,10 +48,15 @@ class EndpointRegistry:
         self.discovered = False
 
     def autodiscover(self) -> None:
-        """Import each app's ``endpoints`` module and register what it defines."""
+        """Import each app's ``protocol`` and ``endpoints`` modules; register the endpoints."""
         from .endpoint import Endpoint
 
         for app_config in apps.get_app_configs():
+            # An app's message classes register when their module is imported: import
+            # each app's `protocol` module too, so that a class no endpoint imports
+            # still decodes.
+            if module_has_submodule(app_config.module, "protocol"):
+                importlib.import_module(f"{app_config.name}.protocol")
             if not module_has_submodule(app_config.module, "endpoints"):
                 continue
             module_name = f"{app_config.name}.endpoints"

@@ -102,10 +102,18 @@ class SerializableEntity(BaseModel):
             return _to_utc(value)
         return value
 
+    def __eq__(self, other: object) -> bool:
+        # pydantic compares private attributes too; the wire cache must not count.
+        if not isinstance(other, SerializableEntity):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like pydantic models
+
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
-        if not name.startswith("_"):
-            self._wire = None
+        if not name.startswith("_") and self.__pydantic_private__:
+            self.__pydantic_private__["_wire"] = None
 
 
 def _register(cls: type[SerializableEntity]) -> None:
@@ -191,7 +199,10 @@ def decode_object_json(object_json: str | bytes) -> SerializableEntity:
 
 def encode_object(entity: SerializableEntity) -> str:
     """``{"className": ..., "data": ...}`` as JSON text, computed once per instance state."""
-    wire = entity._wire
+    # Through __pydantic_private__: attribute access to a private goes through
+    # pydantic's __getattr__ (a raised and caught AttributeError, ~3.5 us a read).
+    private = entity.__pydantic_private__
+    wire = private.get("_wire") if private is not None else None
     if wire is None:
         wire = (
             '{"className":'
@@ -200,5 +211,6 @@ def encode_object(entity: SerializableEntity) -> str:
             + entity.model_dump_json()
             + "}"
         )
-        entity._wire = wire
+        if private is not None:
+            private["_wire"] = wire
     return wire

@@ -93,7 +93,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory, so that the daphne processes the end-to-end tests start
     # read the users the tests create.
     DATABASES["default"]["TEST"] = {
-        "NAME": os.environ.get("STREAMPOD_TEST_DB", str(BASE_DIR / "test-artifacts" / "test.sqlite3"))
+        "NAME": os.environ.get(
+            "STREAMPOD_TEST_DB", str(BASE_DIR / "test-artifacts" / "test.sqlite3")
+        )
     }
 
 REDIS_URL = os.environ.get("REDIS_URL", "")

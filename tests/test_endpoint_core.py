@@ -3,6 +3,7 @@
 import asyncio
 import gc
 import weakref
+from datetime import UTC
 
 import pytest
 from django.contrib.auth.models import AnonymousUser
@@ -381,4 +382,32 @@ async def test_serializable_datetimes_round_trip_in_utc():
         )
         err = await comm.receive_error("invalid_message")
         assert err["errors"][0]["path"] == "at"
-    assert Stamp(at=datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=1)))).at.tzinfo == timezone.utc
+    assert Stamp(at=datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=1)))).at.tzinfo == UTC
+
+
+async def test_unknown_commands_count_towards_flooding(settings):
+    settings.STREAMING = {"FLOOD_CLOSE_AFTER": 5}
+    async with StreamingCommunicator(endpoints=[EchoEndpoint]) as comm:
+        for _ in range(5):
+            await comm.send_command("dance")
+        for _ in range(5):
+            await comm.receive_error("unknown_command")
+        assert await comm.receive_close() == 4008
+
+
+async def test_rate_limited_frames_echo_their_id(settings):
+    settings.STREAMING = {"RATE_LIMIT_PER_SECOND": 0.001, "RATE_LIMIT_BURST": 1}
+    async with StreamingCommunicator(endpoints=[EchoEndpoint]) as comm:
+        await comm.send_message("echo", Note(text="a"), frame_id="first")
+        await comm.send_message("echo", Note(text="b"), frame_id="second")
+        # the refusal is immediate; the accepted frame is answered from its lane
+        frames = [await comm.receive_frame(), await comm.receive_frame()]
+        errors = [f.args for f in frames if getattr(f, "command", None) == "error"]
+        assert [(e["code"], e["id"]) for e in errors] == [("rate_limited", "second")]
+
+
+async def test_sent_and_received_messages_compare_equal():
+    async with StreamingCommunicator(endpoints=[EchoEndpoint]) as comm:
+        sent = Note(text="same", n=3)
+        await comm.send_message("echo", sent)  # encodes (and caches) `sent`
+        assert await comm.receive_message("echo") == sent

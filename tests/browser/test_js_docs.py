@@ -12,10 +12,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def browser_docs() -> str:
-    """The "Browser client" section (docs/clients-browser.md until merged into clients.md)."""
-    own = DOCS / "clients-browser.md"
-    if own.exists():
-        return own.read_text()
+    """The "Browser client" section of docs/clients.md."""
     text = (DOCS / "clients.md").read_text()
     start = text.index("## Browser client")
     end = text.find("\n## ", start + 1)

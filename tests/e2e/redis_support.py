@@ -22,7 +22,9 @@ def redis_channel(channel: str) -> str:
 def numsub(url: str, channel: str) -> int:
     client = redis.Redis.from_url(url)
     try:
-        return int(dict(client.pubsub_numsub(redis_channel(channel)))[redis_channel(channel).encode()])
+        return int(
+            dict(client.pubsub_numsub(redis_channel(channel)))[redis_channel(channel).encode()]
+        )
     finally:
         client.close()
 
@@ -41,7 +43,10 @@ async def wait_numsub(url: str, channel: str, expected: int, timeout: float = 10
 
 def room_post(room: str, text: str) -> str:
     return json.dumps(
-        {"endpoint": "room", "object": {"className": "RoomPost", "data": {"room": room, "text": text}}}
+        {
+            "endpoint": "room",
+            "object": {"className": "RoomPost", "data": {"room": room, "text": text}},
+        }
     )
 
 

@@ -15,7 +15,7 @@ def chat(recipient_id, text):
         {
             "endpoint": "example_chat",
             "object": {
-                "className": "MyChatMessage",
+                "className": "ExampleChatMessage",
                 "data": {"recipient_id": recipient_id, "text": text},
             },
         }
@@ -37,7 +37,7 @@ async def test_example_chat_between_two_servers(cluster, make_user):
         for i in range(10):
             frame = await recv_endpoint(on_b, "example_chat")
             assert frame["object"] == {
-                "className": "MyChatMessage",
+                "className": "ExampleChatMessage",
                 "data": {"recipient_id": bob.pk, "text": f"hi bob {i}"},
             }
         await on_b.send(chat(alice.pk, "hello alice"))

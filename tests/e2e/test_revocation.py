@@ -30,7 +30,7 @@ async def sockets_of(user, key, cluster):
 
 async def test_revoke_closes_sockets_on_both_servers(cluster, cluster_layer, make_user):
     alice, key = await make_user("alice")
-    bob, bob_key = await make_user("bob")
+    _bob, bob_key = await make_user("bob")
     on_a, on_b = await sockets_of(alice, key, cluster)
     async with connect(cluster[2].ws_url, additional_headers={"Authorization": bob_key}) as other:
         await revoke(alice.pk)
@@ -65,7 +65,7 @@ async def test_account_changes_revoke(cluster, cluster_layer, make_user, trigger
 async def test_logout_over_http_closes_sockets_on_the_other_server(cluster, make_user):
     import httpx
 
-    rs, a, b = cluster
+    _, a, _ = cluster
     user, key = await make_user("dave", password="pw-for-dave-1", is_staff=True)
     async with httpx.AsyncClient(base_url=a.http_url) as http:
         page = await http.get("/admin/login/")

@@ -25,5 +25,8 @@ class RoomPost(SerializableEntity):
 class MyChatMessage(SerializableEntity):
     """The message class of the docs' messaging example."""
 
+    # Distinct from the guide's own MyChatMessage, which its tests define.
+    class_name = "ExampleChatMessage"
+
     recipient_id: int
     text: str

@@ -128,11 +128,20 @@ class DaphneServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        self._close_output()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+        self._close_output()
+
+    def _close_output(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            if self.output is not None:
+                self.output._thread.join(5)
+            if self.proc.stdout is not None and not self.proc.stdout.closed:
+                self.proc.stdout.close()
 
     def logs(self) -> str:
         return self.output.text() if self.output else ""
@@ -199,7 +208,7 @@ def require_redis(url: str | None = None) -> str:
     url = url or shared_redis_url()
     try:
         redis.Redis.from_url(url, socket_connect_timeout=2).ping()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         message = f"Redis at {url} is not reachable ({exc!r})"
         if IN_CI:
             pytest.fail(message + "; CI=true needs it")
