@@ -32,6 +32,7 @@ from streaming.client import (
 )
 from streaming.client.stream import MessageStream
 from streaming.serialization import SerializableEntity
+from tests.support.client_status import StatusRecorder as _StatusRecorder
 from tests.support.servers import ROOT, free_port
 
 S = StreamingConnectionStatus
@@ -47,25 +48,8 @@ def data(endpoint, class_name, **fields):
     return json.dumps({"endpoint": endpoint, "object": {"className": class_name, "data": fields}})
 
 
-class StatusRecorder:
-    """A status listener that keeps every status and lets a test wait for one."""
-
-    def __init__(self, client):
-        self.seen = []
-        self._changed = asyncio.Event()
-        client.add_streaming_connection_status_listener(self)
-
-    def __call__(self, status):
-        self.seen.append(status)
-        self._changed.set()
-
-    async def wait_for(self, status, count=1):
-        async def reached():
-            while self.seen.count(status) < count:
-                self._changed.clear()
-                await self._changed.wait()
-
-        await asyncio.wait_for(reached(), WAIT)
+def StatusRecorder(client):
+    return _StatusRecorder(client, wait=WAIT)
 
 
 @asynccontextmanager

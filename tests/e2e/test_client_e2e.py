@@ -23,6 +23,7 @@ from streaming.client import (
     StreamingConnectionStatus,
 )
 from tests.e2e_app.protocol import Echo, WhoAmI
+from tests.support.client_status import StatusRecorder as _StatusRecorder
 from tests.support.servers import ROOT, DaphneServer, free_port
 
 S = StreamingConnectionStatus
@@ -30,25 +31,8 @@ WAIT = 30  # seconds: a safety net for awaits on real signals, never a measureme
 PASSWORD = "secret-pass-1"
 
 
-class StatusRecorder:
-    """A status listener that keeps every status and lets a test wait for one."""
-
-    def __init__(self, client):
-        self.seen = []
-        self._changed = asyncio.Event()
-        client.add_streaming_connection_status_listener(self)
-
-    def __call__(self, status):
-        self.seen.append(status)
-        self._changed.set()
-
-    async def wait_for(self, status, count=1):
-        async def reached():
-            while self.seen.count(status) < count:
-                self._changed.clear()
-                await self._changed.wait()
-
-        await asyncio.wait_for(reached(), WAIT)
+def StatusRecorder(client):
+    return _StatusRecorder(client, wait=WAIT)
 
 
 async def next_item(stream):
