@@ -14,5 +14,6 @@ The servers:
 * :mod:`bench.sio_app` - python-socketio (ASGI), rooms ``user_<id>``;
 * :mod:`bench.ceiling` - the same relay on the bare ``websockets`` library.
 
-The Django ones share :mod:`bench.settings` and :mod:`bench.asgi`.
+The Django ones share :mod:`bench.settings`; Streampod serves :mod:`bench.asgi`, the
+Channels baseline :mod:`bench.channels_asgi`.
 """

@@ -86,7 +86,8 @@ STREAMPOD_UVICORN = Contender(
     "streampod", "the same app under uvicorn (uvloop when installed)",
 )  # fmt: skip
 CHANNELS = Contender(
-    "channels", "Channels baseline (daphne)", "baseline", "daphne", "bench.asgi:application",
+    "channels", "Channels baseline (daphne)", "baseline", "daphne",
+    "bench.channels_asgi:application",
     "channels", "AsyncJsonWebsocketConsumer + group_send (bench/channels_relay.py)",
 )  # fmt: skip
 SOCKETIO = Contender(

@@ -49,6 +49,7 @@ from .exceptions import (
     SerializationError,
     StreamingError,
 )
+from .flow import attach_flow
 from .outbox import Outbox
 from .protocol import CloseCode, CommandFrame, DataFrame, ErrorCode
 from .serialization import decode_object
@@ -190,8 +191,13 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         if settings.RATE_LIMIT_PER_SECOND:
             self._bucket = TokenBucket(settings.RATE_LIMIT_PER_SECOND, settings.RATE_LIMIT_BURST)
         self.scope[USER_OBJECTS_KEY] = {}
-        self.outbox = Outbox(self.base_send, settings.SEND_QUEUE_LIMIT, self._overloaded)
         await self.base_send({"type": "websocket.accept"})
+        self.outbox = Outbox(
+            self.base_send,
+            settings.SEND_QUEUE_LIMIT,
+            self._overloaded,
+            attach_flow(self.base_send),  # daphne: Twisted's buffer pushes back
+        )
         if self.scope.get(AUTH_FAILED_KEY):
             self.close_with(CloseCode.UNAUTHORIZED)
             return

@@ -11,6 +11,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from streaming.auth import StreamingAuthMiddlewareStack  # noqa: E402
 from streaming.routing import websocket_urlpatterns  # noqa: E402
+from streaming.tuning import tune_gc  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -18,3 +19,6 @@ application = ProtocolTypeRouter(
         "websocket": StreamingAuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
     }
 )
+
+# Rarer, shorter GC pauses for a process that holds many sockets (streaming/tuning.py).
+tune_gc()

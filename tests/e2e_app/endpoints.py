@@ -1,8 +1,11 @@
 """Endpoints served by the end-to-end test servers (tests/e2e_settings.py)."""
 
-from streaming.endpoint import Endpoint
+import asyncio
 
-from .protocol import Echo, MyChatMessage, RoomPost, WhoAmI
+from streaming.endpoint import Endpoint
+from streaming.messages import post_message
+
+from .protocol import Echo, Flood, FloodReport, MyChatMessage, RoomPost, WhoAmI
 
 
 class EchoEndpoint(Endpoint):
@@ -95,3 +98,26 @@ class ExampleChatEndpoint(Endpoint):
     async def handle_stream_message(self, session, message):
         if isinstance(message, MyChatMessage):
             await session.messages.post_message(f"user_{message.recipient_id}", message)
+
+
+class FloodEndpoint(Endpoint):
+    """Sends as fast as the server takes frames; reports how many were accepted.
+
+    Yields to the event loop between frames, as any producer does, so that the
+    server writes to the socket until the client's buffers are full. Stops at the
+    first frame ``send_stream_message`` refuses (the send queue is full).
+    """
+
+    async def handle_stream_message(self, session, message):
+        if not isinstance(message, Flood):
+            return
+        text = "x" * message.size
+        accepted = 0
+        for n in range(message.count):
+            if not await self.send_stream_message(session, Echo(text=text, n=n)):
+                break
+            accepted += 1
+            await asyncio.sleep(0)
+        await post_message(
+            message.report_to, FloodReport(accepted=accepted, requested=message.count)
+        )

@@ -30,3 +30,18 @@ class MyChatMessage(SerializableEntity):
 
     recipient_id: int
     text: str
+
+
+class Flood(SerializableEntity):
+    """Asks FloodEndpoint to send ``count`` Echo frames of ``size`` characters."""
+
+    count: int
+    size: int
+    report_to: str
+
+
+class FloodReport(SerializableEntity):
+    """Posted to ``report_to`` when the flood stops: how many frames the server queued."""
+
+    accepted: int
+    requested: int

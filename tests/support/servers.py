@@ -91,22 +91,8 @@ class DaphneServer:
             }
         )
         env.update(self.env)
-        max_bytes = 65536 + 1024
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-v",
-                "1",
-                "--websocket-max-message-size",
-                str(max_bytes),
-                "streampod_project.asgi:application",
-            ],
+            self.command(),
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -114,11 +100,34 @@ class DaphneServer:
             text=True,
         )
         self.output = _Output(self.proc.stdout)
-        if not self.output.wait_for(f"Listening on TCP address 127.0.0.1:{self.port}", timeout):
+        if not self.output.wait_for(self.ready_line, timeout):
             out = self.output.text()
             self.stop()
-            raise RuntimeError(f"daphne did not start on port {self.port}:\n{out}")
+            raise RuntimeError(f"{self.name} did not start on port {self.port}:\n{out}")
         return self
+
+    name = "daphne"
+
+    @property
+    def ready_line(self) -> str:
+        return f"Listening on TCP address 127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        max_bytes = 65536 + 1024
+        return [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-v",
+            "1",
+            "--websocket-max-message-size",
+            str(max_bytes),
+            "streampod_project.asgi:application",
+        ]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -153,6 +162,32 @@ class DaphneServer:
         self.stop()
 
 
+class UvicornServer(DaphneServer):
+    """``python -m uvicorn streampod_project.asgi:application``: the production server."""
+
+    name = "uvicorn"
+
+    @property
+    def ready_line(self) -> str:
+        return f"Uvicorn running on http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "info",
+            "--ws-max-size",
+            str(65536 + 1024),
+            "streampod_project.asgi:application",
+        ]
+
+
 class RedisServer:
     """A private redis-server on its own port (for fault tests that stop and restart it)."""
 
@@ -170,8 +205,19 @@ class RedisServer:
         if binary is None:
             raise RuntimeError("redis-server is not installed")
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -1,0 +1,173 @@
+"""The send path: eager sends, order, the bound, and the server's pushback.
+
+``PushbackServer.send`` is what uvicorn's is: it waits while the socket's write
+buffer is over its high-water mark. daphne's pushback comes through a
+``SendFlow`` that Twisted pauses and resumes; here the test pauses it as Twisted
+would. The real servers are tested in tests/e2e/test_backpressure.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from twisted.internet.testing import StringTransport
+
+from streaming.flow import SendFlow, attach_flow
+from streaming.outbox import Outbox
+
+
+class PushbackServer:
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+        self.writable = asyncio.Event()
+        self.writable.set()
+
+    async def send(self, message: dict) -> None:
+        await self.writable.wait()
+        self.sent.append(message)
+
+    def texts(self) -> list[str]:
+        return [m.get("text", f"close {m.get('code')}") for m in self.sent]
+
+
+def make(limit: int = 8, flow: SendFlow | None = None):
+    server = PushbackServer()
+    overflows: list[int] = []
+    outbox = Outbox(server.send, limit, lambda: overflows.append(1), flow)
+    return server, outbox, overflows
+
+
+async def test_a_frame_goes_out_at_once_when_the_server_has_room():
+    server, outbox, _ = make()
+    assert outbox.put("a")
+    # No await in between: sent synchronously, no task, nothing queued.
+    assert server.texts() == ["a"]
+    assert len(outbox) == 0 and outbox.sent == 1
+
+
+async def test_frames_wait_behind_a_suspended_send_and_keep_their_order():
+    server, outbox, _ = make()
+    server.writable.clear()
+    for text in ("a", "b", "c"):
+        assert outbox.put(text)
+    assert server.texts() == [] and len(outbox) == 2  # "a" is in flight
+    server.writable.set()
+    await outbox.wait_sent()
+    assert server.texts() == ["a", "b", "c"]
+    assert outbox.put("d") and server.texts()[-1] == "d"  # eager again
+
+
+async def test_a_full_queue_refuses_and_reports_overflow():
+    server, outbox, overflows = make(limit=2)
+    server.writable.clear()
+    assert outbox.put("in flight") and outbox.put("q1") and outbox.put("q2")
+    assert not outbox.put("one too many")
+    assert overflows == [1]
+
+
+async def test_close_discarding_pending_drops_the_queue_but_not_the_frame_in_flight():
+    server, outbox, _ = make()
+    server.writable.clear()
+    outbox.put("in flight")
+    outbox.put("queued")
+    outbox.close(4013, discard_pending=True)
+    assert not outbox.put("after close")
+    server.writable.set()
+    await outbox.wait_sent()
+    assert server.texts() == ["in flight", "close 4013"]
+
+
+async def test_close_after_pending_frames_keeps_them():
+    server, outbox, _ = make()
+    server.writable.clear()
+    outbox.put("a")
+    outbox.put("b")
+    outbox.close(1000)
+    server.writable.set()
+    await outbox.wait_sent()
+    assert server.texts() == ["a", "b", "close 1000"]
+
+
+async def test_a_paused_flow_queues_until_resumed():
+    flow = SendFlow(None)
+    server, outbox, overflows = make(limit=3, flow=flow)
+    outbox.put("a")
+    flow.pauseProducing()  # Twisted: the write buffer passed 64 KiB
+    for text in ("b", "c", "d"):
+        assert outbox.put(text)
+    assert not outbox.put("e") and overflows == [1]
+    assert server.texts() == ["a"]
+    flow.resumeProducing()  # Twisted: the buffer is empty again
+    await outbox.wait_sent()
+    assert server.texts() == ["a", "b", "c", "d"]
+
+
+async def test_the_close_goes_out_while_paused_when_the_queue_is_dropped():
+    flow = SendFlow(None)
+    server, outbox, _ = make(flow=flow)
+    flow.pauseProducing()
+    outbox.put("a")
+    outbox.close(4013, discard_pending=True)
+    await outbox.wait_sent()
+    assert server.texts() == ["close 4013"]
+
+
+async def test_a_lost_connection_releases_a_paused_queue():
+    flow = SendFlow(None)
+    server, outbox, _ = make(flow=flow)
+    flow.pauseProducing()
+    outbox.put("a")
+    flow.stopProducing()  # Twisted: connection lost
+    await outbox.wait_sent()
+    assert server.texts() == ["a"]  # handed to the server, which drops it
+    flow.pauseProducing()
+    assert not flow.paused  # a stopped flow never pauses again
+
+
+async def test_a_failing_send_discards_everything_after_it():
+    async def broken(message):
+        raise OSError("transport gone")
+
+    outbox = Outbox(broken, 8, lambda: None)
+    assert outbox.put("a")  # accepted, then the send fails
+    assert outbox.closed
+    assert not outbox.put("b")
+
+
+async def test_cancelling_the_drain_abandons_the_suspended_send():
+    ended = asyncio.Event()
+
+    async def send(message):
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.set()
+
+    outbox = Outbox(send, 8, lambda: None)
+    outbox.put("a")
+    outbox.put("b")
+    task = outbox._task
+    assert task is not None
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ended.is_set()
+    assert outbox.closed and len(outbox) == 0
+
+
+async def test_detach_unregisters_from_the_twisted_consumer():
+    transport = StringTransport()
+    flow = SendFlow(transport)
+    transport.registerProducer(flow, True)
+    flow.detach()
+    assert transport.producer is None
+    flow.detach()  # idempotent
+
+
+def test_no_flow_for_servers_whose_send_pushes_back_itself():
+    async def send(message):
+        pass
+
+    assert attach_flow(send) is None
+    assert attach_flow(PushbackServer().send) is None
