@@ -160,7 +160,9 @@ def write(
         *contenders,
         "",
         f"![benchmark plot]({png.name})\n" if plotted else "(matplotlib missing: no plot)\n",
-        "## Targets (issue 6), for Streampod on daphne as shipped\n",
+        "## Targets (issue 6)\n",
+        "Checked for each server Streampod runs on: uvicorn (production, docs/deployment.md) "
+        "and daphne (`runserver`).\n",
         *(targets or ["- (no Streampod row in this run)"]),
         "",
         "## Figures\n",

@@ -173,15 +173,32 @@ def _lookup(results: dict[str, list[dict[str, Any]]], key: str, workload: str, m
     return None if agg is None else agg.get(metric)
 
 
-def targets(rows: list[Row], results: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """Issue 6's targets for the shipped Streampod (daphne): met, or missed by how much."""
+#: Streampod's rows whose targets are checked, by contender key: the server each runs on.
+STREAMPOD_SERVERS = {"streampod_uvicorn": "uvicorn", "streampod": "daphne"}
+
+
+def targets(
+    rows: list[Row], results: dict[str, list[dict[str, Any]]], contender: str | None = None
+) -> list[str]:
+    """Issue 6's targets, met or missed by how much, for each Streampod row (or one)."""
+    lines: list[str] = []
+    for key, server in STREAMPOD_SERVERS.items():
+        if contender not in (None, key):
+            continue
+        found = _targets_of(key, results)
+        if found:
+            lines += [f"**Streampod on {server}**", "", *found, ""]
+    return lines
+
+
+def _targets_of(contender: str, results: dict[str, list[dict[str, Any]]]) -> list[str]:
     lines: list[str] = []
 
     def check(ok: bool, text: str) -> None:
         lines.append(f"- {'met' if ok else '**MISSED**'}: {text}")
 
     for servers in (1, 2):
-        sp, base, peer = (f"{k}@{servers}" for k in ("streampod", "channels", "socketio"))
+        sp, base, peer = (f"{k}@{servers}" for k in (contender, "channels", "socketio"))
         if sp not in results:
             continue
         where = "one server" if servers == 1 else "two servers"

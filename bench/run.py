@@ -36,7 +36,7 @@ from .workloads import FULL, TINY, Sizes, Target
 
 RESULTS = ROOT / "bench" / "results"
 ONE_SERVER = ["streampod", "streampod_uvicorn", "channels", "socketio", "ceiling"]
-TWO_SERVERS = ["streampod", "channels", "socketio"]
+TWO_SERVERS = ["streampod", "streampod_uvicorn", "channels", "socketio"]
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ async def bench(args: argparse.Namespace) -> tuple[dict[str, list[dict[str, Any]
         if args.profile != "off" and streampod is not None:
             from .profile import Profiler
 
-            missed = report_missed(rows_for(configs), results)
+            missed = report_missed(rows_for(configs), results, "streampod")
             if Profiler.available() and (args.profile == "on" or missed):
                 print("profiling one more Streampod run with py-spy", flush=True)
                 profiler = Profiler()
@@ -199,8 +199,10 @@ def rows_for(configs: list[Config]) -> list[report.Row]:
     return [report.Row(c.key, c.label, c.contender.role, c.servers) for c in configs]
 
 
-def report_missed(rows: list[report.Row], results: dict[str, list[dict[str, Any]]]) -> bool:
-    return any("MISSED" in line for line in report.targets(rows, results))
+def report_missed(
+    rows: list[report.Row], results: dict[str, list[dict[str, Any]]], contender: str
+) -> bool:
+    return any("MISSED" in line for line in report.targets(rows, results, contender))
 
 
 def _version(name: str) -> str:

@@ -39,6 +39,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from .conf import streaming_settings
 from .exceptions import InvalidChannelName, MessagingNotGlobal, MessagingUnavailable
+from .publish import Publisher, publisher_for
 from .serialization import SerializableEntity, decode_object_json, encode_object
 
 if TYPE_CHECKING:
@@ -116,6 +117,8 @@ class MessageBus:
         self._receiver_lock = asyncio.Lock()
         self._receiver: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
+        # Batched publishes (one round trip per loop turn) where the layer allows it.
+        self._publisher: Publisher | None = publisher_for(layer) if self.cross_process else None
         self.posts_published = 0
         self.posts_received = 0
 
@@ -197,7 +200,11 @@ class MessageBus:
             event = {"type": EVENT_TYPE, "origin": self.id, "channel": channel, "object": wire}
             try:
                 async with asyncio.timeout(streaming_settings.PUBLISH_TIMEOUT):
-                    await self.layer.group_send(group_name(channel), event)
+                    if self._publisher is not None:
+                        # On timeout the future is cancelled: a post not yet sent is withdrawn.
+                        await self._publisher.publish(group_name(channel), event)
+                    else:
+                        await self.layer.group_send(group_name(channel), event)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -332,6 +339,8 @@ class MessageBus:
 
     async def aclose(self) -> None:
         """Stop the bus's tasks (tests, shutdown)."""
+        if self._publisher is not None:
+            await self._publisher.aclose()
         for task in (self._receiver, self._refresher, *self._reconcilers):
             if task is not None:
                 task.cancel()

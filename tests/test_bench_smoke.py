@@ -18,7 +18,7 @@ from tests.support.servers import IN_CI, ROOT
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 ONE_SERVER = {"streampod", "streampod_uvicorn", "channels", "socketio", "ceiling"}
-TWO_SERVERS = {"streampod", "channels", "socketio"}
+TWO_SERVERS = {"streampod", "streampod_uvicorn", "channels", "socketio"}
 
 
 def test_every_workload_runs_at_tiny_size_with_zero_losses(tmp_path: Path) -> None:
@@ -62,4 +62,5 @@ def test_every_workload_runs_at_tiny_size_with_zero_losses(tmp_path: Path) -> No
     assert "Streampod (daphne) ÷ Channels baseline" in text
     assert "Streampod (daphne) ÷ python-socketio" in text
     assert "Streampod (daphne) ÷ ceiling" in text
+    assert "**Streampod on uvicorn**" in text and "**Streampod on daphne**" in text
     assert (tmp_path / report.name.replace(".md", ".png")).stat().st_size > 0

@@ -7,6 +7,18 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.e2e)
 
 
+@pytest.fixture(scope="session", params=["daphne", "uvicorn"])
+def each_server(request, django_db_setup, django_db_blocker):
+    """The project under each supported server (in-memory layer): daphne, then uvicorn.
+
+    A module whose tests must hold under both defines ``server`` as this fixture.
+    """
+    from tests.support.servers import SERVERS
+
+    with SERVERS[request.param]() as srv:
+        yield srv
+
+
 @pytest.fixture(scope="session")
 def cluster(django_db_setup, django_db_blocker):
     """A private redis-server and two daphne servers using it: (redis, a, b)."""

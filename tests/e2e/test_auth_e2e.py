@@ -1,4 +1,4 @@
-"""Socket authentication and the Origin check against a real daphne process.
+"""Socket authentication and the Origin check against real daphne and uvicorn processes.
 
 Credentials: none (anonymous), ``Authorization: Token <key>`` in the handshake, the
 ``auth`` command, and the Django session cookie of a browser that logged in through
@@ -35,6 +35,12 @@ from tests.e2e.test_protocol_e2e import (
 from tests.support.servers import DaphneServer
 
 TRUSTED = "https://app.example.com"
+
+
+@pytest.fixture
+def server(each_server):
+    """Every test here runs against daphne and against uvicorn."""
+    return each_server
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""The wire protocol against a real daphne process, spoken to with a plain websockets client.
+"""The wire protocol against real daphne and uvicorn processes, spoken to with a plain
+websockets client.
 
 Every frame kind and every error code of docs/protocol.md, and after each error the
 connection is still usable. The endpoints are those of ``tests.e2e_app``: every
@@ -20,6 +21,12 @@ TIMEOUT = 10  # a failure guard, never a synchronisation
 PING = json.dumps({"command": "ping", "args": {}})
 PONG = {"command": "pong", "args": {}}
 MAX_MESSAGE_BYTES = 65536
+
+
+@pytest.fixture
+def server(each_server):
+    """Every test here runs against daphne and against uvicorn."""
+    return each_server
 
 
 @pytest.fixture(scope="module")

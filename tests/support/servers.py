@@ -188,6 +188,10 @@ class UvicornServer(DaphneServer):
         ]
 
 
+#: The ASGI servers Streampod supports, by name.
+SERVERS: dict[str, type[DaphneServer]] = {"daphne": DaphneServer, "uvicorn": UvicornServer}
+
+
 class RedisServer:
     """A private redis-server on its own port (for fault tests that stop and restart it)."""
 
