@@ -27,11 +27,12 @@ server, not per socket.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from channels.exceptions import StopConsumer
@@ -41,6 +42,7 @@ from django.contrib.auth.models import AnonymousUser
 from . import protocol
 from .auth import AUTH_FAILED_KEY, RevokedAuthentication, revocation_channel, user_for_key
 from .conf import streaming_settings
+from .eager import NOT_STARTED, finish, start
 from .endpoint import Endpoint
 from .exceptions import (
     FrameTooLarge,
@@ -57,7 +59,7 @@ from .session import USER_OBJECTS_KEY, StreamingSession
 
 logger = logging.getLogger("streaming.consumer")
 
-Job = Callable[[], Awaitable[None]]
+Job = Callable[[], Coroutine[Any, Any, None]]
 _WIRE_CODES = frozenset(code.value for code in ErrorCode)
 
 
@@ -71,7 +73,13 @@ class EndpointStatus(enum.Enum):
 
 
 class Lane:
-    """Runs jobs one at a time, in submission order; a task exists only while busy."""
+    """Runs jobs one at a time, in submission order.
+
+    An idle lane runs a submitted job at once, in the submitter's stack
+    (:mod:`streaming.eager`): a hook that never waits (an echo, a relay on one
+    server) costs no task. A job that suspends is finished by a task, and jobs
+    submitted meanwhile run after it, in order; the task exists only while busy.
+    """
 
     __slots__ = ("_jobs", "_task", "name")
 
@@ -81,12 +89,24 @@ class Lane:
         self._task: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
+        """Jobs waiting (not counting one in progress)."""
         return len(self._jobs)
 
     def submit(self, job: Job) -> None:
-        self._jobs.append(job)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        if self._task is not None:
+            self._jobs.append(job)
+            return
+        coro = job()
+        context = contextvars.copy_context()  # what a task would give it
+        try:
+            done, yielded = context.run(start, coro)
+        except Exception:
+            logger.exception("unexpected error in lane %s", self.name)
+            return
+        if not done:
+            task = asyncio.get_running_loop().create_task(self._run(coro, yielded), context=context)
+            task.add_done_callback(lambda task: self._ended(task, coro))
+            self._task = task
 
     async def join(self) -> None:
         while self._task is not None:
@@ -97,19 +117,25 @@ class Lane:
         if self._task is not None:
             self._task.cancel()
 
-    async def _run(self) -> None:
+    def _ended(self, task: asyncio.Task[None], coro: Coroutine[Any, Any, Any]) -> None:
+        if self._task is task:
+            self._task = None
+        if task.cancelled():
+            coro.close()  # cancelled before it ran: the suspended job goes too
+
+    async def _run(self, coro: Coroutine[Any, Any, Any] | None, yielded: Any) -> None:
         jobs = self._jobs
-        try:
-            while jobs:
-                job = jobs.popleft()
+        while True:
+            if coro is not None:
                 try:
-                    await job()
+                    await finish(coro, yielded)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     logger.exception("unexpected error in lane %s", self.name)
-        finally:
-            self._task = None
+            if not jobs:
+                return
+            coro, yielded = jobs.popleft()(), NOT_STARTED
 
 
 class EndpointSlot:

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from .eager import NOT_STARTED, finish, start
 from .flow import SendFlow
 
 logger = logging.getLogger("streaming.outbox")
@@ -106,12 +107,12 @@ class Outbox:
         """Run ``send(message)`` now, up to its first suspension (nothing is queued)."""
         coro = self._send(message)
         try:
-            yielded = coro.send(None)  # type: ignore[attr-defined]
-        except StopIteration:
-            self._count(message)
-            return
+            done, yielded = start(coro)  # type: ignore[arg-type]
         except Exception:
             self._failed(message)
+            return
+        if done:
+            self._count(message)
             return
         # Suspended (the transport pushes back): a task finishes it, then drains.
         self._spawn(coro, yielded, message)  # type: ignore[arg-type]
@@ -163,7 +164,7 @@ class Outbox:
             while True:
                 if coro is not None and message is not None:
                     try:
-                        await _resume(coro, yielded)
+                        await finish(coro, yielded)
                     except asyncio.CancelledError:
                         raise
                     except Exception:
@@ -183,45 +184,7 @@ class Outbox:
                 else:
                     queue.clear()
                     message = {"type": "websocket.close", "code": int(item)}
-                coro, yielded = self._send(message), _NOT_STARTED  # type: ignore[assignment]
+                coro, yielded = self._send(message), NOT_STARTED  # type: ignore[assignment]
         finally:
             if self._task is asyncio.current_task():
                 self._task = None
-
-
-_NOT_STARTED = object()
-
-
-async def _resume(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
-    """Finish a coroutine that was started by hand and suspended, yielding ``yielded``
-    (or, with ``_NOT_STARTED``, run one from its start).
-
-    What a Task does for a coroutine it runs: a bare ``yield`` (``sleep(0)``) gives
-    the loop one turn; a yielded future is waited for, then the coroutine resumes
-    and reads the future's result (or exception) itself. If this task is cancelled,
-    the cancellation goes into the coroutine.
-    """
-    if yielded is _NOT_STARTED:
-        try:
-            yielded = coro.send(None)
-        except StopIteration:
-            return
-    while True:
-        cancelled = False
-        try:
-            if yielded is None:
-                await asyncio.sleep(0)
-            else:
-                yielded._asyncio_future_blocking = False  # as Task does
-                await asyncio.wait((yielded,))
-        except asyncio.CancelledError:
-            cancelled = True
-            if yielded is not None:
-                yielded.cancel()
-        try:
-            if cancelled:
-                yielded = coro.throw(asyncio.CancelledError())
-            else:
-                yielded = coro.send(None)
-        except StopIteration:
-            return

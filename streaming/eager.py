@@ -1,0 +1,62 @@
+"""Eager execution: run a coroutine now, up to its first suspension, without a task.
+
+Most of what a connection does per frame never waits: an endpoint hook that sends a
+reply, a ``send`` into daphne. Giving each a Task costs a task object, a trip
+through the event loop and the latency of one loop turn. :func:`start` runs the
+coroutine in the caller's stack until it completes or suspends; only one that
+suspends is handed to a task, which continues it with :func:`finish` exactly where
+it stopped. (Python 3.12's ``asyncio.eager_task_factory`` does this for every task
+of a loop; this module does it for the two places that need it, on 3.11 too.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+#: ``finish(coro, NOT_STARTED)`` runs ``coro`` from its start.
+NOT_STARTED: Any = object()
+
+
+def start(coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
+    """Run ``coro`` until it suspends: ``(True, None)`` if it completed, else
+    ``(False, what it yielded)`` for :func:`finish`. Its exceptions propagate."""
+    try:
+        return False, coro.send(None)
+    except StopIteration:
+        return True, None
+
+
+async def finish(coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
+    """Continue ``coro``, which suspended yielding ``yielded``, to its end.
+
+    What a Task does for the coroutine it runs: a bare ``yield`` (``sleep(0)``)
+    gives the loop one turn; a yielded future is waited for, then the coroutine
+    resumes and reads the future's result (or exception) itself. If the task
+    running this is cancelled, the cancellation goes into the coroutine. The
+    coroutine's result is discarded; its exception propagates.
+    """
+    if yielded is NOT_STARTED:
+        done, yielded = start(coro)
+        if done:
+            return
+    while True:
+        cancelled = False
+        try:
+            if yielded is None:
+                await asyncio.sleep(0)
+            else:
+                yielded._asyncio_future_blocking = False  # as Task does
+                await asyncio.wait((yielded,))
+        except asyncio.CancelledError:
+            cancelled = True
+            if yielded is not None:
+                yielded.cancel()
+        try:
+            if cancelled:
+                yielded = coro.throw(asyncio.CancelledError())
+            else:
+                yielded = coro.send(None)
+        except StopIteration:
+            return
