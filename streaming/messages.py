@@ -40,7 +40,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from .conf import streaming_settings
 from .exceptions import InvalidChannelName, MessagingNotGlobal, MessagingUnavailable
 from .publish import Publisher, publisher_for
-from .serialization import SerializableEntity, decode_object_json, encode_object
+from .serialization import SerializableEntity, cache_wire, decode_object_json, encode_object
 
 if TYPE_CHECKING:
     from .session import StreamingSession
@@ -320,8 +320,7 @@ class MessageBus:
             except Exception:
                 logger.exception("dropping an undecodable bus message on channel %r", channel)
                 continue
-            if message.__pydantic_private__ is not None:
-                message.__pydantic_private__["_wire"] = wire  # already encoded: reuse it
+            cache_wire(message, wire)  # already encoded: reuse it
             self.posts_received += 1
             await self._deliver(channel, entry, message)
 

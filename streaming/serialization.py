@@ -24,13 +24,16 @@ Contract:
 
 from __future__ import annotations
 
+import inspect
 import json
+import types
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from .exceptions import InvalidMessage, UnknownClass
 
@@ -76,12 +79,33 @@ class SerializableEntity(BaseModel):
         ser_json_inf_nan="strings",
     )
 
+    # The wire-JSON cache (see encode_object) lives in a slot, not a pydantic private
+    # attribute: private attributes cost ~2 us per instance to set up, and reading an
+    # unset one goes through pydantic's __getattr__.
+    __slots__ = ("_wire_cache",)
+
     #: The name this class travels under (``object.className`` on the wire).
     class_name: ClassVar[str]
     #: Names of the fields whose type mentions ``datetime`` (computed per class).
     _datetime_fields: ClassVar[frozenset[str]] = frozenset()
+    #: True when every field is a JSON type (str, int, float, bool, None, and lists,
+    #: str-keyed dicts and unions of those): strict Python validation of parsed JSON
+    #: then accepts and refuses exactly what strict JSON validation does.
+    _json_native: ClassVar[bool] = False
 
-    _wire: str | None = PrivateAttr(default=None)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Runs before pydantic collects the class's validators: only classes with
+        # datetime fields get the UTC validator, and only on those fields.
+        names = [
+            name
+            for name, annotation in inspect.get_annotations(cls).items()
+            if _may_mention_datetime(annotation)
+        ]
+        if names:
+            cls._aware_datetimes = field_validator(*names, mode="after")(  # type: ignore[attr-defined]
+                classmethod(_aware_datetimes)
+            )
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -93,17 +117,11 @@ class SerializableEntity(BaseModel):
         cls._datetime_fields = frozenset(
             name for name, field in cls.model_fields.items() if _mentions_datetime(field.annotation)
         )
+        cls._json_native = all(_json_native(f.annotation) for f in cls.model_fields.values())
         _register(cls)
 
-    @field_validator("*", mode="after")
-    @classmethod
-    def _aware_datetimes(cls, value: Any, info: Any) -> Any:
-        if info.field_name in cls._datetime_fields:
-            return _to_utc(value)
-        return value
-
     def __eq__(self, other: object) -> bool:
-        # pydantic compares private attributes too; the wire cache must not count.
+        # The wire cache is not part of a message's value.
         if not isinstance(other, SerializableEntity):
             return NotImplemented
         return type(self) is type(other) and self.__dict__ == other.__dict__
@@ -112,8 +130,43 @@ class SerializableEntity(BaseModel):
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
-        if not name.startswith("_") and self.__pydantic_private__:
-            self.__pydantic_private__["_wire"] = None
+        if not name.startswith("_"):
+            _WIRE.__set__(self, None)  # a field changed: encode again
+
+
+_WIRE = SerializableEntity.__dict__["_wire_cache"]  # the slot's descriptor
+
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _json_native(annotation: Any) -> bool:
+    """Whether values of ``annotation`` validate alike from parsed JSON and from JSON text.
+
+    Not so for tuples, enums, literals, datetimes, models... (strict Python mode wants
+    instances of those): such classes validate from JSON text.
+    """
+    if annotation in _JSON_SCALARS or annotation is typing.Any:
+        return True
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is list:
+        return len(args) == 1 and _json_native(args[0])
+    if origin is dict:
+        return len(args) == 2 and args[0] is str and _json_native(args[1])
+    if origin in (typing.Union, types.UnionType):
+        return all(_json_native(arg) for arg in args)
+    return False
+
+
+def _may_mention_datetime(annotation: Any) -> bool:
+    if isinstance(annotation, str):  # ``from __future__ import annotations``
+        return "datetime" in annotation
+    return _mentions_datetime(annotation)
+
+
+def _aware_datetimes(cls: Any, value: Any, info: Any) -> Any:
+    return _to_utc(value)
 
 
 def _register(cls: type[SerializableEntity]) -> None:
@@ -172,6 +225,8 @@ def decode_object(class_name: str, data: dict[str, Any]) -> SerializableEntity:
     """
     cls = get_class(class_name)
     try:
+        if cls._json_native:
+            return cls.model_validate(data)  # already parsed: no JSON round trip
         return cls.model_validate_json(json.dumps(data))
     except ValidationError as exc:
         raise InvalidMessage(
@@ -199,10 +254,10 @@ def decode_object_json(object_json: str | bytes) -> SerializableEntity:
 
 def encode_object(entity: SerializableEntity) -> str:
     """``{"className": ..., "data": ...}`` as JSON text, computed once per instance state."""
-    # Through __pydantic_private__: attribute access to a private goes through
-    # pydantic's __getattr__ (a raised and caught AttributeError, ~3.5 us a read).
-    private = entity.__pydantic_private__
-    wire = private.get("_wire") if private is not None else None
+    try:
+        wire = _WIRE.__get__(entity)
+    except AttributeError:  # never encoded
+        wire = None
     if wire is None:
         wire = (
             '{"className":'
@@ -211,6 +266,10 @@ def encode_object(entity: SerializableEntity) -> str:
             + entity.model_dump_json()
             + "}"
         )
-        if private is not None:
-            private["_wire"] = wire
+        _WIRE.__set__(entity, wire)
     return wire
+
+
+def cache_wire(entity: SerializableEntity, wire: str) -> None:
+    """Record that ``wire`` (as :func:`encode_object` makes) is ``entity``'s encoding."""
+    _WIRE.__set__(entity, wire)
