@@ -40,9 +40,9 @@ LAYERS = [
 
 #: (stage, a frame that marks it) in match order: the event loop's kinds of work.
 STAGES = [
-    ("send path: Outbox._drain -> channels session wrapper -> daphne -> autobahn",
-     "Outbox._drain"),
-    ("endpoint lane: decode_object, the hook, the bus, send_stream_message", "Lane._run"),
+    ("send path: Outbox -> daphne -> autobahn -> Twisted's buffer", "streaming/outbox.py"),
+    ("endpoint lane: decode_object, the hook, the bus, send_stream_message",
+     "StreamingConsumer._deliver"),
     ("bus receiver: frames from Redis to local listeners", "MessageBus._receive_loop"),
     ("receive loop: middleware, consumer, decode_frame, routing", "ProtocolTypeRouter.__call__"),
     ("twisted/autobahn: socket reads, frame parsing, handshakes", "Connection.doRead"),
