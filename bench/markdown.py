@@ -37,7 +37,8 @@ def _profile_lines(profile: dict[str, Any] | None) -> list[str]:
                 f"Garbage collection in the server during this workload ({gc['seconds']} s, "
                 f"bench/gcprobe): {gc['collections_over_1ms']} collections of 1 ms or more, "
                 f"{gc['gen2_collections']} of them full (generation 2), the longest "
-                f"{gc['gen2_max_ms']:.0f} ms; {gc['total_ms']:.0f} ms paused in all.\n"
+                f"{gc.get('max_ms', gc['gen2_max_ms']):.0f} ms; {gc['total_ms']:.0f} ms paused "
+                "in all.\n"
             )
         out.append("| stage | % |")
         out.append("|---|---|")

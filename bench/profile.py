@@ -131,6 +131,7 @@ class Profiler:
                 "collections_over_1ms": len(mine),
                 "gen2_collections": len(full),
                 "gen2_max_ms": max(full, default=0.0),
+                "max_ms": max((ms for _, ms in mine), default=0.0),
                 "total_ms": round(sum(ms for _, ms in mine), 1),
             }
 
