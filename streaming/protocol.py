@@ -20,6 +20,7 @@ else raises :class:`~streaming.exceptions.MalformedFrame` (or
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
@@ -169,12 +170,23 @@ def encode_data(endpoint: str, object_json: str, frame_id: str | None = None) ->
     """A data frame around an already-encoded ``{"className", "data"}`` object.
 
     The object is encoded once per post (see ``serialization.encode_object``); only
-    this thin envelope is built per recipient.
+    this thin envelope is built per recipient, from a prefix cached per endpoint name.
     """
-    head = '{"endpoint":' + json.dumps(endpoint)
     if frame_id is not None:
-        head += ',"id":' + json.dumps(frame_id)
-    return head + ',"object":' + object_json + "}"
+        return (
+            _data_head(endpoint)
+            + ',"id":'
+            + json.dumps(frame_id)
+            + ',"object":'
+            + object_json
+            + "}"
+        )
+    return _data_head(endpoint) + ',"object":' + object_json + "}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _data_head(endpoint: str) -> str:
+    return '{"endpoint":' + json.dumps(endpoint)
 
 
 def encode_command(command: str, args: dict[str, Any] | None = None) -> str:

@@ -61,9 +61,15 @@ class _Output:
 class DaphneServer:
     """``python -m daphne streampod_project.asgi:application`` on a free port."""
 
-    def __init__(self, env: dict[str, str] | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        args: list[str] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.env = env or {}
+        self.args = args or []  # extra server options, before the application
         self.proc: subprocess.Popen[str] | None = None
         self.output: _Output | None = None
 
@@ -126,6 +132,7 @@ class DaphneServer:
             "1",
             "--websocket-max-message-size",
             str(max_bytes),
+            *self.args,
             "streampod_project.asgi:application",
         ]
 
@@ -184,6 +191,7 @@ class UvicornServer(DaphneServer):
             "info",
             "--ws-max-size",
             str(65536 + 1024),
+            *self.args,
             "streampod_project.asgi:application",
         ]
 
