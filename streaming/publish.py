@@ -58,7 +58,14 @@ class Publisher:
                 del self._pending[:MAX_BATCH]
                 if batch:
                     self.batches += 1
-                    await self._send(batch)
+                    try:
+                        await self._send(batch)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # before any round trip (layer, serializer)
+                        for _, _, future in batch:
+                            if not future.done():
+                                future.set_exception(exc)
         finally:
             self._task = None
 

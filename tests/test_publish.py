@@ -112,3 +112,14 @@ async def test_a_failed_round_trip_fails_each_post_of_its_batch():
         with pytest.raises(Exception, match=r"(?i)connect"):
             await future
     await publisher.aclose()
+
+
+async def test_a_message_the_layer_cannot_serialize_fails_its_post_not_the_publisher(layer):
+    publisher = Publisher(layer)
+    bad = publisher.publish("g", {"type": "t", "value": object()})  # msgpack refuses it
+    with pytest.raises(TypeError):
+        await bad
+    group = f"after-{uuid.uuid4().hex[:8]}"
+    await publisher.publish(group, {"type": "t", "n": 1})  # the publisher still works
+    assert publisher.batches == 2
+    await publisher.aclose()
