@@ -125,17 +125,23 @@ class Lane:
 
     async def _run(self, coro: Coroutine[Any, Any, Any] | None, yielded: Any) -> None:
         jobs = self._jobs
-        while True:
-            if coro is not None:
-                try:
-                    await finish(coro, yielded)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    logger.exception("unexpected error in lane %s", self.name)
-            if not jobs:
-                return
-            coro, yielded = jobs.popleft()(), NOT_STARTED
+        try:
+            while True:
+                if coro is not None:
+                    try:
+                        await finish(coro, yielded)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        logger.exception("unexpected error in lane %s", self.name)
+                if not jobs:
+                    return
+                coro, yielded = jobs.popleft()(), NOT_STARTED
+        finally:
+            # Idle from this instant, not from the done callback a loop turn later: a
+            # job submitted in between must start, not wait behind a finished task.
+            if self._task is asyncio.current_task():
+                self._task = None
 
 
 class EndpointSlot:

@@ -1,0 +1,74 @@
+"""``Lane``: one endpoint's jobs, in order, one at a time; eager when idle."""
+
+from __future__ import annotations
+
+import asyncio
+
+from streaming.consumer import Lane
+
+
+async def test_a_job_that_never_waits_runs_inside_submit():
+    lane, ran = Lane("t"), []
+
+    async def job():
+        ran.append(1)
+
+    lane.submit(job)
+    assert ran == [1] and lane._task is None  # no task was needed
+
+
+async def test_jobs_behind_a_waiting_job_run_after_it_in_order():
+    lane, ran, gate = Lane("t"), [], asyncio.Event()
+
+    async def first():
+        await gate.wait()
+        ran.append("first")
+
+    def later(name):
+        async def job():
+            ran.append(name)
+
+        return job
+
+    lane.submit(first)
+    lane.submit(later("second"))
+    lane.submit(later("third"))
+    assert ran == [] and len(lane) == 2
+    gate.set()
+    await lane.join()
+    assert ran == ["first", "second", "third"]
+
+
+async def test_a_job_submitted_as_the_lane_goes_idle_still_runs():
+    lane, gate, ran = Lane("t"), asyncio.Event(), asyncio.Event()
+
+    async def last_job():
+        ran.set()
+
+    async def first():
+        await gate.wait()
+        # Runs before the finished task's callbacks: the lane must already be idle.
+        asyncio.get_running_loop().call_soon(lane.submit, last_job)
+
+    lane.submit(first)
+    gate.set()
+    async with asyncio.timeout(5):  # a failure guard
+        await ran.wait()
+
+
+async def test_a_failing_job_is_logged_and_the_lane_goes_on(caplog):
+    lane, ran, gate = Lane("t"), [], asyncio.Event()
+
+    async def broken():
+        await gate.wait()
+        raise RuntimeError("boom")
+
+    async def after():
+        ran.append("after")
+
+    lane.submit(broken)
+    lane.submit(after)
+    gate.set()
+    await lane.join()
+    assert ran == ["after"]
+    assert "unexpected error in lane t" in caplog.text
