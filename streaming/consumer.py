@@ -112,11 +112,6 @@ class Lane:
         while self._task is not None:
             await asyncio.shield(self._task)
 
-    def cancel(self) -> None:
-        self._jobs.clear()
-        if self._task is not None:
-            self._task.cancel()
-
     def _ended(self, task: asyncio.Task[None], coro: Coroutine[Any, Any, Any]) -> None:
         if self._task is task:
             self._task = None
