@@ -27,9 +27,9 @@ server, not per socket.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import enum
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
@@ -42,7 +42,6 @@ from django.contrib.auth.models import AnonymousUser
 from . import protocol
 from .auth import AUTH_FAILED_KEY, RevokedAuthentication, revocation_channel, user_for_key
 from .conf import streaming_settings
-from .eager import NOT_STARTED, finish, start
 from .endpoint import Endpoint
 from .exceptions import (
     FrameTooLarge,
@@ -51,7 +50,7 @@ from .exceptions import (
     SerializationError,
     StreamingError,
 )
-from .flow import attach_flow
+from .flow import attach_flow, plain_send
 from .outbox import Outbox
 from .protocol import CloseCode, CommandFrame, DataFrame, ErrorCode
 from .serialization import decode_object
@@ -73,12 +72,12 @@ class EndpointStatus(enum.Enum):
 
 
 class Lane:
-    """Runs jobs one at a time, in submission order.
+    """Runs jobs one at a time, in submission order, in a task of their own.
 
-    An idle lane runs a submitted job at once, in the submitter's stack
-    (:mod:`streaming.eager`): a hook that never waits (an echo, a relay on one
-    server) costs no task. A job that suspends is finished by a task, and jobs
-    submitted meanwhile run after it, in order; the task exists only while busy.
+    The task exists only while the lane has work. On Python 3.12+ it starts eagerly
+    (``eager_start``): a hook that never waits runs to its end inside ``submit``,
+    yet as its own current task, so ``asyncio.timeout``, task groups and anyio
+    scopes in hooks behave as in any task.
     """
 
     __slots__ = ("_jobs", "_task", "name")
@@ -93,50 +92,47 @@ class Lane:
         return len(self._jobs)
 
     def submit(self, job: Job) -> None:
-        if self._task is not None:
-            self._jobs.append(job)
-            return
-        coro = job()
-        context = contextvars.copy_context()  # what a task would give it
-        try:
-            done, yielded = context.run(start, coro)
-        except Exception:
-            logger.exception("unexpected error in lane %s", self.name)
-            return
-        if not done:
-            task = asyncio.get_running_loop().create_task(self._run(coro, yielded), context=context)
-            task.add_done_callback(lambda task: self._ended(task, coro))
-            self._task = task
+        self._jobs.append(job)
+        if self._task is None:
+            task = _new_task(self._run())
+            if not task.done():
+                self._task = task
 
     async def join(self) -> None:
         while self._task is not None:
             await asyncio.shield(self._task)
 
-    def _ended(self, task: asyncio.Task[None], coro: Coroutine[Any, Any, Any]) -> None:
-        if self._task is task:
-            self._task = None
-        if task.cancelled():
-            coro.close()  # cancelled before it ran: the suspended job goes too
-
-    async def _run(self, coro: Coroutine[Any, Any, Any] | None, yielded: Any) -> None:
+    async def _run(self) -> None:
         jobs = self._jobs
         try:
-            while True:
-                if coro is not None:
-                    try:
-                        await finish(coro, yielded)
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception:
-                        logger.exception("unexpected error in lane %s", self.name)
-                if not jobs:
-                    return
-                coro, yielded = jobs.popleft()(), NOT_STARTED
+            while jobs:
+                job = jobs.popleft()
+                try:
+                    await job()
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise  # the lane itself is cancelled
+                    # A hook awaited something that was cancelled: its job ends, not the lane.
+                    logger.warning("a job of lane %s was cancelled", self.name)
+                except Exception:
+                    logger.exception("unexpected error in lane %s", self.name)
         finally:
-            # Idle from this instant, not from the done callback a loop turn later: a
-            # job submitted in between must start, not wait behind a finished task.
+            # Idle from this instant: a job submitted before a done callback would
+            # run must start a new task, not wait behind a finished one.
             if self._task is asyncio.current_task():
                 self._task = None
+
+
+if sys.version_info >= (3, 12):
+
+    def _new_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
+
+else:
+
+    def _new_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(coro)
 
 
 class EndpointSlot:
@@ -224,6 +220,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             settings.SEND_QUEUE_LIMIT,
             self._overloaded,
             attach_flow(self.base_send),  # daphne: Twisted's buffer pushes back
+            eager=plain_send(self.base_send),
         )
         if self.scope.get(AUTH_FAILED_KEY):
             self.close_with(CloseCode.UNAUTHORIZED)

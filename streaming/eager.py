@@ -1,12 +1,16 @@
 """Eager execution: run a coroutine now, up to its first suspension, without a task.
 
-Most of what a connection does per frame never waits: an endpoint hook that sends a
-reply, a ``send`` into daphne. Giving each a Task costs a task object, a trip
-through the event loop and the latency of one loop turn. :func:`start` runs the
-coroutine in the caller's stack until it completes or suspends; only one that
-suspends is handed to a task, which continues it with :func:`finish` exactly where
-it stopped. (Python 3.12's ``asyncio.eager_task_factory`` does this for every task
-of a loop; this module does it for the two places that need it, on 3.11 too.)
+Handing a daphne or uvicorn ``send`` to a task costs a task object, a trip through
+the event loop and one loop turn of latency, for a coroutine that almost never
+waits. :func:`start` runs it in the caller's stack until it completes or suspends;
+only one that suspends is handed to a task, which continues it with :func:`finish`
+exactly where it stopped.
+
+The first step runs as part of the *caller's* task: code that binds to the current
+task (``asyncio.timeout``, task groups, anyio cancel scopes) must not run there.
+So only a server's own ``send`` is started this way (``streaming.flow.plain_send``),
+never user code: endpoint hooks run in their lane's task (eagerly started on Python
+3.12+, where ``asyncio.Task(eager_start=True)`` makes that task current).
 """
 
 from __future__ import annotations

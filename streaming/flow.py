@@ -122,3 +122,17 @@ def attach_flow(send: Any) -> SendFlow | None:
         logger.debug("could not register a producer on %r", consumer, exc_info=True)
         return None
     return flow
+
+
+def plain_send(send: Any) -> bool:
+    """Whether ``send`` is a server's own ``send``, safe to start in the caller's task.
+
+    daphne's and uvicorn's WebSocket ``send`` hold no timeout or cancel scope, so the
+    outbox may run them eagerly (a suspended one is finished in a task of its own).
+    An unknown ``send``, such as a middleware's wrapper, may bind to the task it runs
+    in, so it always runs in the outbox's own task.
+    """
+    if _daphne_protocol(send) is not None:
+        return True
+    owner = getattr(send, "__self__", None)
+    return type(owner).__module__.startswith("uvicorn.protocols.websockets.")

@@ -3,8 +3,9 @@
 Every frame a connection sends (data, pongs, errors and the close) goes through one
 ``Outbox``, so they leave in the order they were queued.
 
-Sending is *eager*: when nothing is waiting and the server has room, ``put`` runs
-the server's ``send`` coroutine at once. A send that completes without suspending
+Sending is *eager* when ``send`` is a server's own (daphne's or uvicorn's, see
+:func:`streaming.flow.plain_send`): when nothing is waiting and the server has room,
+``put`` runs the server's ``send`` coroutine at once. A send that completes without suspending
 (daphne's always does; uvicorn's does unless the socket's write buffer is full)
 costs no task and no trip through the event loop.
 
@@ -32,7 +33,17 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class Outbox:
-    __slots__ = ("_closed", "_flow", "_on_overflow", "_queue", "_send", "_task", "limit", "sent")
+    __slots__ = (
+        "_closed",
+        "_eager",
+        "_flow",
+        "_on_overflow",
+        "_queue",
+        "_send",
+        "_task",
+        "limit",
+        "sent",
+    )
 
     def __init__(
         self,
@@ -40,9 +51,12 @@ class Outbox:
         limit: int,
         on_overflow: Callable[[], None],
         flow: SendFlow | None = None,
+        *,
+        eager: bool = False,
     ) -> None:
         self._send = send
         self._flow = flow
+        self._eager = eager  # only for a server's own send: see streaming.flow.plain_send
         self.limit = limit
         self._on_overflow = on_overflow
         self._queue: deque[str | int] = deque()
@@ -63,7 +77,7 @@ class Outbox:
         if self._closed:
             return False
         flow = self._flow
-        if self._task is None and (flow is None or not flow.paused):
+        if self._task is None and self._eager and (flow is None or not flow.paused):
             self._start({"type": "websocket.send", "text": text})
             return True
         if len(self._queue) >= self.limit:
@@ -81,8 +95,11 @@ class Outbox:
         self._closed = True
         if discard_pending:
             self._queue.clear()
-        if self._task is None:
+        if self._task is None and self._eager:
             self._start({"type": "websocket.close", "code": int(code)})
+        elif self._task is None:
+            self._queue.append(code)
+            self._spawn(None, None, None)
         else:
             self._queue.append(code)
             if discard_pending and self._flow is not None:

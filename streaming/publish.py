@@ -67,7 +67,8 @@ class Publisher:
                             if not future.done():
                                 future.set_exception(exc)
         finally:
-            self._task = None
+            if self._task is asyncio.current_task():
+                self._task = None
 
     async def _send(self, batch: list[Item]) -> None:
         loop_layer = self.layer._get_layer()

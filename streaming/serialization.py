@@ -24,7 +24,6 @@ Contract:
 
 from __future__ import annotations
 
-import inspect
 import json
 import types
 import typing
@@ -93,20 +92,6 @@ class SerializableEntity(BaseModel):
     #: then accepts and refuses exactly what strict JSON validation does.
     _json_native: ClassVar[bool] = False
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        # Runs before pydantic collects the class's validators: only classes with
-        # datetime fields get the UTC validator, and only on those fields.
-        names = [
-            name
-            for name, annotation in inspect.get_annotations(cls).items()
-            if _may_mention_datetime(annotation)
-        ]
-        if names:
-            cls._aware_datetimes = field_validator(*names, mode="after")(  # type: ignore[attr-defined]
-                classmethod(_aware_datetimes)
-            )
-
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
@@ -119,6 +104,15 @@ class SerializableEntity(BaseModel):
         )
         cls._json_native = all(_json_native(f.annotation) for f in cls.model_fields.values())
         _register(cls)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _aware_datetimes(cls, value: Any, info: Any) -> Any:
+        # Every field, every class: a per-class validator on datetime fields alone
+        # would miss inherited fields and aliased or string annotations.
+        if info.field_name in cls._datetime_fields:
+            return _to_utc(value)
+        return value
 
     def __eq__(self, other: object) -> bool:
         # The wire cache is not part of a message's value.
@@ -157,16 +151,6 @@ def _json_native(annotation: Any) -> bool:
     if origin in (typing.Union, types.UnionType):
         return all(_json_native(arg) for arg in args)
     return False
-
-
-def _may_mention_datetime(annotation: Any) -> bool:
-    if isinstance(annotation, str):  # ``from __future__ import annotations``
-        return "datetime" in annotation
-    return _mentions_datetime(annotation)
-
-
-def _aware_datetimes(cls: Any, value: Any, info: Any) -> Any:
-    return _to_utc(value)
 
 
 def _register(cls: type[SerializableEntity]) -> None:

@@ -342,6 +342,29 @@ async def test_flooding_closes_with_4008(settings):
         assert await comm.receive_close() == 4008
 
 
+async def test_full_send_queue_closes_with_4013(settings):
+    settings.STREAMING = {"SEND_QUEUE_LIMIT": 5}
+
+    class Burst(Endpoint):
+        async def handle_stream_message(self, session, message):
+            results = [await self.send_stream_message(session, message) for _ in range(50)]
+            assert results.count(False) > 0
+
+    # The communicator's send is not a server's own, so the outbox sends from its own
+    # task: 50 frames queued in one turn overflow a queue of 5.
+    async with StreamingCommunicator(endpoints=[Burst]) as comm:
+        await comm.send_message("burst", Note(text="x"))
+        # whatever was sent before the overflow, then the close: never 50 frames
+        received = 0
+        while True:
+            output = await comm.receive_output(3)
+            if output["type"] == "websocket.close":
+                assert output["code"] == 4013
+                break
+            received += 1
+        assert received < 50
+
+
 async def test_serializable_datetimes_round_trip_in_utc():
     from datetime import datetime, timedelta, timezone
 

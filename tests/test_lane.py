@@ -1,4 +1,4 @@
-"""``Lane``: one endpoint's jobs, in order, one at a time; eager when idle."""
+"""``Lane``: one endpoint's jobs, in order, one at a time, each run as a task's own work."""
 
 from __future__ import annotations
 
@@ -7,14 +7,38 @@ import asyncio
 from streaming.consumer import Lane
 
 
-async def test_a_job_that_never_waits_runs_inside_submit():
-    lane, ran = Lane("t"), []
+async def test_a_timeout_inside_a_job_belongs_to_the_job():
+    """A hook's ``asyncio.timeout`` cancels the hook, never the task that submitted it."""
+    lane, outcome = Lane("t"), []
 
     async def job():
-        ran.append(1)
+        try:
+            async with asyncio.timeout(0.01):  # the behaviour under test, not a wait
+                await asyncio.Event().wait()
+        except TimeoutError:
+            outcome.append("timed out")
 
     lane.submit(job)
-    assert ran == [1] and lane._task is None  # no task was needed
+    await lane.join()
+    assert outcome == ["timed out"]
+    assert asyncio.current_task().cancelling() == 0
+
+
+async def test_a_job_that_awaits_a_cancelled_future_ends_alone():
+    lane, ran = Lane("t"), []
+    cancelled = asyncio.get_running_loop().create_future()
+    cancelled.cancel()
+
+    async def doomed():
+        await cancelled
+
+    async def after():
+        ran.append("after")
+
+    lane.submit(doomed)
+    lane.submit(after)
+    await lane.join()
+    assert ran == ["after"]
 
 
 async def test_jobs_behind_a_waiting_job_run_after_it_in_order():
@@ -33,7 +57,7 @@ async def test_jobs_behind_a_waiting_job_run_after_it_in_order():
     lane.submit(first)
     lane.submit(later("second"))
     lane.submit(later("third"))
-    assert ran == [] and len(lane) == 2
+    assert ran == []
     gate.set()
     await lane.join()
     assert ran == ["first", "second", "third"]

@@ -13,7 +13,7 @@ import asyncio
 import pytest
 from twisted.internet.testing import StringTransport
 
-from streaming.flow import SendFlow, attach_flow
+from streaming.flow import SendFlow, attach_flow, plain_send
 from streaming.outbox import Outbox
 
 
@@ -34,7 +34,7 @@ class PushbackServer:
 def make(limit: int = 8, flow: SendFlow | None = None):
     server = PushbackServer()
     overflows: list[int] = []
-    outbox = Outbox(server.send, limit, lambda: overflows.append(1), flow)
+    outbox = Outbox(server.send, limit, lambda: overflows.append(1), flow, eager=True)
     return server, outbox, overflows
 
 
@@ -129,7 +129,7 @@ async def test_a_failing_send_discards_everything_after_it():
     async def broken(message):
         raise OSError("transport gone")
 
-    outbox = Outbox(broken, 8, lambda: None)
+    outbox = Outbox(broken, 8, lambda: None, eager=True)
     assert outbox.put("a")  # accepted, then the send fails
     assert outbox.closed
     assert not outbox.put("b")
@@ -144,7 +144,7 @@ async def test_cancelling_the_drain_abandons_the_suspended_send():
         finally:
             ended.set()
 
-    outbox = Outbox(send, 8, lambda: None)
+    outbox = Outbox(send, 8, lambda: None, eager=True)
     outbox.put("a")
     outbox.put("b")
     task = outbox._task
@@ -171,3 +171,18 @@ def test_no_flow_for_servers_whose_send_pushes_back_itself():
 
     assert attach_flow(send) is None
     assert attach_flow(PushbackServer().send) is None
+
+
+async def test_an_unknown_send_runs_in_the_outboxs_own_task():
+    """A send that is not a server's own (a middleware's wrapper) is never started eagerly."""
+    caller, seen, overflows = asyncio.current_task(), [], []
+
+    async def send(message):
+        seen.append(asyncio.current_task())
+
+    assert not plain_send(send)
+    outbox = Outbox(send, 2, lambda: overflows.append(1))
+    assert outbox.put("a") and outbox.put("b")
+    assert not outbox.put("c") and overflows == [1]  # queued within one turn
+    await outbox.wait_sent()
+    assert len(seen) == 2 and caller not in seen

@@ -103,3 +103,29 @@ def _same_words(errors):
     if errors is None:
         return None
     return [{**e, "reason": e["reason"].replace("a valid array", "a valid list")} for e in errors]
+
+
+# -- datetimes: aware and in UTC, inherited and aliased fields included -----------------------
+
+Stamp = datetime | None
+
+
+class StampedBase(SerializableEntity):
+    class_name = "tests.fast.StampedBase"
+    ts: datetime
+
+
+class StampedChild(StampedBase):
+    class_name = "tests.fast.StampedChild"
+    other: Stamp = None  # an alias: the annotation never says "datetime"
+
+
+@pytest.mark.parametrize("field", ["ts", "other"])
+def test_inherited_and_aliased_datetime_fields_must_be_aware_and_become_utc(field):
+    data = {"ts": "2026-01-01T12:00:00+02:00", "other": "2026-01-01T12:00:00+02:00"}
+    decoded = decode_object(StampedChild.class_name, data)
+    assert getattr(decoded, field).utcoffset().total_seconds() == 0
+    assert getattr(decoded, field).hour == 10
+    with pytest.raises(InvalidMessage) as info:
+        decode_object(StampedChild.class_name, {**data, field: "2026-01-01T12:00:00"})
+    assert [error["path"] for error in info.value.errors] == [field]
