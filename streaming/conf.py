@@ -21,10 +21,27 @@ DEFAULTS: dict[str, Any] = {
     "ENDPOINTS": [],
     # Largest text frame accepted, in UTF-8 bytes; larger ones close the socket with 4009.
     "MAX_MESSAGE_BYTES": 65536,
+    # Most JSON values in one inbound frame, and deepest nesting; more: error malformed_frame.
+    "MAX_FRAME_VALUES": 10_000,
+    "MAX_FRAME_DEPTH": 32,
     # Frames waiting to be handed to the server per connection; past it: close 4013.
     "SEND_QUEUE_LIMIT": 1024,
-    # Frames waiting for one endpoint's hook per connection; past it: error rate_limited.
+    # The same queue in bytes (memory of the queued strings); past it: close 4013.
+    "SEND_QUEUE_BYTES": 8 * 1024 * 1024,
+    # Largest outbound frame in UTF-8 bytes (daphne refuses more than its own limit too);
+    # a larger message is not sent and the client gets error message_too_large.
+    "MAX_SEND_BYTES": 1024 * 1024,
+    # Frames waiting for one endpoint's hook (or for an auth) per connection; past it:
+    # error rate_limited.
     "MAX_PENDING_FRAMES": 256,
+    # Estimated memory of all the frames waiting on one connection; past it: rate_limited.
+    "MAX_PENDING_BYTES": 4 * 1024 * 1024,
+    # Seconds the handshake waits for stream_opened hooks (and their channels' cluster
+    # joins) before accepting anyway; a hook still running then is logged.
+    "OPEN_TIMEOUT": 3.0,
+    # Seconds hooks still running when a socket closes get to finish before they are
+    # cancelled (logged by name).
+    "CLOSE_GRACE_PERIOD": 5.0,
     # Inbound frames per second per connection (token bucket), None to turn off.
     "RATE_LIMIT_PER_SECOND": 500.0,
     # Bucket size: frames a connection may send in one burst.
@@ -44,8 +61,15 @@ DEFAULTS: dict[str, Any] = {
 _TYPES: dict[str, tuple[type, ...]] = {
     "ENDPOINTS": (list, tuple),
     "MAX_MESSAGE_BYTES": (int,),
+    "MAX_FRAME_VALUES": (int,),
+    "MAX_FRAME_DEPTH": (int,),
     "SEND_QUEUE_LIMIT": (int,),
+    "SEND_QUEUE_BYTES": (int,),
+    "MAX_SEND_BYTES": (int,),
     "MAX_PENDING_FRAMES": (int,),
+    "MAX_PENDING_BYTES": (int,),
+    "OPEN_TIMEOUT": (int, float),
+    "CLOSE_GRACE_PERIOD": (int, float),
     "RATE_LIMIT_PER_SECOND": (int, float, type(None)),
     "RATE_LIMIT_BURST": (int,),
     "FLOOD_CLOSE_AFTER": (int,),

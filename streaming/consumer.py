@@ -10,11 +10,25 @@ Guarantees:
 * Frames for one endpoint are handled in order, one at a time (its *lane*); lanes
   of different endpoints run concurrently. ``ping`` and ``auth`` never wait on a
   hook. A lane's task exists only while it has work, so idle sockets cost little.
-* On connect ``stream_opened`` runs for each usable endpoint in registration order;
-  on disconnect ``stream_closed`` runs for exactly those that were opened.
+* On connect ``stream_opened`` runs for each usable endpoint in registration order,
+  *before* the handshake is accepted: once a client sees the handshake complete,
+  every channel those hooks listened on is joined in the whole cluster (see
+  :meth:`StreamingConsumer._until_open`). A hook that waits on a ``listen()``
+  iterator counts as opened; one that has not returned after ``OPEN_TIMEOUT`` is
+  logged and the socket is accepted anyway. Frames hooks send meanwhile follow
+  the accept.
+* On disconnect the sessions end first (their ``listen()`` iterators stop), then
+  ``stream_closed`` runs for exactly the endpoints that were opened. A hook still
+  running ``CLOSE_GRACE_PERIOD`` seconds later is cancelled and logged by name.
 * A hook that raises is logged with its traceback; the client gets
   ``internal_error`` and the connection goes on.
 * Bad input gets an ``error`` frame and never reaches a hook.
+* Memory is bounded per connection: frames waiting for hooks or for an ``auth``
+  (``MAX_PENDING_FRAMES`` per endpoint, ``MAX_PENDING_BYTES`` in all, each frame's
+  parsed size bounded by ``MAX_FRAME_VALUES``/``MAX_FRAME_DEPTH``), and frames
+  waiting to be sent (``SEND_QUEUE_LIMIT``/``SEND_QUEUE_BYTES``, then 4013).
+  A frame too large to send (``MAX_SEND_BYTES``, or daphne's own limit) is not
+  sent; the client gets ``message_too_large`` instead.
 
 Channels' ``dispatch()`` runs Django's DB-connection cleanup in a worker thread
 before every handler; this consumer skips it on the frame path (hooks that touch
@@ -28,11 +42,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
-import sys
 import time
-from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from channels.exceptions import StopConsumer
@@ -50,16 +63,18 @@ from .exceptions import (
     SerializationError,
     StreamingError,
 )
-from .flow import attach_flow, plain_send
+from .flow import attach_flow, plain_send, send_limit
+from .lane import Lane
 from .outbox import Outbox
-from .protocol import CloseCode, CommandFrame, DataFrame, ErrorCode
+from .protocol import CloseCode, CommandFrame, DataFrame, ErrorCode, echo
 from .serialization import decode_object
 from .session import USER_OBJECTS_KEY, StreamingSession
 
 logger = logging.getLogger("streaming.consumer")
 
-Job = Callable[[], Coroutine[Any, Any, None]]
 _WIRE_CODES = frozenset(code.value for code in ErrorCode)
+
+__all__ = ["EndpointStatus", "Lane", "StreamingConsumer"]
 
 
 class EndpointStatus(enum.Enum):
@@ -69,70 +84,6 @@ class EndpointStatus(enum.Enum):
     NOT_AUTHENTICATED = "not_authenticated"
     FORBIDDEN = "forbidden"
     CLOSED = "closed"
-
-
-class Lane:
-    """Runs jobs one at a time, in submission order, in a task of their own.
-
-    The task exists only while the lane has work. On Python 3.12+ it starts eagerly
-    (``eager_start``): a hook that never waits runs to its end inside ``submit``,
-    yet as its own current task, so ``asyncio.timeout``, task groups and anyio
-    scopes in hooks behave as in any task.
-    """
-
-    __slots__ = ("_jobs", "_task", "name")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._jobs: deque[Job] = deque()
-        self._task: asyncio.Task[None] | None = None
-
-    def __len__(self) -> int:
-        """Jobs waiting (not counting one in progress)."""
-        return len(self._jobs)
-
-    def submit(self, job: Job) -> None:
-        self._jobs.append(job)
-        if self._task is None:
-            task = _new_task(self._run())
-            if not task.done():
-                self._task = task
-
-    async def join(self) -> None:
-        while self._task is not None:
-            await asyncio.shield(self._task)
-
-    async def _run(self) -> None:
-        jobs = self._jobs
-        try:
-            while jobs:
-                job = jobs.popleft()
-                try:
-                    await job()
-                except asyncio.CancelledError:
-                    current = asyncio.current_task()
-                    if current is not None and current.cancelling():
-                        raise  # the lane itself is cancelled
-                    # A hook awaited something that was cancelled: its job ends, not the lane.
-                    logger.warning("a job of lane %s was cancelled", self.name)
-                except Exception:
-                    logger.exception("unexpected error in lane %s", self.name)
-        finally:
-            # Idle from this instant: a job submitted before a done callback would
-            # run must start a new task, not wait behind a finished one.
-            if self._task is asyncio.current_task():
-                self._task = None
-
-
-if sys.version_info >= (3, 12):
-
-    def _new_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        return asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
-
-else:
-
-    def _new_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        return asyncio.get_running_loop().create_task(coro)
 
 
 class EndpointSlot:
@@ -178,12 +129,17 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         self.outbox: Outbox | None = None
         self._held: list[DataFrame] | None = None  # frames waiting for an auth command
         self._auth_task: asyncio.Task[None] | None = None
+        self._pending_bytes = 0  # estimated memory of the frames held or waiting in lanes
         self._bucket: TokenBucket | None = None
         self._refused_in_a_row = 0
         self._revocation: Any = None
         self._torn_down = False
         self._max_bytes = 0
+        self._max_values = 0
+        self._max_depth = 0
         self._max_pending = 0
+        self._max_pending_bytes = 0
+        self._max_send = 0
 
     # -- ASGI plumbing ------------------------------------------------------------------
 
@@ -209,20 +165,28 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         settings = streaming_settings
+        send = self.base_send
         self._max_bytes = settings.MAX_MESSAGE_BYTES
+        self._max_values = settings.MAX_FRAME_VALUES
+        self._max_depth = settings.MAX_FRAME_DEPTH
         self._max_pending = settings.MAX_PENDING_FRAMES
+        self._max_pending_bytes = settings.MAX_PENDING_BYTES
+        server_limit = send_limit(send)  # daphne refuses frames above its own limit
+        self._max_send = min(settings.MAX_SEND_BYTES, server_limit or settings.MAX_SEND_BYTES)
         if settings.RATE_LIMIT_PER_SECOND:
             self._bucket = TokenBucket(settings.RATE_LIMIT_PER_SECOND, settings.RATE_LIMIT_BURST)
         self.scope[USER_OBJECTS_KEY] = {}
-        await self.base_send({"type": "websocket.accept"})
+        # Gated: frames queue until the accept, which waits for the endpoints to open.
         self.outbox = Outbox(
-            self.base_send,
+            send,
             settings.SEND_QUEUE_LIMIT,
             self._overloaded,
-            attach_flow(self.base_send),  # daphne: Twisted's buffer pushes back
-            eager=plain_send(self.base_send),
+            eager=plain_send(send),
+            byte_limit=settings.SEND_QUEUE_BYTES,
+            gated=True,
         )
         if self.scope.get(AUTH_FAILED_KEY):
+            self._accept()
             self.close_with(CloseCode.UNAUTHORIZED)
             return
         classes = self._endpoint_classes
@@ -231,7 +195,13 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
 
             classes = endpoints.all()
         self._slots = {cls.name: EndpointSlot(cls) for cls in classes}
-        self._set_identity(self.scope.get("user") or AnonymousUser(), reopen=False)
+        await self._set_identity(self.scope.get("user") or AnonymousUser(), reopen=False)
+        self._accept()
+
+    def _accept(self) -> None:
+        outbox = self.outbox
+        if outbox is not None and not self._torn_down:
+            outbox.open(attach_flow(self.base_send))  # daphne: Twisted's buffer pushes back
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         await self._teardown()
@@ -239,10 +209,31 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
 
     # -- sending --------------------------------------------------------------------------
 
-    def send_text(self, text: str) -> bool:
-        """Queue a frame; False if the connection is closing or its queue is full."""
+    def send_text(self, text: str, endpoint: str | None = None) -> bool:
+        """Queue a frame; False if the connection is closing, its queue is full, or the
+        frame is larger than the server may send (the client then gets
+        ``message_too_large`` for ``endpoint``)."""
         outbox = self.outbox
-        return outbox.put(text) if outbox is not None else False
+        if outbox is None:
+            return False
+        if len(text) * 4 > self._max_send:  # only then can it be over the limit
+            size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+            if size > self._max_send:
+                logger.warning(
+                    "%s: not sending a %d-byte frame of endpoint %s (limit %d bytes)",
+                    self.scope.get("client"),
+                    size,
+                    endpoint,
+                    self._max_send,
+                )
+                self.send_error(
+                    ErrorCode.MESSAGE_TOO_LARGE,
+                    f"A message of {size} bytes is larger than the server may send "
+                    f"({self._max_send} bytes); it was not sent.",
+                    endpoint=endpoint,
+                )
+                return False
+        return outbox.put(text)
 
     def send_error(
         self,
@@ -284,7 +275,13 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             self._refuse(ErrorCode.RATE_LIMITED, "Too many frames; slow down.", frame_id)
             return
         try:
-            frame = protocol.decode_frame(text, message.get("bytes"), max_bytes=self._max_bytes)
+            frame = protocol.decode_frame(
+                text,
+                message.get("bytes"),
+                max_bytes=self._max_bytes,
+                max_values=self._max_values,
+                max_depth=self._max_depth,
+            )
         except FrameTooLarge as exc:
             self.send_error(exc.code, exc.detail)
             self.close_with(CloseCode.TOO_BIG)
@@ -294,9 +291,9 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             return
         if type(frame) is DataFrame:
             if self._held is not None:
-                self._held.append(frame)
+                self._hold(frame)  # type: ignore[arg-type]
             else:
-                self._route(frame)
+                self._route(frame)  # type: ignore[arg-type]
         else:
             self._command(frame)  # type: ignore[arg-type]
 
@@ -315,43 +312,70 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             self.send_text(protocol.encode_command("pong"))
         elif command == "auth":
             if self._auth_task is not None:
-                # One at a time: a second auth waits behind the first, in order.
-                previous = self._auth_task
-                self._auth_task = asyncio.get_running_loop().create_task(
-                    self._authenticate(frame.args.get("key"), previous)
+                # One at a time: each auth holds the frames after it until answered.
+                self._refuse(
+                    ErrorCode.RATE_LIMITED,
+                    "An auth command is already being handled; wait for its answer.",
+                    None,
                 )
-            else:
-                self._held = []
-                self._auth_task = asyncio.get_running_loop().create_task(
-                    self._authenticate(frame.args.get("key"), None)
-                )
+                return
+            self._held = []
+            self._auth_task = asyncio.get_running_loop().create_task(
+                self._authenticate(frame.args.get("key"))
+            )
         elif command == "pong":
             pass  # a reply to nothing we asked; harmless
         else:
-            self._refuse(ErrorCode.UNKNOWN_COMMAND, f"Unknown command {command!r}.", None)
+            self._refuse(ErrorCode.UNKNOWN_COMMAND, f"Unknown command {echo(command)!r}.", None)
 
-    def _route(self, frame: DataFrame) -> None:
-        slot = self._slots.get(frame.endpoint)
-        if slot is None:
-            self.send_error(
-                ErrorCode.UNKNOWN_ENDPOINT,
-                f"Unknown endpoint {frame.endpoint!r}.",
-                endpoint=frame.endpoint,
-                frame_id=frame.id,
-            )
-            return
-        if len(slot.lane) >= self._max_pending:
+    def _over_budget(self, frame: DataFrame) -> bool:
+        return self._pending_bytes + frame.size > self._max_pending_bytes
+
+    def _hold(self, frame: DataFrame) -> None:
+        """Keep ``frame`` until the pending ``auth`` is answered (bounded like a lane)."""
+        held = self._held
+        assert held is not None
+        if len(held) >= self._max_pending or self._over_budget(frame):
             self._refuse(
                 ErrorCode.RATE_LIMITED,
-                "Too many messages waiting for this endpoint; slow down.",
+                "Too many messages waiting for an auth command; slow down.",
                 frame.id,
-                endpoint=frame.endpoint,
             )
             return
+        held.append(frame)
+        self._pending_bytes += frame.size
+
+    def _route(self, frame: DataFrame, *, counted: bool = False) -> None:
+        """Queue ``frame`` in its endpoint's lane. ``counted``: already in the budget."""
+        slot = self._slots.get(frame.endpoint)
+        if slot is None or len(slot.lane) >= self._max_pending or (
+            not counted and self._over_budget(frame)
+        ):
+            if counted:
+                self._pending_bytes -= frame.size
+            if slot is None:
+                name = echo(frame.endpoint)
+                self.send_error(
+                    ErrorCode.UNKNOWN_ENDPOINT,
+                    f"Unknown endpoint {name!r}.",
+                    endpoint=name,
+                    frame_id=frame.id,
+                )
+            else:
+                self._refuse(
+                    ErrorCode.RATE_LIMITED,
+                    "Too many messages waiting for this endpoint; slow down.",
+                    frame.id,
+                    endpoint=frame.endpoint,
+                )
+            return
+        if not counted:
+            self._pending_bytes += frame.size
         self._refused_in_a_row = 0
-        slot.lane.submit(lambda: self._deliver(slot, frame))
+        slot.lane.submit(functools.partial(self._deliver, slot, frame), "handle_stream_message")
 
     async def _deliver(self, slot: EndpointSlot, frame: DataFrame) -> None:
+        self._pending_bytes -= frame.size
         status = slot.status
         name = slot.cls.name
         if status is EndpointStatus.OPEN:
@@ -430,30 +454,78 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
 
     # -- identity and the endpoints' lifecycle ----------------------------------------------
 
-    def _set_identity(self, user: Any, *, reopen: bool) -> None:
-        """Adopt ``user``: close open endpoints (if ``reopen``) and open usable ones."""
+    async def _set_identity(self, user: Any, *, reopen: bool) -> None:
+        """Adopt ``user``: close open endpoints (if ``reopen``), open the usable ones,
+        and return once they are open (see :meth:`_until_open`)."""
         self.user = user
         self.scope["user"] = user
+        slots = list(self._slots.values())
         if reopen:
-            for slot in self._slots.values():
-                slot.lane.submit(lambda slot=slot: self._close_endpoint(slot))  # type: ignore[misc]
+            for slot in slots:
+                if slot.session is not None:
+                    slot.session._end()  # a stream_opened looping on listen() returns
+                slot.lane.submit(functools.partial(self._close_endpoint, slot), "stream_closed")
+        readies: list[tuple[EndpointSlot, asyncio.Event]] = []
         previous: asyncio.Event | None = None
-        for slot in self._slots.values():
-            done = asyncio.Event()
+        for slot in slots:
+            ready = asyncio.Event()
             slot.lane.submit(
-                lambda slot=slot, previous=previous, done=done, user=user: self._open_endpoint(  # type: ignore[misc]
-                    slot, user, previous, done
-                )
+                functools.partial(self._open_endpoint, slot, user, previous, ready),
+                "stream_opened",
             )
-            previous = done
+            readies.append((slot, ready))
+            previous = ready
         self._watch_revocation(user)
+        await self._until_open(readies)
+
+    async def _until_open(self, readies: list[tuple[EndpointSlot, asyncio.Event]]) -> None:
+        """Wait for the endpoints' ``stream_opened`` hooks, then for their channels' joins.
+
+        A hook is done when it returns, fails, or waits on one of its session's
+        ``listen()`` iterators. One still running after ``OPEN_TIMEOUT`` is logged and
+        no longer waited for (the endpoints after it open regardless). Then every
+        channel the sessions (and the revocation watch) listen on must be joined in
+        the cluster, within ``PUBLISH_TIMEOUT``; if the broker is unreachable that is
+        logged and the socket goes on (local delivery works; the bus keeps joining).
+        """
+        if readies:
+            last = readies[-1][1]
+            try:
+                async with asyncio.timeout(streaming_settings.OPEN_TIMEOUT):
+                    await last.wait()
+            except TimeoutError:
+                # The first one not done holds up the ones after it (registration order).
+                stuck = next(slot for slot, ready in readies if not ready.is_set())
+                logger.warning(
+                    "%s: stream_opened of %s has not returned after %.1fs; not waiting for it",
+                    self.scope.get("client"),
+                    stuck.cls.__qualname__,
+                    streaming_settings.OPEN_TIMEOUT,
+                )
+                for _, ready in readies:
+                    ready.set()
+        if self._torn_down:
+            return
+        from .messages import get_bus
+
+        bus = get_bus()
+        if not bus.cross_process:
+            return
+        channels = bus.channels_of(self)
+        for slot, _ in readies:
+            if slot.session is not None:
+                channels |= bus.channels_of(slot.session)
+        try:
+            await bus.wait_joined(channels)
+        except MessagingUnavailable as exc:
+            logger.warning("%s: %s", self.scope.get("client"), exc.detail)
 
     async def _open_endpoint(
         self,
         slot: EndpointSlot,
         user: Any,
         previous: asyncio.Event | None,
-        done: asyncio.Event,
+        ready: asyncio.Event,
     ) -> None:
         try:
             if previous is not None:
@@ -478,6 +550,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
                 slot.status = EndpointStatus.FORBIDDEN
                 return
             slot.instance, slot.session = instance, session
+            session._on_parked = ready.set  # waiting on listen(): opened, for the handshake
             try:
                 await instance.stream_opened(session)
             except Exception:
@@ -486,9 +559,11 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
                 slot.instance = slot.session = None
                 slot.status = EndpointStatus.FAILED
                 return
+            finally:
+                session._on_parked = None
             slot.status = EndpointStatus.OPEN
         finally:
-            done.set()
+            ready.set()
 
     async def _close_endpoint(self, slot: EndpointSlot) -> None:
         instance, session = slot.instance, slot.session
@@ -497,6 +572,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         slot.instance = slot.session = None
         if session is None:
             return
+        session._end()
         try:
             if was_open and instance is not None:
                 await instance.stream_closed(session)
@@ -505,27 +581,37 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         finally:
             session._close()
 
-    async def _authenticate(self, key: Any, previous: asyncio.Task[None] | None) -> None:
-        if previous is not None:
-            await asyncio.shield(previous)
+    async def _authenticate(self, key: Any) -> None:
+        """Answer an ``auth`` command once the socket's new identity is in place.
+
+        The frames that arrived meanwhile are released in ``finally``, whatever happens.
+        """
         try:
-            user = await user_for_key(key)
+            try:
+                user = await user_for_key(key)
+            except Exception:
+                logger.exception("authentication lookup failed")
+                user = None
+            if self._torn_down:
+                return
+            new_user = user if user is not None else AnonymousUser()
+            new_id = new_user.pk if user is not None else None
+            old_id = self.user.pk if getattr(self.user, "is_authenticated", False) else None
+            if new_id != old_id:
+                await self._set_identity(new_user, reopen=True)
+            self.send_text(protocol.encode_command("auth", {"user_id": new_id}))
         except Exception:
-            logger.exception("authentication lookup failed")
-            user = None
-        if self._torn_down:
-            return
-        new_user = user if user is not None else AnonymousUser()
-        new_id = new_user.pk if user is not None else None
-        old_id = self.user.pk if getattr(self.user, "is_authenticated", False) else None
-        self.send_text(protocol.encode_command("auth", {"user_id": new_id}))
-        if new_id != old_id:
-            self._set_identity(new_user, reopen=True)
-        if self._auth_task is asyncio.current_task():
-            self._auth_task = None
+            logger.exception("re-authenticating %s failed", self.scope.get("client"))
+            self.send_error(ErrorCode.INTERNAL_ERROR, "The server failed to authenticate.")
+        finally:
+            if self._auth_task is asyncio.current_task():
+                self._auth_task = None
             held, self._held = self._held or [], None
-            for frame in held:
-                self._route(frame)
+            if self._torn_down:
+                self._pending_bytes = 0
+            else:
+                for frame in held:
+                    self._route(frame, counted=True)
 
     def _watch_revocation(self, user: Any) -> None:
         from .messages import get_bus
@@ -549,6 +635,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             self.close_with(CloseCode.UNAUTHORIZED)
 
     async def _teardown(self) -> None:
+        """Close everything the connection holds; see the module docstring's guarantees."""
         if self._torn_down:
             return
         self._torn_down = True
@@ -559,12 +646,46 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
 
             get_bus().remove_owner(self)
             self._revocation = None
-        for slot in self._slots.values():
-            slot.lane.submit(lambda slot=slot: self._close_endpoint(slot))  # type: ignore[misc]
-        for slot in self._slots.values():
-            await slot.lane.join()
         if self.outbox is not None:
-            self.outbox.discard()
-            self.outbox = None  # breaks the consumer <-> outbox cycle (_on_overflow)
+            self.outbox.discard()  # the socket is gone: hooks' sends go nowhere
+        slots = list(self._slots.values())
+        for slot in slots:
+            if slot.session is not None:
+                slot.session._end()  # hooks looping on listen() return
+            slot.lane.submit(functools.partial(self._close_endpoint, slot), "stream_closed")
+        await self._grace(slots)
+        for slot in slots:
+            if slot.session is not None:
+                slot.session._close()
+            slot.instance = slot.session = None
+        self.outbox = None  # breaks the consumer <-> outbox cycle (_on_overflow)
         self._slots = {}
         self.scope.pop(USER_OBJECTS_KEY, None)
+
+    async def _grace(self, slots: list[EndpointSlot]) -> None:
+        """Let the lanes finish within ``CLOSE_GRACE_PERIOD``; cancel (and name) the rest."""
+        grace = streaming_settings.CLOSE_GRACE_PERIOD
+        try:
+            async with asyncio.timeout(grace):
+                for slot in slots:
+                    await slot.lane.join()
+            return
+        except TimeoutError:
+            pass
+        for slot in slots:
+            if slot.lane.busy:
+                logger.warning(
+                    "%s: cancelling %s.%s, still running %.1fs after the socket closed",
+                    self.scope.get("client"),
+                    slot.cls.__qualname__,
+                    slot.lane.current or "a hook",
+                    grace,
+                )
+                slot.lane.cancel()
+        try:
+            async with asyncio.timeout(grace):
+                for slot in slots:
+                    await slot.lane.join()
+        except TimeoutError:
+            stuck = [slot.cls.__qualname__ for slot in slots if slot.lane.busy]
+            logger.error("%s: hooks of %s ignored cancellation", self.scope.get("client"), stuck)

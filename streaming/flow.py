@@ -136,3 +136,18 @@ def plain_send(send: Any) -> bool:
         return True
     owner = getattr(send, "__self__", None)
     return type(owner).__module__.startswith("uvicorn.protocols.websockets.")
+
+
+def send_limit(send: Any) -> int | None:
+    """The largest frame, in bytes, the server behind ``send`` will send, if it has one.
+
+    daphne hands every outgoing frame to autobahn, which refuses one above its
+    ``maxMessagePayloadSize`` (daphne's ``--websocket_max_message_size``, 1 MiB by
+    default) by raising inside ``send``. uvicorn's ``ws_max_size`` bounds only what
+    it receives.
+    """
+    protocol = _daphne_protocol(send)
+    if protocol is None:
+        return None
+    limit = getattr(protocol, "maxMessagePayloadSize", 0)
+    return limit if isinstance(limit, int) and limit > 0 else None

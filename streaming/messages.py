@@ -12,13 +12,21 @@ Contracts:
 
 * ``add_listener`` is sync: local delivery starts at once. It returns a
   :class:`ListenerHandle`; ``await handle`` returns once the server has joined the
-  channel's group, i.e. posts from the whole cluster are delivered. It raises
+  channel's group, i.e. posts from the whole cluster are delivered. A join counts
+  only once the bus has received its own probe through the broker, so the
+  subscription is known to be live, not merely requested. ``await handle`` raises
   ``MessagingUnavailable`` after ``PUBLISH_TIMEOUT`` if the broker is unreachable;
   the bus keeps retrying in the background and joins when the broker is back.
 * The same listener added twice to a channel is called once per post.
-* A listener may be any callable; an awaitable result is awaited. A listener that
-  raises is logged; the others still get the message.
+* A listener may be any callable, called in post order. An awaitable result runs
+  in that listener's own :class:`~streaming.lane.Lane`: one call at a time, in
+  order, so a slow listener holds up only itself, never the poster, the bus's
+  receiver or other listeners. At most ``LISTEN_QUEUE_LIMIT`` calls wait per
+  listener; more are dropped with an error in the log. A listener that raises
+  (``CancelledError`` included) is logged; the others still get the message.
 * Posts from one sender to one channel arrive in order.
+* The bus's receiver and refresher are supervised: one that fails is logged and
+  restarted.
 * Listeners are owned (by a session, or a connection): ``remove_owner`` drops all of
   an owner's listeners and leaves no group membership behind.
 """
@@ -26,19 +34,21 @@ Contracts:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import inspect
 import logging
 import re
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from .conf import streaming_settings
 from .exceptions import InvalidChannelName, MessagingNotGlobal, MessagingUnavailable
+from .lane import Lane
 from .publish import Publisher, publisher_for
 from .serialization import SerializableEntity, cache_wire, decode_object_json, encode_object
 
@@ -51,6 +61,9 @@ Listener = Callable[[SerializableEntity], Any]
 
 #: Event type of the bus's channel-layer messages (one namespaced type, never a client string).
 EVENT_TYPE = "streaming.post"
+#: Event type of a join probe: a server publishes one to a group it joined and counts
+#: the join once it receives it back.
+PROBE_TYPE = "streaming.probe"
 MAX_CHANNEL_LENGTH = 200
 _PLAIN_GROUP = re.compile(r"^[A-Za-z0-9_\-]{1,90}$")
 
@@ -78,11 +91,13 @@ def check_channel(channel: Any) -> str:
 
 
 class _Channel:
-    __slots__ = ("joined", "listeners")
+    __slots__ = ("joined", "lanes", "listeners")
 
     def __init__(self) -> None:
         # listener -> owners; a dict keeps the order listeners were added in
         self.listeners: dict[Listener, set[int]] = {}
+        # listener -> the lane its awaitable results run in (made on first use)
+        self.lanes: dict[Listener, Lane] = {}
         self.joined = asyncio.Event()
 
 
@@ -117,6 +132,8 @@ class MessageBus:
         self._receiver_lock = asyncio.Lock()
         self._receiver: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._probes: dict[str, asyncio.Future[None]] = {}
+        self.restarts = 0  # supervised loops restarted after a failure (tests, metrics)
         # Batched publishes (one round trip per loop turn) where the layer allows it.
         self._publisher: Publisher | None = publisher_for(layer) if self.cross_process else None
         self.posts_published = 0
@@ -162,6 +179,7 @@ class MessageBus:
         owners.discard(owner_id)
         if not owners:
             del entry.listeners[listener]
+            entry.lanes.pop(listener, None)  # calls already queued still run
         if not entry.listeners:
             del self._channels[channel]
             if self.cross_process:
@@ -173,6 +191,39 @@ class MessageBus:
 
     def channels(self) -> list[str]:
         return list(self._channels)
+
+    async def drain(self) -> None:
+        """Wait until every listener call queued so far has run (tests, shutdown)."""
+        for entry in list(self._channels.values()):
+            for lane in list(entry.lanes.values()):
+                await lane.join()
+
+    def channels_of(self, owner: Any) -> set[str]:
+        """The channels ``owner`` listens on."""
+        return {channel for channel, _ in self._owned.get(id(owner), ())}
+
+    async def wait_joined(self, channels: set[str] | list[str]) -> None:
+        """Return once every one of ``channels`` (that still has listeners) is joined.
+
+        Raises ``MessagingUnavailable`` if that takes longer than ``PUBLISH_TIMEOUT``
+        (the broker is unreachable); the bus keeps trying in the background.
+        """
+        pending = [
+            (channel, entry)
+            for channel in channels
+            if (entry := self._channels.get(channel)) is not None and not entry.joined.is_set()
+        ]
+        if not pending:
+            return
+        try:
+            async with asyncio.timeout(streaming_settings.PUBLISH_TIMEOUT):
+                for _, entry in pending:
+                    await entry.joined.wait()
+        except TimeoutError:
+            late = sorted(channel for channel, entry in pending if not entry.joined.is_set())
+            raise MessagingUnavailable(
+                f"Could not join channel(s) {late!r} in the cluster yet; retrying."
+            ) from None
 
     # -- posting ----------------------------------------------------------------------------
 
@@ -195,16 +246,12 @@ class MessageBus:
         wire = encode_object(message)  # once per post, whatever the number of listeners
         entry = self._channels.get(channel)
         if entry is not None:
-            await self._deliver(channel, entry, message)
+            self._deliver(channel, entry, message)
         if self.cross_process and global_ is not False:
             event = {"type": EVENT_TYPE, "origin": self.id, "channel": channel, "object": wire}
             try:
                 async with asyncio.timeout(streaming_settings.PUBLISH_TIMEOUT):
-                    if self._publisher is not None:
-                        # On timeout the future is cancelled: a post not yet sent is withdrawn.
-                        await self._publisher.publish(group_name(channel), event)
-                    else:
-                        await self.layer.group_send(group_name(channel), event)
+                    await self._publish(group_name(channel), event)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -214,16 +261,33 @@ class MessageBus:
             self.posts_published += 1
         return True
 
-    async def _deliver(self, channel: str, entry: _Channel, message: SerializableEntity) -> None:
+    def _deliver(self, channel: str, entry: _Channel, message: SerializableEntity) -> None:
+        """Call each listener; an awaitable result goes to that listener's lane."""
+        limit = streaming_settings.LISTEN_QUEUE_LIMIT
         for listener in list(entry.listeners):
             try:
                 result = listener(message)
-                if inspect.isawaitable(result):
-                    await result
-            except asyncio.CancelledError:
-                raise
-            except Exception:
+            except (Exception, asyncio.CancelledError):
                 logger.exception("listener %r of channel %r raised", listener, channel)
+                continue
+            if not inspect.isawaitable(result):
+                continue
+            lane = entry.lanes.get(listener)
+            if lane is None:
+                if listener not in entry.listeners:  # it removed itself while called
+                    lane = Lane(f"listener of {channel!r}")
+                else:
+                    lane = entry.lanes[listener] = Lane(f"listener of {channel!r}")
+            if len(lane) >= limit:
+                logger.error(
+                    "listener %r of channel %r is %d posts behind; dropping a post",
+                    listener,
+                    channel,
+                    len(lane),
+                )
+                _discard(result)
+                continue
+            lane.submit(functools.partial(_wait, result), "listener")
 
     # -- the cluster side -------------------------------------------------------------------
 
@@ -262,6 +326,7 @@ class MessageBus:
                         async with asyncio.timeout(streaming_settings.PUBLISH_TIMEOUT):
                             if want:
                                 await self.layer.group_add(group_name(channel), self._channel_name)
+                                await self._probe(channel)
                                 self._joined.add(channel)
                             else:
                                 await self.layer.group_discard(
@@ -284,6 +349,32 @@ class MessageBus:
             if not lock.locked() and channel not in self._channels:
                 self._locks.pop(channel, None)
 
+    async def _probe(self, channel: str) -> None:
+        """Publish a probe to ``channel``'s group and wait to receive it back.
+
+        ``group_add`` may return before the broker has applied the subscription (the
+        pub/sub layer writes ``SUBSCRIBE`` without waiting for its reply), and a post
+        from another server in between would be lost. The probe travels the same way
+        posts do, after the subscription, so its return proves the join.
+        """
+        token = uuid.uuid4().hex
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._probes[token] = future
+        try:
+            await self._publish(
+                group_name(channel), {"type": PROBE_TYPE, "origin": self.id, "token": token}
+            )
+            await future
+        finally:
+            self._probes.pop(token, None)
+
+    async def _publish(self, group: str, event: dict[str, Any]) -> None:
+        if self._publisher is not None:
+            # If the caller times out the future is cancelled: a post not yet sent is withdrawn.
+            await self._publisher.publish(group, event)
+        else:
+            await self.layer.group_send(group, event)
+
     async def _ensure_receiver(self) -> None:
         # Reconcilers of several channels get here concurrently: one channel name only,
         # or groups would be joined with a name nobody reads.
@@ -291,9 +382,33 @@ class MessageBus:
             if self._channel_name is None:
                 self._channel_name = await self.layer.new_channel("streaming.bus.")
         if self._receiver is None:
-            loop = asyncio.get_running_loop()
-            self._receiver = loop.create_task(self._receive_loop())
-            self._refresher = loop.create_task(self._refresh_loop())
+            self._receiver = self._supervise("receiver", self._receive_loop)
+            self._refresher = self._supervise("refresher", self._refresh_loop)
+
+    def _supervise(self, name: str, body: Callable[[], Any]) -> asyncio.Task[None]:
+        """Run ``body`` in a task that restarts it (logged) whenever it ends or fails."""
+
+        async def supervisor() -> None:
+            delay = 0.05
+            while True:
+                try:
+                    await body()
+                    logger.error("bus %s ended by itself; restarting it", name)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # aclose(): stop for real
+                    logger.error("bus %s got a stray cancellation; restarting it", name)
+                except Exception:
+                    logger.exception("bus %s failed; restarting it in %.2fs", name, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    self.restarts += 1
+                    continue
+                self.restarts += 1
+                delay = 0.05
+
+        return asyncio.get_running_loop().create_task(supervisor())
 
     async def _receive_loop(self) -> None:
         delay = 0.05
@@ -308,21 +423,32 @@ class MessageBus:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            if event.get("type") != EVENT_TYPE or event.get("origin") == self.id:
-                continue
-            channel = event.get("channel")
-            entry = self._channels.get(channel) if isinstance(channel, str) else None
-            if entry is None:
-                continue
-            wire = event.get("object")
-            try:
-                message = decode_object_json(wire)
-            except Exception:
-                logger.exception("dropping an undecodable bus message on channel %r", channel)
-                continue
-            cache_wire(message, wire)  # already encoded: reuse it
-            self.posts_received += 1
-            await self._deliver(channel, entry, message)
+            self._received(event)
+
+    def _received(self, event: dict[str, Any]) -> None:
+        """Handle one event from the channel layer. Never raises, never waits."""
+        kind = event.get("type")
+        if kind == PROBE_TYPE:
+            if event.get("origin") == self.id:
+                future = self._probes.get(event.get("token"))  # type: ignore[arg-type]
+                if future is not None and not future.done():
+                    future.set_result(None)
+            return
+        if kind != EVENT_TYPE or event.get("origin") == self.id:
+            return
+        channel = event.get("channel")
+        entry = self._channels.get(channel) if isinstance(channel, str) else None
+        if entry is None:
+            return
+        wire = event.get("object")
+        try:
+            message = decode_object_json(wire)  # type: ignore[arg-type]
+        except Exception:
+            logger.exception("dropping an undecodable bus message on channel %r", channel)
+            return
+        cache_wire(message, wire)  # type: ignore[arg-type]  # already encoded: reuse it
+        self.posts_received += 1
+        self._deliver(channel, entry, message)  # type: ignore[arg-type]
 
     async def _refresh_loop(self) -> None:
         """Re-join groups now and then: channel-layer memberships expire."""
@@ -350,6 +476,16 @@ class MessageBus:
                 except (asyncio.CancelledError, Exception):
                     pass
         self._receiver = self._refresher = None
+
+
+async def _wait(awaitable: Awaitable[Any]) -> None:
+    await awaitable
+
+
+def _discard(awaitable: Awaitable[Any]) -> None:
+    close = getattr(awaitable, "close", None)
+    if close is not None:  # a coroutine that will never run: no "never awaited" warning
+        close()
 
 
 _buses: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MessageBus] = (
@@ -397,7 +533,7 @@ class SessionMessages:
 
     def _owner(self) -> StreamingSession:
         session = self._session()
-        if session is None or session.closed:
+        if session is None or session.closed or session.ending:
             raise RuntimeError("this session is closed")
         return session
 
@@ -443,6 +579,10 @@ class SessionMessages:
     ) -> AsyncIterator[SerializableEntity]:
         try:
             while True:
+                if queue.empty():
+                    session = self._session()
+                    if session is not None:
+                        session._parked()  # a stream_opened that loops here has opened
                 item = await queue.get()
                 if item is _END:
                     return
@@ -454,6 +594,7 @@ class SessionMessages:
             self.remove_listener(channel, push)
 
     def _close(self) -> None:
+        """Remove the session's listeners and end its ``listen()`` iterators. Idempotent."""
         session = self._session()
         if session is not None:
             try:

@@ -11,15 +11,22 @@ costs no task and no trip through the event loop.
 
 Frames are queued only while the server pushes back: while a ``send`` is suspended
 (uvicorn, hypercorn) or while the connection's :class:`~streaming.flow.SendFlow`
-is paused (daphne, whose ``send`` never suspends). At most ``limit`` frames wait;
-one more calls ``on_overflow`` (the consumer closes with 4013). A drain task exists
-only while frames are waiting.
+is paused (daphne, whose ``send`` never suspends), and before the handshake is
+accepted (``gated=True``: the accept goes first, see :meth:`Outbox.open`). At most
+``limit`` frames and ``byte_limit`` bytes (``sys.getsizeof`` of the queued strings)
+wait; one more calls ``on_overflow`` (the consumer closes with 4013). A drain task
+exists only while frames are waiting.
+
+A ``send`` that raises (the server refused the frame, or the transport is gone)
+never leaves the socket open and mute: the outbox tries to close it with 1011
+and drops what is queued.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -31,16 +38,30 @@ logger = logging.getLogger("streaming.outbox")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
+#: Close code after a send the server refused (WebSocket "internal error").
+SEND_FAILED_CLOSE = 1011
+
+
+class _Accept:
+    """Queue marker: the handshake's accept goes out here."""
+
+
+_ACCEPT = _Accept()
+_ACCEPT_MESSAGE = {"type": "websocket.accept"}
+
 
 class Outbox:
     __slots__ = (
+        "_bytes",
         "_closed",
         "_eager",
         "_flow",
+        "_gated",
         "_on_overflow",
         "_queue",
         "_send",
         "_task",
+        "byte_limit",
         "limit",
         "sent",
     )
@@ -53,20 +74,32 @@ class Outbox:
         flow: SendFlow | None = None,
         *,
         eager: bool = False,
+        byte_limit: int | None = None,
+        gated: bool = False,
     ) -> None:
         self._send = send
         self._flow = flow
         self._eager = eager  # only for a server's own send: see streaming.flow.plain_send
         self.limit = limit
+        self.byte_limit = byte_limit if byte_limit is not None else sys.maxsize
         self._on_overflow = on_overflow
-        self._queue: deque[str | int] = deque()
+        self._queue: deque[str | int | _Accept] = deque()
+        self._bytes = 0  # sys.getsizeof of the queued strings
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._gated = gated
+        if gated:
+            self._queue.append(_ACCEPT)
         self.sent = 0
 
     def __len__(self) -> int:
         """Frames waiting (not counting one whose send is in progress)."""
         return len(self._queue)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Memory held by the queued frames (``sys.getsizeof`` of each string)."""
+        return self._bytes
 
     @property
     def closed(self) -> bool:
@@ -77,27 +110,54 @@ class Outbox:
         if self._closed:
             return False
         flow = self._flow
-        if self._task is None and self._eager and (flow is None or not flow.paused):
+        if self._task is None and self._eager and not self._gated and (
+            flow is None or not flow.paused
+        ):
             self._start({"type": "websocket.send", "text": text})
             return True
-        if len(self._queue) >= self.limit:
+        size = sys.getsizeof(text)
+        if len(self._queue) >= self.limit or self._bytes + size > self.byte_limit:
             self._on_overflow()
             return False
         self._queue.append(text)
-        if self._task is None:
+        self._bytes += size
+        if self._task is None and not self._gated:
             self._spawn(None, None, None)
         return True
 
+    def open(self, flow: SendFlow | None = None) -> None:
+        """Accept the handshake, then send what was queued before it (``gated=True``).
+
+        ``flow`` (daphne's pushback, see :func:`streaming.flow.attach_flow`) applies
+        from the first frame after the accept.
+        """
+        if not self._gated:
+            return
+        self._gated = False
+        if flow is not None:
+            self._flow = flow
+        if self._task is not None or not self._queue:
+            return
+        if self._eager:
+            self._queue.popleft()  # the accept marker
+            self._start(_ACCEPT_MESSAGE)
+        else:
+            self._spawn(None, None, None)
+
     def close(self, code: int, *, discard_pending: bool = False) -> None:
-        """Send the close frame after what is queued (or instead of it). Idempotent."""
+        """Send the close frame after what is queued (or instead of it). Idempotent.
+
+        Before :meth:`open`, the close still follows the accept: a client always sees
+        the handshake complete, then the close code.
+        """
         if self._closed:
             return
         self._closed = True
         if discard_pending:
-            self._queue.clear()
-        if self._task is None and self._eager:
+            self._drop_frames()
+        if self._task is None and self._eager and not self._gated and not self._queue:
             self._start({"type": "websocket.close", "code": int(code)})
-        elif self._task is None:
+        elif self._task is None and not self._gated:
             self._queue.append(code)
             self._spawn(None, None, None)
         else:
@@ -105,10 +165,20 @@ class Outbox:
             if discard_pending and self._flow is not None:
                 self._flow.kick()  # the close goes out even while the server pushes back
 
+    def _drop_frames(self) -> None:
+        """Drop the queued data frames (an accept not yet sent stays first)."""
+        head = self._queue[0] if self._queue else None
+        self._queue.clear()
+        self._bytes = 0
+        if head is _ACCEPT:
+            self._queue.append(_ACCEPT)
+
     def discard(self) -> None:
         """Drop everything: the socket is gone (or closed)."""
         self._closed = True
+        self._gated = False
         self._queue.clear()
+        self._bytes = 0
         if self._flow is not None:
             self._flow.detach()
             self._flow = None
@@ -130,6 +200,8 @@ class Outbox:
             return
         if done:
             self._count(message)
+            if self._queue and self._task is None:
+                self._spawn(None, None, None)  # frames queued before the accept
             return
         # Suspended (the transport pushes back): a task finishes it, then drains.
         self._spawn(coro, yielded, message)  # type: ignore[arg-type]
@@ -154,20 +226,35 @@ class Outbox:
             self.discard()
 
     def _count(self, message: dict[str, Any]) -> None:
-        if message["type"] == "websocket.send":
+        kind = message["type"]
+        if kind == "websocket.send":
             self.sent += 1
-        else:
+        elif kind == "websocket.close":
             self.discard()  # closed: nothing more goes out
 
     def _failed(self, message: dict[str, Any]) -> None:
-        # The transport is gone: nothing more can be delivered.
-        logger.debug(
-            "send of %s failed; discarding %d queued frames",
+        """The server refused ``message``: close the socket (1011), never leave it mute."""
+        logger.warning(
+            "send of %s failed; closing with %d and discarding %d queued frames",
             message["type"],
+            SEND_FAILED_CLOSE,
             len(self._queue),
             exc_info=True,
         )
         self.discard()
+        if message["type"] != "websocket.send":
+            return  # the accept or the close itself failed: the transport is gone
+        try:
+            coro = self._send({"type": "websocket.close", "code": SEND_FAILED_CLOSE})
+            done, yielded = start(coro)  # type: ignore[arg-type]
+        except Exception:
+            logger.debug("closing after a failed send failed too", exc_info=True)
+            return
+        if not done:
+            task = asyncio.get_running_loop().create_task(
+                finish(coro, yielded)  # type: ignore[arg-type]
+            )
+            task.add_done_callback(_quiet)
 
     async def _drain(
         self,
@@ -197,11 +284,20 @@ class Outbox:
                     continue
                 item = queue.popleft()
                 if isinstance(item, str):
+                    self._bytes -= sys.getsizeof(item)
                     message = {"type": "websocket.send", "text": item}
+                elif item is _ACCEPT:
+                    message = _ACCEPT_MESSAGE
                 else:
                     queue.clear()
-                    message = {"type": "websocket.close", "code": int(item)}
+                    self._bytes = 0
+                    message = {"type": "websocket.close", "code": int(item)}  # type: ignore[arg-type]
                 coro, yielded = self._send(message), NOT_STARTED  # type: ignore[assignment]
         finally:
             if self._task is asyncio.current_task():
                 self._task = None
+
+
+def _quiet(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("closing after a failed send failed too", exc_info=task.exception())

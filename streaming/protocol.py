@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any
 
@@ -36,6 +36,7 @@ __all__ = [
     "ErrorCode",
     "Frame",
     "decode_frame",
+    "echo",
     "encode_command",
     "encode_data",
     "encode_error",
@@ -43,6 +44,14 @@ __all__ = [
 
 #: Longest ``id`` a client may attach to a data frame.
 MAX_ID_LENGTH = 128
+
+#: Most characters of a client's value (an endpoint or class name, a command) that an
+#: error frame repeats: an error is never much larger than a constant.
+ECHO_LIMIT = 64
+
+#: Bytes a parsed JSON value may take beyond its text, at most (an estimate that
+#: bounds a small dict; see ``DataFrame.size``).
+BYTES_PER_VALUE = 192
 
 
 class CloseCode(IntEnum):
@@ -67,6 +76,7 @@ class ErrorCode(StrEnum):
     NOT_AUTHENTICATED = "not_authenticated"
     FORBIDDEN = "forbidden"
     RATE_LIMITED = "rate_limited"
+    MESSAGE_TOO_LARGE = "message_too_large"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -76,12 +86,18 @@ COMMANDS = frozenset({"ping", "pong", "auth", "error"})
 
 @dataclass(frozen=True, slots=True)
 class DataFrame:
-    """A typed object for (or from) one endpoint. ``data`` is not validated here."""
+    """A typed object for (or from) one endpoint. ``data`` is not validated here.
+
+    ``size`` is an upper estimate of the memory the parsed frame holds (its text's
+    length plus :data:`BYTES_PER_VALUE` per JSON value it may hold), so that a
+    receiver can bound in bytes what waits.
+    """
 
     endpoint: str
     class_name: str
     data: dict[str, Any]
     id: str | None = None
+    size: int = field(default=0, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +120,50 @@ def _loads(text: str) -> Any:
         raise MalformedFrame(f"Not valid JSON: {exc}") from None
 
 
+def _structure(text: str) -> int:
+    """An upper bound on the number of JSON values in ``text`` (and on its nesting).
+
+    Every value but the first of a container follows a comma, and every container
+    opens with a bracket, so this counts each value at least once (commas and
+    brackets inside strings only make it larger). C-speed: three ``str.count``.
+    """
+    return text.count(",") + text.count("[") + text.count("{") + 1
+
+
+def _measure(obj: Any, max_depth: int) -> tuple[int, int]:
+    """``(values, depth)`` of a parsed JSON value, without recursion; stops past ``max_depth``."""
+    values = 0
+    depth = 0
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        item, level = stack.pop()
+        values += 1
+        if level > depth:
+            depth = level
+            if depth > max_depth:
+                break
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return values, depth
+
+
 def decode_frame(
-    text: str | None = None, data: bytes | None = None, *, max_bytes: int | None = None
+    text: str | None = None,
+    data: bytes | None = None,
+    *,
+    max_bytes: int | None = None,
+    max_values: int | None = None,
+    max_depth: int | None = None,
 ) -> Frame:
     """Decode one WebSocket frame.
 
     ``text`` is a text frame's payload, ``data`` a binary frame's (always refused:
     the protocol is text only). Raises :class:`FrameTooLarge` when the UTF-8 size
-    exceeds ``max_bytes`` (checked before parsing), :class:`MalformedFrame` for
+    exceeds ``max_bytes`` (checked before parsing), :class:`MalformedFrame` when
+    the frame holds more than ``max_values`` JSON values or nests deeper than
+    ``max_depth`` (what a frame costs once parsed, not only its bytes), and for
     everything else that is not a frame. Never raises anything else.
     """
     if text is None:
@@ -122,7 +174,19 @@ def decode_frame(
             raise FrameTooLarge(f"Frame larger than {max_bytes} bytes.")
     if not text:
         raise MalformedFrame("Empty frame.")
+    structure = _structure(text)
     obj = _loads(text)
+    limited = (max_values is not None and structure > max_values) or (
+        max_depth is not None and structure > max_depth
+    )
+    if limited:
+        # The cheap bound cannot decide: count exactly (rare for real frames).
+        depth_limit = max_depth if max_depth is not None else structure
+        values, depth = _measure(obj, depth_limit)
+        if max_depth is not None and depth > max_depth:
+            raise MalformedFrame(f"JSON nested deeper than {max_depth} levels.")
+        if max_values is not None and values > max_values:
+            raise MalformedFrame(f"Frame holds more than {max_values} JSON values.")
     if not isinstance(obj, dict):
         raise MalformedFrame("A frame must be a JSON object.")
     if "command" in obj:
@@ -148,7 +212,20 @@ def decode_frame(
         raise MalformedFrame("'object.data' must be an object.")
     if frame_id is not None and (not isinstance(frame_id, str) or len(frame_id) > MAX_ID_LENGTH):
         raise MalformedFrame(f"'id' must be a string of at most {MAX_ID_LENGTH} characters.")
-    return DataFrame(endpoint, class_name, fields, frame_id)
+    return DataFrame(
+        endpoint, class_name, fields, frame_id, len(text) + BYTES_PER_VALUE * structure
+    )
+
+
+def echo(value: str) -> str:
+    """``value`` as an error frame may repeat it: at most :data:`ECHO_LIMIT` characters.
+
+    A client must not be able to make an error frame much larger than a constant
+    (a 64 KB endpoint name of ``é`` would come back as 390 KB of escapes).
+    """
+    if len(value) <= ECHO_LIMIT:
+        return value
+    return value[:ECHO_LIMIT] + "…"
 
 
 def peek_id(text: str | None) -> str | None:

@@ -11,9 +11,15 @@ different), while the next turn's posts queue behind it. Each post still gets it
 own outcome: its future resolves when its batch is written, or fails with the
 batch's error. Batches go out one after another, so posts keep their order.
 
-This uses the pub/sub layer's shards directly (channels-redis 4.x). For any other
-layer (the core Redis layer, a third-party one) :func:`publisher_for` returns None
-and the bus calls ``group_send`` per post, as before.
+This uses the pub/sub layer's private internals and redis-py's pipeline (channels-redis
+4.x), all listed in :data:`USES`. :func:`publisher_for` checks every one of them before
+it hands out a publisher; if one is missing (a channels-redis release renamed it) it logs
+one warning naming it and returns None, and the bus calls ``group_send`` per post, as it
+does for any other layer (the core Redis layer, a third-party one). If an internal turns
+out wrong only at run time (an ``AttributeError`` or ``TypeError`` before anything
+reached Redis), the publisher logs one error, stops batching and sends that batch, and
+every later post, with ``group_send``, in order. Errors of the round trip itself (Redis
+unreachable, a timeout) fail that batch's posts, as ``group_send`` would.
 """
 
 from __future__ import annotations
@@ -22,12 +28,38 @@ import asyncio
 import logging
 from typing import Any
 
+from redis.asyncio.client import Pipeline, Redis
+
 logger = logging.getLogger("streaming.publish")
 
 #: Most posts in one pipeline; more wait for the next round trip.
 MAX_BATCH = 512
 
+#: Everything the publisher uses beyond the channel-layer API (``group_send``), as
+#: ``(role, attribute, kind)``. :func:`publisher_for` checks each on the object of that
+#: role, and the code below reaches them only through locals named after the role
+#: (``layer``, ``loop_layer``, ``shard``, ``client``, ``pipe``); tests/test_publish.py
+#: fails if it uses an attribute not listed here, and removes each listed one in turn.
+#: ``client`` and ``pipe`` are checked on their classes, so nothing connects.
+USES: tuple[tuple[str, str, str], ...] = (
+    ("layer", "_get_layer", "method"),  # RedisPubSubChannelLayer: its loop's layer
+    ("layer", "serialize", "method"),
+    ("loop_layer", "_shards", "shards"),  # RedisPubSubLoopLayer
+    ("loop_layer", "_get_group_channel_name", "method"),
+    ("loop_layer", "_get_shard", "method"),
+    ("shard", "_lock", "lock"),  # RedisSingleShardConnection
+    ("shard", "_ensure_redis", "method"),
+    ("shard", "_redis", "value"),  # None until the shard's first use
+    ("client", "pipeline", "method"),  # redis.asyncio.Redis
+    ("pipe", "publish", "method"),  # redis.asyncio.client.Pipeline
+    ("pipe", "execute", "method"),
+)
+
+#: What a moved or renamed internal raises (lookup, call signature, ``async with``).
+_MOVED = (AttributeError, TypeError)
+
 Item = tuple[str, dict[str, Any], "asyncio.Future[None]"]
+Route = tuple[str, bytes, Item]  # (Redis channel, payload, the post)
 
 
 class Publisher:
@@ -38,6 +70,7 @@ class Publisher:
         self._pending: list[Item] = []
         self._task: asyncio.Task[None] | None = None
         self.batches = 0  # round trips made (tests, metrics)
+        self.batching = True  # False once the layer's internals failed: group_send per post
 
     def publish(self, group: str, message: dict[str, Any]) -> asyncio.Future[None]:
         """Queue a publish; the future resolves once it is written to Redis.
@@ -56,28 +89,87 @@ class Publisher:
             while self._pending:
                 batch = [item for item in self._pending[:MAX_BATCH] if not item[2].done()]
                 del self._pending[:MAX_BATCH]
-                if batch:
-                    self.batches += 1
-                    try:
+                if not batch:
+                    continue
+                try:
+                    if self.batching:
+                        self.batches += 1
                         await self._send(batch)
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:  # before any round trip (layer, serializer)
-                        for _, _, future in batch:
-                            if not future.done():
-                                future.set_exception(exc)
+                    else:
+                        await self._send_each(batch)
+                except asyncio.CancelledError:
+                    for _, _, future in batch:
+                        future.cancel()  # no-op for those already settled
+                    raise
+                except Exception as exc:  # before any round trip (layer, serializer)
+                    _fail(batch, exc)
         finally:
             if self._task is asyncio.current_task():
                 self._task = None
 
     async def _send(self, batch: list[Item]) -> None:
-        loop_layer = self.layer._get_layer()
-        by_shard: dict[Any, list[tuple[str, bytes, asyncio.Future[None]]]] = {}
-        for group, message, future in batch:
+        try:
+            by_shard = self._route(batch)
+        except _MOVED as exc:
+            await self._fall_back(batch, exc)
+            return
+        shards = list(by_shard)
+        errors = await asyncio.gather(*(_send_shard(shard, by_shard[shard]) for shard in shards))
+        moved = {
+            route[2][2]
+            for shard, error in zip(shards, errors, strict=True)
+            if error is not None
+            for route in by_shard[shard]
+        }
+        if moved:
+            error = next(error for error in errors if error is not None)
+            await self._fall_back([item for item in batch if item[2] in moved], error)
+
+    def _route(self, batch: list[Item]) -> dict[Any, list[Route]]:
+        """Each post's Redis channel and payload, by shard. No I/O."""
+        layer = self.layer
+        loop_layer = layer._get_layer()
+        serialize = layer.serialize
+        by_shard: dict[Any, list[Route]] = {}
+        for item in batch:
+            group, message, future = item
             channel = loop_layer._get_group_channel_name(group)
             shard = loop_layer._get_shard(channel)
-            by_shard.setdefault(shard, []).append((channel, self.layer.serialize(message), future))
-        await asyncio.gather(*(_send_shard(shard, items) for shard, items in by_shard.items()))
+            try:
+                payload = serialize(message)
+            except Exception as exc:  # this message's fault (msgpack refuses it): its post fails
+                future.set_exception(exc)
+                continue
+            by_shard.setdefault(shard, []).append((channel, payload, item))
+        return by_shard
+
+    async def _fall_back(self, items: list[Item], exc: BaseException) -> None:
+        """Stop batching (the internals are not what this module uses); send with group_send."""
+        if self.batching:
+            self.batching = False
+            logger.error(
+                "batched publishing failed before reaching Redis (%r): channels-redis' or "
+                "redis-py's internals are not what streaming.publish uses; posting with "
+                "group_send from now on (one round trip per post)",
+                exc,
+                exc_info=exc,
+            )
+        await self._send_each(items)
+
+    async def _send_each(self, items: list[Item]) -> None:
+        """``group_send`` each post in turn (in order), each with its own outcome."""
+        layer = self.layer
+        for group, message, future in items:
+            if future.done():  # withdrawn meanwhile
+                continue
+            try:
+                await layer.group_send(group, message)
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(None)
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
@@ -92,39 +184,111 @@ class Publisher:
         self._pending.clear()
 
 
-async def _send_shard(shard: Any, items: list[tuple[str, bytes, asyncio.Future[None]]]) -> None:
+def _fail(items: list[Item], exc: BaseException) -> None:
+    for _, _, future in items:
+        if not future.done():
+            future.set_exception(exc)
+
+
+async def _send_shard(shard: Any, routes: list[Route]) -> BaseException | None:
+    """Publish ``routes`` as one pipeline on ``shard`` and settle their futures.
+
+    Returns the error instead if an internal failed before anything was written, so the
+    caller can resend those posts: they cannot have reached Redis.
+    """
+    items = [item for _, _, item in routes]
+    written = False
     try:
         async with shard._lock:  # the shard's own lock: its subscribe/publish calls use it too
             shard._ensure_redis()
-            pipe = shard._redis.pipeline(transaction=False)
-            for channel, payload, _ in items:
+            client = shard._redis
+            pipe = client.pipeline(transaction=False)
+            for channel, payload, _ in routes:
                 pipe.publish(channel, payload)
-            await pipe.execute()
-    except asyncio.CancelledError:
-        for _, _, future in items:
-            future.cancel()
-        raise
+            round_trip = pipe.execute()
+            written = True  # from here Redis may have them: fail, never resend
+            await round_trip
+    except _MOVED as exc:
+        if not written:
+            return exc
+        _fail(items, exc)
     except Exception as exc:
-        for _, _, future in items:
-            if not future.done():
-                future.set_exception(exc)
+        _fail(items, exc)
     else:
-        for _, _, future in items:
+        for future in (item[2] for item in items):
             if not future.done():
                 future.set_result(None)
+    return None
 
 
 def publisher_for(layer: Any) -> Publisher | None:
-    """A :class:`Publisher` for channels-redis' pub/sub layer, else None."""
-    if type(layer).__module__ != "channels_redis.pubsub" or not hasattr(layer, "_get_layer"):
+    """A :class:`Publisher` for channels-redis' pub/sub layer, else None.
+
+    None, with one warning naming what is missing, when the layer lacks anything in
+    :data:`USES`: the bus then posts with ``group_send``.
+    """
+    if type(layer).__module__ != "channels_redis.pubsub":
         return None
     try:
-        loop_layer = layer._get_layer()
-        shards = loop_layer._shards
-        usable = all(
-            hasattr(shard, "_lock") and hasattr(shard, "_ensure_redis") for shard in shards
-        ) and hasattr(loop_layer, "_get_group_channel_name")
-    except Exception:  # pragma: no cover - a channels-redis whose internals moved
-        logger.debug("channels-redis pub/sub internals not as expected", exc_info=True)
+        asyncio.get_running_loop()
+    except RuntimeError:  # the layer's per-loop half needs one, and so does a Publisher
+        logger.debug("no running event loop: not batching publishes")
         return None
-    return Publisher(layer) if usable and shards else None
+    missing = missing_internals(layer)
+    if missing:
+        logger.warning(
+            "not batching publishes: streaming.publish uses %s, which is missing (a "
+            "channels-redis or redis-py release renamed it?); posting with group_send "
+            "instead, one round trip per post",
+            ", ".join(missing),
+        )
+        return None
+    return Publisher(layer)
+
+
+def missing_internals(layer: Any) -> list[str]:
+    """What of :data:`USES` the pub/sub ``layer`` (in the running loop) lacks, as
+    ``Class.attribute``; empty if it has everything. Nothing connects to Redis."""
+    missing: dict[str, None] = {}  # ordered, without repeats (one entry for N shards)
+
+    def check(role: str, obj: Any, owner: str) -> bool:
+        ok = True
+        for used_role, name, kind in USES:
+            if used_role == role and not _has(obj, name, kind):
+                missing[f"{owner}.{name}"] = None
+                ok = False
+        return ok
+
+    check("layer", layer, _name(type(layer)))
+    if _has(layer, "_get_layer", "method"):
+        try:
+            loop_layer = layer._get_layer()
+        except Exception as exc:
+            missing[f"{_name(type(layer))}._get_layer() (it raised {exc!r})"] = None
+        else:
+            if check("loop_layer", loop_layer, _name(type(loop_layer))):
+                for shard in loop_layer._shards:
+                    if check("shard", shard, _name(type(shard))):
+                        client = shard._redis  # None until the shard's first use
+                        cls = Redis if client is None else type(client)
+                        check("client", cls, _name(cls))
+    check("pipe", Pipeline, _name(Pipeline))
+    return list(missing)
+
+
+def _name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _has(obj: Any, name: str, kind: str) -> bool:
+    try:
+        value = getattr(obj, name)
+    except Exception:  # AttributeError, or a __getattr__ that recursed or raised
+        return False
+    if kind == "method":
+        return callable(value)
+    if kind == "lock":
+        return hasattr(value, "__aenter__") and hasattr(value, "__aexit__")
+    if kind == "shards":
+        return isinstance(value, list | tuple) and len(value) > 0
+    return True

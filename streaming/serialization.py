@@ -35,6 +35,10 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from .exceptions import InvalidMessage, UnknownClass
+from .protocol import echo
+
+#: Most per-field entries an ``invalid_message`` error lists (the count is in its message).
+MAX_ERRORS = 20
 
 __all__ = [
     "SerializableEntity",
@@ -175,7 +179,7 @@ def get_class(class_name: str) -> type[SerializableEntity]:
     try:
         return _registry[class_name]
     except KeyError:
-        raise UnknownClass(f"Unknown class {class_name!r}.") from None
+        raise UnknownClass(f"Unknown class {echo(class_name)!r}.") from None
 
 
 def registered_classes() -> dict[str, type[SerializableEntity]]:
@@ -195,9 +199,13 @@ def _swapped_registry() -> Iterator[None]:
 
 
 def _error_list(exc: ValidationError) -> list[dict[str, Any]]:
+    # Paths hold the client's keys: each is cut short, and so is the list.
     return [
-        {"path": ".".join(str(part) for part in err["loc"]) or "(root)", "reason": err["msg"]}
-        for err in exc.errors(include_url=False, include_input=False)
+        {
+            "path": echo(".".join(str(part) for part in err["loc"])) or "(root)",
+            "reason": echo(err["msg"]),
+        }
+        for err in exc.errors(include_url=False, include_input=False)[:MAX_ERRORS]
     ]
 
 
@@ -214,11 +222,11 @@ def decode_object(class_name: str, data: dict[str, Any]) -> SerializableEntity:
         return cls.model_validate_json(json.dumps(data))
     except ValidationError as exc:
         raise InvalidMessage(
-            f"Invalid {class_name}: {len(exc.errors())} field(s) failed validation.",
+            f"Invalid {echo(class_name)}: {exc.error_count()} field(s) failed validation.",
             errors=_error_list(exc),
         ) from None
     except (ValueError, RecursionError) as exc:
-        raise InvalidMessage(f"Invalid {class_name}: {exc}") from None
+        raise InvalidMessage(f"Invalid {echo(class_name)}: {echo(str(exc))}") from None
 
 
 def decode_object_json(object_json: str | bytes) -> SerializableEntity:

@@ -4,8 +4,12 @@ A session is created when an endpoint is opened for a connection and closed when
 that endpoint's stream closes (socket closed, or the socket's identity changed).
 Its user never changes: re-authenticating a socket as somebody else closes every
 open session and opens new ones, so a listener on ``user_<id>`` can never leak to
-another user. Closing a session removes its message-bus listeners, ends its
-``listen()`` iterators and drops its user object, leaving no reference behind.
+another user.
+
+Closing happens in two steps. First the session *ends*: its message-bus listeners
+go and its ``listen()`` iterators end, so a hook looping over one returns; nothing
+new may listen. Then, after ``stream_closed``, it *closes*: its user object is
+dropped and it lets go of the connection, leaving no reference behind.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .consumer import StreamingConsumer
     from .messages import SessionMessages
 
@@ -40,7 +46,17 @@ class SessionAuth:
 class StreamingSession:
     """The streaming session of one connection for one endpoint."""
 
-    __slots__ = ("__weakref__", "_connection", "_messages", "auth", "closed", "endpoint", "user")
+    __slots__ = (
+        "__weakref__",
+        "_connection",
+        "_messages",
+        "_on_parked",
+        "auth",
+        "closed",
+        "ending",
+        "endpoint",
+        "user",
+    )
 
     def __init__(self, connection: StreamingConsumer, endpoint: str, user: Any) -> None:
         self._connection: StreamingConsumer | None = connection
@@ -48,7 +64,9 @@ class StreamingSession:
         self.user = user
         self.auth = SessionAuth(user)
         self.closed = False
+        self.ending = False  # listeners gone, listen() ended; stream_closed may still run
         self._messages: SessionMessages | None = None
+        self._on_parked: Callable[[], None] | None = None
 
     @property
     def scope(self) -> dict[str, Any]:
@@ -67,15 +85,27 @@ class StreamingSession:
     def _send_text(self, text: str) -> bool:
         if self.closed or self._connection is None:
             return False
-        return self._connection.send_text(text)
+        return self._connection.send_text(text, self.endpoint)
+
+    def _parked(self) -> None:
+        """A hook of this session waits on a ``listen()`` iterator (see the consumer)."""
+        callback, self._on_parked = self._on_parked, None
+        if callback is not None:
+            callback()
+
+    def _end(self) -> None:
+        """Drop the bus listeners and end ``listen()`` iterators; keep the rest. Idempotent."""
+        self.ending = True
+        self._on_parked = None
+        if self._messages is not None:
+            self._messages._close()
 
     def _close(self) -> None:
         """Release everything this session holds. Idempotent."""
         if self.closed:
             return
         self.closed = True
-        if self._messages is not None:
-            self._messages._close()
+        self._end()
         if self._connection is not None:
             objects = self._connection.scope.get(USER_OBJECTS_KEY)
             if objects is not None:

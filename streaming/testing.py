@@ -8,8 +8,10 @@ assert that nothing arrived.
         assert await comm.receive_message("echo") == Ping(n=1)
         await comm.assert_nothing_received()
 
-"Nothing arrived" is proven with a ping whose pong must be the next frame, never by
-waiting: every frame of a connection leaves through one ordered queue.
+"Nothing arrived" is proven, never by waiting: first every endpoint's lane must
+answer a probe frame (so work still queued for a hook is done), then a ping's pong
+must be the next frame, since every frame of a connection leaves through one
+ordered queue.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class StreamingCommunicator(WebsocketCommunicator):
             application = _WithUser(application, user, scope or {})
         super().__init__(application, path, headers=headers)
         self.default_timeout = timeout
+        self._endpoints = [cls.name for cls in endpoints] if endpoints is not None else None
 
     async def __aenter__(self) -> StreamingCommunicator:
         connected, _ = await self.connect(timeout=self.default_timeout)
@@ -126,6 +129,16 @@ class StreamingCommunicator(WebsocketCommunicator):
         await self.send_command("ping")
         await self.receive_command("pong")
 
+    def _probe(self, endpoint: str) -> str:
+        return protocol.encode_data(endpoint, '{"className":"streaming.Probe","data":{}}', SYNC_ID)
+
+    def _endpoint_names(self) -> list[str]:
+        if self._endpoints is not None:
+            return self._endpoints
+        from .registry import endpoints
+
+        return [cls.name for cls in endpoints.all()]
+
     async def sync(self, endpoint: str) -> str:
         """Wait until ``endpoint`` has handled everything sent to it so far, its
         ``stream_opened`` included; returns how it answered a probe frame.
@@ -136,17 +149,30 @@ class StreamingCommunicator(WebsocketCommunicator):
         ``"internal_error"``. Any other frame arriving first fails the call, so use it
         while the endpoint is quiet.
         """
-        await self.send_to(
-            text_data=protocol.encode_data(
-                endpoint, '{"className":"streaming.Probe","data":{}}', SYNC_ID
-            )
-        )
+        await self.send_to(text_data=self._probe(endpoint))
         args = await self.receive_error()
         assert args.get("id") == SYNC_ID, f"unexpected error frame {args!r}"
         return str(args["code"])
 
     async def assert_nothing_received(self) -> None:
-        """Fails if any frame is waiting: a ping's pong must be the next frame."""
+        """Fails if any frame is waiting, or still due from work queued for an endpoint.
+
+        Each endpoint's lane answers a probe (see :meth:`sync`) after everything sent
+        to it before; then a ping's pong must be the next frame. Any other frame on
+        the way fails the assertion.
+        """
+        names = self._endpoint_names()
+        for name in names:
+            await self.send_to(text_data=self._probe(name))
+        for _ in names:
+            text = await self.receive_from(self.default_timeout)
+            frame = json.loads(text)
+            args = frame.get("args") if isinstance(frame, dict) else None
+            assert (
+                frame.get("command") == "error"
+                and isinstance(args, dict)
+                and args.get("id") == SYNC_ID
+            ), f"unexpected frame: {text}"
         await self.send_command("ping")
         text = await self.receive_from(self.default_timeout)
         assert json.loads(text) == {"command": "pong", "args": {}}, f"unexpected frame: {text}"

@@ -230,17 +230,19 @@ async def test_auth_command_switches_identity_and_reopens_endpoints(make_user):
     bob, bob_key = await make_user("bob", password=None)
     async with communicator() as comm:
         assert await comm.receive_message("who") == Identity(user_id=None)
+        # The answer comes once the endpoints are open for the new identity, after
+        # what their stream_opened hooks sent.
         await comm.send_command("auth", {"key": alice_key})
-        assert await comm.receive_command("auth") == {"user_id": alice.pk}
         assert await comm.receive_message("who") == Identity(user_id=alice.pk)
         assert await comm.receive_message("members") == Identity(user_id=alice.pk)
+        assert await comm.receive_command("auth") == {"user_id": alice.pk}
         await comm.send_command("auth", {"key": bob_key})
-        assert await comm.receive_command("auth") == {"user_id": bob.pk}
         assert await comm.receive_message("who") == Identity(user_id=bob.pk)
         assert await comm.receive_message("members") == Identity(user_id=bob.pk)
+        assert await comm.receive_command("auth") == {"user_id": bob.pk}
         await comm.send_command("auth", {"key": "Token wrong"})
-        assert await comm.receive_command("auth") == {"user_id": None}
         assert await comm.receive_message("who") == Identity(user_id=None)
+        assert await comm.receive_command("auth") == {"user_id": None}
         await comm.send_message("members", Knock(text="x"))
         await comm.receive_error("not_authenticated")
         await comm.assert_nothing_received()

@@ -6,15 +6,23 @@ uses for the group, so what it sees is what every other server's bus would read.
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import inspect
+import logging
+import re
+import types
 import uuid
 
+import channels_redis.pubsub
 import pytest
 import redis.asyncio as aioredis
+import redis.asyncio.client
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
-from streaming.messages import EVENT_TYPE, MessageBus
-from streaming.publish import Publisher, publisher_for
+from streaming.exceptions import MessagingUnavailable
+from streaming.messages import EVENT_TYPE, MessageBus, group_name
+from streaming.publish import USES, Publisher, publisher_for
 from streaming.serialization import SerializableEntity
 from tests.support.servers import require_redis
 
@@ -123,3 +131,210 @@ async def test_a_message_the_layer_cannot_serialize_fails_its_post_not_the_publi
     await publisher.publish(group, {"type": "t", "n": 1})  # the publisher still works
     assert publisher.batches == 2
     await publisher.aclose()
+
+
+# -- the layer's internals: checked at start-up, and failing safe at run time ----------------
+
+
+class _Hidden:
+    """An attribute that is not there for whoever looks it up on this class or below.
+
+    For an inherited method that ``monkeypatch.delattr`` cannot remove without removing
+    it from the base class too (``Pipeline.publish`` is ``Redis.publish``).
+    """
+
+    def __get__(self, obj, cls=None):
+        raise AttributeError("hidden by the test")
+
+
+def _pubsub_renaming(name):
+    """``channels_redis.pubsub`` as a release that renamed ``name`` would be: the same
+    code, with every use of ``name`` spelled ``<name>_renamed``. The layer still works
+    (its own ``group_send`` uses the new name); only the old name is gone.
+    """
+    source = inspect.getsource(channels_redis.pubsub)
+    # The serializer's own ``serialize`` is another object's method: not renamed.
+    pattern = rf"(?<!_serializer\.)\b{re.escape(name)}\b"
+    renamed, count = re.subn(pattern, f"{name}_renamed", source)
+    assert count >= 2, f"channels_redis.pubsub does not use {name!r} any more"
+    module = types.ModuleType("channels_redis.pubsub")  # what publisher_for recognises
+    module.__package__ = "channels_redis"
+    module.__file__ = channels_redis.pubsub.__file__
+    exec(compile(renamed, module.__file__, "exec"), module.__dict__)
+    return module
+
+
+def _layer_without(role, name, monkeypatch):
+    """A pub/sub layer (and redis-py) that lacks ``name`` where ``role`` says, and works."""
+    hosts = [{"address": require_redis(), "socket_timeout": None}]
+    if role == "client":
+        monkeypatch.delattr(redis.asyncio.client.Redis, name)
+    elif role == "pipe":
+        if name in vars(redis.asyncio.client.Pipeline):
+            monkeypatch.delattr(redis.asyncio.client.Pipeline, name)
+        else:  # inherited from Redis, which the layer's group_send uses
+            monkeypatch.setattr(redis.asyncio.client.Pipeline, name, _Hidden(), raising=False)
+    else:
+        layer = _pubsub_renaming(name).RedisPubSubChannelLayer(hosts=hosts)
+        owner = layer
+        if role != "layer":
+            owner = layer._get_layer()
+        if role == "shard":
+            owner = owner._shards[0]
+        assert not hasattr(owner, name) and hasattr(owner, f"{name}_renamed")
+        return layer
+    return RedisPubSubChannelLayer(hosts=hosts)
+
+
+@pytest.fixture
+async def member():
+    """``await member(channel)``: joins ``channel``'s group from another pub/sub layer, as
+    another server's bus does, and returns an async reader of the events it receives."""
+    url = require_redis()
+    receiver = RedisPubSubChannelLayer(hosts=[{"address": url, "socket_timeout": None}])
+    client = aioredis.Redis.from_url(url)
+
+    async def join(channel):
+        inbox = await receiver.new_channel()
+        await receiver.group_add(group_name(channel), inbox)
+        # SUBSCRIBE went out before this command: Redis has processed it.
+        subscribed = dict(await client.pubsub_numsub(f"asgi__group__{group_name(channel)}"))
+        assert list(subscribed.values()) == [1]
+
+        async def read():
+            async with asyncio.timeout(10):  # a failure guard, not a synchronisation
+                return await receiver.receive(inbox)
+
+        return read
+
+    yield join
+    await receiver.flush()
+    await client.aclose()
+
+
+@pytest.fixture
+def publish_log(caplog):
+    """The records ``streaming.publish`` logs."""
+    caplog.set_level(logging.DEBUG, logger="streaming.publish")
+    caplog.clear()
+    return lambda: [r for r in caplog.records if r.name == "streaming.publish"]
+
+
+@pytest.mark.parametrize(
+    ("role", "name"), [(role, name) for role, name, _ in USES], ids=lambda value: value
+)
+async def test_without_any_internal_it_uses_the_bus_falls_back_to_group_send(
+    role, name, monkeypatch, member, publish_log
+):
+    layer = _layer_without(role, name, monkeypatch)
+    bus = None
+    try:
+        assert publisher_for(layer) is None
+        warnings = [r for r in publish_log() if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1, warnings
+        assert warnings[0].levelno == logging.WARNING
+        assert f".{name}" in warnings[0].getMessage()
+
+        bus = MessageBus(layer)
+        assert bus._publisher is None
+        channel = f"fallback-{uuid.uuid4().hex[:8]}"
+        read = await member(channel)
+        await bus.post_message(channel, Tick(n=7))
+        event = await read()
+        assert event["type"] == EVENT_TYPE and event["channel"] == channel
+        assert '"n":7' in event["object"]
+        assert bus.posts_published == 1
+    finally:
+        if bus is not None:
+            await bus.aclose()
+        await layer.flush()
+
+
+@pytest.mark.parametrize(
+    ("cls", "name", "error"),
+    [
+        (redis.asyncio.client.Redis, "pipeline", AttributeError("'Redis' has no 'pipeline'")),
+        (redis.asyncio.client.Pipeline, "publish", TypeError("publish() takes 2 arguments")),
+    ],
+    ids=["pipeline-raises-AttributeError", "pipe.publish-raises-TypeError"],
+)
+async def test_internals_failing_at_run_time_turn_batching_off_and_lose_nothing(
+    cls, name, error, layer, member, monkeypatch, publish_log
+):
+    channel = f"runtime-{uuid.uuid4().hex[:8]}"
+    read = await member(channel)
+    bus = MessageBus(layer)
+    publisher = bus._publisher
+    assert publisher is not None and publisher.batching
+    behind = []
+
+    def moved(*args, **kwargs):
+        # While the first batch is being sent, 30 more posts come and queue behind it.
+        if not behind:
+            loop = asyncio.get_running_loop()
+            behind.extend(
+                loop.create_task(bus.post_message(channel, Tick(n=n))) for n in range(50, 80)
+            )
+        raise error
+
+    monkeypatch.setattr(cls, name, moved)  # after start-up, where no check sees it
+    try:
+        await asyncio.gather(*(bus.post_message(channel, Tick(n=n)) for n in range(50)))
+        await asyncio.gather(*behind)
+        await bus.post_message(channel, Tick(n=80))  # after it all: group_send straight away
+        assert len(behind) == 30 and bus.posts_published == 81
+        for n in range(81):
+            assert f'"n":{n}' in (await read())["object"]
+        assert not publisher.batching and publisher.batches == 1
+        errors = [r for r in publish_log() if r.levelno >= logging.WARNING]
+        assert len(errors) == 1 and errors[0].levelno == logging.ERROR, errors
+        assert "group_send" in errors[0].getMessage() and errors[0].exc_info[1] is error
+    finally:
+        await bus.aclose()
+
+
+async def test_a_connection_error_fails_the_batch_and_keeps_batching():
+    from tests.support.servers import free_port
+
+    dead = RedisPubSubChannelLayer(
+        hosts=[{"address": f"redis://127.0.0.1:{free_port()}", "socket_connect_timeout": 2}]
+    )
+    bus = MessageBus(dead)
+    publisher = bus._publisher
+    assert publisher is not None
+    with pytest.raises(MessagingUnavailable, match=r"(?i)connect"):
+        await bus.post_message("g", Tick(n=1))
+    assert publisher.batching  # Redis being down is not the internals moving
+    await bus.aclose()
+    await dead.flush()
+
+
+def test_the_publisher_uses_no_internal_it_does_not_check():
+    """Every private attribute streaming/publish.py touches, and every attribute of the
+    layer's objects (reached through locals named after their role), is in USES."""
+    import streaming.publish
+
+    checked = {(role, name) for role, name, _ in USES}
+    roles = {role for role, _ in checked}
+    public = {("layer", "group_send")}  # the channel-layer API: the fallback itself
+    tree = ast.parse(inspect.getsource(streaming.publish))
+    unchecked = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        base = node.value
+        if isinstance(base, ast.Name) and base.id in roles:
+            if (base.id, node.attr) not in checked | public:
+                unchecked.append(f"{base.id}.{node.attr} (line {node.lineno})")
+        elif (
+            isinstance(base, ast.Attribute)
+            and isinstance(base.value, ast.Name)
+            and base.value.id == "self"
+            and base.attr == "layer"
+        ):
+            unchecked.append(f"self.layer.{node.attr} (line {node.lineno}): use a `layer` local")
+        elif node.attr.startswith("_") and not node.attr.startswith("__"):
+            if not (isinstance(base, ast.Name) and base.id == "self"):
+                if node.attr not in {name for _, name in checked}:
+                    unchecked.append(f"{ast.unparse(node)} (line {node.lineno})")
+    assert not unchecked

@@ -155,6 +155,7 @@ class Client:
         self._status = Status.disconnected
         self._link: _Link | None = None
         self._open_lock = asyncio.Lock()
+        self._auth_lock = asyncio.Lock()  # the server takes one auth command at a time
         self._abort_connect = asyncio.Event()
         self._handler: StreamingConnectionHandler | None = None
         self._retry_at: float | None = None
@@ -279,20 +280,24 @@ class Client:
         command and the server's answer is returned: the user id, or None when the
         key was refused (the socket is then anonymous). Endpoints re-open for the new
         identity on the server. When not connected, returns None: the key is sent
-        with the next handshake.
+        with the next handshake. Concurrent calls take turns (the server handles one
+        ``auth`` command at a time).
         """
         self.auth_key = auth_key
-        link = self._link
-        if link is None or not link.connected:
-            return None
-        waiter: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        link.auth_waiters.append(waiter)
-        try:
-            await link.ws.send(encode_command("auth", {"key": auth_key}))
-        except ConnectionClosed as exc:
-            waiter.cancel()
-            raise NotConnected("The connection closed before the auth command was sent.") from exc
-        return await waiter
+        async with self._auth_lock:
+            link = self._link
+            if link is None or not link.connected:
+                return None
+            waiter: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+            link.auth_waiters.append(waiter)
+            try:
+                await link.ws.send(encode_command("auth", {"key": auth_key}))
+            except ConnectionClosed as exc:
+                waiter.cancel()
+                raise NotConnected(
+                    "The connection closed before the auth command was sent."
+                ) from exc
+            return await waiter
 
     # -- opening and closing ----------------------------------------------------------------
 

@@ -204,9 +204,10 @@ async def test_auth_command_with_a_good_key_opens_login_required_endpoints(serve
     async with connect(server.ws_url) as ws:
         await opened_anonymous(ws)
         await ws.send(auth_command(key))
-        assert await recv(ws) == auth_reply(user.pk)
-        # every endpoint is reopened for the new identity, `private` for the first time
+        # every endpoint is reopened for the new identity, `private` for the first time;
+        # the answer comes once they are open
         await opened_as(ws, user.pk)
+        assert await recv(ws) == auth_reply(user.pk)
         await ws.send(data("private", "Echo", text="now in"))
         assert (await recv(ws))["object"]["data"]["text"] == "now in"
         # the same key again: same identity, nothing closed or reopened
@@ -221,8 +222,8 @@ async def test_frames_sent_right_after_auth_wait_for_it(server, make_user):
         await opened_anonymous(ws)
         await ws.send(auth_command(key))
         await ws.send(data("private", "Echo", frame_id="early", text="early"))
-        assert await recv(ws) == auth_reply(user.pk)
         await opened_as(ws, user.pk)
+        assert await recv(ws) == auth_reply(user.pk)
         reply = await recv(ws)  # handled as alice, not refused as anonymous
         assert reply["endpoint"] == "private" and reply["object"]["data"]["text"] == "early"
 
@@ -233,8 +234,8 @@ async def test_auth_command_with_a_bad_key_makes_the_socket_anonymous(server, ma
     async with connect(server.ws_url, additional_headers={"Authorization": key}) as ws:
         await opened_as(ws, user.pk)
         await ws.send(json.dumps({"command": "auth", "args": {"key": bad}}))
-        assert await recv(ws) == auth_reply(None)
         assert await recv(ws) == whoami(None)  # reopened as anonymous; `private` is closed
+        assert await recv(ws) == auth_reply(None)
         await ws.send(data("private", "Echo", frame_id="p", text="x"))
         await expect_error(ws, "not_authenticated", endpoint="private", frame_id="p")
         await assert_usable(ws)
@@ -262,8 +263,8 @@ async def test_switching_identity_closes_and_reopens_sessions(server, make_user)
         assert (await recv(ws))["object"]["data"]["text"] == "to alice"
 
         await ws.send(auth_command(bob_key))
-        assert await recv(ws) == auth_reply(bob.pk)
         await opened_as(ws, bob.pk)
+        assert await recv(ws) == auth_reply(bob.pk)
 
         # Alice's room session was closed with its listener: a post no longer arrives.
         await poster.send(data("room", "RoomPost", room="switch", text="after the switch"))

@@ -1,0 +1,110 @@
+"""``Lane``: jobs run one at a time, in order, in a task that exists only while busy.
+
+The one start-on-demand worker of Streampod. A connection gives each endpoint a
+lane (its hooks run in order, lanes of different endpoints run concurrently), and
+the message bus gives each async listener one (its calls run in post order, and a
+slow listener holds up only itself).
+
+Guarantees:
+
+* Jobs run in submission order, never two at once.
+* The lane's task exists only while it has work; a job submitted at any moment,
+  even just as the task is finishing, runs.
+* On Python 3.12+ the task starts eagerly (``eager_start``): a job that never waits
+  runs to its end inside :meth:`Lane.submit`, yet as its own current task, so
+  ``asyncio.timeout``, task groups and anyio scopes in it behave as in any task.
+* A job that raises is logged; a job whose await was cancelled (a cancelled
+  future inside it) ends, and the lane goes on. Only :meth:`Lane.cancel` stops the
+  lane's current job on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+logger = logging.getLogger("streaming.lane")
+
+Job = Callable[[], Coroutine[Any, Any, Any]]
+
+
+class Lane:
+    """Runs jobs one at a time, in submission order, in a task of their own."""
+
+    __slots__ = ("_current", "_jobs", "_task", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._jobs: deque[tuple[Job, str]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._current: str | None = None
+
+    def __len__(self) -> int:
+        """Jobs waiting (not counting one in progress)."""
+        return len(self._jobs)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job is running or waiting."""
+        return self._task is not None
+
+    @property
+    def current(self) -> str | None:
+        """The label of the job in progress (for logs), if any."""
+        return self._current if self._task is not None else None
+
+    def submit(self, job: Job, label: str = "") -> None:
+        """Queue ``job`` (a no-argument coroutine function); ``label`` names it in logs."""
+        self._jobs.append((job, label))
+        if self._task is None:
+            task = _new_task(self._run())
+            if not task.done():
+                self._task = task
+
+    async def join(self) -> None:
+        """Wait until the lane is idle (every job submitted so far has ended)."""
+        while self._task is not None:
+            await asyncio.shield(self._task)
+
+    def cancel(self) -> None:
+        """Cancel the job in progress and drop the ones waiting."""
+        self._jobs.clear()
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        jobs = self._jobs
+        try:
+            while jobs:
+                job, self._current = jobs.popleft()
+                try:
+                    await job()
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise  # the lane itself is cancelled
+                    # A job awaited something that was cancelled: that job ends, not the lane.
+                    logger.warning("a job of lane %s was cancelled", self.name)
+                except Exception:
+                    logger.exception("unexpected error in lane %s", self.name)
+        finally:
+            self._current = None
+            # Idle from this instant: a job submitted before a done callback would
+            # run must start a new task, not wait behind a finished one.
+            if self._task is asyncio.current_task():
+                self._task = None
+
+
+if sys.version_info >= (3, 12):
+
+    def _new_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
+
+else:
+
+    def _new_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(coro)
