@@ -125,14 +125,61 @@ async def test_a_lost_connection_releases_a_paused_queue():
     assert not flow.paused  # a stopped flow never pauses again
 
 
-async def test_a_failing_send_discards_everything_after_it():
-    async def broken(message):
-        raise OSError("transport gone")
+async def test_a_failing_send_discards_everything_after_it_and_closes_with_1011():
+    tried: list[dict] = []
 
-    outbox = Outbox(broken, 8, lambda: None, eager=True)
+    async def refusing(message):
+        tried.append(message)
+        if message["type"] == "websocket.send":
+            raise ValueError("the server refused the frame")  # as autobahn does past its limit
+
+    outbox = Outbox(refusing, 8, lambda: None, eager=True)
     assert outbox.put("a")  # accepted, then the send fails
     assert outbox.closed
     assert not outbox.put("b")
+    # Never open and mute: the socket is closed with a defined code.
+    assert tried[-1] == {"type": "websocket.close", "code": 1011}
+
+
+async def test_the_queue_is_bounded_in_bytes_as_well_as_frames():
+    server = PushbackServer()
+    overflows: list[int] = []
+    outbox = Outbox(
+        server.send, 1000, lambda: overflows.append(1), eager=True, byte_limit=100_000
+    )
+    server.writable.clear()
+    big = "x" * 30_000
+    assert outbox.put(big)  # in flight, suspended
+    assert outbox.put(big) and outbox.put(big) and outbox.put(big)  # ~90 KB queued
+    assert overflows == []
+    assert not outbox.put(big)  # would pass 100 KB
+    assert overflows == [1]
+    assert outbox.queued_bytes <= 100_000
+    server.writable.set()
+    await outbox.wait_sent()
+    assert outbox.queued_bytes == 0
+
+
+async def test_a_gated_outbox_sends_the_accept_first_then_what_was_queued():
+    server = PushbackServer()
+    outbox = Outbox(server.send, 8, lambda: None, eager=True, gated=True)
+    assert outbox.put("hello from stream_opened")
+    assert server.sent == []  # nothing before the accept
+    outbox.open()
+    await outbox.wait_sent()
+    assert server.sent[0] == {"type": "websocket.accept"}
+    assert server.texts()[1:] == ["hello from stream_opened"]
+    assert outbox.put("later") and server.texts()[-1] == "later"  # eager from now on
+
+
+async def test_a_close_before_the_accept_still_follows_it():
+    server = PushbackServer()
+    outbox = Outbox(server.send, 8, lambda: None, eager=True, gated=True)
+    outbox.put("dropped")
+    outbox.close(4401, discard_pending=True)
+    outbox.open()
+    await outbox.wait_sent()
+    assert [m["type"] for m in server.sent] == ["websocket.accept", "websocket.close"]
 
 
 async def test_cancelling_the_drain_abandons_the_suspended_send():
