@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8000
 
-.PHONY: setup browser run test test-fast lint bench demo clean
+.PHONY: setup browser run test test-fast test-py312 lint bench demo clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,12 @@ run: demo
 test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The whole suite again on Python 3.12 (the lanes' eager-start branch runs only there).
+PY312 ?= $(shell command -v python3.12 2>/dev/null || ls -d $(HOME)/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1)
+test-py312:
+	@test -n "$(PY312)" || { echo "python3.12 not found (install it, or pass PY312=...)"; exit 1; }
+	$(MAKE) test PY=$(PY312) VENV=.venv-3.12
+
 test-fast: setup
 	$(BIN)/python -m pytest -m "not e2e and not browser" $(PYTEST_ARGS)
 
@@ -45,4 +51,4 @@ bench: setup
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) staticfiles db.sqlite3 test-artifacts
+	rm -rf $(VENV) .venv-3.12 staticfiles db.sqlite3 test-artifacts

@@ -23,6 +23,7 @@ from streaming.testing import StreamingCommunicator
 
 
 class Note(SerializableEntity):
+    class_name = "tests.lifecycle.Note"
     text: str
 
 
@@ -183,7 +184,7 @@ class CountingEndpoint(Endpoint):
 def costly_frame(endpoint: str, lists: int) -> str:
     values = ",".join(["[]"] * lists)
     return (
-        f'{{"endpoint":"{endpoint}","object":{{"className":"Note",'
+        f'{{"endpoint":"{endpoint}","object":{{"className":"tests.lifecycle.Note",'
         f'"data":{{"text":"x","pad":[{values}]}}}}}}'
     )
 
@@ -228,7 +229,7 @@ async def test_held_frames_are_bounded_in_bytes_too(settings, gated_lookup):
     ("text", "reason"),
     [
         (costly_frame("counting", 20_000), "more than 10000 JSON values"),
-        ('{"endpoint":"counting","object":{"className":"Note","data":{"text":"x","d":'
+        ('{"endpoint":"counting","object":{"className":"tests.lifecycle.Note","data":{"text":"x","d":'
          + "[" * 40 + "]" * 40 + "}}}", "nested deeper than 32"),
     ],
 )
@@ -248,7 +249,10 @@ async def test_error_frames_repeat_at_most_a_short_prefix_of_client_values():
     async with StreamingCommunicator(endpoints=[CountingEndpoint]) as comm:
         await comm.send_to(
             text_data=json.dumps(
-                {"endpoint": name, "object": {"className": "Note", "data": {"text": "x"}}},
+                {
+                    "endpoint": name,
+                    "object": {"className": "tests.lifecycle.Note", "data": {"text": "x"}},
+                },
                 ensure_ascii=False,
             )
         )
