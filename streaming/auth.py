@@ -28,14 +28,24 @@ logger = logging.getLogger("streaming.auth")
 
 #: Scope key set to True when the handshake carried credentials that do not work.
 AUTH_FAILED_KEY = "streaming.auth_failed"
+#: Scope key: how the handshake's user was authenticated, ``"token"`` or ``"session"``
+#: (absent for anonymous sockets).
+AUTH_VIA_KEY = "streaming.auth_via"
 TOKEN_KEYWORD = "Token"
 
 
 class RevokedAuthentication(SerializableEntity):
-    """Internal bus message: close every socket of ``user_id`` with 4401."""
+    """Internal bus message: close every socket of ``user_id`` with 4401.
+
+    ``sessions_only``: the user's password changed. Only sockets authenticated by a
+    session cookie whose session no longer matches the password (Django's session
+    auth hash) close; token sockets, and the browser that changed the password
+    (``update_session_auth_hash``), stay.
+    """
 
     class_name = "streaming.RevokedAuthentication"
     user_id: int
+    sessions_only: bool = False
 
 
 def revocation_channel(user_id: int) -> str:
@@ -90,8 +100,12 @@ class StreamingAuthMiddleware(BaseMiddleware):
             if user is None:
                 scope[AUTH_FAILED_KEY] = True
                 user = AnonymousUser()
+            else:
+                scope[AUTH_VIA_KEY] = "token"
         elif "session" in scope:
             user = await get_user(scope)
+            if getattr(user, "is_authenticated", False):
+                scope[AUTH_VIA_KEY] = "session"
         else:
             user = AnonymousUser()
         scope["user"] = user
@@ -201,18 +215,46 @@ def StreamingAuthMiddlewareStack(inner: Any) -> Any:
     )
 
 
-async def revoke(user_id: int) -> None:
+@database_sync_to_async
+def session_still_valid(session_key: str | None, user_id: Any) -> bool:
+    """Whether the session ``session_key`` still authenticates ``user_id``.
+
+    Reads the session fresh from its store and compares its session auth hash with
+    the user's current one, as Django does for each HTTP request (a password change
+    invalidates every other session of the user).
+    """
+    from importlib import import_module
+
+    from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
+    from django.utils.crypto import constant_time_compare
+
+    if not session_key:
+        return False
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    stored_hash = store.get(HASH_SESSION_KEY)
+    if str(store.get(SESSION_KEY)) != str(user_id) or not stored_hash:
+        return False
+    user = get_user_model()._default_manager.filter(pk=user_id).first()
+    return user is not None and constant_time_compare(stored_hash, user.get_session_auth_hash())
+
+
+async def revoke(user_id: int, *, sessions_only: bool = False) -> None:
     """Close every live socket of ``user_id`` in the cluster with 4401.
 
     Published through the message bus: every server closes its own sockets of that
-    user. Raises ``MessagingUnavailable`` if the cluster cannot be reached.
+    user. ``sessions_only``: only cookie-authenticated sockets whose session the
+    user's new password invalidated. Raises ``MessagingUnavailable`` if the cluster
+    cannot be reached.
     """
     from .messages import post_message
 
-    await post_message(revocation_channel(user_id), RevokedAuthentication(user_id=user_id))
+    await post_message(
+        revocation_channel(user_id),
+        RevokedAuthentication(user_id=user_id, sessions_only=sessions_only),
+    )
 
 
-def revoke_soon(user_id: int) -> None:
+def revoke_soon(user_id: int, *, sessions_only: bool = False) -> None:
     """:func:`revoke` from sync code (signal handlers), after the transaction commits."""
     from asgiref.sync import async_to_sync
     from django.db import transaction
@@ -224,10 +266,10 @@ def revoke_soon(user_id: int) -> None:
             loop = None
         try:
             if loop is not None:
-                task = loop.create_task(revoke(user_id))
+                task = loop.create_task(revoke(user_id, sessions_only=sessions_only))
                 task.add_done_callback(_log_failure)
             else:
-                async_to_sync(revoke)(user_id)
+                async_to_sync(revoke)(user_id, sessions_only=sessions_only)
         except Exception:
             logger.exception("could not revoke the sockets of user %s", user_id)
 

@@ -46,8 +46,16 @@ DEFAULTS: dict[str, Any] = {
     "RATE_LIMIT_PER_SECOND": 500.0,
     # Bucket size: frames a connection may send in one burst.
     "RATE_LIMIT_BURST": 1000,
-    # Refused frames in a row after which the socket is closed with 4008 (flooding).
+    # Refused frames within FLOOD_WINDOW seconds after which the socket is closed with 4008
+    # (flooding), however many good frames come in between.
     "FLOOD_CLOSE_AFTER": 200,
+    "FLOOD_WINDOW": 10.0,
+    # Sockets one user may hold on one server process; the next is closed with 4029.
+    # None: no limit.
+    "MAX_SOCKETS_PER_USER": 100,
+    # Seconds between re-checks that the users of open sockets are still active (catches
+    # changes made without signals, such as QuerySet.update); None turns it off.
+    "USER_RECHECK_INTERVAL": 60.0,
     # Seconds a cross-server publish (or `await handle`) may take before MessagingUnavailable.
     "PUBLISH_TIMEOUT": 2.0,
     # Messages buffered per `session.messages.listen()` iterator.
@@ -73,6 +81,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "RATE_LIMIT_PER_SECOND": (int, float, type(None)),
     "RATE_LIMIT_BURST": (int,),
     "FLOOD_CLOSE_AFTER": (int,),
+    "FLOOD_WINDOW": (int, float),
+    "MAX_SOCKETS_PER_USER": (int, type(None)),
+    "USER_RECHECK_INTERVAL": (int, float, type(None)),
     "PUBLISH_TIMEOUT": (int, float),
     "LISTEN_QUEUE_LIMIT": (int,),
     "CHANNEL_LAYER": (str,),

@@ -53,8 +53,16 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser
 
 from . import protocol
-from .auth import AUTH_FAILED_KEY, RevokedAuthentication, revocation_channel, user_for_key
+from .auth import (
+    AUTH_FAILED_KEY,
+    AUTH_VIA_KEY,
+    RevokedAuthentication,
+    revocation_channel,
+    session_still_valid,
+    user_for_key,
+)
 from .conf import streaming_settings
+from .connections import get_connections
 from .endpoint import Endpoint
 from .exceptions import (
     FrameTooLarge,
@@ -131,7 +139,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         self._auth_task: asyncio.Task[None] | None = None
         self._pending_bytes = 0  # estimated memory of the frames held or waiting in lanes
         self._bucket: TokenBucket | None = None
-        self._refused_in_a_row = 0
+        self._refusals: TokenBucket | None = None  # made on the first refusal
         self._revocation: Any = None
         self._torn_down = False
         self._max_bytes = 0
@@ -298,16 +306,20 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             self._command(frame)  # type: ignore[arg-type]
 
     def _refuse(self, code: str, message: str, frame_id: str | None, **extra: Any) -> None:
+        """Answer a refused frame; close with 4008 past ``FLOOD_CLOSE_AFTER`` refusals
+        within ``FLOOD_WINDOW`` seconds, however many good frames come in between."""
         self.send_error(code, message, frame_id=frame_id, **extra)
-        self._refused_in_a_row += 1
-        if self._refused_in_a_row >= streaming_settings.FLOOD_CLOSE_AFTER:
+        refusals = self._refusals
+        if refusals is None:
+            settings = streaming_settings
+            burst = settings.FLOOD_CLOSE_AFTER
+            refusals = self._refusals = TokenBucket(burst / settings.FLOOD_WINDOW, burst)
+        if not refusals.take() or refusals.tokens < 1.0:
             logger.warning("closing %s: flooding", self.scope.get("client"))
             self.close_with(CloseCode.POLICY)
 
     def _command(self, frame: CommandFrame) -> None:
         command = frame.command
-        if command in ("ping", "auth", "pong"):
-            self._refused_in_a_row = 0
         if command == "ping":
             self.send_text(protocol.encode_command("pong"))
         elif command == "auth":
@@ -371,7 +383,6 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             return
         if not counted:
             self._pending_bytes += frame.size
-        self._refused_in_a_row = 0
         slot.lane.submit(functools.partial(self._deliver, slot, frame), "handle_stream_message")
 
     async def _deliver(self, slot: EndpointSlot, frame: DataFrame) -> None:
@@ -456,7 +467,14 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
 
     async def _set_identity(self, user: Any, *, reopen: bool) -> None:
         """Adopt ``user``: close open endpoints (if ``reopen``), open the usable ones,
-        and return once they are open (see :meth:`_until_open`)."""
+        and return once they are open (see :meth:`_until_open`).
+
+        A user already holding ``MAX_SOCKETS_PER_USER`` sockets on this process gets
+        none: the socket is closed with 4029.
+        """
+        registry = get_connections()
+        if getattr(self.user, "is_authenticated", False):
+            registry.discard(self.user.pk, self)
         self.user = user
         self.scope["user"] = user
         slots = list(self._slots.values())
@@ -465,6 +483,16 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
                 if slot.session is not None:
                     slot.session._end()  # a stream_opened looping on listen() returns
                 slot.lane.submit(functools.partial(self._close_endpoint, slot), "stream_closed")
+        if getattr(user, "is_authenticated", False) and not registry.add(user.pk, self):
+            logger.warning(
+                "closing %s: user %s already has %d sockets on this server",
+                self.scope.get("client"),
+                user.pk,
+                registry.count(user.pk),
+            )
+            self.user = AnonymousUser()
+            self.close_with(CloseCode.TOO_MANY_CONNECTIONS)
+            return
         readies: list[tuple[EndpointSlot, asyncio.Event]] = []
         previous: asyncio.Event | None = None
         for slot in slots:
@@ -597,6 +625,10 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             new_user = user if user is not None else AnonymousUser()
             new_id = new_user.pk if user is not None else None
             old_id = self.user.pk if getattr(self.user, "is_authenticated", False) else None
+            if user is not None:
+                self.scope[AUTH_VIA_KEY] = "token"
+            else:
+                self.scope.pop(AUTH_VIA_KEY, None)
             if new_id != old_id:
                 await self._set_identity(new_user, reopen=True)
             self.send_text(protocol.encode_command("auth", {"user_id": new_id}))
@@ -625,14 +657,26 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
                 revocation_channel(user.pk), self._on_revoked, owner=self
             )
 
-    def _on_revoked(self, message: Any) -> None:
-        if isinstance(message, RevokedAuthentication):
-            logger.info(
-                "closing %s: credentials of user %s revoked",
-                self.scope.get("client"),
-                message.user_id,
-            )
-            self.close_with(CloseCode.UNAUTHORIZED)
+    def _on_revoked(self, message: Any) -> Any:
+        if not isinstance(message, RevokedAuthentication):
+            return None
+        if message.sessions_only:
+            if self.scope.get(AUTH_VIA_KEY) != "session":
+                return None  # a token still works after a password change
+            return self._check_session(message.user_id)
+        self.revoked(f"credentials of user {message.user_id} revoked")
+        return None
+
+    async def _check_session(self, user_id: Any) -> None:
+        session = self.scope.get("session")
+        key = getattr(session, "session_key", None)
+        if not await session_still_valid(key, user_id):
+            self.revoked(f"the password of user {user_id} changed")
+
+    def revoked(self, reason: str) -> None:
+        """Close this socket with 4401: its credentials no longer hold (``reason`` is logged)."""
+        logger.info("closing %s: %s", self.scope.get("client"), reason)
+        self.close_with(CloseCode.UNAUTHORIZED)
 
     async def _teardown(self) -> None:
         """Close everything the connection holds; see the module docstring's guarantees."""
@@ -646,6 +690,8 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
 
             get_bus().remove_owner(self)
             self._revocation = None
+        if getattr(self.user, "is_authenticated", False):
+            get_connections().discard(self.user.pk, self)
         if self.outbox is not None:
             self.outbox.discard()  # the socket is gone: hooks' sends go nowhere
         slots = list(self._slots.values())

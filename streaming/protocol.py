@@ -61,6 +61,7 @@ class CloseCode(IntEnum):
     POLICY = 4008  # flooding: the client kept sending past the rate limit
     TOO_BIG = 4009  # a frame larger than MAX_MESSAGE_BYTES
     OVERLOADED = 4013  # the client does not read fast enough: its send queue is full
+    TOO_MANY_CONNECTIONS = 4029  # the user already holds MAX_SOCKETS_PER_USER sockets here
     UNAUTHORIZED = 4401  # invalid or revoked credentials: do not retry with them
     FORBIDDEN = 4403  # refused by policy (for example a foreign Origin)
 

@@ -1,7 +1,10 @@
-"""Revocation triggers: logging out, deactivating or deleting a user, deleting a token.
+"""Revocation triggers: logging out, deactivating or deleting a user, deleting a token,
+changing a password.
 
 Each closes the user's live sockets in the whole cluster (``streaming.auth.revoke``)
-once the transaction commits.
+once the transaction commits; a password change closes only the cookie-authenticated
+sockets whose session it invalidated. Changes that send no signal
+(``QuerySet.update``) are caught by the periodic re-check (``streaming.connections``).
 """
 
 from __future__ import annotations
@@ -26,17 +29,27 @@ def _logged_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
 def _remember_active(sender: Any, instance: Any, **kwargs: Any) -> None:
     if sender is not get_user_model() or instance.pk is None:
         return
-    instance._streaming_was_active = (
-        sender._default_manager.filter(pk=instance.pk).values_list("is_active", flat=True).first()
+    before = (
+        sender._default_manager.filter(pk=instance.pk)
+        .values_list("is_active", "password")
+        .first()
     )
+    instance._streaming_before = before
 
 
 @receiver(post_save)
 def _deactivated(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
     if sender is not get_user_model() or created:
         return
-    if getattr(instance, "_streaming_was_active", None) and not instance.is_active:
+    before = getattr(instance, "_streaming_before", None)
+    instance._streaming_before = None
+    if before is None:
+        return
+    was_active, old_password = before
+    if was_active and not instance.is_active:
         revoke_soon(instance.pk)
+    elif old_password != instance.password:
+        revoke_soon(instance.pk, sessions_only=True)
 
 
 @receiver(post_delete)

@@ -1,0 +1,119 @@
+"""This process's live sockets, by user: the per-user socket limit and the re-check.
+
+One :class:`Connections` per event loop (:func:`get_connections`), like the bus.
+
+* ``MAX_SOCKETS_PER_USER``: a user may hold at most that many sockets on one server
+  process; the consumer closes the next with 4029. The limit is per process on
+  purpose: what it protects is the process's memory and file descriptors, and it
+  needs no shared state that a crashed server could leave behind.
+* ``USER_RECHECK_INTERVAL``: while authenticated sockets are open, one query per
+  interval re-reads which of their users are still active. A user deactivated or
+  deleted without a signal (``QuerySet.update(is_active=False)``, raw SQL) loses
+  their sockets (4401) within the interval. Signals still act at once
+  (``streaming.signals``); this is the backstop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from channels.db import database_sync_to_async
+
+from .conf import streaming_settings
+
+if TYPE_CHECKING:
+    from .consumer import StreamingConsumer
+
+logger = logging.getLogger("streaming.connections")
+
+
+@database_sync_to_async
+def _active_user_ids(user_ids: list[int]) -> set[int]:
+    from django.contrib.auth import get_user_model
+
+    return set(
+        get_user_model()
+        ._default_manager.filter(pk__in=user_ids, is_active=True)
+        .values_list("pk", flat=True)
+    )
+
+
+class Connections:
+    """Live authenticated sockets of one event loop, by user id."""
+
+    def __init__(self) -> None:
+        self._by_user: dict[Any, set[StreamingConsumer]] = {}
+        self._checker: asyncio.Task[None] | None = None
+        self.checks = 0  # re-checks run (tests, metrics)
+
+    def add(self, user_id: Any, consumer: StreamingConsumer) -> bool:
+        """Register ``consumer`` as a socket of ``user_id``; False past the limit."""
+        sockets = self._by_user.setdefault(user_id, set())
+        limit = streaming_settings.MAX_SOCKETS_PER_USER
+        if limit is not None and len(sockets) >= limit and consumer not in sockets:
+            if not sockets:
+                del self._by_user[user_id]
+            return False
+        sockets.add(consumer)
+        if self._checker is None and streaming_settings.USER_RECHECK_INTERVAL:
+            self._checker = asyncio.get_running_loop().create_task(self._check_loop())
+        return True
+
+    def discard(self, user_id: Any, consumer: StreamingConsumer) -> None:
+        sockets = self._by_user.get(user_id)
+        if sockets is None:
+            return
+        sockets.discard(consumer)
+        if not sockets:
+            del self._by_user[user_id]
+
+    def of_user(self, user_id: Any) -> list[StreamingConsumer]:
+        return list(self._by_user.get(user_id, ()))
+
+    def count(self, user_id: Any = None) -> int:
+        """Sockets of ``user_id``, or of every authenticated user."""
+        if user_id is not None:
+            return len(self._by_user.get(user_id, ()))
+        return sum(len(sockets) for sockets in self._by_user.values())
+
+    async def check_now(self) -> None:
+        """Close the sockets of users that are no longer active (or no longer exist)."""
+        user_ids = list(self._by_user)
+        if not user_ids:
+            return
+        active = await _active_user_ids(user_ids)
+        self.checks += 1
+        for user_id in user_ids:
+            if user_id in active:
+                continue
+            for consumer in self.of_user(user_id):
+                consumer.revoked(f"user {user_id} is no longer active")
+
+    async def _check_loop(self) -> None:
+        try:
+            while self._by_user:
+                await asyncio.sleep(streaming_settings.USER_RECHECK_INTERVAL)
+                try:
+                    await self.check_now()
+                except Exception:
+                    logger.exception("re-checking the users of open sockets failed")
+        finally:
+            if self._checker is asyncio.current_task():
+                self._checker = None
+
+
+_registries: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Connections] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def get_connections() -> Connections:
+    """The running event loop's registry, created on first use."""
+    loop = asyncio.get_running_loop()
+    registry = _registries.get(loop)
+    if registry is None:
+        registry = _registries[loop] = Connections()
+    return registry

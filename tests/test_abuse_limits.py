@@ -1,0 +1,129 @@
+"""Abuse and revocation gaps, through the real auth stack and channels' communicator:
+a steady flood is closed, one user cannot hold unbounded sockets, a password change
+closes the sessions it invalidated, and a deactivation without a signal is caught.
+"""
+
+from __future__ import annotations
+
+from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from streaming.connections import get_connections
+from tests.test_auth_unit import Identity, communicator
+
+
+async def opened_as(comm, user_id):
+    assert await comm.receive_message("who") == Identity(user_id=user_id)
+    if user_id is not None:
+        assert await comm.receive_message("members") == Identity(user_id=user_id)
+
+
+# -- flooding over a window, not a streak ------------------------------------------------
+
+
+async def test_a_steady_flood_with_good_frames_in_between_is_closed(settings):
+    settings.STREAMING = {"FLOOD_CLOSE_AFTER": 5, "FLOOD_WINDOW": 60.0}
+    async with communicator() as comm:
+        await opened_as(comm, None)
+        # Every refused frame is followed by a good one: a streak would never reach 5.
+        for _ in range(5):
+            await comm.send_to(text_data="not json")
+            await comm.send_command("ping")
+        for _ in range(4):
+            await comm.receive_error("malformed_frame")
+            await comm.receive_command("pong")
+        await comm.receive_error("malformed_frame")
+        assert await comm.receive_close() == 4008
+
+
+# -- sockets per user --------------------------------------------------------------------
+
+
+async def test_one_user_holds_at_most_max_sockets_per_user(settings, make_user):
+    settings.STREAMING = {"MAX_SOCKETS_PER_USER": 3}
+    alice, alice_key = await make_user("alice", password=None)
+    _, bob_key = await make_user("bob", password=None)
+    comms = [communicator(authorization=alice_key) for _ in range(3)]
+    for comm in comms:
+        await comm.connect()
+        await opened_as(comm, alice.pk)
+    fourth = communicator(authorization=alice_key)
+    connected, _ = await fourth.connect()
+    assert connected
+    assert await fourth.receive_close() == 4029
+    # Others are unaffected, and a socket freed is a socket available again.
+    async with communicator(authorization=bob_key) as bob:
+        await bob.receive_message("who")
+    await comms[0].disconnect()
+    fifth = communicator(authorization=alice_key)
+    await fifth.connect()
+    await opened_as(fifth, alice.pk)
+    assert get_connections().count(alice.pk) == 3
+    for comm in (*comms[1:], fifth):
+        await comm.disconnect()
+    assert get_connections().count(alice.pk) == 0
+
+
+async def test_the_auth_command_counts_against_the_limit_too(settings, make_user):
+    settings.STREAMING = {"MAX_SOCKETS_PER_USER": 1}
+    alice, alice_key = await make_user("alice", password=None)
+    async with communicator(authorization=alice_key) as first:
+        await opened_as(first, alice.pk)
+        async with communicator() as second:
+            await opened_as(second, None)
+            await second.send_command("auth", {"key": alice_key})
+            assert await second.receive_close() == 4029
+
+
+# -- revocation gaps ---------------------------------------------------------------------
+
+
+def _logged_in_session(user) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+async def test_a_password_change_closes_the_cookie_sockets_it_invalidated(make_user):
+    alice, alice_key = await make_user("alice", password="old-pass-1")
+    session = await sync_to_async(_logged_in_session)(alice)
+    cookie_socket = communicator(origin="http://testserver", cookie=f"sessionid={session}")
+    token_socket = communicator(authorization=alice_key)
+    for comm in (cookie_socket, token_socket):
+        await comm.connect()
+        await opened_as(comm, alice.pk)
+
+    def change_password():
+        user = get_user_model().objects.get(pk=alice.pk)
+        user.set_password("new-pass-2")
+        user.save()
+
+    await sync_to_async(change_password)()
+    # The session no longer authenticates alice over HTTP, nor on its socket.
+    assert await cookie_socket.receive_close() == 4401
+    # A DRF token survives a password change, and so does its socket.
+    await token_socket.ping()
+    await token_socket.assert_nothing_received()
+    await token_socket.disconnect()
+
+
+async def test_a_deactivation_without_signals_closes_sockets_within_the_interval(
+    settings, make_user
+):
+    settings.STREAMING = {"USER_RECHECK_INTERVAL": 0.1}
+    alice, alice_key = await make_user("alice", password=None)
+    bob, bob_key = await make_user("bob", password=None)
+    async with communicator(authorization=alice_key) as a, communicator(
+        authorization=bob_key
+    ) as b:
+        await opened_as(a, alice.pk)
+        await opened_as(b, bob.pk)
+        # No save(), no signal: only the periodic re-check can notice.
+        await sync_to_async(
+            lambda: get_user_model().objects.filter(pk=alice.pk).update(is_active=False)
+        )()
+        assert await a.receive_close(timeout=5) == 4401
+        assert get_connections().checks >= 1
+        await b.ping()  # bob is still active and still served
+        await b.assert_nothing_received()
