@@ -169,25 +169,55 @@ def origin_allowed(scope: dict[str, Any]) -> bool:
     return False
 
 
+def host_allowed(scope: dict[str, Any]) -> bool:
+    """Whether the handshake's ``Host`` header is in ``ALLOWED_HOSTS``, as Django checks
+    it for HTTP requests (with the same DEBUG defaults when ``ALLOWED_HOSTS`` is empty)."""
+    from django.http.request import split_domain_port, validate_host
+
+    host = _header(scope, b"host")
+    if not host:
+        return False
+    domain, _port = split_domain_port(host)
+    allowed = list(settings.ALLOWED_HOSTS)
+    if settings.DEBUG and not allowed:
+        allowed = [".localhost", "127.0.0.1", "[::1]"]
+    return bool(domain) and validate_host(domain, allowed)
+
+
 class OriginValidator:
-    """Refuses (HTTP 403) WebSocket handshakes from foreign browser origins.
+    """Refuses (HTTP 403) WebSocket handshakes for hosts outside ``ALLOWED_HOSTS``
+    and from foreign browser origins.
 
     Unlike channels' ``AllowedHostsOriginValidator`` it reads settings per
     handshake, lets Origin-less (non-browser) clients through, and is not widened
     by ``ALLOWED_HOSTS = ["*"]``: the session cookie would otherwise let any site
-    drive a signed-in user's socket.
+    drive a signed-in user's socket. The ``Host`` check is Django's own, so a socket
+    is refused exactly where a plain HTTP request gets 400.
     """
 
     def __init__(self, application: Any) -> None:
         self.application = application
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        if scope["type"] == "websocket" and not origin_allowed(scope):
-            logger.info("refused WebSocket handshake from origin %r", _header(scope, b"origin"))
-            await receive()  # websocket.connect
-            await send({"type": "websocket.close", "code": 4403})
-            return None
+        if scope["type"] == "websocket":
+            if not host_allowed(scope):
+                logger.warning(
+                    "refused WebSocket handshake for host %r (not in ALLOWED_HOSTS)",
+                    (_header(scope, b"host") or "")[:100],
+                )
+                return await _refuse(receive, send)
+            if not origin_allowed(scope):
+                logger.info(
+                    "refused WebSocket handshake from origin %r",
+                    (_header(scope, b"origin") or "")[:100],
+                )
+                return await _refuse(receive, send)
         return await self.application(scope, receive, send)
+
+
+async def _refuse(receive: Any, send: Any) -> None:
+    await receive()  # websocket.connect
+    await send({"type": "websocket.close", "code": 4403})
 
 
 class StreamingSessionMiddleware(SessionMiddleware):

@@ -16,11 +16,16 @@ Guarantees:
 * A job that raises is logged; a job whose await was cancelled (a cancelled
   future inside it) ends, and the lane goes on. Only :meth:`Lane.cancel` stops the
   lane's current job on purpose.
+* ``isolated=True``: the lane's task runs in a fresh ``contextvars`` context, not
+  the submitter's. The bus's listener lanes are: a post may come from code running
+  inside asgiref's ``async_to_sync`` (a signal handler), whose thread executor is
+  gone by the time the listener runs ``database_sync_to_async``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import sys
 from collections import deque
@@ -35,10 +40,11 @@ Job = Callable[[], Coroutine[Any, Any, Any]]
 class Lane:
     """Runs jobs one at a time, in submission order, in a task of their own."""
 
-    __slots__ = ("_current", "_jobs", "_task", "name")
+    __slots__ = ("_current", "_isolated", "_jobs", "_task", "name")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, isolated: bool = False) -> None:
         self.name = name
+        self._isolated = isolated
         self._jobs: deque[tuple[Job, str]] = deque()
         self._task: asyncio.Task[None] | None = None
         self._current: str | None = None
@@ -61,7 +67,7 @@ class Lane:
         """Queue ``job`` (a no-argument coroutine function); ``label`` names it in logs."""
         self._jobs.append((job, label))
         if self._task is None:
-            task = _new_task(self._run())
+            task = _new_task(self._run(), contextvars.Context() if self._isolated else None)
             if not task.done():
                 self._task = task
 
@@ -101,10 +107,16 @@ class Lane:
 
 if sys.version_info >= (3, 12):
 
-    def _new_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        return asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
+    def _new_task(
+        coro: Coroutine[Any, Any, None], context: contextvars.Context | None
+    ) -> asyncio.Task[None]:
+        return asyncio.Task(
+            coro, loop=asyncio.get_running_loop(), eager_start=True, context=context
+        )
 
 else:
 
-    def _new_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        return asyncio.get_running_loop().create_task(coro)
+    def _new_task(
+        coro: Coroutine[Any, Any, None], context: contextvars.Context | None
+    ) -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(coro, context=context)

@@ -274,10 +274,9 @@ class MessageBus:
                 continue
             lane = entry.lanes.get(listener)
             if lane is None:
-                if listener not in entry.listeners:  # it removed itself while called
-                    lane = Lane(f"listener of {channel!r}")
-                else:
-                    lane = entry.lanes[listener] = Lane(f"listener of {channel!r}")
+                lane = Lane(f"listener of {channel!r}", isolated=True)
+                if listener in entry.listeners:  # else it removed itself while called
+                    entry.lanes[listener] = lane
             if len(lane) >= limit:
                 logger.error(
                     "listener %r of channel %r is %d posts behind; dropping a post",

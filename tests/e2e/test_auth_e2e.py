@@ -368,3 +368,20 @@ async def test_an_accepted_socket_is_fully_usable(server):
         await opened_anonymous(ws)
         await ws.send(data("echo", "Echo", text="hi"))
         assert await recv(ws) == echoed("hi")
+
+
+# -- ALLOWED_HOSTS applies to sockets as it does to HTTP ---------------------------------------
+
+
+async def test_a_host_outside_allowed_hosts_is_refused_like_plain_http(server):
+    # A matching Origin does not help: the Host itself is not served.
+    evil = f"evil.com:{server.port}"
+    await refused(
+        f"ws://{evil}/websocket/", f"http://{evil}", host="127.0.0.1", port=server.port
+    )
+    async with httpx.AsyncClient(trust_env=False, timeout=TIMEOUT) as http:
+        response = await http.get(server.http_url + "/", headers={"Host": "evil.com"})
+    assert response.status_code == 400  # what Django answers over HTTP
+    # The server's own host is still served.
+    async with connect(server.ws_url, origin=own_origin(server)) as ws:
+        await opened_anonymous(ws)
