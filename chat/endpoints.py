@@ -16,6 +16,7 @@ every device, on any server of the cluster, sees what they send and receive.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -27,7 +28,7 @@ from streaming.session import StreamingSession
 from . import store
 from .people import display_name
 from .protocol import MAX_TEXT_LENGTH, ChatMessage, clean_text
-from .ratelimit import SlidingWindowLimit
+from .ratelimit import SharedRateLimit
 
 logger = logging.getLogger("chat")
 
@@ -43,7 +44,6 @@ class ChatUser:
 
     user_id: int
     display_name: str
-    rate_limit: SlidingWindowLimit
 
 
 class ChatEndpoint(Endpoint):
@@ -51,21 +51,28 @@ class ChatEndpoint(Endpoint):
 
     login_required = True
 
-    #: At most this many messages per connection in any ``rate_limit_period`` seconds;
-    #: more get error ``rate_limited`` and are not saved.
+    #: At most this many messages per user in any ``rate_limit_period`` seconds, counted
+    #: over all the user's sockets on every server (see chat/ratelimit.py); more get
+    #: error ``rate_limited`` and are not saved.
     rate_limit_messages: ClassVar[int] = 20
     rate_limit_period: ClassVar[float] = 10.0
+
+    @classmethod
+    def rate_limit(cls) -> SharedRateLimit:
+        limit = cls.__dict__.get("_rate_limit")
+        if limit is None:
+            limit = SharedRateLimit(
+                cls.rate_limit_messages, cls.rate_limit_period, prefix=f"chat:rate:{cls.name}"
+            )
+            cls._rate_limit = limit  # type: ignore[attr-defined]
+        return limit
 
     async def stream_opened(self, session: StreamingSession) -> None:
         user_id = session.auth.authenticated_user_id
         assert user_id is not None  # login_required: never opened for anonymous sessions
         self.set_user_object(
             session,
-            ChatUser(
-                user_id=user_id,
-                display_name=display_name(session.user),
-                rate_limit=SlidingWindowLimit(self.rate_limit_messages, self.rate_limit_period),
-            ),
+            ChatUser(user_id=user_id, display_name=display_name(session.user)),
         )
         handle = session.messages.add_listener(
             user_channel(user_id),
@@ -89,11 +96,13 @@ class ChatEndpoint(Endpoint):
                 errors=[{"path": "(root)", "reason": "expected a ChatMessage"}],
             )
         me: ChatUser = self.get_user_object(session)
-        if not me.rate_limit.allow():
+        limit = self.rate_limit()
+        if not await limit.allow(me.user_id):
             logger.info("rate limit: %s (user %s)", me.display_name, me.user_id)
+            retry = await limit.retry_after(me.user_id)
             raise RateLimited(
-                f"At most {me.rate_limit.limit} messages per {me.rate_limit.period:g} s; "
-                f"try again in {me.rate_limit.retry_after():.0f} s."
+                f"At most {limit.limit} messages per {limit.period:g} s; "
+                f"try again in {math.ceil(retry)} s."
             )
         text = clean_text(message.text)
         if text is None:

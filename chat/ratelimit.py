@@ -1,45 +1,95 @@
-"""A sliding-window rate limit: at most ``limit`` events in any ``period`` seconds.
+"""A per-user rate limit shared by every socket of the user, on every server.
 
-Pure Python, per connection (it lives in the chat endpoint's user object), so it
-needs no lock and no broker.
+The counts live in Django's cache. With ``REDIS_URL`` set the project's cache is Redis,
+so all servers of a cluster count the same user together: 25 sockets of one user get
+one allowance between them, not 25. Without Redis the cache is per process.
+
+The window slides: the count of the previous fixed window is weighted by how much of
+it still overlaps the last ``period`` seconds (the estimate Cloudflare and nginx use),
+which costs two cache operations per event and no list of timestamps.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
-from collections import deque
 from collections.abc import Callable
+from typing import Any
+
+from django.core.cache import caches
+
+logger = logging.getLogger("chat.ratelimit")
 
 
-class SlidingWindowLimit:
-    """``allow()`` is True and counts the event while fewer than ``limit`` events
-    happened in the last ``period`` seconds; otherwise False, and nothing is counted
-    (a refused event does not push the window further)."""
+class SharedRateLimit:
+    """At most about ``limit`` events per ``period`` seconds per key, across processes.
 
-    __slots__ = ("_clock", "_stamps", "limit", "period")
+    ``await allow(key)`` is True and counts the event while the estimate is under
+    ``limit``; otherwise False, and the refused event is not counted. If the cache
+    cannot be reached the event is allowed (and logged): the limit protects the
+    service, and a cache outage should not stop every user from chatting.
+    """
 
     def __init__(
-        self, limit: int, period: float, clock: Callable[[], float] = time.monotonic
+        self,
+        limit: int,
+        period: float,
+        *,
+        prefix: str = "chat:rate",
+        cache: str = "default",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if limit < 1 or period <= 0:
             raise ValueError("limit must be >= 1 and period > 0")
         self.limit = limit
         self.period = period
+        self.prefix = prefix
+        self._cache_alias = cache
         self._clock = clock
-        self._stamps: deque[float] = deque()
 
-    def allow(self) -> bool:
+    @property
+    def _cache(self) -> Any:
+        return caches[self._cache_alias]
+
+    def _estimate(self, now: float, previous: int, current: int) -> float:
+        into_window = (now % self.period) / self.period
+        return previous * (1.0 - into_window) + current
+
+    async def allow(self, key: Any) -> bool:
         now = self._clock()
-        stamps = self._stamps
-        while stamps and now - stamps[0] >= self.period:
-            stamps.popleft()
-        if len(stamps) >= self.limit:
-            return False
-        stamps.append(now)
-        return True
+        window = math.floor(now / self.period)
+        current_key = f"{self.prefix}:{key}:{window}"
+        cache = self._cache
+        try:
+            previous = await cache.aget(f"{self.prefix}:{key}:{window - 1}", 0)
+            if not await cache.aadd(current_key, 1, timeout=math.ceil(self.period * 2)):
+                current = await cache.aincr(current_key)
+            else:
+                current = 1
+            if self._estimate(now, previous, current) > self.limit:
+                await cache.adecr(current_key)  # a refused event does not count
+                return False
+            return True
+        except Exception:
+            logger.warning("rate limit cache unavailable; allowing %s", key, exc_info=True)
+            return True
 
-    def retry_after(self) -> float:
-        """Seconds until ``allow()`` can next succeed (0 when it can now)."""
-        if len(self._stamps) < self.limit:
+    async def retry_after(self, key: Any) -> float:
+        """Seconds until ``allow(key)`` can next succeed, at most ``period``."""
+        now = self._clock()
+        window = math.floor(now / self.period)
+        cache = self._cache
+        try:
+            previous = await cache.aget(f"{self.prefix}:{key}:{window - 1}", 0)
+            current = await cache.aget(f"{self.prefix}:{key}:{window}", 0)
+        except Exception:
             return 0.0
-        return max(0.0, self.period - (self._clock() - self._stamps[0]))
+        if current + 1 > self.limit:
+            return self.period - (now % self.period)  # the next window
+        if previous == 0:
+            return 0.0
+        # previous * (1 - t/period) + current + 1 <= limit  =>  t >= ...
+        needed = 1.0 - (self.limit - current - 1) / previous
+        wait = needed * self.period - (now % self.period)
+        return max(0.0, min(self.period, wait))

@@ -21,6 +21,14 @@ def _fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_rate_counts():
+    # The chat's rate limit counts in the cache, which outlives a test.
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 def chat_socket(user=None, endpoint=ChatEndpoint):
     return StreamingCommunicator(endpoints=[endpoint], user=user)
 
@@ -182,10 +190,36 @@ async def test_rate_limit_refuses_and_saves_nothing_past_the_limit(make_user):
         await alices.assert_nothing_received()
     assert [row["text"] for row in await stored()] == ["m0", "m1", "m2"]
 
-    # The limit is per connection: a new socket starts with a fresh budget.
+    # The limit is per user: a new socket does not start with a fresh budget...
     async with chat_socket(alice, TightChat) as again:
-        await again.send_message("chat", ChatMessage(recipient_id=bob.pk, text="fresh"))
-        assert (await again.receive_message("chat")).text == "fresh"
+        await again.send_message("chat", ChatMessage(recipient_id=bob.pk, text="more"))
+        await again.receive_error("rate_limited")
+    # ...while another user has a budget of their own.
+    async with chat_socket(bob, TightChat) as bobs:
+        await bobs.send_message("chat", ChatMessage(recipient_id=alice.pk, text="hi"))
+        assert (await bobs.receive_message("chat")).text == "hi"
+
+
+async def test_the_rate_limit_is_shared_by_all_sockets_of_a_user(make_user):
+    class TightChat(ChatEndpoint):
+        name = "chat"
+        rate_limit_messages = 4
+        rate_limit_period = 3600.0
+
+    alice, _ = await make_user("alice")
+    bob, _ = await make_user("bob")
+    async with chat_socket(alice, TightChat) as first, chat_socket(alice, TightChat) as second:
+        # Alternating sockets: each alone would stay under the limit.
+        for n in range(4):
+            sock = (first, second)[n % 2]
+            await sock.send_message("chat", ChatMessage(recipient_id=bob.pk, text=f"m{n}"))
+            for each in (first, second):  # every socket of alice sees her message
+                assert (await each.receive_message("chat")).text == f"m{n}"
+        await first.send_message("chat", ChatMessage(recipient_id=bob.pk, text="5th"))
+        await first.receive_error("rate_limited")
+        await second.send_message("chat", ChatMessage(recipient_id=bob.pk, text="6th"))
+        await second.receive_error("rate_limited")
+    assert len(await stored()) == 4
 
 
 def test_default_rate_limit_is_20_messages_per_10_seconds():

@@ -1,4 +1,4 @@
-"""chat.protocol (shared with Python clients) and the sliding-window rate limit."""
+"""chat.protocol (shared with Python clients) and the shared, sliding-window rate limit."""
 
 import json
 import subprocess
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from chat.protocol import MAX_TEXT_LENGTH, ChatMessage, clean_text
-from chat.ratelimit import SlidingWindowLimit
+from chat.ratelimit import SharedRateLimit
 from streaming.exceptions import InvalidMessage
 from streaming.serialization import decode_object, encode_object
 
@@ -76,37 +76,58 @@ def test_clean_text():
 
 class FakeClock:
     def __init__(self):
-        self.now = 1000.0
+        self.now = 1000.0  # the start of a 10 s window
 
     def __call__(self):
         return self.now
 
 
-def test_sliding_window_limit():
-    clock = FakeClock()
-    limit = SlidingWindowLimit(3, 10.0, clock=clock)
-    assert [limit.allow() for _ in range(4)] == [True, True, True, False]
-    assert limit.retry_after() == 10.0
+@pytest.fixture
+def limit_of(settings):
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "rate": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "rate"},
+    }
+
+    def make(limit, period):
+        clock = FakeClock()
+        return SharedRateLimit(limit, period, cache="rate", clock=clock), clock
+
+    yield make
+    from django.core.cache import caches
+
+    caches["rate"].clear()
+
+
+async def test_shared_rate_limit(limit_of):
+    limit, clock = limit_of(3, 10.0)
+    assert [await limit.allow("u1") for _ in range(4)] == [True, True, True, False]
+    assert await limit.allow("u2")  # keys are counted apart
+    assert await limit.retry_after("u1") == 10.0
     clock.now += 5
-    assert not limit.allow()  # refused events do not count, but the window has not moved
-    clock.now += 5  # the first three leave the window together
-    assert limit.retry_after() == 0.0
-    assert [limit.allow() for _ in range(4)] == [True, True, True, False]
+    assert not await limit.allow("u1")  # refused events do not count
+    clock.now += 5  # a new window; the previous one still weighs fully at its start
+    assert not await limit.allow("u1")
+    clock.now += 5  # halfway: the previous window's 3 weigh 1.5
+    assert await limit.allow("u1")
+    assert not await limit.allow("u1")
 
 
-def test_sliding_window_is_sliding_not_fixed():
-    clock = FakeClock()
-    limit = SlidingWindowLimit(2, 10.0, clock=clock)
-    assert limit.allow()
+async def test_shared_rate_limit_slides(limit_of):
+    limit, clock = limit_of(2, 10.0)
+    assert await limit.allow("u")
     clock.now += 6
-    assert limit.allow()
-    clock.now += 6  # 12 s after the first, 6 s after the second: one slot free
-    assert limit.allow()
-    assert not limit.allow()
+    assert await limit.allow("u")
+    assert not await limit.allow("u")
+    clock.now += 6  # 12 s after the first, in the next window: 2 * 0.8 weigh 1.6
+    assert not await limit.allow("u")
+    clock.now += 4  # 2 * 0.4 = 0.8: one slot free
+    assert await limit.allow("u")
+    assert not await limit.allow("u")
 
 
-def test_sliding_window_refuses_nonsense():
+def test_shared_rate_limit_refuses_nonsense():
     with pytest.raises(ValueError):
-        SlidingWindowLimit(0, 10)
+        SharedRateLimit(0, 10)
     with pytest.raises(ValueError):
-        SlidingWindowLimit(1, 0)
+        SharedRateLimit(1, 0)
