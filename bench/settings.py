@@ -26,4 +26,6 @@ STREAMING = {
     "ENDPOINTS": ["bench.streampod_relay.RelayEndpoint"],
     "RATE_LIMIT_PER_SECOND": 10_000,
     "RATE_LIMIT_BURST": 20_000,
+    "RATE_LIMIT_BYTES_PER_SECOND": 64 * 1024 * 1024,
+    "RATE_LIMIT_BYTES_BURST": 64 * 1024 * 1024,
 }

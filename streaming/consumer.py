@@ -116,12 +116,14 @@ class TokenBucket:
         self.tokens = float(burst)
         self.stamp = time.monotonic()
 
-    def take(self) -> bool:
+    def take(self, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens (at most the whole bucket) if there are that many."""
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        cost = min(cost, self.burst)
+        if self.tokens >= cost:
+            self.tokens -= cost
             return True
         return False
 
@@ -139,6 +141,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         self._auth_task: asyncio.Task[None] | None = None
         self._pending_bytes = 0  # estimated memory of the frames held or waiting in lanes
         self._bucket: TokenBucket | None = None
+        self._byte_bucket: TokenBucket | None = None
         self._refusals: TokenBucket | None = None  # made on the first refusal
         self._revocation: Any = None
         self._torn_down = False
@@ -183,6 +186,10 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         self._max_send = min(settings.MAX_SEND_BYTES, server_limit or settings.MAX_SEND_BYTES)
         if settings.RATE_LIMIT_PER_SECOND:
             self._bucket = TokenBucket(settings.RATE_LIMIT_PER_SECOND, settings.RATE_LIMIT_BURST)
+        if settings.RATE_LIMIT_BYTES_PER_SECOND:
+            self._byte_bucket = TokenBucket(
+                settings.RATE_LIMIT_BYTES_PER_SECOND, settings.RATE_LIMIT_BYTES_BURST
+            )
         self.scope[USER_OBJECTS_KEY] = {}
         # Gated: frames queue until the accept, which waits for the endpoints to open.
         self.outbox = Outbox(
@@ -282,6 +289,15 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             frame_id = protocol.peek_id(text)
             self._refuse(ErrorCode.RATE_LIMITED, "Too many frames; slow down.", frame_id)
             return
+        bytes_bucket = self._byte_bucket
+        if bytes_bucket is not None and text is not None:
+            # What a frame costs to parse and validate grows with its size (8 to 32 ns a
+            # byte, docs/performance.md): the byte rate keeps one socket off a core.
+            size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+            if not bytes_bucket.take(size):
+                frame_id = protocol.peek_id(text)
+                self._refuse(ErrorCode.RATE_LIMITED, "Too much data; slow down.", frame_id)
+                return
         try:
             frame = protocol.decode_frame(
                 text,
