@@ -155,6 +155,8 @@ class ServerProcess:
             {
                 "DJANGO_SETTINGS_MODULE": "bench.settings",
                 "DJANGO_DEBUG": "0",
+                # Debug off needs a key of its own (the settings refuse the public one).
+                "DJANGO_SECRET_KEY": "streampod-bench-" + "k" * 50,
                 "PYTHONUNBUFFERED": "1",
                 "STREAMPOD_REDIS_LAYER": "pubsub",
                 "REDIS_URL": "",

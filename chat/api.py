@@ -1,8 +1,13 @@
-"""The chat's REST API (DRF): the people one can write to, and a conversation's history.
+"""The chat's REST API (DRF): the people one can write to, a conversation's history,
+and the token endpoint.
 
-Both need a signed-in user (session or ``Authorization: Token <key>``; the project's
-``REST_FRAMEWORK`` defaults). A conversation is always read from the requesting
-user's side: there is no parameter that names somebody else's messages.
+The first two need a signed-in user (session or ``Authorization: Token <key>``; the
+project's ``REST_FRAMEWORK`` defaults). A conversation is always read from the
+requesting user's side: there is no parameter that names somebody else's messages.
+
+All three are throttled with DRF's ``ScopedRateThrottle``: scope ``chat_api`` per user,
+scope ``auth_token`` per client address (the rates are the project's
+``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]``). Over a rate: 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -11,17 +16,32 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 from rest_framework import generics
+from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.throttling import ScopedRateThrottle
 
 from .models import Message
-from .pagination import AfterIdPagination
+from .pagination import AfterIdPagination, CheckedLimitOffsetPagination
 from .people import chat_partners
 from .serializers import ConversationQuerySerializer, MessageSerializer, PersonSerializer
 
 
+class TokenView(ObtainAuthToken):
+    """``POST /api/auth/token/`` ``{username, password}`` -> ``{"token": key}``: DRF's
+    ``obtain_auth_token``, which has no throttle of its own, throttled per client
+    address so that passwords cannot be guessed at full speed."""
+
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "auth_token"
+
+
 class PeopleView(generics.ListAPIView):
-    """``GET /api/users/``: active users other than me (id, username, display_name)."""
+    """``GET /api/users/?limit=<n>&offset=<n>``: active users other than me (id,
+    username, display_name); ``limit`` is at most 200."""
 
     serializer_class = PersonSerializer
+    pagination_class = CheckedLimitOffsetPagination
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "chat_api"
 
     def get_queryset(self) -> QuerySet[Any]:
         return chat_partners(self.request.user)
@@ -36,6 +56,8 @@ class ConversationView(generics.ListAPIView):
 
     serializer_class = MessageSerializer
     pagination_class = AfterIdPagination
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "chat_api"
 
     def get_queryset(self) -> QuerySet[Message]:
         query = ConversationQuerySerializer(data=self.request.query_params)

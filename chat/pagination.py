@@ -1,8 +1,15 @@
-"""Keyset pagination on the message id: ``?after=<id>&limit=<n>``.
+"""Pagination of the chat's API, and the bounds of its query parameters.
 
+Conversations use keyset pagination on the message id: ``?after=<id>&limit=<n>``.
 Message ids only grow, so "everything after the last id I have" is both the next
 page and what a client missed while it was offline, with no offset to drift when
-new messages arrive between two requests.
+new messages arrive between two requests. The people list uses DRF's
+``?limit=<n>&offset=<n>``.
+
+Every integer parameter is checked before it reaches the database: one that is not
+an integer, or is outside its range (below its minimum, or above :data:`MAX_ID`), is a
+400 naming the parameter. ``limit`` above :data:`MAX_PAGE_SIZE` is served as
+:data:`MAX_PAGE_SIZE`.
 """
 
 from __future__ import annotations
@@ -11,16 +18,42 @@ from typing import Any
 
 from django.db.models import QuerySet
 from rest_framework import serializers
-from rest_framework.pagination import BasePagination
+from rest_framework.pagination import BasePagination, LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.utils.urls import replace_query_param
 
+#: The largest id or count a query parameter may name: a signed 64-bit integer, the
+#: widest primary key of any database Django supports. Above it SQLite raises
+#: OverflowError (a 500), so it is a 400 instead.
+MAX_ID = 2**63 - 1
+
+#: The most rows one page holds, whatever ``limit`` asks for.
+MAX_PAGE_SIZE = 200
+
 
 class _PageQuery(serializers.Serializer):
-    after = serializers.IntegerField(min_value=0, required=False, default=0)
-    limit = serializers.IntegerField(min_value=1, required=False)
+    after = serializers.IntegerField(min_value=0, max_value=MAX_ID, required=False, default=0)
+    limit = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False)
+
+
+class _LimitOffsetQuery(serializers.Serializer):
+    limit = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False)
+    offset = serializers.IntegerField(min_value=0, max_value=MAX_ID, required=False)
+
+
+class CheckedLimitOffsetPagination(LimitOffsetPagination):
+    """DRF's ``?limit=&offset=``, with a 400 for a bad value (DRF ignores one) and
+    ``limit`` capped at :data:`MAX_PAGE_SIZE` (DRF has no cap by default)."""
+
+    max_limit = MAX_PAGE_SIZE
+
+    def paginate_queryset(
+        self, queryset: QuerySet[Any], request: Request, view: Any = None
+    ) -> list[Any] | None:
+        _LimitOffsetQuery(data=request.query_params).is_valid(raise_exception=True)
+        return super().paginate_queryset(queryset, request, view)
 
 
 class AfterIdPagination(BasePagination):
@@ -30,7 +63,7 @@ class AfterIdPagination(BasePagination):
     same query with ``after`` set to the page's last id, null on the last page.
     """
 
-    max_limit = 200
+    max_limit = MAX_PAGE_SIZE
 
     def paginate_queryset(
         self, queryset: QuerySet[Any], request: Request, view: Any = None

@@ -8,6 +8,7 @@ from django.contrib.auth import get_user_model
 from rest_framework import serializers
 
 from .models import Message
+from .pagination import MAX_ID
 from .people import display_name
 
 
@@ -43,5 +44,5 @@ class ConversationQuerySerializer(serializers.Serializer):
     def get_fields(self) -> dict[str, serializers.Field]:
         # "with" is a Python keyword, so the fields are declared here, not as attributes.
         return {
-            "with": serializers.IntegerField(min_value=1),
+            "with": serializers.IntegerField(min_value=1, max_value=MAX_ID),
         }

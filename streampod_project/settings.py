@@ -1,28 +1,59 @@
 """Settings of the Streampod demo project.
 
 Everything comes from the environment, with embedded defaults that need nothing
-installed: SQLite and the in-memory channel layer.
+installed: SQLite and the in-memory channel layer. docs/settings.md lists every
+variable; docs/deployment.md has the production environment.
 
 * ``DATABASE_URL``: e.g. ``postgres://user@127.0.0.1:5432/streampod`` (default: SQLite).
 * ``REDIS_URL``: e.g. ``redis://127.0.0.1:6379/0``; turns on channels-redis so that
-  several server processes share messages (default: in-memory, one process).
-* ``DJANGO_DEBUG`` (default on), ``DJANGO_SECRET_KEY``, ``DJANGO_ALLOWED_HOSTS``
-  (comma-separated), ``DJANGO_CSRF_TRUSTED_ORIGINS`` (comma-separated).
+  several server processes share messages, and a Redis cache so that they share
+  throttle counts (default: in-memory, one process). ``STREAMPOD_REDIS_PREFIX``
+  names the deployment's channels (default: from the database number).
+* ``DJANGO_DEBUG`` (default on), ``DJANGO_SECRET_KEY`` (required when debug is off),
+  ``DJANGO_ALLOWED_HOSTS`` (comma-separated), ``DJANGO_CSRF_TRUSTED_ORIGINS``
+  (comma-separated), and the HTTPS settings ``DJANGO_SECURE_*``,
+  ``DJANGO_SESSION_COOKIE_SECURE``, ``DJANGO_CSRF_COOKIE_SECURE``.
+* ``STREAMPOD_THROTTLE_AUTH_TOKEN``, ``STREAMPOD_THROTTLE_CHAT_API``,
+  ``STREAMPOD_NUM_PROXIES``: the REST API's throttling.
 """
 
 import os
+import re
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+from redis.connection import parse_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
 
 
 def _flag(name: str, default: bool) -> bool:
     value = os.environ.get(name)
     if value is None:
         return default
-    return value.strip().lower() in ("1", "true", "yes", "on")
+    value = value.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r}: use one of {', '.join(_TRUE + _FALSE[:-1])}")
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise ImproperlyConfigured(f"{name}={value!r}: a whole number >= 0 is required")
+    return number
 
 
 def _list(name: str, default: str) -> list[str]:
@@ -30,11 +61,43 @@ def _list(name: str, default: str) -> list[str]:
 
 
 DEBUG = _flag("DJANGO_DEBUG", True)
-SECRET_KEY = os.environ.get(
-    "DJANGO_SECRET_KEY", "django-insecure-streampod-dev-key-change-me-in-production-0123456789"
-)
+
+# Public (it is in this file): only ever used with DEBUG on.
+_DEVELOPMENT_SECRET_KEY = "django-insecure-streampod-dev-key-change-me-in-production-0123456789"
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "").strip() or _DEVELOPMENT_SECRET_KEY
+# With DEBUG off and no key of its own, the server refuses to start rather than sign
+# sessions and tokens with the public key; so does any settings module that extends
+# this one (the end-to-end tests and the bench pass a key of their own).
+if not DEBUG and SECRET_KEY == _DEVELOPMENT_SECRET_KEY:
+    raise ImproperlyConfigured(
+        "DJANGO_DEBUG is off and DJANGO_SECRET_KEY is not set (or is the development key): "
+        "refusing to start with the public development key. Set DJANGO_SECRET_KEY to a long "
+        "random string, the same on every server, e.g. "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))' (or DJANGO_DEBUG=1 "
+        "for development)."
+    )
 ALLOWED_HOSTS = _list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
 CSRF_TRUSTED_ORIGINS = _list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+
+# HTTPS. All off by default, so that development and test servers work over plain
+# HTTP; the production environment of docs/deployment.md turns them on (and then
+# ``manage.py check --deploy`` is clean).
+SECURE_SSL_REDIRECT = _flag("DJANGO_SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = _int("DJANGO_SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _flag("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = _flag("DJANGO_SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = _flag("DJANGO_SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = _flag("DJANGO_CSRF_COOKIE_SECURE", False)
+# Behind a proxy that terminates TLS: the header it sets to "https" on HTTPS requests,
+# e.g. X-Forwarded-Proto. The proxy must overwrite whatever clients send in it.
+_PROXY_SSL_HEADER = os.environ.get("DJANGO_SECURE_PROXY_SSL_HEADER", "").strip()
+if _PROXY_SSL_HEADER:
+    if not re.fullmatch(r"[A-Za-z0-9-]+", _PROXY_SSL_HEADER):
+        raise ImproperlyConfigured(
+            f"DJANGO_SECURE_PROXY_SSL_HEADER={_PROXY_SSL_HEADER!r}: a header name is "
+            "required, e.g. X-Forwarded-Proto"
+        )
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _PROXY_SSL_HEADER.upper().replace("-", "_"), "https")
 
 INSTALLED_APPS = [
     "daphne",
@@ -98,9 +161,37 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         )
     }
 
-REDIS_URL = os.environ.get("REDIS_URL", "")
+REDIS_URL = os.environ.get("REDIS_URL", "").strip()
 # "pubsub" (default) or "core": see docs/architecture.md for why pubsub.
 REDIS_LAYER = os.environ.get("STREAMPOD_REDIS_LAYER", "pubsub")
+
+
+def _redis_prefix(url: str) -> str:
+    """The channel layer's prefix: ``STREAMPOD_REDIS_PREFIX``, else from the database number.
+
+    Redis pub/sub ignores database numbers: two deployments on one Redis server, on
+    databases 1 and 2, would publish to the same ``asgi__group__user_<id>`` and hear
+    each other. So the prefix is ``asgi`` on database 0 (channels-redis' default: the
+    names deployments have always used) and ``asgi_db<n>`` on database ``n``.
+    """
+    explicit = os.environ.get("STREAMPOD_REDIS_PREFIX", "").strip()
+    if explicit:
+        # It starts every channel name, which channels allows only these characters in.
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", explicit):
+            raise ImproperlyConfigured(
+                f"STREAMPOD_REDIS_PREFIX={explicit!r}: 1 to 40 letters, digits, '_', '.' or '-'"
+            )
+        return explicit
+    if not url:
+        return "asgi"
+    try:
+        db = int(parse_url(url).get("db") or 0)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"REDIS_URL={url!r}: {exc}") from exc
+    return "asgi" if db == 0 else f"asgi_db{db}"
+
+
+REDIS_PREFIX = _redis_prefix(REDIS_URL)
 _REDIS_HOST = {
     "address": REDIS_URL,
     # redis-py 8's 5 s default kills idle subscribers (channels_redis#422).
@@ -118,6 +209,7 @@ if REDIS_URL and REDIS_LAYER == "core":
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
                 "hosts": [_REDIS_HOST],
+                "prefix": REDIS_PREFIX,
                 # The bus's one channel per process carries all cross-server traffic:
                 # the default capacity of 100 drops silently under load.
                 "channel_capacity": {"streaming.bus.*": 100_000},
@@ -130,11 +222,27 @@ elif REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [_REDIS_HOST]},
+            "CONFIG": {"hosts": [_REDIS_HOST], "prefix": REDIS_PREFIX},
         }
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# The cache holds the REST API's throttle counts: with REDIS_URL, in Redis, so that
+# every server of a cluster counts the same requests (a client cannot multiply its
+# allowance by the number of servers); otherwise per process.
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": REDIS_PREFIX,
+            # An unreachable Redis fails the request quickly instead of hanging it.
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 STREAMING = {
     "MAX_MESSAGE_BYTES": 65536,
@@ -142,6 +250,20 @@ STREAMING = {
 # daphne drops frames above its own limit with 1006: keep it just above ours so that
 # Streampod answers oversize frames with an error and 4009.
 DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = STREAMING["MAX_MESSAGE_BYTES"] + 1024
+
+
+def _rate(name: str, default: str) -> str | None:
+    """A DRF throttle rate ("<n>/<second|minute|hour|day>") from the environment;
+    ``off`` turns that throttle off."""
+    value = os.environ.get(name, "").strip().lower() or default
+    if value in ("off", "none"):
+        return None
+    if not re.fullmatch(r"[0-9]+/(s|sec|second|m|min|minute|h|hour|d|day)", value):
+        raise ImproperlyConfigured(
+            f"{name}={value!r}: a rate like 10/min (per second, minute, hour or day), or off"
+        )
+    return value
+
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -151,6 +273,17 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
+    # Scopes of DRF's ScopedRateThrottle (chat/api.py): over a rate, 429 with Retry-After.
+    "DEFAULT_THROTTLE_RATES": {
+        # POST /api/auth/token/, per client address: password guessing.
+        "auth_token": _rate("STREAMPOD_THROTTLE_AUTH_TOKEN", "10/min"),
+        # GET /api/users/ and /api/chat/messages/, per user.
+        "chat_api": _rate("STREAMPOD_THROTTLE_CHAT_API", "300/min"),
+    },
+    # The client address the throttle counts by: REMOTE_ADDR (0), or the address that
+    # many proxies back in X-Forwarded-For. DRF's default (None) believes any
+    # X-Forwarded-For a client sends, which would let it pick a fresh address per guess.
+    "NUM_PROXIES": _int("STREAMPOD_NUM_PROXIES", 0),
 }
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -92,6 +92,8 @@ class DaphneServer:
             {
                 "DJANGO_SETTINGS_MODULE": "tests.e2e_settings",
                 "DJANGO_DEBUG": "0",
+                # Debug off needs a key of its own (the settings refuse the public one).
+                "DJANGO_SECRET_KEY": "streampod-e2e-" + "k" * 50,
                 "PYTHONUNBUFFERED": "1",
                 "REDIS_URL": "",
             }
