@@ -594,6 +594,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
                 slot.status = EndpointStatus.FORBIDDEN
                 return
             slot.instance, slot.session = instance, session
+            instance._session = session  # type: ignore[attr-defined]  # Endpoint.session
             session._on_parked = ready.set  # waiting on listen(): opened, for the handshake
             try:
                 await instance.stream_opened(session)

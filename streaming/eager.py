@@ -64,3 +64,24 @@ async def finish(coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
                 yielded = coro.send(None)
         except StopIteration:
             return
+
+
+class Done:
+    """An awaitable whose work is already done: ``await Done(x)`` is ``x``, at once.
+
+    What a call that starts its work at once returns (Serverpod's Dart futures start
+    eagerly, so code ported from it often does not await): called bare, the work has
+    happened; awaited, the caller gets the result without a trip through the loop.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __await__(self) -> Any:
+        return self.value
+        yield  # a generator: ``await`` takes it, and it returns at once
+
+    def __repr__(self) -> str:
+        return f"<Done {self.value!r}>"

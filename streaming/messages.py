@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from .conf import streaming_settings
+from .eager import Done
 from .exceptions import InvalidChannelName, MessagingNotGlobal, MessagingUnavailable
 from .lane import Lane
 from .publish import Publisher, publisher_for
@@ -227,16 +228,22 @@ class MessageBus:
 
     # -- posting ----------------------------------------------------------------------------
 
-    async def post_message(
+    def post_message(
         self, channel: str, message: SerializableEntity, *, global_: bool | None = None
-    ) -> bool:
+    ) -> asyncio.Future[bool]:
         """Deliver ``message`` to every listener of ``channel``; see the module docstring.
+
+        Starts at once, as Serverpod's ``postMessage`` does in Dart: this process's
+        listeners are called before it returns, and the cluster publish is on its way.
+        The result is a future: awaited, it gives True, or raises
+        ``MessagingUnavailable`` if the cluster publish failed or took longer than
+        ``PUBLISH_TIMEOUT`` (local listeners have had the message regardless). Not
+        awaited, a failure is logged by asyncio ("exception was never retrieved"), as
+        Dart logs an unawaited error. Cancelling it before the publish left withdraws it.
 
         ``global_=None``: through the channel layer when it spans processes, else in
         process. ``False``: this process only. ``True``: cluster-wide, or
-        ``MessagingNotGlobal`` when the layer is in-process. Raises
-        ``MessagingUnavailable`` if the cluster publish fails or takes longer than
-        ``PUBLISH_TIMEOUT``; local listeners have had it by then. Returns True.
+        ``MessagingNotGlobal`` (raised at the call) when the layer is in-process.
         """
         check_channel(channel)
         if not isinstance(message, SerializableEntity):
@@ -247,19 +254,52 @@ class MessageBus:
         entry = self._channels.get(channel)
         if entry is not None:
             self._deliver(channel, entry, message)
+        result: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         if self.cross_process and global_ is not False:
             event = {"type": EVENT_TYPE, "origin": self.id, "channel": channel, "object": wire}
-            try:
-                async with asyncio.timeout(streaming_settings.PUBLISH_TIMEOUT):
-                    await self._publish(group_name(channel), event)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                raise MessagingUnavailable(
-                    f"Could not publish to channel {channel!r}: {exc!r}"
-                ) from exc
-            self.posts_published += 1
-        return True
+            self._publish_soon(channel, event, result)
+        else:
+            result.set_result(True)
+        return result
+
+    def _publish_soon(
+        self, channel: str, event: dict[str, Any], result: asyncio.Future[bool]
+    ) -> None:
+        """Publish ``event`` and settle ``result`` with its outcome, without a task of
+        its own (the batched publisher's future, bounded by a timer)."""
+        loop = asyncio.get_running_loop()
+        timeout = streaming_settings.PUBLISH_TIMEOUT
+        inner: asyncio.Future[Any]
+        if self._publisher is not None:
+            inner = self._publisher.publish(group_name(channel), event)
+        else:
+            inner = loop.create_task(self.layer.group_send(group_name(channel), event))
+        timer = loop.call_later(timeout, inner.cancel)  # a post not yet sent is withdrawn
+
+        def settle(done: asyncio.Future[Any]) -> None:
+            timer.cancel()
+            if result.done():
+                return
+            if done.cancelled():
+                result.set_exception(
+                    MessagingUnavailable(
+                        f"Could not publish to channel {channel!r} within {timeout:g}s."
+                    )
+                )
+            elif (exc := done.exception()) is not None:
+                result.set_exception(
+                    MessagingUnavailable(f"Could not publish to channel {channel!r}: {exc!r}")
+                )
+            else:
+                self.posts_published += 1
+                result.set_result(True)
+
+        def withdraw(outcome: asyncio.Future[bool]) -> None:
+            if outcome.cancelled() and not inner.done():
+                inner.cancel()
+
+        inner.add_done_callback(settle)
+        result.add_done_callback(withdraw)
 
     def _deliver(self, channel: str, entry: _Channel, message: SerializableEntity) -> None:
         """Call each listener; an awaitable result goes to that listener's lane."""
@@ -270,8 +310,8 @@ class MessageBus:
             except (Exception, asyncio.CancelledError):
                 logger.exception("listener %r of channel %r raised", listener, channel)
                 continue
-            if not inspect.isawaitable(result):
-                continue
+            if result is None or type(result) is Done or not inspect.isawaitable(result):
+                continue  # done already (send_stream_message queues at once)
             lane = entry.lanes.get(listener)
             if lane is None:
                 lane = Lane(f"listener of {channel!r}", isolated=True)
@@ -507,11 +547,14 @@ def reset_bus() -> None:
     _buses.pop(asyncio.get_running_loop(), None)
 
 
-async def post_message(
+def post_message(
     channel: str, message: SerializableEntity, *, global_: bool | None = None
-) -> bool:
-    """Post outside a session (views, management commands); same meaning as in a session."""
-    return await get_bus().post_message(channel, message, global_=global_)
+) -> asyncio.Future[bool]:
+    """Post outside a session (views, management commands); same meaning as in a session.
+
+    Starts at once; await the result for the outcome (see ``MessageBus.post_message``).
+    """
+    return get_bus().post_message(channel, message, global_=global_)
 
 
 class _End:
@@ -545,11 +588,12 @@ class SessionMessages:
         if session is not None:
             get_bus().remove_listener(channel, listener, owner=session)
 
-    async def post_message(
+    def post_message(
         self, channel: str, message: SerializableEntity, *, global_: bool | None = None
-    ) -> bool:
-        """Post ``message`` to every listener of ``channel`` (see ``MessageBus.post_message``)."""
-        return await get_bus().post_message(channel, message, global_=global_)
+    ) -> asyncio.Future[bool]:
+        """Post ``message`` to every listener of ``channel``, starting at once; await the
+        result for the outcome (see ``MessageBus.post_message``)."""
+        return get_bus().post_message(channel, message, global_=global_)
 
     def listen(self, channel: str) -> AsyncIterator[SerializableEntity]:
         """An async iterator of ``channel``'s messages, ended when the session closes.

@@ -9,10 +9,20 @@ the Python class name) when the class is defined::
         recipient_id: int
         text: str
 
-Contract:
+Contract (the wire rules are in docs/protocol.md, "Types on the wire"):
 
 * Input from the wire is validated in pydantic's *strict JSON* mode: ``"5"`` is not
-  an ``int``, unknown fields are rejected, datetimes are ISO 8601 strings.
+  an ``int``, datetimes are ISO 8601 strings.
+* Messages survive versions, as Serverpod's do: fields a class does not know are
+  ignored (the known ones stay strict), and a field whose type admits ``None``
+  (``note: str | None``) may be left out: it is then ``None``, as if declared
+  ``= None``. Encoding still writes ``null`` for ``None``.
+* A nested message (a field, list item or dict value typed as a message class) whose
+  class is not the declared one travels with ``"__className__"`` beside its fields,
+  and decodes as that class when it is a registered subclass of the declared one
+  (a name this side does not know decodes as the declared class).
+* ``bytes`` travel as standard base64 text; ``timedelta`` as an integer number of
+  milliseconds (Serverpod's ``Duration``), and holds whole milliseconds.
 * Datetimes must be timezone-aware; they are stored and sent in UTC with ``Z``.
 * A second class with the same ``class_name`` from another module or qualname
   raises ``TypeError`` naming both; redefining the same module and qualname (a
