@@ -179,3 +179,36 @@ async def test_listeners_async_results_run_in_post_order_per_listener(pair):
     async with asyncio.timeout(10):  # a failure guard, not a synchronisation
         await all_seen.wait()
     assert seen == list(range(30))
+
+
+async def test_a_post_without_await_is_published_at_once(pair):
+    a, b = pair
+    name, inbox = channel(), Inbox()
+    await b.add_listener(name, inbox, owner=Owner())
+    a.post_message(name, Tick(n=7))  # as Dart code calls postMessage: no await
+    assert await inbox.wait_for(1) == [7]
+
+
+async def test_an_unawaited_failed_post_is_logged_an_awaited_one_raises(caplog):
+    import gc
+
+    from streaming.exceptions import MessagingUnavailable
+    from tests.support.servers import free_port
+
+    dead = RedisPubSubChannelLayer(
+        hosts=[{"address": f"redis://127.0.0.1:{free_port()}", "socket_connect_timeout": 2}]
+    )
+    bus = MessageBus(dead)
+    try:
+        with pytest.raises(MessagingUnavailable):
+            await bus.post_message("user_1", Tick(n=1))
+        with caplog.at_level(logging.ERROR):
+            unawaited = bus.post_message("user_1", Tick(n=2))
+            async with asyncio.timeout(10):  # a failure guard, not a synchronisation
+                await asyncio.wait([unawaited])
+            del unawaited
+            gc.collect()
+        assert "exception was never retrieved" in caplog.text
+        assert "MessagingUnavailable" in caplog.text
+    finally:
+        await bus.aclose()

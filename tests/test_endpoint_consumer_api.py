@@ -93,3 +93,25 @@ def test_groups_and_channel_layer_alias_fail_at_import():
         type("Grouped", (Endpoint,), {"groups": ["lobby"]})
     with pytest.raises(TypeError, match=re.escape('STREAMING["CHANNEL_LAYER"]')):
         type("Aliased", (Endpoint,), {"channel_layer_alias": "other"})
+
+
+async def test_calls_written_without_await_work_as_in_dart():
+    from streaming.messages import get_bus
+
+    class Bare(Endpoint):
+        async def stream_opened(self, session):
+            session.messages.add_listener("bare", lambda m: self.send_stream_message(session, m))
+
+        async def handle_stream_message(self, session, message):
+            # Serverpod code calls both without await; they still happen.
+            self.send_stream_message(session, Line(text="sent bare"))
+            session.messages.post_message("bare", Line(text="posted bare"))
+            assert await self.send_stream_message(session, Line(text="awaited")) is True
+            assert await session.messages.post_message("bare", Line(text="again")) is True
+
+    async with StreamingCommunicator(endpoints=[Bare]) as comm:
+        await comm.send_message("bare", Line(text="go"))
+        texts = [(await comm.receive_message("bare")).text for _ in range(4)]
+        await get_bus().drain()
+        await comm.assert_nothing_received()
+    assert texts == ["sent bare", "posted bare", "awaited", "again"]
