@@ -31,6 +31,17 @@ AUTH_FAILED_KEY = "streaming.auth_failed"
 #: Scope key: how the handshake's user was authenticated, ``"token"`` or ``"session"``
 #: (absent for anonymous sockets).
 AUTH_VIA_KEY = "streaming.auth_via"
+#: Scope key: a digest of the credential that authenticated the socket (its session key
+#: or its token), so that revoking one credential closes only its sockets.
+CREDENTIAL_KEY = "streaming.credential"
+
+
+def credential_digest(secret: str) -> str:
+    """What identifies a session key or token in revocations (never the secret itself,
+    which would travel through Redis)."""
+    import hashlib
+
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()[:32]
 TOKEN_KEYWORD = "Token"
 
 
@@ -46,6 +57,13 @@ class RevokedAuthentication(SerializableEntity):
     class_name = "streaming.RevokedAuthentication"
     user_id: int
     sessions_only: bool = False
+    #: Only sockets authenticated by this credential (:func:`credential_digest`) close.
+    credential: str | None = None
+    #: Not a credential but a permission changed: each socket re-checks its open
+    #: endpoints' ``required_permissions`` (only those requiring ``permission``, if
+    #: given) and closes the endpoints the user no longer passes. The socket stays.
+    permissions: bool = False
+    permission: str | None = None
 
 
 def revocation_channel(user_id: int) -> str:
@@ -71,6 +89,11 @@ def _user_for_token(key: str) -> Any | None:
     except (Token.DoesNotExist, ValueError):
         return None
     return token.user if token.user.is_active else None
+
+
+def token_of(key: str) -> str:
+    """The token of an ``Authorization`` value ``"Token <key>"``."""
+    return key.strip().partition(" ")[2].strip()
 
 
 async def user_for_key(key: Any) -> Any | None:
@@ -102,10 +125,14 @@ class StreamingAuthMiddleware(BaseMiddleware):
                 user = AnonymousUser()
             else:
                 scope[AUTH_VIA_KEY] = "token"
+                scope[CREDENTIAL_KEY] = credential_digest(token_of(header))
         elif "session" in scope:
             user = await get_user(scope)
             if getattr(user, "is_authenticated", False):
                 scope[AUTH_VIA_KEY] = "session"
+                key = getattr(scope["session"], "session_key", None)
+                if key:
+                    scope[CREDENTIAL_KEY] = credential_digest(key)
         else:
             user = AnonymousUser()
         scope["user"] = user
@@ -273,23 +300,47 @@ def session_still_valid(session_key: str | None, user_id: Any) -> bool:
     return user is not None and constant_time_compare(stored_hash, user.get_session_auth_hash())
 
 
-async def revoke(user_id: int, *, sessions_only: bool = False) -> None:
-    """Close every live socket of ``user_id`` in the cluster with 4401.
+async def revoke(
+    user_id: int,
+    *,
+    session_key: str | None = None,
+    token: str | None = None,
+    permission: str | None = None,
+    permissions: bool = False,
+    sessions_only: bool = False,
+) -> None:
+    """Revoke, in the whole cluster, what ``user_id``'s sockets may do.
 
-    Published through the message bus: every server closes its own sockets of that
-    user. ``sessions_only``: only cookie-authenticated sockets whose session the
-    user's new password invalidated. Raises ``MessagingUnavailable`` if the cluster
-    cannot be reached.
+    Serverpod's granularity (``authenticationRevoked``):
+
+    * nothing else given: the user; every socket closes with 4401;
+    * ``session_key`` or ``token``: one credential; only the sockets it authenticated
+      close (logging out in one browser leaves the user's other browsers connected);
+    * ``permission`` (``"app_label.codename"``), or ``permissions=True`` for any: the
+      endpoints whose ``required_permissions`` the user no longer has close (they get
+      ``stream_closed``; their frames get ``forbidden``); the sockets stay;
+    * ``sessions_only``: the password changed; cookie sockets whose session it
+      invalidated close.
+
+    Published through the message bus: every server acts on its own sockets. Raises
+    ``MessagingUnavailable`` if the cluster cannot be reached.
     """
     from .messages import post_message
 
+    secret = session_key if session_key is not None else token
     await post_message(
         revocation_channel(user_id),
-        RevokedAuthentication(user_id=user_id, sessions_only=sessions_only),
+        RevokedAuthentication(
+            user_id=user_id,
+            sessions_only=sessions_only,
+            credential=credential_digest(secret) if secret is not None else None,
+            permissions=permissions or permission is not None,
+            permission=permission,
+        ),
     )
 
 
-def revoke_soon(user_id: int, *, sessions_only: bool = False) -> None:
+def revoke_soon(user_id: int, **what: Any) -> None:
     """:func:`revoke` from sync code (signal handlers), after the transaction commits."""
     from asgiref.sync import async_to_sync
     from django.db import transaction
@@ -301,10 +352,10 @@ def revoke_soon(user_id: int, *, sessions_only: bool = False) -> None:
             loop = None
         try:
             if loop is not None:
-                task = loop.create_task(revoke(user_id, sessions_only=sessions_only))
+                task = loop.create_task(revoke(user_id, **what))
                 task.add_done_callback(_log_failure)
             else:
-                async_to_sync(revoke)(user_id, sessions_only=sessions_only)
+                async_to_sync(revoke)(user_id, **what)
         except Exception:
             logger.exception("could not revoke the sockets of user %s", user_id)
 

@@ -56,9 +56,12 @@ from . import protocol
 from .auth import (
     AUTH_FAILED_KEY,
     AUTH_VIA_KEY,
+    CREDENTIAL_KEY,
     RevokedAuthentication,
+    credential_digest,
     revocation_channel,
     session_still_valid,
+    token_of,
     user_for_key,
 )
 from .conf import streaming_settings
@@ -576,8 +579,13 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
                 await previous.wait()  # registration order
             if self._torn_down:
                 return
-            if slot.cls.login_required and not getattr(user, "is_authenticated", False):
+            required = slot.cls.required_permissions
+            signed_in = getattr(user, "is_authenticated", False)
+            if (slot.cls.login_required or required) and not signed_in:
                 slot.status = EndpointStatus.NOT_AUTHENTICATED
+                return
+            if required and not await user.ahas_perms(required):
+                slot.status = EndpointStatus.FORBIDDEN
                 return
             session = StreamingSession(self, slot.cls.name, user)
             instance = slot.cls()
@@ -610,10 +618,12 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         finally:
             ready.set()
 
-    async def _close_endpoint(self, slot: EndpointSlot) -> None:
+    async def _close_endpoint(
+        self, slot: EndpointSlot, status: EndpointStatus = EndpointStatus.CLOSED
+    ) -> None:
         instance, session = slot.instance, slot.session
         was_open = slot.status is EndpointStatus.OPEN
-        slot.status = EndpointStatus.CLOSED
+        slot.status = status
         slot.instance = slot.session = None
         if session is None:
             return
@@ -644,8 +654,10 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             old_id = self.user.pk if getattr(self.user, "is_authenticated", False) else None
             if user is not None:
                 self.scope[AUTH_VIA_KEY] = "token"
+                self.scope[CREDENTIAL_KEY] = credential_digest(token_of(key))
             else:
                 self.scope.pop(AUTH_VIA_KEY, None)
+                self.scope.pop(CREDENTIAL_KEY, None)
             if new_id != old_id:
                 await self._set_identity(new_user, reopen=True)
             self.send_text(protocol.encode_command("auth", {"user_id": new_id}))
@@ -677,12 +689,47 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
     def _on_revoked(self, message: Any) -> Any:
         if not isinstance(message, RevokedAuthentication):
             return None
+        if message.credential is not None:
+            if message.credential == self.scope.get(CREDENTIAL_KEY):
+                self.revoked(f"a credential of user {message.user_id} was revoked")
+            return None
+        if message.permissions:
+            return self._recheck_permissions(message.user_id, message.permission)
         if message.sessions_only:
             if self.scope.get(AUTH_VIA_KEY) != "session":
                 return None  # a token still works after a password change
             return self._check_session(message.user_id)
         self.revoked(f"credentials of user {message.user_id} revoked")
         return None
+
+    async def _recheck_permissions(self, user_id: Any, permission: str | None) -> None:
+        """Close the open endpoints whose ``required_permissions`` the user lost."""
+        from django.contrib.auth import get_user_model
+
+        slots = [
+            slot
+            for slot in self._slots.values()
+            if slot.cls.required_permissions
+            and slot.status is EndpointStatus.OPEN
+            and (permission is None or permission in slot.cls.required_permissions)
+        ]
+        if not slots:
+            return
+        fresh: Any = await get_user_model()._default_manager.filter(pk=user_id).afirst()
+        for slot in slots:
+            required = slot.cls.required_permissions
+            if fresh is not None and fresh.is_active and await fresh.ahas_perms(required):
+                continue
+            logger.info(
+                "%s: closing endpoint %s: user %s lost a required permission",
+                self.scope.get("client"),
+                slot.cls.name,
+                user_id,
+            )
+            slot.lane.submit(
+                functools.partial(self._close_endpoint, slot, EndpointStatus.FORBIDDEN),
+                "stream_closed",
+            )
 
     async def _check_session(self, user_id: Any) -> None:
         session = self.scope.get("session")

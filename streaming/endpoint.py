@@ -63,11 +63,17 @@ class Endpoint(AsyncJsonWebsocketConsumer):
       a trailing ``Endpoint``, in snake_case. Must be a Python identifier.
     * ``login_required``: anonymous sessions are never opened and their frames are
       answered ``not_authenticated``.
+    * ``required_permissions``: Django permission names (``"app_label.codename"``),
+      Serverpod's ``requiredScopes``. Checked with the user's ``has_perms`` when the
+      stream opens: a user without them gets ``forbidden`` for this endpoint's frames
+      and the stream is not opened (anonymous users: ``not_authenticated``). Removing
+      one from the user later closes the stream (``streaming.signals``).
     * ``abstract``: a base class that is not registered.
     """
 
     name: ClassVar[str] = ""
     login_required: ClassVar[bool] = False
+    required_permissions: ClassVar[tuple[str, ...]] = ()
     abstract: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -80,6 +86,15 @@ class Endpoint(AsyncJsonWebsocketConsumer):
             raise TypeError(
                 f"{cls.__qualname__}.name must be a valid Python identifier, got {cls.name!r}."
             )
+        permissions = cls.required_permissions
+        if isinstance(permissions, str) or not all(
+            isinstance(p, str) and p.count(".") == 1 and all(p.split(".")) for p in permissions
+        ):
+            raise TypeError(
+                f"{cls.__qualname__}.required_permissions must list permission names "
+                f'such as "chat.add_message", got {permissions!r}.'
+            )
+        cls.required_permissions = tuple(permissions)
         for attribute, instead in _NOT_HOOKS.items():
             if attribute in cls.__dict__:
                 raise TypeError(

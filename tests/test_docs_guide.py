@@ -52,6 +52,8 @@ TESTED = {
     "rooms",
     "testing",
     "client",
+    "unawaited",
+    "scopes",
 }
 
 _FENCE = re.compile(r"^```python\n(?P<code>.*?)^```[ \t]*$", re.M | re.S)
@@ -218,7 +220,8 @@ def test_protocol_snippet_validates_strictly_and_imports_no_django(guide):
 
     with pytest.raises(InvalidMessage) as info:
         decode_object("MyChatMessage", {"recipient_id": "2", "text": "Hi", "sender": 1})
-    assert {error["path"] for error in info.value.errors} == {"recipient_id", "sender"}
+    # Unknown fields ("sender") are ignored; the known ones stay strict.
+    assert {error["path"] for error in info.value.errors} == {"recipient_id"}
     with pytest.raises(InvalidMessage) as info:
         decode_object("JoinRoom", {"room": ""})
     assert [error["path"] for error in info.value.errors] == ["room"]
@@ -464,3 +467,40 @@ async def test_client_snippet_against_a_real_server(guide, guide_app, make_user,
         "received: MyChatMessage(recipient_id=2, text='Hello')",
         "status: disconnected",
     ]
+
+
+# -- Calls that start at once; permissions -------------------------------------------------------
+
+
+async def test_unawaited_snippet_sends_and_posts_without_await(guide, bus):
+    protocol = guide.load("protocol")
+    endpoints = guide.load("unawaited")
+    async with StreamingCommunicator(endpoints=[endpoints.RelayEndpoint]) as comm:
+        await comm.send_message("relay", hello(protocol))
+        assert await comm.receive_message("relay") == hello(protocol)  # sent bare
+        assert await comm.receive_message("relay") == hello(protocol)  # posted bare
+        await bus.drain()
+        await comm.assert_nothing_received()
+
+
+async def test_scopes_snippet_opens_only_for_users_with_the_permission(guide, make_user):
+    from asgiref.sync import sync_to_async
+    from django.contrib.auth.models import Permission
+
+    protocol = guide.load("protocol")
+    endpoints = guide.load("scopes")
+    moderator, _ = await make_user("moderator", password=None)
+    plain, _ = await make_user("plain", password=None)
+    await sync_to_async(moderator.user_permissions.add)(
+        await Permission.objects.aget(codename="change_user")
+    )
+    moderator = await type(moderator).objects.aget(pk=moderator.pk)  # fresh permission cache
+    for who, expected in ((moderator, None), (plain, "forbidden")):
+        async with StreamingCommunicator(
+            endpoints=[endpoints.ModerationEndpoint], user=who
+        ) as comm:
+            await comm.send_message("moderation", hello(protocol), frame_id="f")
+            if expected is None:
+                assert await comm.receive_message("moderation") == hello(protocol)
+            else:
+                assert (await comm.receive_error(expected))["id"] == "f"

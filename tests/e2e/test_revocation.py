@@ -62,10 +62,14 @@ async def test_account_changes_revoke(cluster, cluster_layer, make_user, trigger
     await expect_close(on_b, 4401)
 
 
-async def test_logout_over_http_closes_sockets_on_the_other_server(cluster, make_user):
+async def test_logout_over_http_closes_that_sessions_sockets_on_the_other_server(
+    cluster, make_user
+):
+    """Logging out closes the sockets of that browser's session, on every server; the
+    user's other credentials (a token, another browser) keep their sockets."""
     import httpx
 
-    _, a, _ = cluster
+    rs, a, b = cluster
     user, key = await make_user("dave", password="pw-for-dave-1", is_staff=True)
     async with httpx.AsyncClient(base_url=a.http_url) as http:
         page = await http.get("/admin/login/")
@@ -77,7 +81,18 @@ async def test_logout_over_http_closes_sockets_on_the_other_server(cluster, make
             headers={"Referer": f"{a.http_url}/admin/login/"},
         )
         assert response.status_code == 302, page.text[:200]
-        on_a, on_b = await sockets_of(user, key, cluster)
+        cookie = f"sessionid={http.cookies['sessionid']}"
+        browser = {"Cookie": cookie}
+        on_a = await connect(
+            a.ws_url, origin=f"http://127.0.0.1:{a.port}", additional_headers=browser
+        ).__aenter__()
+        on_b = await connect(
+            b.ws_url, origin=f"http://127.0.0.1:{b.port}", additional_headers=browser
+        ).__aenter__()
+        by_token = await connect(
+            b.ws_url, additional_headers={"Authorization": key}
+        ).__aenter__()
+        await wait_numsub(rs.url, revocation_channel(user.pk), 2)
         response = await http.post(
             "/admin/logout/",
             data={"csrfmiddlewaretoken": http.cookies["csrftoken"]},
@@ -86,3 +101,5 @@ async def test_logout_over_http_closes_sockets_on_the_other_server(cluster, make
         assert response.status_code in (200, 302)
     await expect_close(on_b, 4401)
     await expect_close(on_a, 4401)
+    await assert_quiet(by_token)  # the token was not logged out
+    await by_token.close()
