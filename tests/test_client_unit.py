@@ -181,6 +181,34 @@ def test_backoff_grows_by_factor_up_to_max_with_jitter_below_it():
     assert [jittered.delay_for(n) for n in range(1, 4)] == [0.5, 1.5, 4.5]
 
 
+async def test_serverpods_handler_shape_reports_every_change_and_counts_down():
+    """listener(state) on each change and each second while waiting; connect, dispose."""
+    from streaming.client import StreamingConnectionHandlerState as State
+
+    client = Client(f"http://127.0.0.1:{free_port()}/", connect_timeout=2)  # nothing listens
+    states: list[State] = []
+    counted_down = asyncio.Event()
+
+    def listener(state):
+        states.append(state)
+        if state.retry_in_seconds == 1:
+            counted_down.set()
+
+    handler = StreamingConnectionHandler(
+        client, min_delay=2.5, max_delay=2.5, jitter=0, listener=listener
+    )
+    handler.connect()
+    async with asyncio.timeout(10):  # a failure guard, not a synchronisation
+        await counted_down.wait()
+    await handler.dispose()
+    assert states[0] == State("connecting")
+    waiting = [s.retry_in_seconds for s in states if s.status == "waiting_to_retry"]
+    assert waiting[:3] == [3, 2, 1]  # 2.5 s shown as 3, then each second
+    assert states[-1] == State("disconnected")
+    assert handler.dispose() is handler.dispose()  # one close, however often called
+    await client.close()
+
+
 # -- against tiny real servers --------------------------------------------------------------
 
 

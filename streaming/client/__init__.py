@@ -29,7 +29,7 @@ from .errors import (
     StreamOverflow,
     UndecodableMessage,
 )
-from .handler import StreamingConnectionHandler
+from .handler import StreamingConnectionHandler, StreamingConnectionHandlerState
 from .raw import RawObject
 from .status import DisconnectReason, StreamingConnectionStatus
 from .stream import MessageStream
@@ -48,6 +48,7 @@ __all__ = [
     "SignInFailed",
     "StreamOverflow",
     "StreamingConnectionHandler",
+    "StreamingConnectionHandlerState",
     "StreamingConnectionStatus",
     "UndecodableMessage",
 ]

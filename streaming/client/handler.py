@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from .client import Client
 from .errors import ClientClosed, ConnectionFailed
-from .status import DisconnectReason
+from .status import DisconnectReason, StreamingConnectionStatus
 
-__all__ = ["StreamingConnectionHandler"]
+__all__ = ["StreamingConnectionHandler", "StreamingConnectionHandlerState"]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamingConnectionHandlerState:
+    """What Serverpod's handler reports to its listener: the client's status and, while
+    ``waiting_to_retry``, the whole seconds left before the next attempt (else None)."""
+
+    status: StreamingConnectionStatus
+    retry_in_seconds: int | None = None
+
+
+HandlerListener = Callable[[StreamingConnectionHandlerState], Any]
 
 logger = logging.getLogger("streaming.client")
 
@@ -35,6 +50,11 @@ class StreamingConnectionHandler:
     Endpoint streams belong to the client, so the same iterators go on across
     reconnects. A handler is started once; use ``async with`` or :meth:`start` and
     :meth:`close`.
+
+    Serverpod's shape works too: ``StreamingConnectionHandler(client, listener=...)``,
+    then :meth:`connect` and :meth:`dispose`. ``listener(state)`` is called on every
+    change of status, and once a second while waiting to retry, with a
+    :class:`StreamingConnectionHandlerState` whose ``retry_in_seconds`` counts down.
     """
 
     def __init__(
@@ -46,6 +66,7 @@ class StreamingConnectionHandler:
         factor: float = 2.0,
         jitter: float = 0.5,
         rng: Callable[[], float] = random.random,
+        listener: HandlerListener | None = None,
     ) -> None:
         if not 0 < min_delay <= max_delay:
             raise ValueError("need 0 < min_delay <= max_delay")
@@ -64,6 +85,8 @@ class StreamingConnectionHandler:
         self._stopping = False
         self._sleeping = False
         self._task: asyncio.Task[None] | None = None
+        self.listener = listener
+        self._closing: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<StreamingConnectionHandler running={self.running} client={self.client!r}>"
@@ -80,6 +103,15 @@ class StreamingConnectionHandler:
             base = self.max_delay
         return base * (1.0 - self.jitter * self._rng())
 
+    @property
+    def state(self) -> StreamingConnectionHandlerState:
+        """The client's status now, with the whole seconds left while waiting to retry."""
+        left = self.client.retry_in_seconds
+        return StreamingConnectionHandlerState(
+            self.client.streaming_connection_status,
+            math.ceil(left) if left is not None else None,
+        )
+
     def start(self) -> None:
         """Start keeping the connection up (in a task of the running loop)."""
         if self._task is not None:
@@ -87,9 +119,34 @@ class StreamingConnectionHandler:
         if self.client._handler is not None:
             raise RuntimeError("this client already has a StreamingConnectionHandler")
         self.client._handler = self
+        if self.listener is not None:
+            self.client.add_streaming_connection_status_listener(self._status_changed)
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name="streampod-connection-handler"
         )
+
+    def connect(self) -> None:
+        """Serverpod's name for :meth:`start`."""
+        self.start()
+
+    def dispose(self) -> asyncio.Task[None]:
+        """Serverpod's ``dispose``: stop retrying and close the connection, starting at
+        once; await the result to know it is done (the same as :meth:`close`)."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self.close())
+        return self._closing
+
+    def _status_changed(self, status: StreamingConnectionStatus) -> None:
+        self._notify()
+
+    def _notify(self) -> None:
+        listener = self.listener
+        if listener is None:
+            return
+        try:
+            listener(self.state)
+        except Exception:
+            logger.exception("StreamingConnectionHandler listener %r raised", listener)
 
     async def close(self) -> None:
         """Stop retrying and close the connection; status ends ``disconnected``."""
@@ -145,7 +202,7 @@ class StreamingConnectionHandler:
                     return
                 self._sleeping = True
                 try:
-                    await asyncio.sleep(delay)  # the backoff itself, not a synchronisation
+                    await self._count_down(delay)
                 finally:
                     self._sleeping = False
         except ClientClosed:
@@ -160,3 +217,17 @@ class StreamingConnectionHandler:
         finally:
             if client._handler is self:
                 client._handler = None
+            client.remove_streaming_connection_status_listener(self._status_changed)
+
+    async def _count_down(self, delay: float) -> None:
+        """The backoff itself: wait ``delay`` seconds, telling the listener the whole
+        seconds left each time that number changes (once a second)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + delay
+        shown = math.ceil(delay)
+        while (left := end - loop.time()) > 0:
+            if math.ceil(left) != shown:
+                shown = math.ceil(left)
+                self._notify()
+            # until the count changes: the remainder of this second
+            await asyncio.sleep(left - (math.ceil(left) - 1) if left > 1 else left)
