@@ -420,6 +420,17 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
                     errors=getattr(exc, "errors", None),
                 )
                 return
+            except Exception:
+                # A validator of the app's (or a bug) raised something else: the frame
+                # still gets an answer, and the server log the traceback.
+                logger.exception("decoding a %s frame raised", name)
+                self.send_error(
+                    ErrorCode.INVALID_MESSAGE,
+                    "The message could not be decoded.",
+                    endpoint=name,
+                    frame_id=frame.id,
+                )
+                return
             instance, session = slot.instance, slot.session
             assert instance is not None and session is not None  # OPEN implies both
             try:

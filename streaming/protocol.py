@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -115,13 +116,54 @@ class CommandFrame:
 Frame = DataFrame | CommandFrame
 
 
+#: Longest integer (in digits) a frame may hold: Python's own limit for int(str).
+MAX_INT_DIGITS = 4300
+
+# \ud800 to \udfff escapes: JSON may spell a surrogate pair this way (one character once
+# parsed), but a lone surrogate is no character, and nothing can encode it again.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+class _NotJson(ValueError):
+    """What the client sent is not JSON in a way ``json`` tolerates (NaN, Infinity)."""
+
+
+def _no_constants(name: str) -> Any:
+    raise _NotJson(f"{name} is not a JSON value")
+
+
+# Only NaN and Infinity reach parse_constant: no cost for ordinary values.
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+
+
 def _loads(text: str) -> Any:
+    """Parse strict JSON: no NaN or Infinity, no integer past :data:`MAX_INT_DIGITS`,
+    no lone surrogate. Errors speak of the client's text, never of the parser."""
     try:
-        return json.loads(text)
+        obj = _DECODER.decode(text)
     except RecursionError:
         raise MalformedFrame("JSON nested too deeply.") from None
-    except (ValueError, UnicodeError) as exc:  # JSONDecodeError is a ValueError
-        raise MalformedFrame(f"Not valid JSON: {exc}") from None
+    except _NotJson as exc:
+        raise MalformedFrame(f"Not valid JSON: {exc}.") from None
+    except json.JSONDecodeError as exc:
+        raise MalformedFrame(
+            f"Not valid JSON: {exc.msg.lower()} at line {exc.lineno} column {exc.colno}."
+        ) from None
+    except ValueError:
+        # The one other ValueError of the C scanner: int()'s limit on digits.
+        raise MalformedFrame(
+            f"Not valid JSON: an integer longer than {MAX_INT_DIGITS} digits."
+        ) from None
+    except UnicodeError:
+        raise MalformedFrame("Not valid JSON.") from None
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        try:  # rare: only frames that spell surrogates as escapes get here
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise MalformedFrame(
+                "Not valid JSON: a \\u escape names a lone surrogate, which is no character."
+            ) from None
+    return obj
 
 
 def _measure(obj: Any, max_depth: int) -> tuple[int, int]:
