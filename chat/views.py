@@ -13,16 +13,22 @@ from django.urls import reverse
 
 from .demo import DEMO_PASSWORD, DEMO_USERS
 from .people import display_name
+from .protocol import MAX_TEXT_LENGTH
 
 
 class ChatLoginView(LoginView):
-    """Django's login, with the demo accounts listed when DEBUG is on."""
+    """Django's login, with the demo accounts listed when DEBUG is on.
+
+    ``?signed_out=1`` (where the chat page sends a user whose session ended while it
+    was open: signed out in another tab, deactivated) adds a line saying so.
+    """
 
     template_name = "chat/login.html"
     redirect_authenticated_user = True
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
+        context["signed_out"] = self.request.method == "GET" and "signed_out" in self.request.GET
         if settings.DEBUG:
             context["demo_users"] = [name for name, _ in DEMO_USERS]
             context["demo_password"] = DEMO_PASSWORD
@@ -37,5 +43,7 @@ def index(request: HttpRequest) -> HttpResponse:
         "me": {"id": user.pk, "username": user.get_username(), "display_name": display_name(user)},
         "usersUrl": reverse("api-users"),
         "messagesUrl": reverse("api-chat-messages"),
+        "loginUrl": reverse("login"),
+        "maxTextLength": MAX_TEXT_LENGTH,
     }
     return render(request, "chat/index.html", {"config": config, "me": config["me"]})

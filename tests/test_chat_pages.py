@@ -9,6 +9,7 @@ from django.core.management import call_command
 
 from chat.demo import DEMO_PASSWORD
 from chat.models import Message
+from chat.protocol import MAX_TEXT_LENGTH
 
 pytestmark = pytest.mark.django_db
 
@@ -43,6 +44,8 @@ def test_sign_in_then_the_chat_page_knows_who_i_am(client, alice):
         "me": {"id": alice.pk, "username": "alice", "display_name": "Alice"},
         "usersUrl": "/api/users/",
         "messagesUrl": "/api/chat/messages/",
+        "loginUrl": "/login/",
+        "maxTextLength": MAX_TEXT_LENGTH,
     }
     assert 'src="/static/chat/chat.js"' in page and 'type="module"' in page
     assert 'id="status"' in page  # the connection badge
@@ -113,3 +116,46 @@ def test_admin_lists_searches_and_filters_messages(client, alice):
     assert b"sure" in page.content and b"lunch at noon?" not in page.content
     assert client.get("/admin/auth/user/").status_code == 200  # users: Django's own admin
     assert client.get("/admin/chat/message/add/").status_code == 200
+
+
+def test_the_page_shows_my_name_and_sets_no_maxlength(client, alice):
+    client.force_login(alice)
+    page = client.get("/").content.decode()
+    assert re.search(
+        r'<span class="me-name" id="me-name" title="Signed in as Alice \(@alice\)">Alice</span>',
+        page,
+    )
+    # The limit is the counter's job (chat.js): a maxlength would cut a paste silently.
+    assert "maxlength" not in page
+    assert 'id="composer-limit"' in page and 'id="connection-banner"' in page
+
+
+@pytest.mark.parametrize("signed_out", [True, False])
+def test_the_sign_in_page_says_when_a_session_ended(client, signed_out):
+    query = "?next=/%23%40bob&signed_out=1" if signed_out else "?next=/"
+    page = client.get("/login/" + query).content.decode()
+    assert ("You were signed out." in page) is signed_out
+    if signed_out:
+        assert 'name="next" value="/#@bob"' in page
+
+
+def test_people_are_active_users_but_not_staff_unless_we_talked(client, alice):
+    User = get_user_model()
+    User.objects.create_user("bob", password="pw-bob-1")
+    User.objects.create_user("carol", password="pw-carol-1", is_active=False)
+    admin = User.objects.create_superuser("admin", "admin@example.com", "pw-admin-1")
+    ops = User.objects.create_user("ops", password="pw-ops-1", is_staff=True)
+    User.objects.create_user("root", password="pw-root-1", is_superuser=True)
+    client.force_login(alice)
+
+    def listed():
+        return [person["username"] for person in client.get("/api/users/").json()["results"]]
+
+    assert listed() == ["bob"]
+    Message.objects.create(sender=admin, recipient=alice, text="Welcome!")  # they wrote
+    Message.objects.create(sender=alice, recipient=ops, text="Is the server down?")  # I did
+    assert listed() == ["admin", "bob", "ops"]
+
+    # Staff see the people one chats with too, and not themselves.
+    client.force_login(admin)
+    assert listed() == ["alice", "bob"]

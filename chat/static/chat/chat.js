@@ -9,6 +9,10 @@
 // to which it is known complete. Live messages advance it only while the socket has
 // stayed up since the conversation's last fetch; after a reconnect the open
 // conversation fetches `after=syncedId` (every page) and merges by id.
+//
+// Nothing typed is lost either: a message written while the socket is down is shown as
+// queued ("Sends when Live") and goes out by itself, in order, as soon as the status is
+// Live again; a click on it takes it back into the box instead.
 
 import {Client, NotConnected, StreamingConnectionStatus as Status} from "/static/streaming/streampod.js";
 
@@ -29,6 +33,14 @@ const ui = {
   messages: $("messages"),
   composer: $("composer"),
   text: $("composer-text"),
+  send: $("send"),
+  limit: $("composer-limit"),
+  limitCount: $("composer-count"),
+  limitText: $("composer-limit-text"),
+  split: $("composer-split"),
+  banner: $("connection-banner"),
+  bannerText: $("connection-text"),
+  bannerAction: $("connection-action"),
 };
 
 const STATUS_TEXT = {
@@ -37,8 +49,18 @@ const STATUS_TEXT = {
   [Status.waitingToRetry]: "Reconnecting…",
   [Status.disconnected]: "Offline",
 };
-const MAX_TEXT_LENGTH = 4000;
+// The server's rule (chat.protocol): 1 to MAX_TEXT_LENGTH characters after stripping.
+const MAX_TEXT_LENGTH = config.maxTextLength || 4000;
+// The counter shows from 90% of the limit on.
+const NEAR_LIMIT = Math.floor(MAX_TEXT_LENGTH * 0.9);
+// A text over the limit may be sent as at most this many messages (the server's rate
+// limit is 20 messages per 10 s).
+const MAX_SPLIT_PARTS = 10;
 const GROUP_WINDOW_MS = 3 * 60 * 1000;
+// The conversation follows the newest message while it is scrolled to within this
+// many pixels of the bottom.
+const STICK_PX = 48;
+const numberFormat = new Intl.NumberFormat();
 
 // -- state ------------------------------------------------------------------------------
 
@@ -46,12 +68,15 @@ const GROUP_WINDOW_MS = 3 * 60 * 1000;
 const people = new Map();
 /** peer id -> {messages: Map(id -> message), syncedId, syncEpoch, syncing, again} */
 const conversations = new Map();
-/** frame id -> {frameId, recipient_id, text, state: "pending"|"failed", reason, epoch} */
+/** frame id -> {frameId, recipient_id, text, state: "queued"|"pending"|"failed", reason, epoch}
+ * "queued": written while not connected, sent when Live; "pending": sent, not yet stored. */
 const pending = new Map();
 let openPeerId = null;
 let connected = false;
 let epoch = 0; // +1 each time the socket goes down
 let frameCounter = 0;
+let stickToBottom = true; // the open conversation follows its newest message
+let signingOut = false;
 
 function conversation(peerId) {
   let conv = conversations.get(peerId);
@@ -66,10 +91,17 @@ const peerOf = (message) => (message.sender_id === me.id ? message.recipient_id 
 
 // -- HTTP -------------------------------------------------------------------------------
 
+/** Leave for the sign-in page (which says why), coming back to this conversation. */
+function goToSignIn() {
+  signingOut = true;
+  const next = window.location.pathname + window.location.hash;
+  window.location.assign(`${config.loginUrl || "/login/"}?next=${encodeURIComponent(next)}&signed_out=1`);
+}
+
 async function getJSON(url) {
   const response = await fetch(url, {headers: {Accept: "application/json"}, credentials: "same-origin"});
   if (response.status === 401 || response.status === 403) {
-    window.location.assign("/login/?next=/"); // the session ended (signed out elsewhere)
+    goToSignIn(); // the session ended (signed out elsewhere, deactivated)
     throw new Error("signed out");
   }
   if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
@@ -89,9 +121,10 @@ async function getAll(url) {
 
 async function loadPeople() {
   const list = await getAll(config.usersUrl);
+  const known = new Map(people);
+  people.clear(); // in the server's order (by username)
   for (const person of list) {
-    const known = people.get(person.id);
-    people.set(person.id, {...person, unread: known ? known.unread : 0});
+    people.set(person.id, {...person, unread: known.has(person.id) ? known.get(person.id).unread : 0});
   }
   renderPeople();
 }
@@ -134,10 +167,11 @@ function addMessage(message) {
   conv.messages.set(message.id, message);
   if (message.sender_id === me.id) {
     // The server's copy of what this page sent is the acknowledgement; match it to the
-    // oldest pending message with the same recipient and text (other devices' messages
-    // match nothing and are simply shown).
+    // oldest sent message with the same recipient and text (other devices' messages
+    // match nothing and are simply shown; queued ones were not sent yet).
     for (const [frameId, entry] of pending) {
-      if (entry.recipient_id === message.recipient_id && entry.text === message.text) {
+      if (entry.state !== "queued" && entry.recipient_id === message.recipient_id &&
+          entry.text === message.text) {
         pending.delete(frameId);
         break;
       }
@@ -175,41 +209,114 @@ function receive(message) {
       person.unread += 1;
       renderPeople();
     } else {
-      loadPeople().catch(console.error); // someone new
+      // Someone new (or an admin, listed once they write): load them, then count it.
+      loadPeople().then(() => {
+        const newcomer = people.get(peerId);
+        if (newcomer && peerId !== openPeerId) {
+          newcomer.unread += 1;
+          renderPeople();
+        }
+      }).catch(console.error);
     }
   }
 }
 
-function send(text) {
+/** Characters as the server counts them: code points, after stripping. */
+function textLength(text) {
+  return [...text.trim()].length;
+}
+
+/** `text` cut into messages of at most `max` characters, at a line break or a space
+ * in the last fifth of each part when there is one. */
+function splitText(text, max = MAX_TEXT_LENGTH) {
+  const chars = [...text.trim()];
+  const parts = [];
+  let start = 0;
+  while (start < chars.length) {
+    let end = Math.min(start + max, chars.length);
+    if (end < chars.length) {
+      const floor = start + Math.floor(max * 0.8);
+      let cut = -1;
+      for (let i = end; i > floor && cut < 0; i--) if (chars[i - 1] === "\n") cut = i;
+      for (let i = end; i > floor && cut < 0; i--) if (/\s/.test(chars[i - 1])) cut = i;
+      if (cut > 0) end = cut;
+    }
+    const part = chars.slice(start, end).join("").trim();
+    if (part) parts.push(part);
+    start = end;
+  }
+  return parts;
+}
+
+/** Send `text` to `peerId` now, or queue it until Live. False if there is nothing to send. */
+function send(text, peerId = openPeerId) {
   const trimmed = text.trim();
-  if (!trimmed || openPeerId === null) return false;
-  if (trimmed.length > MAX_TEXT_LENGTH) {
-    toast(`Messages are at most ${MAX_TEXT_LENGTH} characters.`);
+  if (!trimmed || peerId === null) return false;
+  if (textLength(trimmed) > MAX_TEXT_LENGTH) {
+    toast(`Messages are at most ${numberFormat.format(MAX_TEXT_LENGTH)} characters.`);
     return false;
   }
-  const frameId = `m${++frameCounter}`;
-  try {
-    chat.sendStreamMessage(
-      {className: "ChatMessage", data: {recipient_id: openPeerId, text: trimmed}}, {id: frameId});
-  } catch (error) {
-    if (error instanceof NotConnected) {
-      toast("Not connected. Your message is still in the box; send it when Live.");
-      return false;
-    }
-    throw error;
-  }
-  pending.set(frameId, {frameId, recipient_id: openPeerId, text: trimmed, state: "pending", epoch});
+  const entry = {frameId: `m${++frameCounter}`, recipient_id: peerId, text: trimmed, state: "queued", epoch};
+  pending.set(entry.frameId, entry);
+  transmit(entry);
+  if (peerId === openPeerId) stickToBottom = true; // show what I just wrote
   renderConversation();
+  renderConnection();
   return true;
 }
+
+/** Put a queued message on the socket; false (still queued) while not connected. */
+function transmit(entry) {
+  if (!connected) return false;
+  try {
+    chat.sendStreamMessage(
+      {className: "ChatMessage", data: {recipient_id: entry.recipient_id, text: entry.text}},
+      {id: entry.frameId});
+  } catch (error) {
+    if (error instanceof NotConnected) return false;
+    throw error;
+  }
+  entry.state = "pending";
+  entry.epoch = epoch;
+  return true;
+}
+
+/** Send the queued messages, oldest first (the status just became Live). */
+function flushQueued() {
+  let sent = 0;
+  for (const entry of [...pending.values()]) {
+    if (entry.state !== "queued") continue;
+    if (!transmit(entry)) break;
+    sent += 1;
+  }
+  if (sent) {
+    renderConversation();
+    renderConnection();
+  }
+}
+
+const queuedCount = () => [...pending.values()].filter((entry) => entry.state === "queued").length;
 
 /** Send a failed message again (it is shown, so it belongs to the open conversation). */
 function resend(frameId) {
   const entry = pending.get(frameId);
   if (!entry || entry.state !== "failed" || entry.recipient_id !== openPeerId) return;
   pending.delete(frameId);
-  if (!send(entry.text)) pending.set(frameId, entry); // still not connected: keep it
+  send(entry.text, entry.recipient_id);
   renderConversation();
+}
+
+/** Take a queued message back into the box (before what is there). */
+function unqueue(frameId) {
+  const entry = pending.get(frameId);
+  if (!entry || entry.state !== "queued") return;
+  pending.delete(frameId);
+  const draft = ui.text.value.trim();
+  ui.text.value = draft ? `${entry.text}\n${draft}` : entry.text;
+  composerChanged();
+  renderConversation();
+  renderConnection();
+  ui.text.focus();
 }
 
 function onServerError(error) {
@@ -320,7 +427,6 @@ function messageItem({text, mine, meta, state, id, frameId}) {
 function renderConversation() {
   if (openPeerId === null) return;
   const list = ui.messages;
-  const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
   const conv = conversation(openPeerId);
   const items = [];
   let lastDay = null;
@@ -351,17 +457,20 @@ function renderConversation() {
   });
   for (const entry of pending.values()) {
     if (entry.recipient_id !== openPeerId) continue;
-    const item = messageItem({
-      text: entry.text,
-      mine: true,
-      meta: entry.state === "failed" ? entry.reason : "Sending…",
-      state: entry.state,
-      frameId: entry.frameId,
-    });
+    const meta = {
+      failed: entry.reason,
+      queued: "Sends when Live · click to edit",
+      pending: "Sending…",
+    }[entry.state];
+    const item = messageItem({text: entry.text, mine: true, meta, state: entry.state, frameId: entry.frameId});
     if (entry.state === "failed") {
       item.title = "Click to send again";
       item.style.cursor = "pointer";
       item.addEventListener("click", () => resend(entry.frameId));
+    } else if (entry.state === "queued") {
+      item.title = "Not sent yet: click to take it back into the box";
+      item.style.cursor = "pointer";
+      item.addEventListener("click", () => unqueue(entry.frameId));
     }
     items.push(item);
   }
@@ -372,9 +481,25 @@ function renderConversation() {
     items.push(hint);
   }
   list.replaceChildren(...items);
-  if (nearBottom || list.dataset.peer !== String(openPeerId)) list.scrollTop = list.scrollHeight;
+  if (stickToBottom || list.dataset.peer !== String(openPeerId)) scrollToBottom();
   list.dataset.peer = String(openPeerId);
 }
+
+// Following the newest message. Whether to follow is decided when the *user* scrolls,
+// not when a message arrives: by then the list may have shrunk under a taller
+// composer (a long draft, the counter, a phone keyboard), which looks like "scrolled
+// up" but is not. Whenever the list changes size while following, it is pinned again.
+function scrollToBottom() {
+  ui.messages.scrollTop = ui.messages.scrollHeight;
+}
+
+ui.messages.addEventListener("scroll", () => {
+  const list = ui.messages;
+  stickToBottom = list.scrollHeight - list.scrollTop - list.clientHeight <= STICK_PX;
+});
+new ResizeObserver(() => {
+  if (stickToBottom && openPeerId !== null) scrollToBottom();
+}).observe(ui.messages);
 
 function openConversation(peerId, {focus = true} = {}) {
   const person = people.get(peerId);
@@ -390,6 +515,7 @@ function openConversation(peerId, {focus = true} = {}) {
   ui.peerUsername.textContent = `@${person.username}`;
   ui.text.placeholder = `Message ${person.display_name}`;
   ui.messages.dataset.peer = "";
+  stickToBottom = true;
   renderPeople();
   renderConversation();
   sync(peerId);
@@ -403,16 +529,116 @@ function closeConversation() {
   renderPeople();
 }
 
-function renderStatus(status) {
-  ui.status.dataset.status = status.state;
+// -- connection: status badge, countdown, banner ------------------------------------------
+
+let shownStatus = null;
+let retryDeadline = 0; // performance.now() when the pending retry fires
+let countdownTimer = null;
+
+const signedOutStatus = (status) =>
+  status.state === Status.disconnected && status.reason === "unauthorized";
+
+/** The badge and the banner for the client's current status. While waiting to retry,
+ * the badge counts down: it is rendered again each time the whole seconds left change. */
+function renderConnection() {
+  const status = client.status;
+  if (status !== shownStatus) {
+    shownStatus = status;
+    if (status.state === Status.waitingToRetry) {
+      retryDeadline = performance.now() + (status.retryInSeconds || 0) * 1000;
+    }
+  }
+  clearTimeout(countdownTimer);
+  countdownTimer = null;
+
   let text = STATUS_TEXT[status.state] || status.state;
-  if (status.state === Status.waitingToRetry && typeof status.retryInSeconds === "number") {
-    text = `Reconnecting in ${Math.max(1, Math.round(status.retryInSeconds))} s…`;
-  } else if (status.state === Status.disconnected && status.reason === "unauthorized") {
+  if (status.state === Status.waitingToRetry) {
+    const left = Math.max(0, (retryDeadline - performance.now()) / 1000);
+    const whole = Math.ceil(left);
+    if (whole >= 1) {
+      text = `Reconnecting in ${whole} s…`;
+      // Next change: when the time left drops to whole - 1.
+      const ms = (left - (whole - 1)) * 1000 + 15;
+      countdownTimer = setTimeout(renderConnection, ms);
+    }
+  } else if (signedOutStatus(status)) {
     text = "Signed out";
   }
+  ui.status.dataset.status = status.state;
   ui.status.querySelector(".status-text").textContent = text;
   ui.status.title = status.reason ? `Connection ${status.reason}` : "";
+  renderBanner(status);
+}
+
+/** Below the top bar while the connection is down: what happens to messages, and
+ * "Retry now" (the client's backoff can make the next attempt half a minute away). */
+function renderBanner(status) {
+  let text = null;
+  let action = null;
+  const queued = queuedCount();
+  const later = queued === 1
+    ? "1 message will be sent once Live."
+    : queued > 1 ? `${queued} messages will be sent once Live.` : "Messages you write now are sent once Live.";
+  if (status.state === Status.waitingToRetry) {
+    text = `Connection lost. ${later}`;
+    action = "retry";
+  } else if (status.state === Status.connecting && !ui.banner.hidden) {
+    text = `Reconnecting… ${later}`;
+    action = "retrying";
+  } else if (signedOutStatus(status)) {
+    text = "You were signed out.";
+  } else if (status.state === Status.disconnected && status.reason !== "closed" && status.reason !== "not opened") {
+    text = "The server refused the connection. Reload the page to try again.";
+    action = "reload";
+  }
+  ui.banner.hidden = text === null;
+  if (text === null) return;
+  ui.bannerText.textContent = text;
+  ui.banner.dataset.action = action || "";
+  ui.bannerAction.hidden = action === null;
+  ui.bannerAction.disabled = action === "retrying";
+  ui.bannerAction.textContent = action === "reload" ? "Reload" : action === "retrying" ? "Retrying…" : "Retry now";
+}
+
+/** Connect now instead of at the end of the countdown. */
+function retryNow() {
+  if (client.status.state !== Status.waitingToRetry) return;
+  client.openStreamingConnection().catch(() => {}); // the badge tells the story
+}
+
+ui.bannerAction.addEventListener("click", () => {
+  if (ui.banner.dataset.action === "reload") window.location.reload();
+  else retryNow();
+});
+// The network is back, or the user is looking again: no need to sit out the backoff.
+window.addEventListener("online", retryNow);
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible") retryNow();
+});
+
+/** The socket was closed for good with 4401: the session ended (signed out in another
+ * tab, password changed, user deactivated). Go to the sign-in page, unless the session
+ * still works over HTTP (only the socket was refused): then offer a reload. */
+async function signedOut() {
+  if (signingOut) return;
+  signingOut = true;
+  let response = null;
+  try {
+    response = await fetch(`${config.usersUrl}?limit=1`, {
+      headers: {Accept: "application/json"}, credentials: "same-origin"});
+  } catch {
+    // unreachable: the sign-in page will say so
+  }
+  if (response && response.ok) {
+    signingOut = false;
+    ui.bannerText.textContent = "Live updates stopped: the server refused this session. Reload the page.";
+    ui.banner.dataset.action = "reload";
+    ui.bannerAction.hidden = false;
+    ui.bannerAction.disabled = false;
+    ui.bannerAction.textContent = "Reload";
+    return;
+  }
+  goToSignIn();
 }
 
 let toastTimer = null;
@@ -435,24 +661,41 @@ const client = new Client(undefined, {onError: onServerError});
 const chat = client.endpoint("chat");
 
 client.addStreamingConnectionStatusListener((status) => {
-  renderStatus(status);
   const nowConnected = status.state === Status.connected;
   if (connected && !nowConnected) epoch += 1; // live delivery has a gap from here
   connected = nowConnected;
-  if (nowConnected && openPeerId !== null) sync(openPeerId); // fetch what was missed
-  if (status.state === Status.disconnected && status.reason === "unauthorized") {
-    toast("You were signed out.");
+  renderConnection();
+  if (nowConnected) {
+    if (openPeerId !== null) sync(openPeerId); // fetch what was missed
+    flushQueued(); // then send what was written meanwhile
   }
+  if (signedOutStatus(status)) signedOut();
 });
 
 ui.back.addEventListener("click", closeConversation);
 
 ui.composer.addEventListener("submit", (event) => {
   event.preventDefault();
+  if (textLength(ui.text.value) > MAX_TEXT_LENGTH) {
+    // Never cut silently: the counter says why, and offers to split.
+    ui.limit.classList.remove("nudge");
+    void ui.limit.offsetWidth; // restart the animation
+    ui.limit.classList.add("nudge");
+    return;
+  }
   if (send(ui.text.value)) {
     ui.text.value = "";
-    autosize();
+    composerChanged();
   }
+  ui.text.focus();
+});
+
+ui.split.addEventListener("click", () => {
+  const parts = splitText(ui.text.value);
+  if (parts.length > MAX_SPLIT_PARTS) return;
+  for (const part of parts) send(part);
+  ui.text.value = "";
+  composerChanged();
   ui.text.focus();
 });
 
@@ -468,11 +711,47 @@ function autosize() {
   ui.text.style.height = "auto";
   ui.text.style.height = `${Math.min(ui.text.scrollHeight + 2, 160)}px`;
 }
-ui.text.addEventListener("input", autosize);
+
+/** The counter: hidden well below the limit, "3,700 / 4,000 · 300 left" near it, and
+ * over it what happens instead (nothing is cut): Send is off, "Send as 3 messages". */
+function renderLimit() {
+  const count = textLength(ui.text.value);
+  const over = count > MAX_TEXT_LENGTH;
+  ui.limit.hidden = count < NEAR_LIMIT;
+  ui.limit.dataset.count = String(count);
+  ui.limit.dataset.state = over ? "over" : "near";
+  ui.send.disabled = over;
+  ui.text.setAttribute("aria-invalid", String(over));
+  if (ui.limit.hidden) return;
+  ui.limitCount.textContent = `${numberFormat.format(count)} / ${numberFormat.format(MAX_TEXT_LENGTH)}`;
+  if (!over) {
+    const left = MAX_TEXT_LENGTH - count;
+    ui.limitText.textContent = `${numberFormat.format(left)} ${left === 1 ? "character" : "characters"} left`;
+    ui.split.hidden = true;
+    return;
+  }
+  const parts = splitText(ui.text.value).length;
+  const excess = numberFormat.format(count - MAX_TEXT_LENGTH);
+  if (parts <= MAX_SPLIT_PARTS) {
+    ui.limitText.textContent = `Too long for one message (${excess} over). Shorten it, or`;
+    ui.split.textContent = `send it as ${parts} messages`;
+    ui.split.hidden = false;
+  } else {
+    ui.limitText.textContent = `Too long (${excess} over): messages are at most ` +
+      `${numberFormat.format(MAX_TEXT_LENGTH)} characters. Shorten it to send it.`;
+    ui.split.hidden = true;
+  }
+}
+
+function composerChanged() {
+  renderLimit();
+  autosize();
+}
+ui.text.addEventListener("input", composerChanged);
 
 async function main() {
-  renderStatus(client.status);
   client.openStreamingConnection().catch(() => {}); // the status badge tells the story
+  renderConnection();
   (async () => {
     for await (const message of chat.stream) receive(message);
   })();
