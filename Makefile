@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8000
 
-.PHONY: setup browser run test test-fast test-py312 lint bench demo clean
+.PHONY: setup browser run test test-fast test-py312 fuzz lint bench demo clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,7 +26,7 @@ browser:
 
 demo: setup
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py seed_demo
+	$(BIN)/python manage.py seed_demo --port $(PORT)
 
 run: demo
 	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
@@ -42,6 +42,19 @@ test-py312:
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not e2e and not browser" $(PYTEST_ARGS)
+
+# Property-based fuzzing against live daphne and uvicorn (tests/e2e/test_fuzz.py):
+# FUZZ_EXAMPLES frames per server, a new seed each run (replay one with FUZZ_SEED=...).
+# `make test` runs the same tests with a few hundred frames and a fixed seed.
+FUZZ_EXAMPLES ?= 5000
+ifndef FUZZ_SEED
+FUZZ_SEED := $(shell date +%s)
+endif
+
+fuzz: setup
+	@echo "fuzz seed: $(FUZZ_SEED) (make fuzz FUZZ_SEED=$(FUZZ_SEED) replays this run)"
+	STREAMPOD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) STREAMPOD_FUZZ_SEED=$(FUZZ_SEED) \
+	  $(BIN)/python -m pytest tests/e2e/test_fuzz.py -p no:cacheprovider -rxX $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -10,21 +10,31 @@ import redis
 import websockets
 
 from streaming.messages import group_name
+from streampod_project.settings import _redis_prefix
 
-PUBSUB_PREFIX = "asgi"  # channels_redis' default prefix
+PUBSUB_PREFIX = "asgi"  # channels_redis' default prefix (the project's on database 0)
 
 
-def redis_channel(channel: str) -> str:
-    """The Redis pub/sub channel carrying a bus channel (channels_redis naming)."""
-    return f"{PUBSUB_PREFIX}__group__{group_name(channel)}"
+def pubsub_prefix(url: str) -> str:
+    """The channel-layer prefix of servers started with ``REDIS_URL=url``: the project's own
+    rule (``asgi`` on database 0, ``asgi_db<n>`` on database ``n``, or
+    ``STREAMPOD_REDIS_PREFIX``), since Redis pub/sub ignores database numbers."""
+    return _redis_prefix(url)
+
+
+def redis_channel(channel: str, url: str | None = None) -> str:
+    """The Redis pub/sub channel carrying a bus channel (channels_redis naming), for servers
+    on ``url`` (channels_redis' default prefix when None)."""
+    prefix = pubsub_prefix(url) if url else PUBSUB_PREFIX
+    return f"{prefix}__group__{group_name(channel)}"
 
 
 def numsub(url: str, channel: str) -> int:
+    """How many servers on ``url`` subscribe to bus channel ``channel``."""
+    name = redis_channel(channel, url)
     client = redis.Redis.from_url(url)
     try:
-        return int(
-            dict(client.pubsub_numsub(redis_channel(channel)))[redis_channel(channel).encode()]
-        )
+        return int(dict(client.pubsub_numsub(name))[name.encode()])
     finally:
         client.close()
 

@@ -255,9 +255,16 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+#: The tests' database on the machine's Redis: not 0, where a developer's own data (or a
+#: deployment's) usually is. Redis pub/sub ignores database numbers; the tests' channel
+#: names are their own (random group names, or a prefix of their own).
+TEST_REDIS_DB = 13
+DEFAULT_TEST_REDIS_URL = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
+
+
 def shared_redis_url() -> str:
-    """The machine's Redis (127.0.0.1:6379 unless ``STREAMPOD_TEST_REDIS_URL``)."""
-    return os.environ.get("STREAMPOD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    """The machine's Redis: ``STREAMPOD_TEST_REDIS_URL``, else database 13 of 127.0.0.1:6379."""
+    return os.environ.get("STREAMPOD_TEST_REDIS_URL") or DEFAULT_TEST_REDIS_URL
 
 
 def require_redis(url: str | None = None) -> str:
