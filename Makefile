@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8000
 
-.PHONY: setup browser run test test-fast test-py312 fuzz lint bench demo clean
+.PHONY: setup browser nginx run test test-fast test-py312 fuzz lint bench demo clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,13 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "WARNING: could not install chromium; browser tests will fail under CI"; }
 
+# Debian's nginx (and envsubst) for the tests that run nginx in front of two servers.
+nginx:
+	@{ command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; } && command -v envsubst >/dev/null 2>&1 || { \
+	  echo "installing Debian's nginx for the proxy tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx gettext-base >/dev/null) \
+	  || echo "WARNING: could not install nginx; the nginx tests will fail under CI"; }
+
 demo: setup
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo --port $(PORT)
@@ -31,7 +38,7 @@ demo: setup
 run: demo
 	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
-test: setup browser
+test: setup browser nginx
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The whole suite again on Python 3.12 (the lanes' eager-start branch runs only there).

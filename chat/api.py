@@ -5,7 +5,8 @@ The first two need a signed-in user (session or ``Authorization: Token <key>``; 
 project's ``REST_FRAMEWORK`` defaults). A conversation is always read from the
 requesting user's side: there is no parameter that names somebody else's messages.
 
-All three are throttled with DRF's ``ScopedRateThrottle``: scope ``chat_api`` per user,
+All three are throttled with DRF's ``ScopedRateThrottle`` (open while its cache is down:
+chat/throttling.py): scope ``chat_api`` per user,
 scope ``auth_token`` per client address (the rates are the project's
 ``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]``). Over a rate: 429 with ``Retry-After``.
 """
@@ -17,12 +18,12 @@ from typing import Any
 from django.db.models import Q, QuerySet
 from rest_framework import generics
 from rest_framework.authtoken.views import ObtainAuthToken
-from rest_framework.throttling import ScopedRateThrottle
 
 from .models import Message
 from .pagination import AfterIdPagination, CheckedLimitOffsetPagination
 from .people import chat_partners
 from .serializers import ConversationQuerySerializer, MessageSerializer, PersonSerializer
+from .throttling import ScopedRateThrottleFailOpen
 
 
 class TokenView(ObtainAuthToken):
@@ -30,7 +31,7 @@ class TokenView(ObtainAuthToken):
     ``obtain_auth_token``, which has no throttle of its own, throttled per client
     address so that passwords cannot be guessed at full speed."""
 
-    throttle_classes = [ScopedRateThrottle]
+    throttle_classes = [ScopedRateThrottleFailOpen]
     throttle_scope = "auth_token"
 
 
@@ -40,7 +41,7 @@ class PeopleView(generics.ListAPIView):
 
     serializer_class = PersonSerializer
     pagination_class = CheckedLimitOffsetPagination
-    throttle_classes = [ScopedRateThrottle]
+    throttle_classes = [ScopedRateThrottleFailOpen]
     throttle_scope = "chat_api"
 
     def get_queryset(self) -> QuerySet[Any]:
@@ -56,7 +57,7 @@ class ConversationView(generics.ListAPIView):
 
     serializer_class = MessageSerializer
     pagination_class = AfterIdPagination
-    throttle_classes = [ScopedRateThrottle]
+    throttle_classes = [ScopedRateThrottleFailOpen]
     throttle_scope = "chat_api"
 
     def get_queryset(self) -> QuerySet[Message]:

@@ -553,7 +553,10 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
                     await last.wait()
             except TimeoutError:
                 # The first one not done holds up the ones after it (registration order).
-                stuck = next(slot for slot, ready in readies if not ready.is_set())
+                # (None of them, if the last finished while this task waited to resume.)
+                stuck = next(
+                    (slot for slot, ready in readies if not ready.is_set()), readies[-1][0]
+                )
                 logger.warning(
                     "%s: stream_opened of %s has not returned after %.1fs; not waiting for it",
                     self.scope.get("client"),
