@@ -196,12 +196,21 @@ class Conn:
 
 
 async def open_conn(
-    dialect: Dialect, base: str, uid: int, server: int, timeout: float = 30.0
+    dialect: Dialect,
+    base: str,
+    uid: int,
+    server: int,
+    timeout: float = 30.0,
+    headers: dict[str, str] | None = None,
 ) -> Conn:
-    """Connect and wait for the server's "ready": the socket listens on ``user_<uid>``."""
+    """Connect and wait for the server's "ready": the socket listens on ``user_<uid>``.
+
+    ``headers``: extra handshake headers (credentials: bench/churn.py).
+    """
     async with asyncio.timeout(timeout):
         ws = await connect(
             dialect.url(base, uid),
+            additional_headers=headers,
             compression=None,
             ping_interval=None,
             open_timeout=None,

@@ -6,12 +6,17 @@ or the channels-redis pub/sub layer when ``REDIS_URL`` is set), with:
 * the bench relay as the one endpoint on ``/websocket/`` (the demo ``chat`` app left
   out, so that each socket opens only the endpoint being measured);
 * no database work: an in-memory SQLite nobody queries (clients are identified by
-  ``?uid=``, see :mod:`bench.identity`);
+  ``?uid=``, see :mod:`bench.identity`), unless ``BENCH_DATABASE_URL`` names a database
+  (bench/churn.py, whose sockets authenticate);
 * ``DEBUG`` off, as in production;
 * the per-connection rate limit raised (10,000 frames/s, bursts of 20,000): the relay's
   senders send over 1,000 frames/s each on a fast run, past the shipped 500/s, and the
   other contenders have no such limit. A refused frame would count as lost.
 """
+
+import os
+
+import dj_database_url
 
 from streampod_project.settings import *  # noqa: F403
 from streampod_project.settings import INSTALLED_APPS, STREAMING
@@ -20,7 +25,12 @@ DEBUG = False
 INSTALLED_APPS = [app for app in INSTALLED_APPS if app != "chat"]
 ROOT_URLCONF = "bench.urls"
 ASGI_APPLICATION = "bench.asgi.application"
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+# bench/churn.py authenticates its sockets: it gives the servers a database with users.
+DATABASES = (
+    {"default": dj_database_url.parse(os.environ["BENCH_DATABASE_URL"])}
+    if os.environ.get("BENCH_DATABASE_URL")
+    else {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+)
 STREAMING = {
     **STREAMING,
     "ENDPOINTS": ["bench.streampod_relay.RelayEndpoint"],

@@ -82,13 +82,24 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
 
 @database_sync_to_async
 def _user_for_token(key: str) -> Any | None:
+    """The active user of DRF token ``key``, else None: one query, for the user alone.
+
+    Not ``Token.objects.select_related("user")``: that fills the one-to-one caches both
+    ways (``token.user`` and ``user.auth_token``), a reference cycle, and Django compiles
+    a select_related query with a self-referencing closure, another one. The user lives
+    as long as its socket; with those cycles every authenticated socket left garbage
+    that only the cyclic collector frees, which ``tune_gc()`` runs seldom.
+    """
+    from django.contrib.auth import get_user_model
     from rest_framework.authtoken.models import Token
 
+    User = get_user_model()
+    token_key = f"{Token._meta.get_field('user').related_query_name()}__key"  # auth_token__key
     try:
-        token = Token.objects.select_related("user").get(key=key)
-    except (Token.DoesNotExist, ValueError):
+        user = User._default_manager.get(**{token_key: key})
+    except (User.DoesNotExist, ValueError):
         return None
-    return token.user if token.user.is_active else None
+    return user if user.is_active else None
 
 
 def token_of(key: str) -> str:

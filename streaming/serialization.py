@@ -34,15 +34,28 @@ Contract (the wire rules are in docs/protocol.md, "Types on the wire"):
 
 from __future__ import annotations
 
+import base64
+import binascii
+import collections.abc
 import json
+import secrets
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import Any, ClassVar
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PlainSerializer,
+    ValidationError,
+    WrapSerializer,
+    WrapValidator,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError, SchemaValidator
 
 from .exceptions import InvalidMessage, UnknownClass
 from .protocol import echo
@@ -50,7 +63,13 @@ from .protocol import echo
 #: Most per-field entries an ``invalid_message`` error lists (the count is in its message).
 MAX_ERRORS = 20
 
+#: The key that names a nested object's class when it is not the declared one (Serverpod's).
+CLASS_NAME_KEY = "__className__"
+#: How the key looks in JSON text that json.dumps wrote (inside a string it would be escaped).
+_TAG = json.dumps(CLASS_NAME_KEY)
+
 __all__ = [
+    "CLASS_NAME_KEY",
     "SerializableEntity",
     "decode_object",
     "encode_object",
@@ -87,7 +106,7 @@ class SerializableEntity(BaseModel):
 
     model_config = ConfigDict(
         strict=True,
-        extra="forbid",
+        extra="ignore",  # a later version may add fields: ignore them, as Serverpod does
         validate_assignment=True,
         ser_json_inf_nan="strings",
     )
@@ -105,6 +124,12 @@ class SerializableEntity(BaseModel):
     #: str-keyed dicts and unions of those): strict Python validation of parsed JSON
     #: then accepts and refuses exactly what strict JSON validation does.
     _json_native: ClassVar[bool] = False
+    #: True once the class's fields follow the wire rules (see ``_finish_class``).
+    _wire_ready: ClassVar[bool] = False
+    #: (JSON key, shape) of the fields that hold nested messages (see ``_Nested``).
+    _shapes: ClassVar[tuple[tuple[str, tuple[Any, ...]], ...]] = ()
+    #: (core schema, validator) cached by ``_plain_validator``.
+    _plain_cache: ClassVar[tuple[Any, Any] | None] = None
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -113,11 +138,33 @@ class SerializableEntity(BaseModel):
             cls.class_name = cls.__name__
         if not isinstance(cls.class_name, str) or not cls.class_name:
             raise TypeError(f"{cls.__qualname__}.class_name must be a non-empty string.")
-        cls._datetime_fields = frozenset(
-            name for name, field in cls.model_fields.items() if _mentions_datetime(field.annotation)
-        )
-        cls._json_native = all(_json_native(f.annotation) for f in cls.model_fields.values())
+        cls._wire_ready = False
+        if cls.__pydantic_complete__:
+            _finish_class(cls)
+        # else a forward reference is pending: model_rebuild() finishes the class.
         _register(cls)
+
+    @classmethod
+    def model_rebuild(
+        cls,
+        *,
+        force: bool = False,
+        raise_errors: bool = True,
+        _parent_namespace_depth: int = 2,
+        _types_namespace: Any = None,
+    ) -> bool | None:
+        # Pydantic calls this too, to complete a class whose forward references can now
+        # be resolved (on first use); the class then gets the wire rules.
+        result = super().model_rebuild(
+            force=force,
+            raise_errors=raise_errors,
+            # one frame more between pydantic and the caller whose names it resolves
+            _parent_namespace_depth=_parent_namespace_depth + 1 if _parent_namespace_depth else 0,
+            _types_namespace=_types_namespace,
+        )
+        if cls.__pydantic_complete__ and not cls.__dict__.get("_wire_ready", False):
+            _finish_class(cls)
+        return result
 
     @field_validator("*", mode="after")
     @classmethod
@@ -165,6 +212,533 @@ def _json_native(annotation: Any) -> bool:
     if origin in (typing.Union, types.UnionType):
         return all(_json_native(arg) for arg in args)
     return False
+
+
+# -- the wire rules: how a class's fields are finished -----------------------------------------
+#
+# Pydantic is told about the wire types by rewriting field annotations once, when a class is
+# complete: each position (a field, a list item, a dict value, a union member...) typed as a
+# message class, ``timedelta`` or ``bytes`` becomes ``Annotated[T, <validator>, <serializer>]``,
+# and a required field whose type admits None gets the default None. The class is then
+# rebuilt. Classes with none of these pay nothing at run time.
+#
+# A wrap validator sees JSON input converted to Python objects, and whatever it hands on is
+# validated with *Python* semantics (a datetime string would be refused in strict mode).
+# So the validators below never hand JSON input on: they convert it themselves, or validate
+# the nested object from JSON text (``_validate_nested``).
+
+
+def _wire_function(function: Callable[..., Any]) -> Callable[..., Any]:
+    function._streampod_wire = True  # type: ignore[attr-defined]
+    return function
+
+
+def _is_wired(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is Annotated and any(
+        getattr(getattr(meta, "func", None), "_streampod_wire", False)
+        for meta in annotation.__metadata__
+    )
+
+
+def _validate_milliseconds(value: Any, handler: Any, info: Any) -> timedelta:
+    if info.mode == "json":
+        if type(value) is not int:  # bool is not a duration either
+            raise PydanticCustomError(
+                "duration_type", "Input should be an integer number of milliseconds"
+            )
+        try:
+            value = timedelta(milliseconds=value)
+        except OverflowError:
+            raise PydanticCustomError(
+                "duration_range", "Input should be a duration within timedelta's range"
+            ) from None
+    return _whole_milliseconds(handler(value))
+
+
+def _milliseconds(value: timedelta) -> int:
+    """Whole milliseconds, truncated toward zero (Dart's ``Duration.inMilliseconds``)."""
+    micro = value // _MICROSECOND
+    return micro // 1000 if micro >= 0 else -(-micro // 1000)
+
+
+def _whole_milliseconds(value: timedelta) -> timedelta:
+    if value.microseconds % 1000 == 0:
+        return value
+    return timedelta(milliseconds=_milliseconds(value))
+
+
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _validate_base64(value: Any, handler: Any, info: Any) -> bytes:
+    if info.mode == "json":
+        if not isinstance(value, str):
+            raise PydanticCustomError("bytes_type", "Input should be a base64 string")
+        text = value.rstrip("=")
+        padding = -len(text) % 4
+        try:
+            if len(value) - len(text) not in (0, padding):  # unpadded, or padded right
+                raise ValueError
+            if "-" in text or "_" in text:  # the URL-safe alphabet, not mixed with the other
+                if "+" in text or "/" in text:
+                    raise ValueError
+                text = text.replace("-", "+").replace("_", "/")
+            value = base64.b64decode(text + "=" * padding, validate=True)
+        except (binascii.Error, ValueError):
+            raise PydanticCustomError(
+                "bytes_invalid_encoding", "Data should be valid base64"
+            ) from None
+    return handler(value)  # type: ignore[no-any-return]
+
+
+def _base64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+_MILLISECONDS = (
+    WrapValidator(_wire_function(_validate_milliseconds)),
+    PlainSerializer(_wire_function(_milliseconds), return_type=int, when_used="json"),
+)
+_BASE64 = (
+    WrapValidator(_wire_function(_validate_base64)),
+    PlainSerializer(_wire_function(_base64), return_type=str, when_used="json"),
+)
+
+
+class _Nested:
+    """The nested objects of one decode, held aside while their parents validate.
+
+    A wrap validator gets JSON input as Python objects and must validate a nested
+    message from JSON text again (see above). So that each object is turned into JSON
+    text once, not once per enclosing level, the objects at message-typed positions are
+    replaced by ``{<key>: <index>}`` before their parent is turned into JSON text, and
+    the validator at that position takes the object back from here. The key is random
+    per decode: a client cannot forge a reference.
+    """
+
+    __slots__ = ("key", "objects")
+
+    def __init__(self) -> None:
+        self.key = "\x00" + secrets.token_hex(6)
+        self.objects: list[dict[str, Any]] = []
+
+    def hold(self, value: dict[str, Any]) -> dict[str, int]:
+        self.objects.append(value)
+        return {self.key: len(self.objects) - 1}
+
+    def take(self, value: dict[str, Any]) -> dict[str, Any] | None:
+        if len(value) == 1:
+            index = value.get(self.key)
+            if type(index) is int:
+                return self.objects[index]
+        return None
+
+
+def _validate_json(
+    target: type[SerializableEntity], value: Any, nested: _Nested | None
+) -> SerializableEntity:
+    """Parsed JSON ``value`` validated as ``target`` with strict JSON semantics."""
+    validator = target.__pydantic_validator__
+    if target._json_native:
+        return validator.validate_python(value)  # type: ignore[no-any-return]  # alike here
+    if target._shapes and isinstance(value, dict):
+        nested = nested or _Nested()
+        text = json.dumps(_hold_nested(target, value, nested))
+        return validator.validate_json(text, context=nested)  # type: ignore[no-any-return]
+    return validator.validate_json(json.dumps(value))  # type: ignore[no-any-return]
+
+
+def _entity_validator(declared: type[SerializableEntity]) -> Callable[..., Any]:
+    def validate(value: Any, handler: Any, info: Any) -> Any:
+        json_mode = info.mode == "json"
+        nested = info.context if type(info.context) is _Nested else None
+        if not isinstance(value, dict):
+            if json_mode:  # not an object: refused with JSON mode's words
+                return _validate_json(declared, value, None)
+            return handler(value)  # an instance (kept as it is) or an error
+        if json_mode and nested is not None:
+            held = nested.take(value)
+            if held is not None:
+                value = held
+        target = declared
+        name = value.get(CLASS_NAME_KEY)
+        if name is not None:
+            target = _nested_class(declared, name)
+        if not json_mode:
+            return handler(value) if target is declared else target.model_validate(value)
+        if target is declared and declared._json_native:
+            return handler(value)  # Python validation of parsed JSON is JSON validation here
+        return _validate_json(target, value, nested)
+
+    validate._streampod_message = True  # type: ignore[attr-defined]  # see _plain_validator
+    return _wire_function(validate)
+
+
+def _plain_validator(cls: type[SerializableEntity]) -> SchemaValidator:
+    """``cls``'s validator without the validators of its message-typed positions.
+
+    For JSON text that holds no ``"__className__"``: every nested object is then of its
+    declared class, and pydantic validates it from the JSON text itself, as fast as
+    before nested messages had validators. Built once per class schema.
+    """
+    schema = cls.__pydantic_core_schema__
+    cached = cls.__dict__.get("_plain_cache")
+    if cached is not None and cached[0] is schema:
+        return cached[1]  # type: ignore[no-any-return]
+    plain = _without_message_validators(schema)
+    try:
+        # Nested classes from the schema, not their own (wired) validators.
+        validator = SchemaValidator(plain, _use_prebuilt=False)  # type: ignore[call-arg]
+    except TypeError:  # an older pydantic-core, which does not reuse them
+        validator = SchemaValidator(plain)
+    cls._plain_cache = (schema, validator)
+    return validator
+
+
+def _without_message_validators(node: Any) -> Any:
+    if isinstance(node, dict):
+        if node.get("type") == "function-wrap":
+            function = node.get("function")
+            if isinstance(function, dict) and getattr(
+                function.get("function"), "_streampod_message", False
+            ):
+                return _without_message_validators(node["schema"])
+        return {key: _without_message_validators(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_without_message_validators(value) for value in node]
+    return node
+
+
+# Where message-typed positions are in a class's fields, to hold nested objects aside:
+# ("e",) a message; ("l", item) a list; ("t", items) a fixed tuple; ("d", value) a dict;
+# ("u", members) a union; ("s",) a scalar or None; ("o",) anything else.
+_Shape = tuple[Any, ...]
+_SCALAR: _Shape = ("s",)
+_OTHER: _Shape = ("o",)
+_MESSAGE: _Shape = ("e",)
+_SEQUENCES = (list, set, frozenset, collections.abc.Sequence)
+
+
+def _shape(annotation: Any) -> _Shape:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Annotated:
+        return _shape(args[0])
+    if isinstance(annotation, type) and origin is None:
+        if issubclass(annotation, SerializableEntity):
+            return _MESSAGE
+        if annotation in _JSON_SCALARS or annotation in (bytes, datetime, timedelta):
+            return _SCALAR
+        return _OTHER
+    if annotation is None:
+        return _SCALAR
+    if origin in (typing.Union, types.UnionType):
+        return ("u", tuple(_shape(arg) for arg in args))
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return ("l", _shape(args[0]))
+        return ("t", tuple(_shape(arg) for arg in args))
+    if origin in _SEQUENCES and len(args) == 1:
+        return ("l", _shape(args[0]))
+    if origin in (dict, collections.abc.Mapping) and len(args) == 2:
+        return ("d", _shape(args[1]))
+    return _OTHER
+
+
+def _holds_messages(shape: _Shape) -> bool:
+    kind = shape[0]
+    if kind == "e":
+        return True
+    if kind in ("l", "d"):
+        return _holds_messages(shape[1])
+    if kind in ("t", "u"):
+        return any(_holds_messages(member) for member in shape[1])
+    return False
+
+
+def _hold(shape: _Shape, value: Any, nested: _Nested) -> Any:
+    """``value`` with the objects at message positions held aside in ``nested``."""
+    kind = shape[0]
+    if kind == "e":
+        return nested.hold(value) if type(value) is dict else value
+    if kind == "l":
+        if type(value) is list:
+            return [_hold(shape[1], item, nested) for item in value]
+        return value
+    if kind == "d":
+        if type(value) is dict:
+            return {key: _hold(shape[1], item, nested) for key, item in value.items()}
+        return value
+    if kind == "t":
+        if type(value) is list and len(value) == len(shape[1]):
+            return [
+                _hold(member, item, nested) for member, item in zip(shape[1], value, strict=True)
+            ]
+        return value
+    if kind == "u":
+        # Only when the value's JSON type leaves no doubt about the member it is for;
+        # otherwise it stays inline (its validator then turns it into JSON text again).
+        if type(value) is dict:
+            takers = [m for m in shape[1] if m[0] in ("e", "d", "o")]
+            if takers and all(m[0] == "e" for m in takers):
+                return nested.hold(value)
+            if len(takers) == 1 and takers[0][0] == "d":
+                return _hold(takers[0], value, nested)
+        elif type(value) is list:
+            takers = [m for m in shape[1] if m[0] in ("l", "t", "o")]
+            if len(takers) == 1 and takers[0][0] != "o":
+                return _hold(takers[0], value, nested)
+    return value
+
+
+def _hold_nested(cls: type[SerializableEntity], data: dict[str, Any], nested: _Nested) -> Any:
+    held = None
+    for key, shape in cls._shapes:
+        if key in data:
+            value = data[key]
+            new = _hold(shape, value, nested)
+            if new is not value:
+                if held is None:
+                    held = dict(data)
+                held[key] = new
+    return data if held is None else held
+
+
+def _nested_class(declared: type[SerializableEntity], name: Any) -> type[SerializableEntity]:
+    """The class ``"__className__": name`` selects where ``declared`` is expected."""
+    if not isinstance(name, str):
+        _refuse_class_name("class_name_type", "__className__ should be a string", name)
+    named = _registry.get(name)
+    if named is None or named is declared:
+        return declared  # a subclass this side does not know: read what it knows
+    if not issubclass(named, declared):
+        _refuse_class_name(
+            "class_name_mismatch",
+            "{class_name} is not a {expected}",
+            name,
+            {"class_name": echo(name), "expected": echo(declared.class_name)},
+        )
+    return named
+
+
+def _refuse_class_name(
+    kind: str, message: str, name: Any, context: dict[str, Any] | None = None
+) -> typing.NoReturn:
+    # A ValidationError raised in a validator keeps its locations: the error's path
+    # ends in ".__className__".
+    raise ValidationError.from_exception_data(
+        "SerializableEntity",
+        [
+            {
+                "type": PydanticCustomError(kind, message, context),
+                "loc": (CLASS_NAME_KEY,),
+                "input": name,
+            }
+        ],
+    )
+
+
+def _entity_serializer(declared: type[SerializableEntity], always: bool) -> Callable[..., Any]:
+    def serialize(value: Any, handler: Any, info: Any) -> Any:
+        cls = type(value)
+        if not isinstance(value, SerializableEntity):
+            return handler(value)
+        if cls is declared and not always:
+            # For JSON, pydantic serializes the instance by its class in Rust.
+            return value if info.mode == "json" else handler(value)
+        # Another class (or a union, where the declared one is not known): its own
+        # fields, and its name beside them.
+        fields = cls.__pydantic_serializer__.to_python(
+            value,
+            mode=info.mode,
+            by_alias=info.by_alias,
+            exclude_unset=info.exclude_unset,
+            exclude_defaults=info.exclude_defaults,
+            exclude_none=info.exclude_none,
+            round_trip=info.round_trip,
+        )
+        return {CLASS_NAME_KEY: cls.class_name, **fields}
+
+    return _wire_function(serialize)
+
+
+def _entity_class(annotation: Any) -> type[SerializableEntity] | None:
+    if typing.get_origin(annotation) is Annotated:
+        return _entity_class(typing.get_args(annotation)[0])
+    if isinstance(annotation, type) and issubclass(annotation, SerializableEntity):
+        return annotation
+    return None
+
+
+_CONTAINERS = (
+    list,
+    tuple,
+    set,
+    frozenset,
+    dict,
+    collections.abc.Sequence,
+    collections.abc.Mapping,
+)
+
+
+def _wire_annotation(annotation: Any, always_tag: bool = False) -> Any:
+    """``annotation`` with the wire rules applied, or None when it needs none."""
+    if _is_wired(annotation):
+        return None
+    if isinstance(annotation, type):
+        if issubclass(annotation, SerializableEntity):
+            return Annotated[  # type: ignore[valid-type]
+                annotation,
+                WrapValidator(_entity_validator(annotation)),
+                WrapSerializer(_entity_serializer(annotation, always_tag)),
+            ]
+        if annotation is timedelta:
+            return Annotated[(timedelta, *_MILLISECONDS)]
+        if annotation is bytes:
+            return Annotated[(bytes, *_BASE64)]
+        return None
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Annotated:
+        inner = _wire_annotation(args[0], always_tag)
+        return None if inner is None else Annotated[(inner, *annotation.__metadata__)]
+    if origin in (typing.Union, types.UnionType):
+        # Among several message classes the declared class is not known: always tag.
+        several = sum(_entity_class(arg) is not None for arg in args) > 1
+        members = [_wire_annotation(arg, several) for arg in args]
+        if all(member is None for member in members):
+            return None
+        return typing.Union[  # noqa: UP007
+            tuple(arg if new is None else new for arg, new in zip(args, members, strict=True))
+        ]
+    if origin in _CONTAINERS and args:
+        if origin in (dict, collections.abc.Mapping):
+            value = _wire_annotation(args[1]) if len(args) == 2 else None
+            return None if value is None else origin[args[0], value]
+        items = [arg if arg is Ellipsis else _wire_annotation(arg) for arg in args]
+        if all(item is None or item is Ellipsis for item in items):
+            return None
+        return origin[
+            tuple(arg if new is None else new for arg, new in zip(args, items, strict=True))
+        ]
+    return None
+
+
+def _admits_none(annotation: Any) -> bool:
+    if annotation is None or annotation is type(None):
+        return True
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Annotated:
+        return _admits_none(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_admits_none(arg) for arg in args)
+    if origin is typing.Literal:
+        return None in args
+    return False
+
+
+def _entity_refs(annotation: Any, found: set[type[SerializableEntity]]) -> None:
+    """Add the message classes ``annotation`` mentions to ``found``."""
+    if isinstance(annotation, type):
+        if issubclass(annotation, SerializableEntity):
+            found.add(annotation)
+        return
+    for arg in typing.get_args(annotation):
+        _entity_refs(arg, found)
+
+
+def _json_key(name: str, field: Any) -> str:
+    for alias in (field.validation_alias, field.alias):
+        if isinstance(alias, str):
+            return alias
+    return name
+
+
+def _ensure_finished(cls: type[SerializableEntity]) -> None:
+    if cls.__dict__.get("_wire_ready", False):
+        return
+    if cls.__pydantic_complete__:
+        _finish_class(cls)
+    else:
+        cls.model_rebuild(raise_errors=False)  # finishes it if it can be completed now
+
+
+#: The classes being finished together, and those of them whose fields changed.
+_finishing: tuple[list[type[SerializableEntity]], list[type[SerializableEntity]]] | None = None
+#: Unfinished class -> classes whose schema holds a copy of it made before it was finished
+#: (pydantic builds a class still waiting for a forward reference into the schemas of the
+#: classes that use it). They are rebuilt once it is finished.
+_waiting: dict[type[SerializableEntity], set[type[SerializableEntity]]] = {}
+
+
+def _finish_class(cls: type[SerializableEntity]) -> None:
+    """Apply the wire rules to ``cls``'s fields (once the class is complete).
+
+    The message classes it refers to are finished first, in the same batch. At the end
+    of the batch, every class whose schema must change is rebuilt, none of them reusing
+    another's old schema.
+    """
+    global _finishing
+    outermost = _finishing is None
+    if outermost:
+        _finishing = ([], [])
+    finished, changed = _finishing  # type: ignore[misc]
+    try:
+        cls._wire_ready = True  # first: a class that refers to itself is finished once
+        finished.append(cls)
+        refs: set[type[SerializableEntity]] = set()
+        for field in cls.model_fields.values():
+            _entity_refs(field.annotation, refs)
+        for ref in refs:
+            _ensure_finished(ref)
+        for ref in refs:
+            if not ref.__dict__.get("_wire_ready", False):
+                _waiting.setdefault(ref, set()).add(cls)
+            else:  # a finished class that still holds an unfinished copy of another
+                for holders in _waiting.values():
+                    if ref in holders:
+                        holders.add(cls)
+        fields_changed = False
+        for field in cls.model_fields.values():
+            wired = _wire_annotation(field.annotation)
+            if wired is not None:
+                field.annotation = wired
+                fields_changed = True
+            if field.is_required() and _admits_none(field.annotation):
+                # A missing nullable field is None (Serverpod leaves nulls out).
+                field.default = None
+                attributes_set = getattr(field, "_attributes_set", None)
+                if isinstance(attributes_set, dict):
+                    attributes_set["default"] = None
+                fields_changed = True
+        if fields_changed:
+            changed.append(cls)
+        cls._datetime_fields = frozenset(
+            name for name, f in cls.model_fields.items() if _mentions_datetime(f.annotation)
+        )
+        cls._json_native = all(_json_native(f.annotation) for f in cls.model_fields.values())
+        cls._shapes = tuple(
+            (_json_key(name, f), shape)
+            for name, f in cls.model_fields.items()
+            if _holds_messages(shape := _shape(f.annotation))
+        )
+    finally:
+        if outermost:
+            _finishing = None
+    if not outermost:
+        return
+    rebuild = dict.fromkeys(changed)
+    for member in finished:
+        rebuild.update(dict.fromkeys(_waiting.pop(member, ())))
+    for member in rebuild:
+        # Pydantic reuses a complete class's schema only when the class holds one itself.
+        if "__pydantic_core_schema__" in member.__dict__:
+            delattr(member, "__pydantic_core_schema__")
+    for member in rebuild:
+        BaseModel.model_rebuild.__func__(  # type: ignore[attr-defined]
+            member, force=True, _parent_namespace_depth=0
+        )
 
 
 def _register(cls: type[SerializableEntity]) -> None:
@@ -229,7 +803,12 @@ def decode_object(class_name: str, data: dict[str, Any]) -> SerializableEntity:
     try:
         if cls._json_native:
             return cls.model_validate(data)  # already parsed: no JSON round trip
-        return cls.model_validate_json(json.dumps(data))
+        text = json.dumps(data)
+        if cls._shapes:  # nested messages
+            if _TAG not in text:  # all of their declared classes (see _plain_validator)
+                return _plain_validator(cls).validate_json(text)  # type: ignore[no-any-return]
+            return _validate_json(cls, data, None)  # see _Nested
+        return cls.model_validate_json(text)
     except ValidationError as exc:
         raise InvalidMessage(
             f"Invalid {echo(class_name)}: {exc.error_count()} field(s) failed validation.",

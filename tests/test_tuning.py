@@ -18,7 +18,7 @@ def test_tune_gc_sets_thresholds_and_freezes_start_up_objects():
         "from streaming.tuning import tune_gc\n"
         "before = gc.get_threshold()\n"
         "assert tune_gc() == before\n"
-        "assert gc.get_threshold() == (50_000, 20, 20), gc.get_threshold()\n"
+        "assert gc.get_threshold() == (10_000, 1, 1), gc.get_threshold()\n"
         "assert gc.get_freeze_count() > 1000, gc.get_freeze_count()\n"
         "tune_gc(10_000, (5, 5), freeze=False)\n"
         "assert gc.get_threshold() == (10_000, 5, 5)\n"

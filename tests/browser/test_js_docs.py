@@ -1,14 +1,18 @@
 """The browser client's documented examples run as written, in Chromium, against a real
 daphne server: each ```js block of the "Browser client" docs, as a module script of a
-page of the server, signed in (session cookie) or anonymous as the docs say."""
+page of the server, signed in (session cookie) or anonymous as the docs say (the token
+example signs in itself)."""
 
 import asyncio
 import re
 from pathlib import Path
 
-from asgiref.sync import sync_to_async
+from . import test_js_token_auth
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+# The fixture of a server whose token endpoint is not throttled.
+unthrottled_server = test_js_token_auth.unthrottled_server
 
 
 def browser_docs() -> str:
@@ -23,17 +27,19 @@ def examples() -> list[str]:
     return re.findall(r"```js\n(.*?)```", browser_docs(), flags=re.S)
 
 
-async def session_cookie(user, url: str) -> dict[str, str]:
-    """A browser cookie of a signed-in session for ``user`` (django.test's force_login)."""
-    from django.conf import settings
-    from django.test import Client
-
-    def login() -> str:
-        client = Client()
-        client.force_login(user)
-        return client.cookies[settings.SESSION_COOKIE_NAME].value
-
-    return {"name": settings.SESSION_COOKIE_NAME, "value": await sync_to_async(login)(), "url": url}
+async def signed_in_context(browser, base_url: str, username: str, password: str):
+    """A browser context holding a session of ``username``, made by the server itself
+    (Django's admin login form): a session made in the test process would be signed with
+    this process's SECRET_KEY, which the test servers do not share."""
+    context = await browser.new_context()
+    page = await context.new_page()
+    await page.goto(f"{base_url}/admin/login/?next=/admin/")
+    await page.fill("#id_username", username)
+    await page.fill("#id_password", password)
+    await page.click("input[type=submit]")
+    await page.wait_for_url(f"{base_url}/admin/")
+    await page.close()
+    return context
 
 
 async def run_example(page, code: str, expected: list[str], timeout: float = 20) -> list[str]:
@@ -56,15 +62,16 @@ async def run_example(page, code: str, expected: list[str], timeout: float = 20)
     return lines
 
 
-async def test_the_documented_examples_run(server, browser, open_page, make_user):
+async def test_the_documented_examples_run(
+    server, unthrottled_server, browser, open_page, make_user
+):
     blocks = examples()
-    assert len(blocks) == 4, "update this test with the docs' examples"
-    quick_start, read_forever, errors, reconnect = blocks
-    alice, _ = await make_user("alice")
+    assert len(blocks) == 7, "update this test with the docs' examples"
+    quick_start, token, read_forever, errors, reconnect, handler, classes = blocks
+    alice, _ = await make_user("alice", password="streampod", is_staff=True)  # admin login
     bob, _ = await make_user("bob")
 
-    signed_in = await browser.new_context()
-    await signed_in.add_cookies([await session_cookie(alice, server.http_url)])
+    signed_in = await signed_in_context(browser, server.http_url, "alice", "streampod")
 
     def with_bob(code: str) -> str:
         assert "const BOB_ID = 2;" in code
@@ -75,6 +82,21 @@ async def test_the_documented_examples_run(server, browser, open_page, make_user
         page,
         with_bob(quick_start),
         ["status: connecting", "status: connected", f"ChatMessage {alice.pk} -> {bob.pk}: Hello"],
+    )
+
+    # Signing in posts to /api/auth/token/: on a server that does not throttle it, so
+    # that the suite's other sign-ins do not count against these.
+    page = await open_page(unthrottled_server.http_url)  # anonymous
+    await run_example(
+        page,
+        token,
+        [
+            "refused: 400",
+            f"signed in, user id {alice.pk}",
+            "again: true",
+            "refused key: null",
+            "now: null",
+        ],
     )
 
     page = await open_page(server.http_url, context=signed_in)
@@ -93,3 +115,18 @@ async def test_the_documented_examples_run(server, browser, open_page, make_user
 
     page = await open_page(server.http_url, context=signed_in)
     await run_example(page, reconnect, ["connecting", "connected"])
+
+    page = await open_page(server.http_url, context=signed_in)
+    await run_example(
+        page,
+        handler,
+        [
+            "handler: connecting null",
+            "handler: connected null",
+            "handler: disconnected null",
+            "disposed: disconnected false",
+        ],
+    )
+
+    page = await open_page(server.http_url, context=signed_in)
+    await run_example(page, with_bob(classes), ["true true Hello, class", "sent in this era"])

@@ -12,27 +12,39 @@
  *       console.log(message.className, message.data);
  *     }
  *
- * Contracts (see docs/clients.md, "Browser client"):
+ * Contracts (see docs/clients.md, "Browser client"; docs/clients.md, "The same names in
+ * both clients", maps every name to the Python client's):
  *
  * - One WebSocket carries every endpoint. The wire format is docs/protocol.md's: text
  *   frames, one JSON object each; data is `{endpoint, object: {className, data}, id?}`.
- * - Authentication is the page's Django session cookie: a same-origin WebSocket sends
- *   it with the handshake. Nothing else is sent.
- * - Status: "connecting" -> "connected" (only after the first pong: the client pings as
- *   soon as the socket opens) -> "waitingToRetry" (with `retryInSeconds`) -> ... or
- *   "disconnected" (with `code` and `reason`). Listeners fire only on a change.
+ * - Authentication: the page's Django session cookie, which a same-origin WebSocket
+ *   sends with the handshake; and/or a DRF token (`authKey`, `authenticate()`,
+ *   `signIn()`), which a browser cannot put in a WebSocket header, so it goes in the
+ *   `auth` command, sent right after the first ping on every socket. While such an
+ *   `auth` is unanswered the status stays "connecting": no frame of the page is sent
+ *   under the wrong identity. A refused key leaves the socket anonymous (not closed):
+ *   `authenticate()` resolves null, and a refused `authKey` at a (re)connection is
+ *   reported as `AuthenticationFailed`.
+ * - Status: "connecting" -> "connected" (only after the first pong, and the answer to
+ *   the `auth` command when one was sent) -> "waitingToRetry" (with `retryInSeconds`)
+ *   -> ... or "disconnected" (with `code` and `reason`). Listeners fire only on a change.
  * - Heartbeat: a ping every `pingInterval` seconds; `silenceTimeout` seconds without any
  *   frame means the connection is dead: it is dropped and retried.
  * - Reconnects: exponential backoff with jitter (`retry: {min, max, factor, jitter}`),
  *   reset after a successful connection. Close codes 4401 and 4403 (credentials
  *   refused, forbidden) stop retrying: status "disconnected", reason "unauthorized" or
- *   "forbidden".
+ *   "forbidden". `StreamingConnectionHandler` gives the same the Python client's (and
+ *   Serverpod's) shape: `listener(state)`, `connect()`, `dispose()`.
  * - Every data frame is buffered from the moment the socket opens, per endpoint, so
  *   nothing is lost between opening and iterating. Each buffer holds `bufferSize`
  *   messages; when full, the OLDEST message is dropped and the gap is reported where it
  *   is: the next read of that stream rejects with `StreamOverflow` (`dropped`: how
  *   many), once, then reading goes on with the messages kept (as the Python client
  *   does). `ref.dropped` counts every drop. Streams survive reconnects.
+ * - Messages are plain `{className, data}` objects, unless their class was registered
+ *   (`registerClass`): then they are instances of it, decoded by the wire rules of
+ *   docs/protocol.md ("Types on the wire"); one that does not decode is reported as
+ *   `UndecodableMessage` and not put on the stream.
  * - `sendStreamMessage` throws `NotConnected` unless the status is "connected"; nothing
  *   is queued or dropped silently. Server `error` frames become `ServerError`s.
  */
@@ -45,12 +57,13 @@ export const StreamingConnectionStatus = Object.freeze({
   disconnected: "disconnected",
 });
 
-/** Close codes the server uses (docs/protocol.md). */
+/** Close codes the server uses (docs/protocol.md; Python: `streaming.protocol.CloseCode`). */
 export const CloseCode = Object.freeze({
   NORMAL: 1000,
   POLICY: 4008,
   TOO_BIG: 4009,
   OVERLOADED: 4013,
+  TOO_MANY_CONNECTIONS: 4029,
   UNAUTHORIZED: 4401,
   FORBIDDEN: 4403,
 });
@@ -61,8 +74,28 @@ const FINAL_CLOSE_CODES = new Map([
   [CloseCode.FORBIDDEN, "forbidden"],
 ]);
 
+/** What a close code means, for `DisconnectReason.message` (as the Python client words it). */
+const CLOSE_MEANINGS = new Map([
+  [1000, "closed normally"],
+  [1001, "the server is going away"],
+  [1006, "the connection was lost"],
+  [1011, "the server hit an internal error"],
+  [CloseCode.POLICY, "closed for flooding (policy)"],
+  [CloseCode.TOO_BIG, "a frame was too large"],
+  [CloseCode.OVERLOADED, "the client did not read fast enough (overloaded)"],
+  [CloseCode.TOO_MANY_CONNECTIONS, "too many connections for this user"],
+  [CloseCode.UNAUTHORIZED, "credentials invalid or revoked"],
+  [CloseCode.FORBIDDEN, "forbidden"],
+]);
+
 /** Longest frame `id` the server accepts (streaming/protocol.py MAX_ID_LENGTH). */
 const MAX_ID_LENGTH = 128;
+
+/** Most `{path, reason}` entries an `UndecodableMessage` lists (as the server's errors). */
+const MAX_ERRORS = 20;
+
+/** The key naming a nested object's class (docs/protocol.md, "Nested messages"). */
+export const CLASS_NAME_KEY = "__className__";
 
 const PING = JSON.stringify({command: "ping", args: {}});
 
@@ -76,17 +109,22 @@ export const DEFAULTS = Object.freeze({
   retry: DEFAULT_RETRY,
   bufferSize: 1000,
   onError: null,
+  authKey: null,
+  raw: false,
 });
 
 // -- errors -----------------------------------------------------------------------------
 
-/** Base class of every error this module raises or reports. */
+/** Base class of every error this module raises or reports (Python: `ClientError`). */
 export class StreampodError extends Error {
   constructor(message) {
     super(message);
     this.name = new.target.name;
   }
 }
+
+/** The Python client's name for `StreampodError`: the same class. */
+export const ClientError = StreampodError;
 
 /** `sendStreamMessage` while the status is not "connected". */
 export class NotConnected extends StreampodError {
@@ -111,12 +149,26 @@ export class ServerError extends StreampodError {
   }
 }
 
-/** A frame the server sent that is not a Streampod frame (reported, then ignored). */
-export class MalformedFrame extends StreampodError {
-  constructor(message) {
+/**
+ * Something the server sent that this client could not turn into a message (as the
+ * Python client's `UndecodableMessage`): `code` is "malformed_frame" (not a Streampod
+ * frame: see `MalformedFrame`), "invalid_message" (the data does not fit the registered
+ * class; `errors` lists `{path, reason}`) or "unknown_class" (`decodeObject` of a name
+ * nobody registered). `endpoint` is set when known. Reported, and not put on a stream.
+ */
+export class UndecodableMessage extends StreampodError {
+  constructor(code, message, {endpoint = null, errors = null} = {}) {
     super(message);
-    this.code = "malformed_frame";
-    this.endpoint = null;
+    this.code = code;
+    this.endpoint = endpoint;
+    this.errors = errors;
+  }
+}
+
+/** A frame the server sent that is not a Streampod frame (reported, then ignored). */
+export class MalformedFrame extends UndecodableMessage {
+  constructor(message) {
+    super("malformed_frame", message);
   }
 }
 
@@ -134,14 +186,72 @@ export class StreamOverflow extends StreampodError {
     this.endpoint = endpoint;
     this.dropped = dropped;
   }
+
+  /** The Python client's name: the endpoint's name, or "errors" for `client.errors`. */
+  get stream() {
+    return this.endpoint ?? "errors";
+  }
 }
 
-/** Why `openStreamingConnection()` gave up: `code` (close code or null), `reason`. */
+/**
+ * Why `openStreamingConnection()` gave up: `reason` (as `status.reason`), `closeCode`
+ * (close code or null). Also exported as `ConnectionFailed`, the Python client's name.
+ */
 export class ConnectionClosed extends StreampodError {
   constructor(reason, code = null) {
     super(`Streaming connection ${reason}` + (code === null ? "." : ` (close code ${code}).`));
+    this.code = "connection_failed";
     this.reason = reason;
     this.closeCode = code;
+  }
+}
+
+/** The Python client's name for `ConnectionClosed`: the same class. */
+export const ConnectionFailed = ConnectionClosed;
+
+/** `signIn()` was refused: `statusCode` 400 for wrong credentials, null when unreachable. */
+export class SignInFailed extends StreampodError {
+  constructor(message = "Unable to sign in with these credentials.", statusCode = null) {
+    super(message);
+    this.code = "sign_in_failed";
+    this.statusCode = statusCode;
+  }
+}
+
+/**
+ * The `authKey` sent at a (re)connection was refused: the socket is anonymous (reported
+ * on `client.errors` and to `onError`; `authenticate()` itself resolves null instead).
+ */
+export class AuthenticationFailed extends StreampodError {
+  constructor(message = "The server refused the auth key: the connection is anonymous.") {
+    super(message);
+    this.code = "authentication_failed";
+  }
+}
+
+/**
+ * Why the last connection (or attempt) ended, as `client.disconnectReason` holds it:
+ * `code` (close code, or null when the client dropped the socket itself), `reason` (as
+ * `status.reason`: "lost", "silent", "unauthorized"...), `message` (for people),
+ * `byClient` (closed on purpose by the page), `isAuthFailure` (4401 or 4403: retrying
+ * with the same credentials is pointless). `httpStatus` is always null: browsers do not
+ * tell a page why a handshake was refused.
+ */
+export class DisconnectReason {
+  constructor(code, reason, byClient = false) {
+    this.code = code ?? null;
+    this.reason = reason;
+    this.byClient = byClient;
+    this.httpStatus = null;
+    if (byClient) this.message = "closed by the client";
+    else if (this.code !== null) {
+      this.message = `${CLOSE_MEANINGS.get(this.code) ?? "closed"} (close code ${this.code})`;
+    } else this.message = `the connection was dropped (${reason})`;
+    Object.freeze(this);
+  }
+
+  get isAuthFailure() {
+    return FINAL_CLOSE_CODES.has(this.code);
   }
 }
 
@@ -217,8 +327,26 @@ function checkOptions(options) {
   if (merged.onError !== null && typeof merged.onError !== "function") {
     throw new TypeError("onError must be a function or null");
   }
+  checkAuthKey(merged.authKey);
+  if (typeof merged.raw !== "boolean") throw new TypeError("raw must be true or false");
   merged.retry = checkRetry(options.retry);
   return merged;
+}
+
+/** An auth key is the whole `Authorization` value, "Token <key>", or null (anonymous). */
+function checkAuthKey(authKey) {
+  if (authKey !== null && (typeof authKey !== "string" || !authKey)) {
+    throw new TypeError('An auth key is a non-empty string ("Token <key>") or null');
+  }
+  return authKey;
+}
+
+/** The server's HTTP base URL (with a trailing slash) for its socket URL. */
+function httpBase(wsUrl) {
+  const url = new URL(wsUrl);
+  url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+  url.pathname = url.pathname.replace(/websocket\/$/, "");
+  return url.href;
 }
 
 /** `ws(s)://<host>/<path>/websocket/` for an http(s) or ws(s) base URL, relative to the page. */
@@ -308,6 +436,383 @@ class BoundedQueue {
   }
 }
 
+// -- message classes ----------------------------------------------------------------------
+//
+// The Python client decodes every frame into an instance of the message class registered
+// under its `className` (streaming.serialization). Here a page may do the same for the
+// classes it registers; the others stay plain `{className, data}` objects. The wire rules
+// are docs/protocol.md's ("Types on the wire"); what this side checks is documented in
+// docs/clients.md ("Message classes").
+
+/** Field types a class may declare besides message classes, lists and dicts. */
+const SCALAR_TYPES = new Set(
+  ["any", "string", "int", "float", "bool", "datetime", "bytes", "duration"]);
+
+/** className -> {name, cls, own: {field: type} | null}; and cls -> the same entry. */
+const classesByName = new Map();
+const classesByClass = new Map();
+
+function checkFieldType(type, where) {
+  if (typeof type === "function") return type;
+  if (typeof type === "string" && type) return type; // a scalar, or a class name (resolved late)
+  if (Array.isArray(type) && type.length === 1) return {list: checkFieldType(type[0], where)};
+  if (isPlainObject(type)) {
+    const keys = Object.keys(type);
+    if (keys.length === 1 && (keys[0] === "list" || keys[0] === "dict")) {
+      return {[keys[0]]: checkFieldType(type[keys[0]], where)};
+    }
+  }
+  throw new TypeError(`${where}: a field type is "string", "int", "float", "bool", "any", ` +
+    '"datetime", "bytes", "duration", a message class (or its name), [type], {list: type} ' +
+    `or {dict: type}, not ${JSON.stringify(type)}`);
+}
+
+/**
+ * Register a message class, so that frames of that `className` decode into instances of
+ * it and its instances can be sent as they are (as the Python client does with
+ * `SerializableEntity` subclasses). Two forms:
+ *
+ *     registerClass("ChatMessage", ChatMessage, {fields: {text: "string", ...}});
+ *     registerClass(ChatMessage);   // name: static `className`, else the class's name;
+ *                                   // fields: static `fields`
+ *
+ * `fields` (optional) maps each field to its type; with it, missing fields decode as
+ * null, undeclared keys are dropped, and datetimes, bytes, nested messages are converted.
+ * Without it the data's keys are copied as they are. A subclass's fields add to its
+ * registered ancestors'. A class is registered under one name; a name holds one class
+ * (registering the same pair again does nothing, anything else is a `TypeError`).
+ * Returns the class.
+ */
+export function registerClass(nameOrClass, cls = undefined, options = undefined) {
+  let name;
+  if (typeof nameOrClass === "string") {
+    name = nameOrClass;
+  } else {
+    options = cls;
+    cls = nameOrClass;
+    name = typeof cls === "function" && Object.hasOwn(cls, "className") ? cls.className : cls?.name;
+  }
+  options ??= {};
+  if (typeof cls !== "function" || !cls.prototype) {
+    throw new TypeError("registerClass needs a class (a constructor function)");
+  }
+  if (typeof name !== "string" || !name) throw new TypeError("A class name is a non-empty string");
+  if (!isPlainObject(options)) throw new TypeError("registerClass options must be a plain object");
+  for (const key of Object.keys(options)) {
+    if (key !== "fields") throw new TypeError(`Unknown registerClass option ${JSON.stringify(key)}`);
+  }
+  const declared = options.fields ?? (Object.hasOwn(cls, "fields") ? cls.fields : null);
+  let own = null;
+  if (declared !== null && declared !== undefined) {
+    if (!isPlainObject(declared)) throw new TypeError(`${name}: fields must be a plain object`);
+    own = {};
+    for (const [field, type] of Object.entries(declared)) {
+      if (field === CLASS_NAME_KEY) throw new TypeError(`${name}: ${CLASS_NAME_KEY} is not a field`);
+      own[field] = checkFieldType(type, `${name}.${field}`);
+    }
+  }
+  const byName = classesByName.get(name);
+  const byClass = classesByClass.get(cls);
+  if (byName && byName.cls !== cls) {
+    throw new TypeError(`Class name ${JSON.stringify(name)} is already registered ` +
+      `for another class (${byName.cls.name})`);
+  }
+  if (byClass && byClass.name !== name) {
+    throw new TypeError(`${cls.name} is already registered as ${JSON.stringify(byClass.name)}`);
+  }
+  const entry = Object.freeze({name, cls, own});
+  classesByName.set(name, entry);
+  classesByClass.set(cls, entry);
+  return cls;
+}
+
+/** The class registered under `className`, or undefined (Python: `get_class`). */
+export function getClass(className) {
+  return classesByName.get(className)?.cls;
+}
+
+/** `{className: class}` of every registered class (Python: `registered_classes`). */
+export function registeredClasses() {
+  return Object.fromEntries([...classesByName].map(([name, entry]) => [name, entry.cls]));
+}
+
+/** The registered name of `value`'s class (exactly its class), or undefined. */
+function registeredName(value) {
+  if (value === null || typeof value !== "object") return undefined;
+  return classesByClass.get(value.constructor)?.name;
+}
+
+/** All declared fields of `cls` (its registered ancestors' first), or null if none. */
+function fieldsOf(cls) {
+  const chain = [];
+  for (let c = cls; typeof c === "function" && c !== Function.prototype; c = Object.getPrototypeOf(c)) {
+    chain.unshift(c);
+  }
+  let fields = null;
+  for (const c of chain) {
+    const own = classesByClass.get(c)?.own;
+    if (own) fields = {...(fields ?? {}), ...own};
+  }
+  return fields;
+}
+
+/** A field type naming a message class: that class, or undefined for other types. */
+function messageClassOf(type, path) {
+  if (typeof type === "function") return type;
+  if (typeof type !== "string" || SCALAR_TYPES.has(type)) return undefined;
+  const cls = getClass(type);
+  if (cls === undefined) {
+    throw new TypeError(`${path}: field type ${JSON.stringify(type)} is not a registered class`);
+  }
+  return cls;
+}
+
+const ISO_DATETIME =
+  /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:?\d{2})$/;
+const BASE64_STANDARD = /^[A-Za-z0-9+/]*={0,2}$/;
+const BASE64_URLSAFE = /^[A-Za-z0-9_-]*={0,2}$/;
+
+/** Bytes from base64: standard or URL-safe alphabet (not mixed), padded or not. */
+export function fromBase64(text) {
+  if (typeof text !== "string" || !(BASE64_STANDARD.test(text) || BASE64_URLSAFE.test(text))) {
+    throw new TypeError("should be base64 text (standard or URL-safe alphabet)");
+  }
+  const bare = text.replace(/=+$/, "").replace(/-/g, "+").replace(/_/g, "/");
+  if (bare.length % 4 === 1) throw new TypeError("should be base64 text (bad length)");
+  const binary = atob(bare + "=".repeat((4 - (bare.length % 4)) % 4));
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
+/** Standard padded base64 (RFC 4648 section 4) of a Uint8Array, typed array or ArrayBuffer. */
+export function toBase64(bytes) {
+  const view = bytes instanceof ArrayBuffer ? new Uint8Array(bytes)
+    : new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let binary = "";
+  for (let i = 0; i < view.length; i += 0x8000) {
+    binary += String.fromCharCode.apply(null, view.subarray(i, i + 0x8000));
+  }
+  return btoa(binary);
+}
+
+function isBytes(value) {
+  return value instanceof ArrayBuffer || ArrayBuffer.isView(value);
+}
+
+/** Decoding state: the `{path, reason}` of each field that did not fit. */
+class Decoding {
+  constructor() {
+    this.errors = [];
+    this.count = 0;
+  }
+
+  fail(path, reason) {
+    this.count += 1;
+    if (this.errors.length < MAX_ERRORS) this.errors.push({path: path || "(root)", reason});
+    return null;
+  }
+}
+
+const join = (path, key) => (path === "" ? String(key) : `${path}.${key}`);
+
+function decodeValue(type, value, path, state) {
+  if (value === undefined || value === null) return null; // missing and null alike
+  if (Array.isArray(type)) type = {list: type[0]};
+  if (isPlainObject(type)) {
+    if ("list" in type) {
+      if (!Array.isArray(value)) return state.fail(path, "should be a list");
+      return value.map((item, i) => decodeValue(type.list, item, join(path, i), state));
+    }
+    if (!isPlainObject(value)) return state.fail(path, "should be an object");
+    const out = {};
+    for (const [key, item] of Object.entries(value)) {
+      out[key] = decodeValue(type.dict, item, join(path, key), state);
+    }
+    return out;
+  }
+  switch (type) {
+    case "any":
+      return value;
+    case "string":
+      return typeof value === "string" ? value : state.fail(path, "should be a string");
+    case "int":
+      return Number.isInteger(value) ? value : state.fail(path, "should be an integer");
+    case "float":
+      return typeof value === "number" ? value : state.fail(path, "should be a number");
+    case "bool":
+      return typeof value === "boolean" ? value : state.fail(path, "should be true or false");
+    case "duration": // whole milliseconds, as the server sends a timedelta
+      return Number.isInteger(value) ? value : state.fail(path, "should be whole milliseconds");
+    case "datetime": {
+      const date = typeof value === "string" && ISO_DATETIME.test(value) ? new Date(value) : null;
+      if (date === null || Number.isNaN(date.getTime())) {
+        return state.fail(path, "should be an ISO 8601 datetime with a timezone");
+      }
+      return date;
+    }
+    case "bytes":
+      try {
+        return fromBase64(value);
+      } catch (error) {
+        return state.fail(path, error.message);
+      }
+    default: {
+      const declared = messageClassOf(type, path);
+      if (!isPlainObject(value)) return state.fail(path, "should be an object");
+      return decodeEntity(declared, value, path, state);
+    }
+  }
+}
+
+/** `data` as an instance of `declared` (or of the subclass its `__className__` names). */
+function decodeEntity(declared, data, path, state) {
+  let cls = declared;
+  if (path !== "" && data[CLASS_NAME_KEY] !== undefined && data[CLASS_NAME_KEY] !== null) {
+    const tag = data[CLASS_NAME_KEY];
+    const where = join(path, CLASS_NAME_KEY);
+    if (typeof tag !== "string") return state.fail(where, "__className__ should be a string");
+    const named = getClass(tag);
+    // A name this side does not know (a later version's subclass): the declared class.
+    if (named !== undefined && named !== declared) {
+      if (!(named.prototype instanceof declared)) {
+        const expected = classesByClass.get(declared)?.name ?? declared.name;
+        return state.fail(where, `${tag} is not a ${expected}`);
+      }
+      cls = named;
+    }
+  }
+  if (typeof cls.fromJson === "function") {
+    // The class decodes itself (Serverpod's `fromJson`), from the JSON as it came.
+    try {
+      return cls.fromJson(data);
+    } catch (error) {
+      return state.fail(path, `${cls.name}.fromJson failed: ${error.message}`);
+    }
+  }
+  const fields = fieldsOf(cls);
+  const values = {};
+  if (fields === null) {
+    for (const [key, value] of Object.entries(data)) {
+      if (key !== CLASS_NAME_KEY) values[key] = value;
+    }
+  } else {
+    // Declared fields only: a missing one is null, a key nobody declared is ignored.
+    for (const [key, type] of Object.entries(fields)) {
+      values[key] = decodeValue(type, data[key], join(path, key), state);
+    }
+  }
+  return Object.assign(new cls(), values);
+}
+
+/**
+ * An instance of the class registered as `className`, from a frame's `data` (Python:
+ * `decode_object`). Throws `UndecodableMessage`: "unknown_class" when no class has that
+ * name, "invalid_message" (with `errors`, `{path, reason}` per field) when the data does
+ * not fit.
+ */
+export function decodeObject(className, data) {
+  const cls = getClass(className);
+  if (cls === undefined) {
+    throw new UndecodableMessage("unknown_class",
+      `No message class is registered as ${JSON.stringify(className)}.`);
+  }
+  if (!isPlainObject(data)) {
+    throw new UndecodableMessage("invalid_message", `Invalid ${className}: data is not an object.`);
+  }
+  const state = new Decoding();
+  let instance;
+  try {
+    instance = decodeEntity(cls, data, "", state);
+  } catch (error) {
+    // A class's constructor threw, or a field names a class nobody registered.
+    throw new UndecodableMessage("invalid_message", `Invalid ${className}: ${error.message}`);
+  }
+  if (state.count) {
+    throw new UndecodableMessage("invalid_message",
+      `Invalid ${className}: ${state.count} field(s) failed validation.`, {errors: state.errors});
+  }
+  return instance;
+}
+
+function encodeValue(type, value) {
+  if (value === undefined || value === null) return null; // null is written, never left out
+  if (Array.isArray(type)) type = {list: type[0]};
+  if (isPlainObject(type)) {
+    if ("list" in type && Array.isArray(value)) return value.map((item) => encodeValue(type.list, item));
+    if ("dict" in type && isPlainObject(value)) {
+      return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, encodeValue(type.dict, v)]));
+    }
+    return encodeAny(value);
+  }
+  switch (type) {
+    case "datetime":
+      return value instanceof Date ? value.toISOString() : value;
+    case "bytes":
+      return isBytes(value) ? toBase64(value) : value;
+    case "duration":
+      return typeof value === "number" ? Math.trunc(value) : value;
+    case "string": case "int": case "float": case "bool":
+      return value;
+    case "any":
+      return encodeAny(value);
+    default: {
+      const declared = messageClassOf(type, "");
+      return registeredName(value) === undefined ? encodeAny(value) : encodeEntity(value, declared);
+    }
+  }
+}
+
+/** Plain JSON for a value of no declared type: nested messages carry `__className__`. */
+function encodeAny(value) {
+  if (value === null || typeof value !== "object") return value;
+  if (value instanceof Date) return value.toISOString();
+  if (isBytes(value)) return toBase64(value);
+  if (Array.isArray(value)) return value.map(encodeAny);
+  if (registeredName(value) !== undefined) return encodeEntity(value, null);
+  if (isPlainObject(value)) {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, encodeAny(v)]));
+  }
+  return value; // anything else: its own toJSON, as JSON.stringify does
+}
+
+/**
+ * The data of a registered instance. `declared`: the class the field expects (no
+ * `__className__` when it is exactly that), null when unknown (always written),
+ * undefined at the top level (never: `className` says it).
+ */
+function encodeEntity(value, declared) {
+  const cls = value.constructor;
+  const {name} = classesByClass.get(cls);
+  let data;
+  if (typeof value.toJson === "function") {
+    data = value.toJson(); // the class encodes itself (Serverpod's `toJson`)
+  } else {
+    const fields = fieldsOf(cls);
+    data = {};
+    if (fields === null) {
+      for (const [key, item] of Object.entries(value)) data[key] = encodeAny(item);
+    } else {
+      for (const [key, type] of Object.entries(fields)) data[key] = encodeValue(type, value[key]);
+    }
+  }
+  if (declared === undefined || cls === declared) return data;
+  return {[CLASS_NAME_KEY]: name, ...data}; // first, as Serverpod writes it
+}
+
+/**
+ * `{className, data}` for an instance of a registered class (Python: `encode_object`,
+ * which returns the same as JSON text). Throws `TypeError` for anything else.
+ */
+export function encodeObject(instance) {
+  const className = registeredName(instance);
+  if (className === undefined) {
+    const what = instance?.constructor?.name ?? typeof instance;
+    throw new TypeError(`${what} is not a registered message class (see registerClass)`);
+  }
+  return {className, data: encodeEntity(instance, undefined)};
+}
+
 // -- endpoints --------------------------------------------------------------------------
 
 /** What `client.endpoint(name)` returns: that endpoint's stream and sender. */
@@ -321,7 +826,7 @@ export class EndpointRef {
 
   /**
    * An async iterator of `{className, data}` objects (plus `id` when the server set
-   * one), in arrival order, buffered since the connection opened. It never ends by
+   * one), or instances of their registered classes, in arrival order, buffered since the connection opened. It never ends by
    * itself (it survives reconnects and closes); `break` stops it. After the buffer
    * overflowed, the next read rejects with `StreamOverflow`, once. Each access returns
    * a new iterator over the same buffer: concurrent iterators split the messages.
@@ -341,17 +846,26 @@ export class EndpointRef {
   }
 
   /**
-   * Send `{className, data}` to this endpoint; `options.id` (a string of at most 128
-   * characters) is echoed by any error about this frame. Throws `NotConnected` unless
-   * the status is "connected", `TypeError` for anything that is not a message.
-   * `Date` values in `data` are sent as UTC ISO 8601 (what the server expects).
+   * Send `{className, data}`, or an instance of a registered class, to this endpoint;
+   * `options.id` (a string of at most 128 characters) is echoed by any error about this
+   * frame. Throws `NotConnected` unless the status is "connected", `TypeError` for
+   * anything that is not a message. `Date` values are sent as UTC ISO 8601 (what the
+   * server expects), bytes (`Uint8Array`, `ArrayBuffer`) as base64, nested instances of
+   * registered classes with their `__className__`.
    */
   sendStreamMessage(message, {id} = {}) {
-    if (!isPlainObject(message) || typeof message.className !== "string" || !message.className) {
-      throw new TypeError("A message is {className: <non-empty string>, data: <object>}");
+    let object;
+    if (isPlainObject(message)) {
+      if (typeof message.className !== "string" || !message.className) {
+        throw new TypeError("A message is {className: <non-empty string>, data: <object>} " +
+          "or an instance of a registered class");
+      }
+      if (!isPlainObject(message.data)) throw new TypeError("message.data must be a plain object");
+      object = {className: message.className, data: encodeAny(message.data)};
+    } else {
+      object = encodeObject(message); // TypeError unless its class is registered
     }
-    if (!isPlainObject(message.data)) throw new TypeError("message.data must be a plain object");
-    const frame = {endpoint: this.name, object: {className: message.className, data: message.data}};
+    const frame = {endpoint: this.name, object};
     if (id !== undefined) {
       if (typeof id !== "string" || id.length > MAX_ID_LENGTH) {
         throw new TypeError(`id must be a string of at most ${MAX_ID_LENGTH} characters`);
@@ -368,16 +882,22 @@ export class EndpointRef {
 
 // -- the client -------------------------------------------------------------------------
 
-/** One live socket and its timers. */
+/** One live socket, its timers and its `auth` commands. */
 class Connection {
   constructor(ws) {
     this.ws = ws;
-    this.ponged = false;
+    this.ponged = false; // the first pong came
+    this.connected = false; // ... and every auth command sent was answered
     this.pingedAt = -Infinity; // performance.now() of the last ping
     this.heardAt = -Infinity; // ... and of the last frame received
     this.pingTimer = null;
     this.silenceTimer = null;
     this.connectTimer = null;
+    // auth commands in order: {key, waiter: {resolve, reject} | null (sent by the client
+    // itself at open)}; the first is in flight when `authSent` (one at a time).
+    this.auths = [];
+    this.authSent = false;
+    this.userId = undefined; // the last auth answer on this socket
   }
 
   stopTimers() {
@@ -398,13 +918,17 @@ export class Client {
   constructor(baseUrl = undefined, options = {}) {
     this.url = socketUrl(baseUrl);
     this.options = Object.freeze(checkOptions(options));
-    /** Called with each error (`ServerError`, `MalformedFrame`). */
+    /** Called with each error (`ServerError`, `UndecodableMessage`, `AuthenticationFailed`). */
     this.onError = this.options.onError;
+    this._authKey = this.options.authKey;
+    this._retry = this.options.retry; // a StreamingConnectionHandler may set its own
+    this._handler = null;
     this._endpoints = new Map();
     this._errors = new BoundedQueue(
       this.options.bufferSize, (dropped) => new StreamOverflow(null, dropped));
     this._listeners = [];
     this._status = INITIAL_STATUS;
+    this._disconnectReason = null;
     this._conn = null;
     this._wanted = false; // true between openStreamingConnection() and the end
     this._attempt = 0; // failed attempts since the last successful connection
@@ -413,15 +937,53 @@ export class Client {
     this._openers = []; // {resolve, reject} of pending openStreamingConnection() calls
   }
 
+  /** The socket URL, by the Python client's name (`websocket_url`): the same as `url`. */
+  get websocketUrl() {
+    return this.url;
+  }
+
+  /** Where `signIn()` posts: `<server>/api/auth/token/`. */
+  get authUrl() {
+    return httpBase(this.url) + "api/auth/token/";
+  }
+
   /** The current status: `{state, ...}` (frozen). */
   get status() {
     return this._status;
+  }
+
+  /** The state alone, as the Python client's `streaming_connection_status`. */
+  get streamingConnectionStatus() {
+    return this._status.state;
+  }
+
+  get isConnected() {
+    return this._status.state === StreamingConnectionStatus.connected;
   }
 
   /** Seconds left before the next attempt while "waitingToRetry" (counts down), else null. */
   get retryInSeconds() {
     if (this._retryTimer === null) return null;
     return Math.max(0, (this._retryAt - performance.now()) / 1000);
+  }
+
+  /** Why the last connection or attempt ended (`DisconnectReason`); null while connected. */
+  get disconnectReason() {
+    return this._disconnectReason;
+  }
+
+  /** The key sent in the `auth` command on every socket ("Token <key>"), or null. */
+  get authKey() {
+    return this._authKey;
+  }
+
+  /**
+   * The user id of the socket as the server's last `auth` answer on it gave it: a
+   * number, null (anonymous: no key or a refused one), or undefined when no `auth` was
+   * answered on the current socket (session-cookie authentication, or none yet).
+   */
+  get userId() {
+    return this._conn === null ? undefined : this._conn.userId;
   }
 
   /** The endpoint ref for `name` (one per name). */
@@ -438,9 +1000,10 @@ export class Client {
   }
 
   /**
-   * Errors reported by the server (`ServerError`) or about what it sent
-   * (`MalformedFrame`), as an async iterator: bounded like the endpoint streams (the
-   * latest `bufferSize` are kept; a read after a gap rejects with `StreamOverflow`).
+   * Errors reported by the server (`ServerError`), about what it sent
+   * (`UndecodableMessage`, `MalformedFrame`) or a refused `authKey`
+   * (`AuthenticationFailed`), as an async iterator: bounded like the endpoint streams
+   * (the latest `bufferSize` are kept; a read after a gap rejects with `StreamOverflow`).
    */
   get errors() {
     return this._errors.iterator();
@@ -455,6 +1018,120 @@ export class Client {
     const index = this._listeners.indexOf(listener);
     if (index >= 0) this._listeners.splice(index, 1);
   }
+
+  /** `Client.registerClass(...)` is `registerClass(...)`: the registry is the module's. */
+  static registerClass(...args) {
+    return registerClass(...args);
+  }
+
+  // -- authentication --------------------------------------------------------------------
+
+  /**
+   * Use `authKey` ("Token <key>", or null for anonymous) from now on: it is sent in an
+   * `auth` command on every socket, right after the first ping, and the status becomes
+   * "connected" only once the server answered it.
+   *
+   * When a socket is open (or opening), resolves with the server's answer on it: the
+   * user id, or null when the key was refused (the socket is then anonymous, not
+   * closed); the server re-opens the endpoints for the new identity before it answers.
+   * Rejects with `NotConnected` if the socket closes first. With no socket (not opened,
+   * or waiting to retry), resolves null at once: the key goes with the next socket.
+   * Calls take turns (the server takes one `auth` at a time).
+   */
+  authenticate(authKey) {
+    this._authKey = checkAuthKey(authKey);
+    const conn = this._conn;
+    if (conn === null) return Promise.resolve(null);
+    return new Promise((resolve, reject) => {
+      conn.auths.push({key: authKey, waiter: {resolve, reject}});
+      this._sendAuth(conn);
+    });
+  }
+
+  /**
+   * Get a DRF token with `POST <server>/api/auth/token/` (`{username, password}`; no
+   * cookies are sent) and use it from now on, as `authenticate("Token <token>")` does;
+   * resolves with what that resolves with. Rejects with `SignInFailed` (`statusCode`
+   * 400 for wrong credentials, 429 when throttled, null when the server was unreachable).
+   */
+  async signIn(username, password) {
+    if (typeof username !== "string" || typeof password !== "string") {
+      throw new TypeError("signIn(username, password) takes two strings");
+    }
+    const url = this.authUrl;
+    let response;
+    try {
+      response = await fetch(url, {
+        method: "POST",
+        headers: {"Content-Type": "application/json", "Accept": "application/json"},
+        body: JSON.stringify({username, password}),
+        credentials: "omit", // a session cookie would make Django ask for a CSRF token
+      });
+    } catch (error) {
+      throw new SignInFailed(`Could not reach ${url}: ${error.message}`, null);
+    }
+    let body = null;
+    try {
+      body = await response.json();
+    } catch {
+      // not JSON: judged by the status below
+    }
+    if (response.status === 400) {
+      const messages = isPlainObject(body)
+        ? Object.values(body).filter(Array.isArray).flat().map(String) : [];
+      throw new SignInFailed(
+        messages.length ? messages.join(" ") : "Unable to sign in with these credentials.", 400);
+    }
+    const token = isPlainObject(body) ? body.token : undefined;
+    if (response.status !== 200 || typeof token !== "string" || !token) {
+      throw new SignInFailed(
+        `${url} answered HTTP ${response.status} without a token.`, response.status);
+    }
+    return this.authenticate(`Token ${token}`);
+  }
+
+  _sendAuth(conn) {
+    if (conn.authSent || !conn.auths.length || conn.ws.readyState !== WebSocket.OPEN) return;
+    conn.ws.send(JSON.stringify({command: "auth", args: {key: conn.auths[0].key}}));
+    conn.authSent = true;
+  }
+
+  _authAnswered(conn, args) {
+    if (!conn.authSent) return; // an answer to nothing we asked
+    const {key, waiter} = conn.auths.shift();
+    conn.authSent = false;
+    const userId = Number.isInteger(args.user_id) ? args.user_id : null;
+    conn.userId = userId;
+    if (waiter !== null) waiter.resolve(userId);
+    else if (userId === null && key !== null) this._reportError(new AuthenticationFailed());
+    this._sendAuth(conn);
+    this._maybeConnected(conn);
+  }
+
+  /** The server failed while handling our `auth` (an `internal_error` about no frame). */
+  _authBroke(conn, error) {
+    const {waiter} = conn.auths.shift();
+    conn.authSent = false;
+    if (waiter === null) {
+      this._drop(conn, "auth failed"); // the identity is unknown: try the socket again
+      return;
+    }
+    waiter.reject(error);
+    this._sendAuth(conn);
+    this._maybeConnected(conn);
+  }
+
+  _failAuths(conn) {
+    const auths = conn.auths.splice(0);
+    conn.authSent = false;
+    for (const {waiter} of auths) {
+      if (waiter !== null) {
+        waiter.reject(new NotConnected("The connection closed before the server answered 'auth'."));
+      }
+    }
+  }
+
+  // -- opening and closing -----------------------------------------------------------------
 
   /**
    * Connect, and keep reconnecting (unless `retry: false`) until
@@ -505,7 +1182,12 @@ export class Client {
     conn.connectTimer = setTimeout(() => this._drop(conn, "no answer"), connectTimeout * 1000);
     ws.onopen = () => {
       if (this._conn !== conn) return;
-      this._ping(conn); // the first pong marks the connection usable
+      this._ping(conn); // the first pong marks the connection usable...
+      // ... once the token, which a browser cannot put in the handshake, is answered too.
+      if (this._authKey !== null && !conn.auths.length) {
+        conn.auths.push({key: this._authKey, waiter: null});
+      }
+      this._sendAuth(conn);
       conn.pingTimer = setInterval(() => this._ping(conn), pingInterval * 1000);
       this._heardFrom(conn);
     };
@@ -559,6 +1241,7 @@ export class Client {
 
   _forget(conn, code = undefined) {
     conn.stopTimers();
+    this._failAuths(conn);
     const ws = conn.ws;
     ws.onopen = ws.onmessage = ws.onclose = null;
     if (this._conn === conn) this._conn = null;
@@ -571,6 +1254,7 @@ export class Client {
 
   _lost(conn, code, why) {
     conn.stopTimers();
+    this._failAuths(conn);
     if (this._conn === conn) this._conn = null;
     if (!this._wanted) return;
     const final = FINAL_CLOSE_CODES.get(code);
@@ -579,37 +1263,41 @@ export class Client {
       this._giveUp(final, code);
       return;
     }
-    const retry = this.options.retry;
+    const retry = this._retry;
     if (retry === null) {
       this._wanted = false;
       this._giveUp(why, code);
       return;
     }
+    this._disconnectReason = new DisconnectReason(code, why);
     const delay = backoffDelay(this._attempt, retry);
     this._attempt += 1;
+    this._retryAt = performance.now() + delay * 1000;
+    this._retryTimer = setTimeout(() => {
+      this._retryTimer = null;
+      if (this._wanted && this._conn === null) this._connect();
+    }, delay * 1000);
     this._setStatus({
       state: StreamingConnectionStatus.waitingToRetry,
       retryInSeconds: delay,
       attempt: this._attempt,
       code,
     });
-    this._retryAt = performance.now() + delay * 1000;
-    this._retryTimer = setTimeout(() => {
-      this._retryTimer = null;
-      if (this._wanted && this._conn === null) this._connect();
-    }, delay * 1000);
   }
 
   _giveUp(reason, code) {
+    this._disconnectReason = new DisconnectReason(code, reason, reason === "closed");
     this._setStatus({state: StreamingConnectionStatus.disconnected, code: code ?? null, reason});
     const openers = this._openers.splice(0);
     for (const {reject} of openers) reject(new ConnectionClosed(reason, code ?? null));
   }
 
-  _connected(conn) {
-    conn.ponged = true;
+  _maybeConnected(conn) {
+    if (conn.connected || !conn.ponged || conn.auths.length) return;
+    conn.connected = true;
     clearTimeout(conn.connectTimer);
     this._attempt = 0; // the backoff starts over after a success
+    this._disconnectReason = null;
     this._setStatus({state: StreamingConnectionStatus.connected});
     const openers = this._openers.splice(0);
     for (const {resolve} of openers) resolve();
@@ -656,11 +1344,19 @@ export class Client {
     if ("command" in frame) {
       const args = isPlainObject(frame.args) ? frame.args : {};
       if (frame.command === "pong") {
-        if (!conn.ponged) this._connected(conn);
+        conn.ponged = true;
+        this._maybeConnected(conn);
+      } else if (frame.command === "auth") {
+        this._authAnswered(conn, args);
       } else if (frame.command === "error") {
-        this._reportError(new ServerError(args));
+        const error = new ServerError(args);
+        this._reportError(error);
+        if (conn.authSent && error.code === "internal_error" && error.endpoint === null &&
+            error.id === null) {
+          this._authBroke(conn, error);
+        }
       }
-      // Other commands (e.g. "auth" replies) need nothing here; later versions may add some.
+      // Other commands need nothing here; later versions may add some.
       return;
     }
     const {endpoint, object} = frame;
@@ -670,8 +1366,20 @@ export class Client {
         "endpoint, object.className and object.data."));
       return;
     }
-    const message = {className: object.className, data: object.data};
-    if (typeof frame.id === "string") message.id = frame.id;
+    let message;
+    if (this.options.raw || getClass(object.className) === undefined) {
+      message = {className: object.className, data: object.data};
+      if (typeof frame.id === "string") message.id = frame.id;
+    } else {
+      try {
+        message = decodeObject(object.className, object.data);
+      } catch (error) {
+        if (!(error instanceof UndecodableMessage)) throw error;
+        error.endpoint = endpoint;
+        this._reportError(error);
+        return;
+      }
+    }
     this.endpoint(endpoint)._push(message);
   }
 
@@ -684,5 +1392,173 @@ export class Client {
         report(callbackError);
       }
     }
+  }
+}
+
+// -- the handler --------------------------------------------------------------------------
+
+/**
+ * What a `StreamingConnectionHandler` gives its listener: `status` (a state of
+ * `StreamingConnectionStatus`) and, while "waitingToRetry", `retryInSeconds`: the whole
+ * seconds left before the next attempt (else null).
+ */
+export class StreamingConnectionHandlerState {
+  constructor(status, retryInSeconds = null) {
+    this.status = status;
+    this.retryInSeconds = retryInSeconds;
+    Object.freeze(this);
+  }
+}
+
+const HANDLER_OPTIONS = new Set(["listener", "minDelay", "maxDelay", "factor", "jitter"]);
+
+/**
+ * The Python client's (and Serverpod's) shape for keeping the connection up:
+ *
+ *     const handler = new StreamingConnectionHandler(client, {listener: (state) => ...});
+ *     handler.connect();
+ *     ...
+ *     await handler.dispose();
+ *
+ * `listener(state)` (a `StreamingConnectionHandlerState`) is called on every change of
+ * status and once a second while waiting to retry (`retryInSeconds` counts down: 3, 2,
+ * 1). The client already reconnects by itself; the handler opens it, makes it retry
+ * with `minDelay`, `maxDelay`, `factor`, `jitter` (default: the client's `retry`
+ * option, or its defaults when that is false), and stops on `dispose()` or when the
+ * client gives up (4401, 4403). `start()`/`close()` are the same as `connect()`/`dispose()`.
+ */
+export class StreamingConnectionHandler {
+  constructor(client, options = {}) {
+    if (!(client instanceof Client)) throw new TypeError("A handler needs a Client");
+    if (!isPlainObject(options)) throw new TypeError("options must be a plain object");
+    for (const key of Object.keys(options)) {
+      if (!HANDLER_OPTIONS.has(key)) throw new TypeError(`Unknown option ${JSON.stringify(key)}`);
+    }
+    const {listener = null, minDelay, maxDelay, factor, jitter} = options;
+    if (listener !== null && typeof listener !== "function") {
+      throw new TypeError("listener must be a function or null");
+    }
+    const base = client.options.retry ?? DEFAULT_RETRY;
+    this.client = client;
+    this.listener = listener;
+    this.retry = checkRetry({
+      min: minDelay ?? base.min,
+      max: maxDelay ?? Math.max(base.max, minDelay ?? 0),
+      factor: factor ?? base.factor,
+      jitter: jitter ?? base.jitter,
+    });
+    this._started = false;
+    this._finished = false;
+    this._timer = null;
+    this._shown = null;
+    this._onStatus = (status) => this._statusChanged(status);
+    this._closed = new Promise((resolve) => {
+      this._resolveClosed = resolve;
+    });
+  }
+
+  /** The client's status now, with the whole seconds left while waiting to retry. */
+  get state() {
+    const status = this.client.status.state;
+    const left = this.client.retryInSeconds;
+    return new StreamingConnectionHandlerState(
+      status,
+      status === StreamingConnectionStatus.waitingToRetry && left !== null ? Math.ceil(left) : null,
+    );
+  }
+
+  /** True from `connect()` until the handler stopped. */
+  get running() {
+    return this._started && !this._finished;
+  }
+
+  /** The wait before the next attempt after `failures` failures in a row (random jitter). */
+  delayFor(failures) {
+    return backoffDelay(Math.max(0, failures - 1), this.retry);
+  }
+
+  /** Open the client's connection and keep it up (once per handler). */
+  connect() {
+    if (this._started) throw new Error("A StreamingConnectionHandler is started only once");
+    if (this.client._handler !== null) throw new Error("This client already has a handler");
+    this._started = true;
+    this.client._handler = this;
+    this.client._retry = this.retry;
+    this.client.addStreamingConnectionStatusListener(this._onStatus);
+    // Rejections are the status's story (told to the listener): not unhandled errors.
+    this.client.openStreamingConnection().catch(() => {});
+  }
+
+  start() {
+    this.connect();
+  }
+
+  /** Stop retrying and close the connection; the promise resolves once stopped. */
+  dispose() {
+    if (this._started && !this._finished) {
+      this.client.closeStreamingConnection(); // "disconnected": _statusChanged finishes
+      this._finish();
+    }
+    return this._closed;
+  }
+
+  close() {
+    return this.dispose();
+  }
+
+  /** Resolves once the handler stopped: `dispose()`, or the client gave up (4401, 4403). */
+  waitClosed() {
+    return this._closed;
+  }
+
+  _statusChanged(status) {
+    clearTimeout(this._timer);
+    this._timer = null;
+    const state = this.state;
+    this._shown = state.retryInSeconds;
+    this._notify(state);
+    if (status.state === StreamingConnectionStatus.waitingToRetry) this._tick();
+    if (status.state === StreamingConnectionStatus.disconnected && !this.client._wanted) {
+      this._finish();
+    }
+  }
+
+  /** Tell the listener each time the whole seconds left change, until the attempt. */
+  _tick() {
+    const left = this.client.retryInSeconds;
+    if (left === null || left <= 1) return;
+    this._timer = setTimeout(() => {
+      this._timer = null;
+      if (this.client.status.state !== StreamingConnectionStatus.waitingToRetry) return;
+      const state = this.state;
+      if (state.retryInSeconds !== this._shown && state.retryInSeconds > 0) {
+        this._shown = state.retryInSeconds;
+        this._notify(state);
+      }
+      this._tick();
+    }, (left - (Math.ceil(left) - 1)) * 1000);
+  }
+
+  _notify(state) {
+    if (this.listener === null) return;
+    try {
+      this.listener(state);
+    } catch (error) {
+      report(error);
+    }
+  }
+
+  _finish() {
+    if (this._finished) return;
+    this._finished = true;
+    clearTimeout(this._timer);
+    this._timer = null;
+    const client = this.client;
+    client.removeStreamingConnectionStatusListener(this._onStatus);
+    if (client._handler === this) {
+      client._handler = null;
+      client._retry = client.options.retry;
+    }
+    this._resolveClosed();
   }
 }
