@@ -581,16 +581,18 @@ def test_assigning_a_subclass_keeps_it_and_encodes_again():
 
 
 def test_a_subclass_defined_after_the_container_is_found():
-    class Triangle(Shape):
-        class_name = "tests.versions.Triangle"
-        corners: int = 3
+    with serialization._swapped_registry():  # registered for this test only
 
-    with serialization._swapped_registry():
-        serialization._register(Triangle)
+        class Triangle(Shape):
+            class_name = "tests.versions.Triangle"
+            corners: int = 3
+
         drawing = Drawing(main=Triangle(name="t"))
         assert wire(drawing)["main"]["__className__"] == "tests.versions.Triangle"
         back = decode_object_json(encode_object(drawing))
         assert type(back.main) is Triangle and back == drawing
+    unknown = decode_object("tests.versions.Drawing", json.loads(encode_object(drawing))["data"])
+    assert type(unknown.main) is Shape  # once the class is gone, the declared one
 
 
 def test_forward_references_and_recursive_classes():
