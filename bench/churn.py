@@ -88,8 +88,11 @@ def make_database(path: Path, users: int) -> Credentials:
 
 async def cycles(
     proc: ServerProcess, creds: Credentials, start: int, count: int, batch: int
-) -> None:
-    """``count`` sockets, ``batch`` at a time: open (authenticated), wait for ready, close."""
+) -> int:
+    """``count`` sockets, ``batch`` at a time: open (authenticated), wait for ready, close.
+
+    Returns how many failed (refused or timed out handshakes: a loaded machine).
+    """
     contender = proc.contender
     dialect = contender.dialect()
 
@@ -99,8 +102,12 @@ async def cycles(
         )
         await conn.ws.close()
 
+    failed = 0
     for first in range(start, start + count, batch):
-        await asyncio.gather(*(one(n) for n in range(first, min(first + batch, start + count))))
+        ends = range(first, min(first + batch, start + count))
+        results = await asyncio.gather(*(one(n) for n in ends), return_exceptions=True)
+        failed += sum(1 for r in results if isinstance(r, Exception))
+    return failed
 
 
 async def measure(
@@ -109,12 +116,12 @@ async def measure(
     proc = ServerProcess(contender, {"BENCH_DATABASE_URL": db_url}).start()
     try:
         started = time.monotonic()
-        await cycles(proc, creds, 0, args.warm_up, args.batch)
+        failed = await cycles(proc, creds, 0, args.warm_up, args.batch)
         rss = [proc.rss_kb()]
         done = args.warm_up
         while done < args.warm_up + args.cycles:
             step = min(1000, args.warm_up + args.cycles - done)
-            await cycles(proc, creds, done, step, args.batch)
+            failed += await cycles(proc, creds, done, step, args.batch)
             done += step
             rss.append(proc.rss_kb())
         measured = done - args.warm_up
@@ -123,6 +130,7 @@ async def measure(
             "rss": rss,
             "per_1000_kb": (rss[-1] - rss[0]) * 1000 / measured,
             "seconds": time.monotonic() - started,
+            "failed": failed,
             "log": proc.output() if proc.tail and proc.tail.errors else "",
         }
     finally:
@@ -135,15 +143,15 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"(after {args.warm_up:,} of warm-up; {args.users} users; {args.batch} at a time)",
         "",
         "| contender | server | RSS after warm-up (MB) | growth per 1,000 cycles (MB) "
-        "| RSS every 1,000 cycles (MB, from the warm-up on) |",
-        "|---|---|---:|---:|---|",
+        "| RSS every 1,000 cycles (MB, from the warm-up on) | failed cycles |",
+        "|---|---|---:|---:|---|---:|",
     ]
     for r in results:
         c = r["contender"]
         series = " ".join(f"{kb / 1024:.1f}" for kb in r["rss"])
         lines.append(
             f"| {c.label} | {c.server} | {r['rss'][0] / 1024:.1f} "
-            f"| {r['per_1000_kb'] / 1024:+.2f} | {series} |"
+            f"| {r['per_1000_kb'] / 1024:+.2f} | {series} | {r['failed']} |"
         )
     return "\n".join(lines)
 

@@ -364,12 +364,15 @@ async def test_handler_listener_counts_down_whole_seconds_and_dispose_stops(serv
         await page.evaluate("window.handler.waitClosed()")
     log = await page.evaluate("window.handlerLog")
     assert all(is_state for _, _, is_state in log)
-    assert [(status, seconds) for status, seconds, _ in log] == [
+    told = [(status, seconds) for status, seconds, _ in log]
+    waits = [seconds for status, seconds in told if status == "waitingToRetry"]
+    # [3, 2, 1]: the whole seconds of the 2.5 s wait, each told once, counting down. (A page
+    # stalled for over a second on a loaded machine may miss the last: the retry comes first.)
+    assert waits[:2] == [3, 2] and waits in ([3, 2], [3, 2, 1]), told
+    assert told == [
         ("connecting", None),
         ("connected", None),
-        ("waitingToRetry", 3),
-        ("waitingToRetry", 2),
-        ("waitingToRetry", 1),
+        *[("waitingToRetry", seconds) for seconds in waits],
         ("connecting", None),
         ("connected", None),
         ("disconnected", None),
