@@ -295,11 +295,17 @@ async def test_a_bad_session_cookie_is_anonymous(server):
         await opened_anonymous(ws)
 
 
-async def test_logging_out_closes_the_users_sockets_with_4401(server, make_user):
+async def test_logging_out_closes_that_sessions_sockets_with_4401(server, make_user):
+    """Logging out closes the sockets of that browser session; the user's token is not
+    logged out, so its socket stays (Serverpod's per-credential revocation)."""
     user, key = await make_user("leaver", password="leaver-pass-123", is_staff=True)
     session_id, csrf = await browser_login(server, "leaver", "leaver-pass-123")
-    async with connect(server.ws_url, additional_headers={"Authorization": key}) as ws:
+    cookie = {"Cookie": f"sessionid={session_id}"}
+    async with connect(
+        server.ws_url, origin=own_origin(server), additional_headers=cookie
+    ) as ws, connect(server.ws_url, additional_headers={"Authorization": key}) as by_token:
         await opened_as(ws, user.pk)
+        await opened_as(by_token, user.pk)
         async with httpx.AsyncClient(
             base_url=server.http_url, trust_env=False, timeout=TIMEOUT,
             cookies={"sessionid": session_id, "csrftoken": csrf},
@@ -307,6 +313,7 @@ async def test_logging_out_closes_the_users_sockets_with_4401(server, make_user)
             response = await http.post("/admin/logout/", data={"csrfmiddlewaretoken": csrf})
             assert response.status_code in (200, 302)
         assert await close_code(ws) == 4401
+        await assert_usable(by_token)
 
 
 # -- Origin --------------------------------------------------------------------------------------
