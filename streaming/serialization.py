@@ -38,6 +38,7 @@ import base64
 import binascii
 import collections.abc
 import json
+import re
 import secrets
 import types
 import typing
@@ -55,7 +56,7 @@ from pydantic import (
     WrapValidator,
     field_validator,
 )
-from pydantic_core import PydanticCustomError, SchemaValidator
+from pydantic_core import PydanticCustomError, SchemaValidator, core_schema
 
 from .exceptions import InvalidMessage, UnknownClass
 from .protocol import echo
@@ -91,7 +92,10 @@ def _to_utc(value: Any) -> Any:
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError("datetime must be timezone-aware (for example 2026-01-01T12:00:00Z)")
-        return value.astimezone(UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+            raise ValueError("datetime must be within year 1 to 9999 in UTC") from None
     if isinstance(value, list):
         return [_to_utc(item) for item in value]
     if isinstance(value, dict):
@@ -269,6 +273,33 @@ def _whole_milliseconds(value: timedelta) -> timedelta:
 
 _MICROSECOND = timedelta(microseconds=1)
 
+#: What pydantic's datetime parser would read as a Unix time (``"1700000000"``, ``"-5"``,
+#: ``"1.5"``): on the wire a datetime is an ISO 8601 string, never a number in a string.
+_TIMESTAMP_STRING = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+#: pydantic's own strict datetime parsing, for the strings the validator below lets through.
+_DATETIME_STRINGS = SchemaValidator(core_schema.datetime_schema(strict=True))
+
+
+def _validate_iso_datetime(value: Any, handler: Any, info: Any) -> datetime:
+    if info.mode == "json":
+        if not isinstance(value, str):
+            raise PydanticCustomError("datetime_type", "Input should be a valid datetime string")
+        if _TIMESTAMP_STRING.fullmatch(value):
+            raise PydanticCustomError(
+                "datetime_parsing",
+                "Input should be an ISO 8601 datetime with a timezone, not a Unix time",
+            )
+        try:
+            value = _DATETIME_STRINGS.validate_strings(value)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            raise PydanticCustomError(error["type"], error["msg"]) from None
+    value = handler(value)
+    try:  # here, not only in _aware_datetimes, so that an error names its list item
+        return _to_utc(value)  # type: ignore[no-any-return]
+    except ValueError as exc:
+        raise PydanticCustomError("datetime_range", str(exc)) from None
+
 
 def _validate_base64(value: Any, handler: Any, info: Any) -> bytes:
     if info.mode == "json":
@@ -299,6 +330,7 @@ _MILLISECONDS = (
     WrapValidator(_wire_function(_validate_milliseconds)),
     PlainSerializer(_wire_function(_milliseconds), return_type=int, when_used="json"),
 )
+_ISO_DATETIME = (WrapValidator(_wire_function(_validate_iso_datetime)),)
 _BASE64 = (
     WrapValidator(_wire_function(_validate_base64)),
     PlainSerializer(_wire_function(_base64), return_type=str, when_used="json"),
@@ -596,6 +628,8 @@ def _wire_annotation(annotation: Any, always_tag: bool = False) -> Any:
             return Annotated[(timedelta, *_MILLISECONDS)]
         if annotation is bytes:
             return Annotated[(bytes, *_BASE64)]
+        if annotation is datetime:
+            return Annotated[(datetime, *_ISO_DATETIME)]
         return None
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
