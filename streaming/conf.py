@@ -42,6 +42,9 @@ DEFAULTS: dict[str, Any] = {
     # Seconds hooks still running when a socket closes get to finish before they are
     # cancelled (logged by name).
     "CLOSE_GRACE_PERIOD": 5.0,
+    # Seconds a SIGTERM'd process (streaming.shutdown) waits for its sockets, closed with
+    # 1012, to finish their teardown (their stream_closed hooks) before the server exits.
+    "SHUTDOWN_GRACE_PERIOD": 10.0,
     # Inbound frames per second per connection (token bucket), None to turn off.
     "RATE_LIMIT_PER_SECOND": 500.0,
     # Bucket size: frames a connection may send in one burst.
@@ -83,6 +86,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "MAX_PENDING_BYTES": (int,),
     "OPEN_TIMEOUT": (int, float),
     "CLOSE_GRACE_PERIOD": (int, float),
+    "SHUTDOWN_GRACE_PERIOD": (int, float),
     "RATE_LIMIT_PER_SECOND": (int, float, type(None)),
     "RATE_LIMIT_BURST": (int,),
     "RATE_LIMIT_BYTES_PER_SECOND": (int, float, type(None)),

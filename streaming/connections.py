@@ -1,6 +1,11 @@
-"""This process's live sockets, by user: the per-user socket limit and the re-check.
+"""This process's live sockets: all of them, and the authenticated ones by user.
 
 One :class:`Connections` per event loop (:func:`get_connections`), like the bus.
+
+* Every socket is :meth:`~Connections.track`-ed from its connect until its teardown has
+  finished (its ``stream_closed`` hooks have returned or were cancelled), so a graceful
+  shutdown (``streaming.shutdown``) can close them all and wait for their hooks. While the
+  process drains (:meth:`~Connections.start_draining`), ``track`` refuses new sockets.
 
 * ``MAX_SOCKETS_PER_USER``: a user may hold at most that many sockets on one server
   process; the consumer closes the next with 4029. The limit is per process on
@@ -42,12 +47,53 @@ def _active_user_ids(user_ids: list[int]) -> set[int]:
 
 
 class Connections:
-    """Live authenticated sockets of one event loop, by user id."""
+    """Live sockets of one event loop: all of them, and the authenticated ones by user id."""
 
     def __init__(self) -> None:
+        self._all: set[StreamingConsumer] = set()
+        self._emptied: asyncio.Event | None = None  # set when the last tracked socket goes
+        self.draining = False
         self._by_user: dict[Any, set[StreamingConsumer]] = {}
         self._checker: asyncio.Task[None] | None = None
         self.checks = 0  # re-checks run (tests, metrics)
+
+    # -- every socket -------------------------------------------------------------------
+
+    def track(self, consumer: StreamingConsumer) -> bool:
+        """Register a socket that is connecting; False while the process drains."""
+        if self.draining:
+            return False
+        self._all.add(consumer)
+        return True
+
+    def untrack(self, consumer: StreamingConsumer) -> None:
+        """The socket's teardown is over (idempotent)."""
+        self._all.discard(consumer)
+        if not self._all and self._emptied is not None:
+            self._emptied.set()
+
+    def live(self) -> list[StreamingConsumer]:
+        """Every tracked socket (a copy)."""
+        return list(self._all)
+
+    def start_draining(self) -> None:
+        """Refuse new sockets from now on (``track`` returns False). One-way."""
+        self.draining = True
+
+    async def wait_empty(self, timeout: float) -> bool:
+        """Wait until no socket is tracked; False if some still are after ``timeout`` s."""
+        if not self._all:
+            return True
+        if self._emptied is None or self._emptied.is_set():
+            self._emptied = asyncio.Event()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._emptied.wait()
+        except TimeoutError:
+            return not self._all
+        return True
+
+    # -- authenticated sockets, by user -------------------------------------------------
 
     def add(self, user_id: Any, consumer: StreamingConsumer) -> bool:
         """Register ``consumer`` as a socket of ``user_id``; False past the limit."""

@@ -80,6 +80,7 @@ from .outbox import Outbox
 from .protocol import CloseCode, CommandFrame, DataFrame, ErrorCode, echo
 from .serialization import decode_object
 from .session import USER_OBJECTS_KEY, StreamingSession
+from .shutdown import refuse_handshake
 
 logger = logging.getLogger("streaming.consumer")
 
@@ -178,6 +179,9 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             await self._teardown()
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
+        if not get_connections().track(self):
+            await refuse_handshake(self.scope, self.base_send)  # draining: streaming.shutdown
+            return
         settings = streaming_settings
         send = self.base_send
         self._max_bytes = settings.MAX_MESSAGE_BYTES
@@ -785,6 +789,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         self.outbox = None  # breaks the consumer <-> outbox cycle (_on_overflow)
         self._slots = {}
         self.scope.pop(USER_OBJECTS_KEY, None)
+        get_connections().untrack(self)  # last: a graceful shutdown waits for the hooks
 
     async def _grace(self, slots: list[EndpointSlot]) -> None:
         """Let the lanes finish within ``CLOSE_GRACE_PERIOD``; cancel (and name) the rest."""

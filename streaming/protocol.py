@@ -62,6 +62,9 @@ class CloseCode(IntEnum):
     """WebSocket close codes Streampod uses (daphne only sends 1000 and 3000-4999)."""
 
     NORMAL = 1000
+    # The server is restarting (graceful shutdown, streaming/shutdown.py): reconnect at
+    # once, to another server. daphne's ASGI close refuses it; streaming.shutdown sends it.
+    SERVICE_RESTART = 1012
     POLICY = 4008  # flooding: the client kept sending past the rate limit
     TOO_BIG = 4009  # a frame larger than MAX_MESSAGE_BYTES
     OVERLOADED = 4013  # the client does not read fast enough: its send queue is full

@@ -11,6 +11,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from streaming.auth import StreamingAuthMiddlewareStack  # noqa: E402
 from streaming.routing import websocket_urlpatterns  # noqa: E402
+from streaming.shutdown import install_graceful_shutdown  # noqa: E402
 from streaming.tuning import tune_gc  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -22,3 +23,5 @@ application = ProtocolTypeRouter(
 
 # Rarer, shorter GC pauses for a process that holds many sockets (streaming/tuning.py).
 tune_gc()
+# On SIGTERM: close every socket with 1012, let hooks finish, then exit (streaming/shutdown.py).
+install_graceful_shutdown()

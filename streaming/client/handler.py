@@ -41,6 +41,10 @@ class StreamingConnectionHandler:
     reached ``connected`` resets the count. While waiting the client's status is
     ``waiting_to_retry`` and ``client.retry_in_seconds`` counts down.
 
+    A close with 1012 (the server is restarting: a graceful shutdown, see
+    docs/deployment.md) is retried at once, with no delay, and is not counted as a
+    failure: other servers are up. If that attempt fails, the backoff applies as usual.
+
     It stops, leaving the client ``disconnected``, when the server closes with 4401
     or 4403 (or refuses the handshake with HTTP 401/403): the same credentials would
     be refused again. ``client.disconnect_reason`` then says why, and
@@ -174,6 +178,9 @@ class StreamingConnectionHandler:
         if self._stopping or reason.by_client or reason.is_auth_failure:
             self._next_delay = None
             return None
+        if reason.is_service_restart:
+            self._next_delay = 0.0  # retry now: the server is restarting, others are up
+            return 0.0
         self._failures += 1
         self._next_delay = self.delay_for(self._failures)
         return self._next_delay

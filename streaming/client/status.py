@@ -31,6 +31,7 @@ _CLOSE_MEANINGS = {
     1001: "the server is going away",
     1006: "the connection was lost",
     1011: "the server hit an internal error",
+    CloseCode.SERVICE_RESTART: "the server is restarting",
     CloseCode.POLICY: "closed for flooding (policy)",
     CloseCode.TOO_BIG: "a frame was too large",
     CloseCode.OVERLOADED: "the client did not read fast enough (overloaded)",
@@ -60,6 +61,11 @@ class DisconnectReason:
             401,
             403,
         )
+
+    @property
+    def is_service_restart(self) -> bool:
+        """True for 1012: the server shut down gracefully; reconnect at once, elsewhere."""
+        return self.code == CloseCode.SERVICE_RESTART
 
     @classmethod
     def from_close(cls, code: int | None, reason: str = "") -> DisconnectReason:

@@ -33,7 +33,9 @@
  * - Reconnects: exponential backoff with jitter (`retry: {min, max, factor, jitter}`),
  *   reset after a successful connection. Close codes 4401 and 4403 (credentials
  *   refused, forbidden) stop retrying: status "disconnected", reason "unauthorized" or
- *   "forbidden". `StreamingConnectionHandler` gives the same the Python client's (and
+ *   "forbidden". Close code 1012 (the server is restarting: a graceful shutdown)
+ *   retries at once, with no backoff delay, and does not count as a failure.
+ *   `StreamingConnectionHandler` gives the same the Python client's (and
  *   Serverpod's) shape: `listener(state)`, `connect()`, `dispose()`.
  * - Every data frame is buffered from the moment the socket opens, per endpoint, so
  *   nothing is lost between opening and iterating. Each buffer holds `bufferSize`
@@ -60,6 +62,7 @@ export const StreamingConnectionStatus = Object.freeze({
 /** Close codes the server uses (docs/protocol.md; Python: `streaming.protocol.CloseCode`). */
 export const CloseCode = Object.freeze({
   NORMAL: 1000,
+  SERVICE_RESTART: 1012,
   POLICY: 4008,
   TOO_BIG: 4009,
   OVERLOADED: 4013,
@@ -80,6 +83,7 @@ const CLOSE_MEANINGS = new Map([
   [1001, "the server is going away"],
   [1006, "the connection was lost"],
   [1011, "the server hit an internal error"],
+  [CloseCode.SERVICE_RESTART, "the server is restarting"],
   [CloseCode.POLICY, "closed for flooding (policy)"],
   [CloseCode.TOO_BIG, "a frame was too large"],
   [CloseCode.OVERLOADED, "the client did not read fast enough (overloaded)"],
@@ -1270,8 +1274,10 @@ export class Client {
       return;
     }
     this._disconnectReason = new DisconnectReason(code, why);
-    const delay = backoffDelay(this._attempt, retry);
-    this._attempt += 1;
+    // 1012: this server is restarting, others are up: come back now (not a failure).
+    const restart = code === CloseCode.SERVICE_RESTART;
+    const delay = restart ? 0 : backoffDelay(this._attempt, retry);
+    if (!restart) this._attempt += 1;
     this._retryAt = performance.now() + delay * 1000;
     this._retryTimer = setTimeout(() => {
       this._retryTimer = null;

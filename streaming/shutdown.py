@@ -1,0 +1,260 @@
+"""Graceful shutdown: on SIGTERM, close every socket with 1012 and let its hooks finish.
+
+Call :func:`install_graceful_shutdown` once in ``asgi.py`` (like ``tune_gc()``). Then,
+when the server process gets SIGTERM (a rolling restart, ``docker stop``, Kubernetes):
+
+1. The process *drains*: it stops listening where it can (daphne: Twisted's listening
+   ports; uvicorn: its listening sockets), and a WebSocket handshake that still arrives
+   is refused: HTTP 503 where the server lets an application answer a handshake with a
+   response (uvicorn), a refused handshake (HTTP 403) under daphne.
+2. Every open socket is closed with **1012** (service restart) after the frames already
+   queued for it. Both Streampod clients reconnect at once on 1012, with no backoff, to
+   whichever server the address leads to now.
+3. Each socket's teardown runs as on any close: ``stream_closed`` hooks get
+   ``CLOSE_GRACE_PERIOD`` seconds. The drain waits at most ``SHUTDOWN_GRACE_PERIOD``
+   seconds for every teardown to end.
+4. The server's own SIGTERM handler then runs, and the server shuts down as it always
+   does (nothing is left for it to close).
+
+A second SIGTERM during the drain goes straight to the server's handler.
+
+What the servers do without it (read in uvicorn 0.54 and daphne 4.2, see
+docs/deployment.md): uvicorn closes its listening sockets, closes each WebSocket with
+1012 itself at the transport (frames the application had queued are lost), then waits,
+without limit unless ``--timeout-graceful-shutdown``, for the application's tasks.
+daphne stops the reactor: it cancels every application instance at once and drops the
+TCP connections (clients see 1006); daphne's ASGI ``websocket.close`` cannot send 1012
+(autobahn's ``sendClose`` allows 1000 and 3000-4999 only), so under daphne the close
+frame is sent with autobahn's ``sendCloseFrame``, the method daphne itself uses to send
+1011. Neither server's ASGI lifespan helps: daphne does not implement lifespan at all,
+and uvicorn sends ``lifespan.shutdown`` only after it has closed the sockets.
+
+The hook into the server is its SIGTERM handler, wrapped only when it is recognised:
+uvicorn's ``Server.handle_exit`` (installed before uvicorn imports the application, so
+:func:`install_graceful_shutdown` wraps it at once) or Twisted's ``reactor.sigTerm``
+(installed when daphne's reactor starts: wrapped from ``reactor.callWhenRunning``).
+Anything else (another server, ``uvicorn.run(app)`` with an application imported before
+uvicorn's handler existed, a test process) is left alone and the server's own shutdown
+applies; the log says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from .conf import streaming_settings
+from .connections import get_connections
+from .flow import _daphne_protocol
+from .protocol import CloseCode
+
+if TYPE_CHECKING:
+    from .consumer import StreamingConsumer
+
+logger = logging.getLogger("streaming.shutdown")
+
+__all__ = ["drain", "install_graceful_shutdown", "refuse_handshake", "SERVICE_RESTART"]
+
+#: The close code of a graceful shutdown: "retry now, elsewhere".
+SERVICE_RESTART = CloseCode.SERVICE_RESTART
+
+SignalHandler = Callable[[int, FrameType | None], Any]
+
+
+def server_of(handler: Any) -> str | None:
+    """``"uvicorn"`` or ``"daphne"`` if ``handler`` is that server's SIGTERM handler."""
+    owner = getattr(handler, "__self__", None)
+    module = type(owner).__module__ if owner is not None else ""
+    name = getattr(handler, "__name__", "")
+    if module.startswith("uvicorn.") and name == "handle_exit":
+        return "uvicorn"
+    if module.startswith("twisted.internet.") and name == "sigTerm":
+        return "daphne"
+    return None
+
+
+class _GracefulHandler:
+    """The SIGTERM handler: drain on the loop, then hand over to the server's handler."""
+
+    def __init__(self, previous: SignalHandler, loop: asyncio.AbstractEventLoop) -> None:
+        self.previous = previous
+        self.loop = loop
+        self.task: asyncio.Task[int] | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.task is not None:  # a second SIGTERM: no more waiting
+            self.previous(signum, frame)
+            return
+        logger.info("SIGTERM: draining (closing sockets with 1012)")
+        self.loop.call_soon_threadsafe(self._start, signum)
+
+    def _start(self, signum: int) -> None:
+        self.task = self.loop.create_task(drain(listeners=_listeners(self.previous)))
+        self.task.add_done_callback(lambda _: self.previous(signum, None))
+
+
+def install_graceful_shutdown() -> None:
+    """Drain on SIGTERM under uvicorn and daphne (see the module docstring). Idempotent.
+
+    Call it from ``asgi.py``, at import: uvicorn has installed its handler by then, and
+    daphne's reactor exists (its handler is wrapped once the reactor runs).
+    """
+    if _install_now():
+        return
+    reactor = _twisted_reactor()
+    if reactor is not None and not getattr(reactor, "running", False):
+        reactor.callWhenRunning(_install_or_log)
+        return
+    _log_not_installed()
+
+
+def _install_now() -> bool:
+    current = signal.getsignal(signal.SIGTERM)
+    if isinstance(current, _GracefulHandler):
+        return True
+    if server_of(current) is None:
+        return False
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    signal.signal(signal.SIGTERM, _GracefulHandler(current, loop))  # type: ignore[arg-type]
+    logger.info("graceful shutdown installed (%s)", server_of(current))
+    return True
+
+
+def _install_or_log() -> None:
+    if not _install_now():
+        _log_not_installed()
+
+
+def _log_not_installed() -> None:
+    logger.info(
+        "graceful shutdown not installed: SIGTERM is handled by %r, not by uvicorn or "
+        "daphne; the server's own shutdown applies",
+        signal.getsignal(signal.SIGTERM),
+    )
+
+
+def _twisted_reactor() -> Any | None:
+    """daphne's reactor if this process runs daphne (never imports Twisted itself)."""
+    if "daphne.server" not in sys.modules:
+        return None
+    return getattr(sys.modules.get("twisted.internet"), "reactor", None)
+
+
+def _listeners(previous: SignalHandler) -> Callable[[], None]:
+    """A function that stops the server listening, as far as that can be done."""
+    kind = server_of(previous)
+    if kind == "uvicorn":
+        return lambda: _close_uvicorn_listeners(getattr(previous, "__self__", None))
+    if kind == "daphne":
+        return _stop_twisted_ports
+    return lambda: None
+
+
+def _close_uvicorn_listeners(server: Any) -> None:
+    # uvicorn keeps its listening asyncio.Server objects in ``Server.servers`` (not a
+    # documented attribute: checked here). Without it, new handshakes still get 503.
+    servers = getattr(server, "servers", None)
+    if not isinstance(servers, list) or not all(
+        isinstance(s, asyncio.AbstractServer) for s in servers
+    ):
+        logger.warning("uvicorn's listening sockets not found; handshakes get 503 instead")
+        return
+    for listener in servers:
+        listener.close()  # closes the listening socket only; connections stay
+
+
+def _stop_twisted_ports() -> None:
+    reactor = _twisted_reactor()
+    if reactor is None:
+        return
+    from twisted.internet.tcp import Port
+
+    for reader in reactor.getReaders():  # IReactorFDSet: public
+        if isinstance(reader, Port):
+            reader.stopListening()
+
+
+async def drain(
+    grace: float | None = None, *, listeners: Callable[[], None] | None = None
+) -> int:
+    """Refuse new sockets, close every open one with 1012, wait for their teardown.
+
+    ``listeners`` stops the server listening (the SIGTERM handler passes one that fits
+    the server). Waits at most ``grace`` seconds (``SHUTDOWN_GRACE_PERIOD``); returns the
+    number of sockets whose teardown had not finished by then.
+    """
+    if grace is None:
+        grace = streaming_settings.SHUTDOWN_GRACE_PERIOD
+    registry = get_connections()
+    registry.start_draining()
+    if listeners is not None:
+        try:
+            listeners()
+        except Exception:
+            logger.exception("could not stop listening; handshakes are refused instead")
+    sockets = registry.live()
+    closing = [close_for_restart(consumer) for consumer in sockets]
+    waits = [task for task in closing if task is not None]
+    if not await registry.wait_empty(grace):
+        left = len(registry.live())
+        logger.warning("%d sockets still closing after %.1fs; the server closes them", left, grace)
+        for task in waits:
+            task.cancel()
+        return left
+    logger.info("drained: %d sockets closed with 1012", len(sockets))
+    return 0
+
+
+def close_for_restart(consumer: StreamingConsumer) -> asyncio.Task[None] | None:
+    """Close ``consumer``'s socket with 1012 after its queued frames.
+
+    Under daphne a task does it (it waits for the queue, then sends the close frame
+    itself); it is returned. Elsewhere ``consumer.close_with(1012)`` does it.
+    """
+    protocol = _daphne_protocol(consumer.base_send)
+    if protocol is None or not hasattr(protocol, "sendCloseFrame"):
+        consumer.close_with(SERVICE_RESTART)
+        return None
+    return asyncio.get_running_loop().create_task(_daphne_close(consumer, protocol))
+
+
+async def _daphne_close(consumer: StreamingConsumer, protocol: Any) -> None:
+    outbox = consumer.outbox
+    if outbox is None:
+        return
+    await outbox.wait_sent()
+    if consumer.outbox is not outbox or protocol.state != protocol.STATE_OPEN:
+        # Torn down meanwhile, or still in its handshake (stream_opened running): a
+        # refused close code would fail there, so the ASGI close (1000) goes instead.
+        consumer.close_with(CloseCode.NORMAL)
+        return
+    outbox.discard()  # nothing more goes out after the close frame
+    protocol.sendCloseFrame(code=int(SERVICE_RESTART))
+
+
+async def refuse_handshake(scope: dict[str, Any], send: Any) -> None:
+    """Refuse a WebSocket handshake because the process is draining.
+
+    HTTP 503 (``Retry-After: 0``) where the server offers ASGI's
+    ``websocket.http.response`` extension (uvicorn); otherwise a refused handshake
+    (daphne answers HTTP 403).
+    """
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": 503,
+                "headers": [(b"content-type", b"text/plain"), (b"retry-after", b"0")],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": b"Server restarting.\n"})
+    else:
+        await send({"type": "websocket.close", "code": int(CloseCode.NORMAL)})

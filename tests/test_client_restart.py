@@ -1,0 +1,66 @@
+"""The Python client on a graceful shutdown: close code 1012 means "retry now", with no
+backoff delay and no failure counted; other codes keep the backoff. Against a tiny real
+``websockets`` server (as tests/test_client_unit.py); against real servers being
+restarted: tests/e2e/test_graceful.py.
+"""
+
+import asyncio
+import json
+
+from websockets.asyncio.server import serve
+
+from streaming.client import Client, StreamingConnectionHandler, StreamingConnectionStatus
+from streaming.client.status import DisconnectReason
+
+S = StreamingConnectionStatus
+PONG = json.dumps({"command": "pong", "args": {}})
+WAIT = 20  # seconds: a safety net for awaits, never a measurement
+
+
+async def test_1012_reconnects_without_backoff_and_1001_still_backs_off():
+    codes = iter([1012, 1012, 1001])
+    accepted = 0
+    delays: list[tuple[int | None, float | None]] = []  # (close code, retry_in_seconds)
+    backing_off = asyncio.Event()
+
+    async def server_handler(ws):
+        nonlocal accepted
+        accepted += 1
+        await ws.recv()  # the first ping
+        await ws.send(PONG)
+        code = next(codes, None)
+        if code is None:
+            await ws.wait_closed()
+            return
+        await ws.close(code)
+
+    async with serve(server_handler, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        client = Client(f"http://127.0.0.1:{port}/")
+
+        def record(status):
+            if status is S.waiting_to_retry:
+                delays.append((client.disconnect_reason.code, client.retry_in_seconds))
+                if client.disconnect_reason.code == 1001:
+                    backing_off.set()
+
+        client.add_streaming_connection_status_listener(record)
+        # A minimum delay far beyond the test's wait: only "no backoff" can reconnect.
+        handler = StreamingConnectionHandler(client, min_delay=60, max_delay=120, jitter=0)
+        handler.start()
+        await asyncio.wait_for(backing_off.wait(), WAIT)
+        assert accepted == 3  # two 1012 closes, each followed at once by a new connection
+        assert [code for code, _ in delays] == [1012, 1012, 1001]
+        assert delays[0][1] == delays[1][1] == 0.0
+        assert delays[2][1] > 30  # the first failure's backoff, not shortened by the 1012s
+        assert client.disconnect_reason.code == 1001
+        await handler.close()
+        await client.close()
+
+
+def test_1012_is_described_as_a_restart_and_is_not_an_auth_failure():
+    reason = DisconnectReason.from_close(1012)
+    assert reason.message == "the server is restarting (close code 1012)"
+    assert reason.is_service_restart
+    assert not reason.is_auth_failure
+    assert not DisconnectReason.from_close(1001).is_service_restart
