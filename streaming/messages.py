@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
+from . import metrics
 from .conf import streaming_settings
 from .eager import Done
 from .exceptions import InvalidChannelName, MessagingNotGlobal, MessagingUnavailable
@@ -251,6 +252,7 @@ class MessageBus:
         if global_ and not self.cross_process:
             raise MessagingNotGlobal()
         wire = encode_object(message)  # once per post, whatever the number of listeners
+        metrics.bus_post()
         entry = self._channels.get(channel)
         if entry is not None:
             self._deliver(channel, entry, message)
@@ -275,11 +277,16 @@ class MessageBus:
         else:
             inner = loop.create_task(self.layer.group_send(group_name(channel), event))
         timer = loop.call_later(timeout, inner.cancel)  # a post not yet sent is withdrawn
+        posted = loop.time()
 
         def settle(done: asyncio.Future[Any]) -> None:
             timer.cancel()
             if result.done():
                 return
+            if done.cancelled() or done.exception() is not None:
+                metrics.bus_publish_failed()
+            else:
+                metrics.bus_published(loop.time() - posted)
             if done.cancelled():
                 result.set_exception(
                     MessagingUnavailable(
@@ -304,6 +311,7 @@ class MessageBus:
     def _deliver(self, channel: str, entry: _Channel, message: SerializableEntity) -> None:
         """Call each listener; an awaitable result goes to that listener's lane."""
         limit = streaming_settings.LISTEN_QUEUE_LIMIT
+        metrics.bus_delivered(len(entry.listeners))
         for listener in list(entry.listeners):
             try:
                 result = listener(message)
@@ -487,6 +495,7 @@ class MessageBus:
             return
         cache_wire(message, wire)  # type: ignore[arg-type]  # already encoded: reuse it
         self.posts_received += 1
+        metrics.bus_received()
         self._deliver(channel, entry, message)  # type: ignore[arg-type]
 
     async def _refresh_loop(self) -> None:

@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from . import metrics
 from .eager import NOT_STARTED, finish, start
 from .flow import SendFlow
 
@@ -153,6 +154,7 @@ class Outbox:
         if self._closed:
             return
         self._closed = True
+        metrics.socket_close(int(code))
         if discard_pending:
             self._drop_frames()
         if self._task is None and self._eager and not self._gated and not self._queue:
@@ -241,9 +243,12 @@ class Outbox:
             len(self._queue),
             exc_info=True,
         )
+        closing = not self._closed  # else the close code is counted already
         self.discard()
         if message["type"] != "websocket.send":
             return  # the accept or the close itself failed: the transport is gone
+        if closing:
+            metrics.socket_close(SEND_FAILED_CLOSE)
         try:
             coro = self._send({"type": "websocket.close", "code": SEND_FAILED_CLOSE})
             done, yielded = start(coro)  # type: ignore[arg-type]

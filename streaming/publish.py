@@ -30,6 +30,8 @@ from typing import Any
 
 from redis.asyncio.client import Pipeline, Redis
 
+from . import metrics
+
 logger = logging.getLogger("streaming.publish")
 
 #: Most posts in one pipeline; more wait for the next round trip.
@@ -94,6 +96,7 @@ class Publisher:
                 try:
                     if self.batching:
                         self.batches += 1
+                        metrics.bus_publish_batch()
                         await self._send(batch)
                     else:
                         await self._send_each(batch)

@@ -246,6 +246,8 @@ else:
 
 STREAMING = {
     "MAX_MESSAGE_BYTES": 65536,
+    # The admin's live page of the cluster's figures (streaming/ops.py, /admin/streampod/live/).
+    "ENDPOINTS": ["streaming.ops.ClusterMetricsEndpoint"],
 }
 # daphne drops frames above its own limit with 1006: keep it just above ours so that
 # Streampod answers oversize frames with an error and 4009.

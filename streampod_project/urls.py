@@ -6,6 +6,8 @@ from chat.api import TokenView
 from chat.views import ChatLoginView
 
 urlpatterns = [
+    # /healthz, /readyz, /metrics and the admin's live page (before the admin's catch-all).
+    path("", include("streaming.urls")),
     path("admin/", admin.site.urls),
     # Throttled (chat/api.py); DRF's own obtain_auth_token is not.
     path("api/auth/token/", TokenView.as_view(), name="api-token"),

@@ -1,0 +1,205 @@
+"""Health checks and the metrics page: ``/healthz``, ``/readyz``, ``/metrics``.
+
+Include them with ``path("", include("streaming.urls"))`` (docs/deployment.md,
+"Health checks and metrics"). All three are async views: nothing here blocks the
+event loop.
+
+* ``GET /healthz``: 200 ``{"status": "ok"}`` whenever the process serves requests
+  (liveness). It checks nothing else, so a Redis outage never gets servers killed.
+* ``GET /readyz``: 200 when the database and every Redis the process uses answer,
+  else 503; the JSON body names each check and what failed (readiness). The Redis
+  servers are every host of the bus's channel layer (``STREAMING["CHANNEL_LAYER"]``)
+  and the default cache's servers when it is Django's ``RedisCache``. The checks run
+  concurrently, each bounded by ``STREAMING["HEALTH_TIMEOUT"]`` seconds: Redis with
+  ``redis.asyncio``'s ``PING``, the database with ``SELECT 1`` in
+  ``database_sync_to_async``'s thread.
+* ``GET /metrics``: the Prometheus text format (:mod:`streaming.metrics`), to
+  loopback clients, or to anyone sending ``Authorization: Bearer <token>`` with the
+  token of ``STREAMING["METRICS_TOKEN"]`` (else the ``STREAMPOD_METRICS_TOKEN``
+  environment variable), compared in constant time. A request carrying
+  ``X-Forwarded-For``, ``X-Real-IP`` or ``Forwarded`` came through a proxy, so it is
+  not a loopback client whatever its address. Others get 401 (no or another
+  ``Authorization``) or 403 (no token configured). 404 while ``STREAMING["METRICS"]``
+  is off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import os
+from collections.abc import Awaitable
+from typing import Any
+from urllib.parse import urlsplit
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import REGISTRY
+
+from . import metrics
+from .conf import streaming_settings
+
+__all__ = ["healthz", "metrics_view", "readyz", "redis_urls"]
+
+#: Headers a proxy adds: a request with one is not a loopback client's.
+_PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP", "HTTP_FORWARDED")
+
+
+@require_GET
+@never_cache
+async def healthz(request: HttpRequest) -> HttpResponse:
+    """Liveness: the process serves."""
+    return JsonResponse({"status": "ok"})
+
+
+@require_GET
+@never_cache
+async def readyz(request: HttpRequest) -> HttpResponse:
+    """Readiness: 200 if every check passed, else 503 with the failures named."""
+    checks: dict[str, Awaitable[None]] = {"database": _check_database()}
+    for name, url in redis_urls():
+        checks[name] = _check_redis(url)
+    timeout = streaming_settings.HEALTH_TIMEOUT
+    outcomes = await asyncio.gather(*(_bounded(check, timeout) for check in checks.values()))
+    results = dict(zip(checks, outcomes, strict=True))
+    failed = sorted(name for name, outcome in results.items() if outcome != "ok")
+    body = {"status": "unavailable" if failed else "ok", "checks": results, "failed": failed}
+    return JsonResponse(body, status=503 if failed else 200)
+
+
+@require_GET
+@never_cache
+async def metrics_view(request: HttpRequest) -> HttpResponse:
+    """This process's metrics in Prometheus' text format, to the clients allowed."""
+    if not metrics.enabled():
+        return HttpResponse("Metrics are off (STREAMING['METRICS']).\n", status=404)
+    refusal = _refusal(request)
+    if refusal is not None:
+        return refusal
+    # Runs on the event loop on purpose: the socket gauges read the loop's sockets.
+    return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+
+
+def metrics_token() -> str | None:
+    """The bearer token of ``/metrics``: the setting, else the environment; None: none."""
+    token = streaming_settings.METRICS_TOKEN
+    if token is None:
+        token = os.environ.get("STREAMPOD_METRICS_TOKEN", "").strip() or None
+    return token or None
+
+
+def _refusal(request: HttpRequest) -> HttpResponse | None:
+    """None if ``request`` may read ``/metrics``, else the response refusing it."""
+    if _is_loopback(request):
+        return None
+    token = metrics_token()
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    scheme, _, given = header.partition(" ")
+    if token is not None and scheme.lower() == "bearer":
+        if hmac.compare_digest(given.strip().encode(), token.encode()):
+            return None
+    if token is None:
+        return HttpResponse(
+            "Metrics are served to loopback clients only (no STREAMPOD_METRICS_TOKEN).\n",
+            status=403,
+        )
+    response = HttpResponse("A valid bearer token is required.\n", status=401)
+    response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+    return response
+
+
+def _is_loopback(request: HttpRequest) -> bool:
+    if any(request.META.get(header) for header in _PROXY_HEADERS):
+        return False
+    try:
+        return ipaddress.ip_address(request.META.get("REMOTE_ADDR") or "").is_loopback
+    except ValueError:
+        return False
+
+
+# -- the checks ------------------------------------------------------------------------
+
+
+async def _bounded(check: Awaitable[None], timeout: float) -> str:
+    """``"ok"``, or why ``check`` failed (a timeout included)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await check
+    except TimeoutError:
+        return f"timed out after {timeout:g}s"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"[:300]
+    return "ok"
+
+
+@database_sync_to_async
+def _select_one() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+
+async def _check_database() -> None:
+    await _select_one()
+
+
+async def _check_redis(url: str) -> None:
+    from redis.asyncio import Redis
+
+    timeout = streaming_settings.HEALTH_TIMEOUT
+    client = Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+def redis_urls() -> list[tuple[str, str]]:
+    """``(check name, URL)`` of each Redis server this process uses.
+
+    The names carry no password: ``redis <host>:<port>/<db> (channel layer)``.
+    """
+    found: dict[str, str] = {}
+    layer = settings.CHANNEL_LAYERS.get(streaming_settings.CHANNEL_LAYER, {})
+    if str(layer.get("BACKEND", "")).startswith("channels_redis."):
+        for host in layer.get("CONFIG", {}).get("hosts", ["redis://localhost:6379"]):
+            url = _host_url(host)
+            if url is not None:
+                found.setdefault(url, "channel layer")
+    cache = settings.CACHES.get("default", {})
+    if cache.get("BACKEND") == "django.core.cache.backends.redis.RedisCache":
+        location: Any = cache.get("LOCATION", [])
+        if isinstance(location, str):
+            location = location.replace(";", ",").split(",")
+        for url in location:
+            if url.strip():
+                found.setdefault(url.strip(), "cache")
+    return [(f"redis {_display(url)} ({role})", url) for url, role in found.items()]
+
+
+def _host_url(host: Any) -> str | None:
+    """A channels-redis ``hosts`` entry as a URL (None: a Sentinel entry, not checked)."""
+    if isinstance(host, str):
+        return host
+    if isinstance(host, list | tuple) and len(host) == 2:
+        return f"redis://{host[0]}:{host[1]}"
+    if isinstance(host, dict) and isinstance(host.get("address"), str):
+        return host["address"]
+    if isinstance(host, dict) and isinstance(host.get("address"), list | tuple):
+        address = host["address"]
+        return f"redis://{address[0]}:{address[1]}"
+    return None
+
+
+def _display(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or url
+    port = f":{parts.port}" if parts.port else ""
+    return f"{host}{port}{parts.path or ''}"
