@@ -162,6 +162,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 
 REDIS_URL = os.environ.get("REDIS_URL", "").strip()
+# Several Redis servers, comma-separated, are shards: channels-redis spreads the channels
+# over them by a consistent hash of each channel's name (docs/deployment.md, "Redis
+# shards"). Every server of a deployment must list the same URLs in the same order.
+REDIS_URLS = [url.strip() for url in REDIS_URL.split(",") if url.strip()]
 # "pubsub" (default) or "core": see docs/architecture.md for why pubsub.
 REDIS_LAYER = os.environ.get("STREAMPOD_REDIS_LAYER", "pubsub")
 
@@ -173,6 +177,9 @@ def _redis_prefix(url: str) -> str:
     databases 1 and 2, would publish to the same ``asgi__group__user_<id>`` and hear
     each other. So the prefix is ``asgi`` on database 0 (channels-redis' default: the
     names deployments have always used) and ``asgi_db<n>`` on database ``n``.
+
+    ``url`` may list several shards, comma-separated: the layer has one prefix, so they
+    must all name the same database number (``ImproperlyConfigured`` otherwise).
     """
     explicit = os.environ.get("STREAMPOD_REDIS_PREFIX", "").strip()
     if explicit:
@@ -182,18 +189,27 @@ def _redis_prefix(url: str) -> str:
                 f"STREAMPOD_REDIS_PREFIX={explicit!r}: 1 to 40 letters, digits, '_', '.' or '-'"
             )
         return explicit
-    if not url:
+    urls = [part.strip() for part in url.split(",") if part.strip()]
+    if not urls:
         return "asgi"
-    try:
-        db = int(parse_url(url).get("db") or 0)
-    except ValueError as exc:
-        raise ImproperlyConfigured(f"REDIS_URL={url!r}: {exc}") from exc
+    dbs = set()
+    for each in urls:
+        try:
+            dbs.add(int(parse_url(each).get("db") or 0))
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"REDIS_URL={each!r}: {exc}") from exc
+    if len(dbs) > 1:
+        raise ImproperlyConfigured(
+            f"REDIS_URL={url!r}: the shards name different database numbers "
+            f"({sorted(dbs)}); give them all the same one"
+        )
+    db = dbs.pop()
     return "asgi" if db == 0 else f"asgi_db{db}"
 
 
 REDIS_PREFIX = _redis_prefix(REDIS_URL)
 _REDIS_HOST = {
-    "address": REDIS_URL,
+    "address": REDIS_URL,  # one shard's: the layers get one of these per URL
     # redis-py 8's 5 s default kills idle subscribers (channels_redis#422).
     "socket_timeout": None,
     # A dead Redis must fail fast, not hang a publish.
@@ -203,12 +219,13 @@ _REDIS_HOST = {
     "health_check_interval": 15,
     "retry_on_timeout": True,
 }
-if REDIS_URL and REDIS_LAYER == "core":
+_REDIS_HOSTS = [{**_REDIS_HOST, "address": url} for url in REDIS_URLS]
+if REDIS_URLS and REDIS_LAYER == "core":
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [_REDIS_HOST],
+                "hosts": _REDIS_HOSTS,
                 "prefix": REDIS_PREFIX,
                 # The bus's one channel per process carries all cross-server traffic:
                 # the default capacity of 100 drops silently under load.
@@ -216,13 +233,13 @@ if REDIS_URL and REDIS_LAYER == "core":
             },
         }
     }
-elif REDIS_URL:
+elif REDIS_URLS:
     # The pub/sub layer: measured faster than the core layer here and, unlike it, it
     # never drops past a per-process capacity (docs/architecture.md).
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [_REDIS_HOST], "prefix": REDIS_PREFIX},
+            "CONFIG": {"hosts": _REDIS_HOSTS, "prefix": REDIS_PREFIX},
         }
     }
 else:
@@ -230,12 +247,14 @@ else:
 
 # The cache holds the REST API's throttle counts: with REDIS_URL, in Redis, so that
 # every server of a cluster counts the same requests (a client cannot multiply its
-# allowance by the number of servers); otherwise per process.
-if REDIS_URL:
+# allowance by the number of servers); otherwise per process. With several shards, on
+# the first: Django's RedisCache reads a list of LOCATIONs as one primary (the first,
+# which takes every write) and read replicas (the rest), not as shards, so it gets one.
+if REDIS_URLS:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": REDIS_URL,
+            "LOCATION": REDIS_URLS[0],
             "KEY_PREFIX": REDIS_PREFIX,
             # An unreachable Redis fails the request quickly instead of hanging it.
             "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},

@@ -92,3 +92,48 @@ async def assert_quiet(ws) -> None:
 
 def connect(url: str, **kwargs):
     return websockets.connect(url, open_timeout=10, **kwargs)
+
+
+# --- Several Redis servers as shards ---------------------------------------------------
+
+
+def shard_urls(shards: list) -> str:
+    """``REDIS_URL`` for servers sharding over ``shards`` (RedisServer objects): their
+    URLs, comma-separated, in this order (every server must list them in the same one)."""
+    return ",".join(shard.url for shard in shards)
+
+
+def shard_index(channel: str, url: str) -> int:
+    """Which of the comma-separated Redis servers of ``url`` carries bus channel
+    ``channel``: channels-redis' own consistent hash of its Redis channel name."""
+    from channels_redis.utils import _consistent_hash
+
+    urls = [part for part in url.split(",") if part]
+    return _consistent_hash(redis_channel(channel, url), len(urls))
+
+
+def publishes(url: str) -> int:
+    """``PUBLISH`` commands this Redis has run since it started (``INFO commandstats``)."""
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("commandstats").get("cmdstat_publish", {}).get("calls", 0))
+    finally:
+        client.close()
+
+
+def subscribed_channels(url: str) -> set[str]:
+    """The pub/sub channels someone subscribes to on this Redis (``PUBSUB CHANNELS``)."""
+    client = redis.Redis.from_url(url)
+    try:
+        return {name.decode() for name in client.pubsub_channels()}
+    finally:
+        client.close()
+
+
+def key_count(url: str) -> int:
+    """Keys in this Redis' database of ``url`` (``DBSIZE``): the cache's, not pub/sub's."""
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.dbsize())
+    finally:
+        client.close()
