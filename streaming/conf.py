@@ -72,6 +72,13 @@ DEFAULTS: dict[str, Any] = {
     "CHANNEL_LAYER": "default",
     # Seconds between re-joins of the bus's groups (channel-layer memberships expire).
     "GROUP_REFRESH_INTERVAL": 3600.0,
+    # Prometheus metrics (streaming/metrics.py) recorded, and served on /metrics.
+    "METRICS": True,
+    # Bearer token that lets a non-loopback client read /metrics; None: the
+    # STREAMPOD_METRICS_TOKEN environment variable, and without it loopback only.
+    "METRICS_TOKEN": None,
+    # Seconds each /readyz check (database, each Redis) may take before it counts as failed.
+    "HEALTH_TIMEOUT": 2.0,
 }
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -99,6 +106,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "LISTEN_QUEUE_LIMIT": (int,),
     "CHANNEL_LAYER": (str,),
     "GROUP_REFRESH_INTERVAL": (int, float),
+    "METRICS": (bool,),
+    "METRICS_TOKEN": (str, type(None)),
+    "HEALTH_TIMEOUT": (int, float),
 }
 
 

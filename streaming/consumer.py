@@ -52,7 +52,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser
 
-from . import protocol
+from . import metrics, protocol
 from .auth import (
     AUTH_FAILED_KEY,
     AUTH_VIA_KEY,
@@ -198,6 +198,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
                 settings.RATE_LIMIT_BYTES_PER_SECOND, settings.RATE_LIMIT_BYTES_BURST
             )
         self.scope[USER_OBJECTS_KEY] = {}
+        metrics.socket_opened(self)
         # Gated: frames queue until the accept, which waits for the endpoints to open.
         self.outbox = Outbox(
             send,
@@ -226,6 +227,8 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             outbox.open(attach_flow(self.base_send))  # daphne: Twisted's buffer pushes back
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        if self.outbox is not None and not self.outbox.closed:
+            metrics.socket_close(message.get("code") or 1005)  # the client closed first
         await self._teardown()
         raise StopConsumer()
 
@@ -255,7 +258,11 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
                     endpoint=endpoint,
                 )
                 return False
-        return outbox.put(text)
+        if not outbox.put(text):
+            return False
+        if endpoint is not None:
+            metrics.frame_sent(endpoint)
+        return True
 
     def send_error(
         self,
@@ -266,6 +273,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         frame_id: str | None = None,
         errors: list[dict[str, Any]] | None = None,
     ) -> None:
+        metrics.error_sent(code)
         self.send_text(
             protocol.encode_error(
                 code, message, endpoint=endpoint, frame_id=frame_id, errors=errors
@@ -406,6 +414,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             return
         if not counted:
             self._pending_bytes += frame.size
+        metrics.frame_received(slot.cls.name)
         slot.lane.submit(functools.partial(self._deliver, slot, frame), "handle_stream_message")
 
     async def _deliver(self, slot: EndpointSlot, frame: DataFrame) -> None:
@@ -765,6 +774,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         if self._torn_down:
             return
         self._torn_down = True
+        metrics.socket_closed(self)
         if self._auth_task is not None:
             self._auth_task.cancel()
         if self._revocation is not None:

@@ -17,7 +17,8 @@ Contracts:
   (``is_staff``, no database query); anyone else's frames get ``not_authenticated``
   or ``forbidden``. The page itself is an admin view (staff, else the admin login).
 * Every server process with an open socket answers each request once with
-  :func:`streaming.metrics.snapshot` and its identity; the page keeps the last answer of each process and drops a process silent for a while.
+  :func:`streaming.metrics.snapshot` and its identity; the page keeps the last answer
+  of each process and drops a process silent for a while.
 * Once this module is imported (registering the endpoint does it), a process listens
   on ``streampod_metrics`` while it has open sockets; one without sockets holds no
   subscription and is not listed (it has no connections, and its counters reappear
