@@ -1,0 +1,144 @@
+"""GET /healthz and /readyz (streaming/health.py), against real Redis servers.
+
+A Redis that is down is a port nothing listens on (refused at once) or a server that
+accepts and never answers (only the timeout ends the check).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from django.test import AsyncClient, override_settings
+
+from streaming.health import redis_urls
+from tests.support.servers import free_port, require_redis
+
+
+def layer(*hosts: object) -> dict:
+    return {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": list(hosts)},
+        }
+    }
+
+
+def redis_cache(location: object) -> dict:
+    return {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": location,
+        }
+    }
+
+
+async def test_healthz():
+    response = await AsyncClient().get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert "no-cache" in response["Cache-Control"]
+
+
+@pytest.mark.django_db
+async def test_readyz_with_the_database_and_no_redis():
+    response = await AsyncClient().get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "checks": {"database": "ok"}, "failed": []}
+
+
+@pytest.mark.django_db
+async def test_readyz_checks_every_redis_and_names_the_one_down():
+    url = require_redis()
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    with override_settings(CHANNEL_LAYERS=layer({"address": url}, {"address": down})):
+        response = await AsyncClient().get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    name = f"redis 127.0.0.1:{down.split(':')[2]} (channel layer)"
+    assert body["failed"] == [name]
+    assert body["status"] == "unavailable"
+    assert "ConnectionError" in body["checks"][name]
+    assert body["checks"]["database"] == "ok"
+    up = next(key for key in body["checks"] if key not in (name, "database"))
+    assert body["checks"][up] == "ok"
+
+
+@pytest.mark.django_db
+async def test_readyz_ok_with_a_redis_layer_and_cache():
+    url = require_redis()
+    with override_settings(CHANNEL_LAYERS=layer(url), CACHES=redis_cache(url)):
+        response = await AsyncClient().get("/readyz")
+    assert response.status_code == 200, response.json()
+    assert len(response.json()["checks"]) == 2  # the same Redis is checked once
+
+
+@pytest.mark.django_db
+async def test_readyz_names_a_redis_cache_that_is_down():
+    down = f"redis://127.0.0.1:{free_port()}/1"
+    with override_settings(CACHES=redis_cache(down)):
+        response = await AsyncClient().get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["failed"] == [f"redis {down[8:]} (cache)"]
+
+
+@pytest.mark.django_db
+async def test_a_redis_that_never_answers_times_out_without_blocking_the_loop():
+    accepted = asyncio.Event()
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # accept, read nothing, answer nothing
+        accepted.set()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        await accepted.wait()
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    try:
+        with override_settings(
+            CHANNEL_LAYERS=layer(f"redis://127.0.0.1:{port}/0"),
+            STREAMING={"HEALTH_TIMEOUT": 0.5},
+        ):
+            response = await AsyncClient().get("/readyz")
+    finally:
+        task.cancel()
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert response.status_code == 503
+    name = f"redis 127.0.0.1:{port}/0 (channel layer)"
+    assert response.json()["checks"][name] == "timed out after 0.5s"
+    assert ticks > 0  # the loop ran other tasks while the check waited
+
+
+def test_redis_urls_of_every_host_form_without_passwords():
+    hosts = [
+        "redis://:pw@10.0.0.1:6379/0",
+        ("10.0.0.2", 6380),
+        {"address": "redis://10.0.0.3:6379/2"},
+        {"address": ("10.0.0.4", 6381)},
+        {"sentinels": [("10.0.0.9", 26379)], "master_name": "mymaster"},  # not checked
+    ]
+    with override_settings(
+        CHANNEL_LAYERS=layer(*hosts),
+        CACHES=redis_cache("redis://10.0.0.3:6379/2,redis://10.0.0.5:6379/0"),
+    ):
+        names = [name for name, _ in redis_urls()]
+    assert names == [
+        "redis 10.0.0.1:6379/0 (channel layer)",
+        "redis 10.0.0.2:6380 (channel layer)",
+        "redis 10.0.0.3:6379/2 (channel layer)",
+        "redis 10.0.0.4:6381 (channel layer)",
+        "redis 10.0.0.5:6379/0 (cache)",
+    ]
+    assert not any("pw" in name for name in names)
