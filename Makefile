@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8000
 
-.PHONY: setup browser nginx run test test-fast test-py312 fuzz lint bench demo clean
+.PHONY: setup browser nginx run test test-pg test-fast test-py312 fuzz lint bench demo clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -54,6 +54,27 @@ test-py312:
 	@test -n "$(PY312)" || { echo "python3.12 not found (install it, or pass PY312=...)"; exit 1; }
 	$(MAKE) setup PY=$(PY312) VENV=.venv-3.12
 	.venv-3.12/bin/python -m pytest $(PY312_ARGS) $(PYTEST_ARGS)
+
+# The end-to-end chat (two servers sharing Redis), authentication, revocation and the REST
+# API again on PostgreSQL (127.0.0.1:5432, user postgres, trust: STREAMPOD_TEST_PG_URL to
+# change it). The test process and every server it starts use pytest-django's test
+# database, test_streampod_<pid>_<random>: created for this run, dropped at its end.
+STREAMPOD_TEST_PG_URL ?= postgres://postgres@127.0.0.1:5432
+PG_TESTS ?= tests/e2e/test_chat_e2e.py tests/e2e/test_revocation.py \
+	tests/e2e/test_auth_e2e.py tests/test_chat_api.py \
+	tests/e2e/test_nginx.py::test_a_browser_through_nginx_chats_with_a_python_client_on_the_other_upstream
+# pytest-django drops it without FORCE, which fails while a thread of the test process
+# still holds a connection: it is dropped WITH (FORCE) below instead, whatever the outcome.
+test-pg: setup
+	@db="streampod_$$$$_$$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"; status=0; \
+	echo "PostgreSQL test database: test_$$db"; \
+	DATABASE_URL="$(STREAMPOD_TEST_PG_URL)/$$db" $(BIN)/python -m pytest -p no:cacheprovider \
+	  -W "ignore:Error when trying to teardown test databases:pytest.PytestWarning" \
+	  $(PG_TESTS) $(PYTEST_ARGS) || status=$$?; \
+	$(BIN)/python -c "import psycopg, sys; psycopg.connect(sys.argv[1], autocommit=True)\
+	.execute('DROP DATABASE IF EXISTS \"test_' + sys.argv[2] + '\" WITH (FORCE)')" \
+	  "$(STREAMPOD_TEST_PG_URL)/postgres" "$$db"; \
+	exit $$status
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not e2e and not browser" $(PYTEST_ARGS)

@@ -34,14 +34,24 @@ import websockets
 
 from tests.e2e.test_chat_e2e import chat_frame, ready, recv_chat
 from tests.support.nginx import (
+    ACCEPTED,
     PLACEHOLDERS,
     TEMPLATE,
     NginxServer,
+    count_lines,
     fd_count,
     nginx_cluster,
     render,
+    wait_lines,
 )
-from tests.support.servers import ROOT, DaphneServer, UvicornServer
+from tests.support.servers import (
+    ROOT,
+    DaphneServer,
+    RedisServer,
+    UvicornServer,
+    child_pids,
+    socket_owner,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -444,3 +454,105 @@ async def test_sockets_per_address_are_limited_with_429(behind_nginx):
                     break
             except websockets.InvalidStatus as exc:
                 assert exc.response.status_code == 429
+
+
+# --- The chat through nginx: a browser, the Python client, two upstreams ------------------
+
+
+def _accepted(srv: DaphneServer) -> int:
+    return count_lines(srv.output, ACCEPTED)
+
+
+@pytest.mark.browser
+async def test_a_browser_through_nginx_chats_with_a_python_client_on_the_other_upstream(
+    make_user,
+):
+    """Chromium signs in and chats through nginx; bob's Python client is connected to
+    the upstream the browser's socket did not land on, so every message crosses Redis
+    (and, under ``make test-pg``, the servers share PostgreSQL)."""
+    from playwright.async_api import async_playwright
+
+    from chat.protocol import ChatMessage
+    from streaming.client import Client
+    from tests.browser.conftest import CHROMIUM_ARGS, chromium_path
+    from tests.browser.test_chat_browser import DESKTOP, say, sign_in, wait_bubbles
+
+    executable = chromium_path()
+    alice, _ = await make_user("alice", first_name="Alice")
+    bob, bob_key = await make_user("bob", first_name="Bob")
+    page_errors: list[str] = []
+    with nginx_cluster() as (nginx, _, a, b):
+        async with async_playwright() as playwright:
+            chromium = await playwright.chromium.launch(
+                executable_path=executable, args=CHROMIUM_ARGS
+            )
+            try:
+                before = {srv.port: _accepted(srv) for srv in (a, b)}
+                context, page = await sign_in(
+                    chromium, page_errors, nginx.http_url, "alice", DESKTOP
+                )
+                # The page's socket went through nginx to one of the two upstreams.
+                landed = [srv for srv in (a, b) if _accepted(srv) > before[srv.port]]
+                assert len(landed) == 1, (before, [_accepted(a), _accepted(b)])
+                other = b if landed[0] is a else a
+                async with Client(other.http_url, auth_key=bob_key) as bobs:
+                    await bobs.open_streaming_connection()
+                    await page.click(".person[data-username=bob]")
+                    await say(page, "from Chromium, through nginx")
+                    got = await asyncio.wait_for(anext(bobs.chat.stream), GUARD)
+                    assert (got.sender_id, got.text) == (alice.pk, "from Chromium, through nginx")
+                    await bobs.chat.send_stream_message(
+                        ChatMessage(recipient_id=alice.pk, text="from Python, on the other one")
+                    )
+                    await wait_bubbles(
+                        page, ["from Chromium, through nginx", "from Python, on the other one"]
+                    )
+                await context.close()
+            finally:
+                await chromium.close()
+    assert not page_errors, page_errors
+    assert bob.pk != alice.pk
+
+
+async def test_uvicorn_with_two_workers_shares_the_chat_through_redis(make_user):
+    """``uvicorn --workers 2``: one port, two worker processes, each its own bus. Sockets
+    are opened until two land on different workers (the worker holding each is read
+    from /proc); a message from one reaches the other through Redis."""
+    alice, alice_key = await make_user("alice", password=None)
+    bob, bob_key = await make_user("bob", password=None)
+    with contextlib.ExitStack() as stack:
+        rs = stack.enter_context(RedisServer())
+        srv = UvicornServer(env={"REDIS_URL": rs.url}, args=["--workers", "2"])
+        stack.callback(srv.stop)
+        await asyncio.to_thread(srv.start)  # the parent has bound the port ...
+        # ... and each worker listens once it logs this.
+        assert await asyncio.to_thread(
+            wait_lines, [srv.output], "Application startup complete.", 2, GUARD
+        ), srv.logs()
+        async with contextlib.AsyncExitStack() as sockets:
+            alices = await sockets.enter_async_context(connect(srv.ws_url, alice_key))
+            await ready(alices, alice.pk)
+            workers = child_pids(srv.proc.pid)
+            alice_worker = socket_owner(workers, srv.port, alices.local_address[1])
+            assert alice_worker is not None, workers
+            bobs, bob_worker, tries = None, None, 0
+            while bob_worker in (None, alice_worker):
+                tries += 1
+                assert tries <= 40, "every socket landed on the same worker"
+                if bobs is not None:
+                    await bobs.close()
+                bobs = await sockets.enter_async_context(connect(srv.ws_url, bob_key))
+                await ready(bobs, bob.pk)
+                bob_worker = socket_owner(workers, srv.port, bobs.local_address[1])
+            assert len(set(workers)) >= 2 and {alice_worker, bob_worker} <= set(workers)
+
+            await alices.send(chat_frame(bob.pk, "across two workers"))
+            frame = await recv_chat(bobs, timeout=GUARD)
+            assert frame["object"]["data"]["text"] == "across two workers"
+            await bobs.send(chat_frame(alice.pk, "and back"))
+            texts = [(await recv_chat(alices, timeout=GUARD))["object"]["data"]["text"]]
+            texts.append((await recv_chat(alices, timeout=GUARD))["object"]["data"]["text"])
+            assert texts == ["across two workers", "and back"]  # her ack, then bob's reply
+        print(
+            f"\ntwo workers: bob's socket on the other worker after {tries} tries", file=sys.stderr
+        )

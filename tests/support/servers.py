@@ -17,6 +17,7 @@ import threading
 from collections import deque
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -58,6 +59,21 @@ class _Output:
             return "\n".join(self.lines)
 
 
+def database_url(db: dict[str, Any]) -> str:
+    """``DATABASE_URL`` for a server on the database ``db`` (a ``DATABASES`` entry): the
+    test process's own, i.e. pytest-django's test database once it is set up (SQLite, or
+    PostgreSQL when the tests run with a ``postgres://`` ``DATABASE_URL``: ``make test-pg``)."""
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    if db["ENGINE"].endswith("postgresql"):
+        user = quote(db.get("USER") or "", safe="")
+        password = quote(db.get("PASSWORD") or "", safe="")
+        auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+        port = f":{db['PORT']}" if db.get("PORT") else ""
+        return f"postgres://{auth}{db.get('HOST') or ''}{port}/{quote(db['NAME'], safe='')}"
+    raise ValueError(f"the end-to-end servers run on SQLite or PostgreSQL, not {db['ENGINE']}")
+
+
 class DaphneServer:
     """``python -m daphne streampod_project.asgi:application`` on a free port."""
 
@@ -85,9 +101,7 @@ class DaphneServer:
         from django.conf import settings
 
         env = dict(os.environ)
-        db = settings.DATABASES["default"]
-        if db["ENGINE"].endswith("sqlite3"):
-            env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
+        env["DATABASE_URL"] = database_url(settings.DATABASES["default"])
         env.update(
             {
                 "DJANGO_SETTINGS_MODULE": "tests.e2e_settings",
@@ -281,3 +295,39 @@ def require_redis(url: str | None = None) -> str:
             pytest.fail(message + "; CI=true needs it")
         pytest.skip(message)
     return url
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a process (uvicorn ``--workers``' worker processes)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(each) for each in path.read_text().split()]
+
+
+def socket_owner(pids: list[int], server_port: int, client_port: int) -> int | None:
+    """Which of ``pids`` holds the server side of the TCP connection from 127.0.0.1
+    ``client_port`` to ``server_port`` (``/proc/net/tcp`` names its inode, the process's
+    ``/proc/<pid>/fd`` links it); None if none does."""
+    wanted = f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}"
+    inode = None
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if (fields[1], fields[2]) == wanted:
+                inode = fields[9]
+                break
+    if inode is None:
+        return None
+    link = f"socket:[{inode}]"
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except FileNotFoundError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == link:
+                    return pid
+            except OSError:
+                continue
+    return None
