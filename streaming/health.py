@@ -164,15 +164,16 @@ async def _check_redis(url: str) -> None:
 def redis_urls() -> list[tuple[str, str]]:
     """``(check name, URL)`` of each Redis server this process uses.
 
-    The names carry no password: ``redis <host>:<port>/<db> (channel layer)``.
+    One check per server, named with what uses it and no password:
+    ``redis <host>:<port>/<db> (channel layer, cache)``.
     """
-    found: dict[str, str] = {}
+    found: dict[str, list[str]] = {}
     layer = settings.CHANNEL_LAYERS.get(streaming_settings.CHANNEL_LAYER, {})
     if str(layer.get("BACKEND", "")).startswith("channels_redis."):
         for host in layer.get("CONFIG", {}).get("hosts", ["redis://localhost:6379"]):
             url = _host_url(host)
             if url is not None:
-                found.setdefault(url, "channel layer")
+                found.setdefault(url, []).append("channel layer")
     cache = settings.CACHES.get("default", {})
     if cache.get("BACKEND") == "django.core.cache.backends.redis.RedisCache":
         location: Any = cache.get("LOCATION", [])
@@ -180,8 +181,13 @@ def redis_urls() -> list[tuple[str, str]]:
             location = location.replace(";", ",").split(",")
         for url in location:
             if url.strip():
-                found.setdefault(url.strip(), "cache")
-    return [(f"redis {_display(url)} ({role})", url) for url, role in found.items()]
+                roles = found.setdefault(url.strip(), [])
+                if "cache" not in roles:
+                    roles.append("cache")
+    return [
+        (f"redis {_display(url)} ({', '.join(dict.fromkeys(roles))})", url)
+        for url, roles in found.items()
+    ]
 
 
 def _host_url(host: Any) -> str | None:
