@@ -80,7 +80,7 @@ from .outbox import Outbox
 from .protocol import CloseCode, CommandFrame, DataFrame, ErrorCode, echo
 from .serialization import decode_object
 from .session import USER_OBJECTS_KEY, StreamingSession
-from .shutdown import refuse_handshake
+from .shutdown import admit, refuse_handshake
 
 logger = logging.getLogger("streaming.consumer")
 
@@ -179,7 +179,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             await self._teardown()
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
-        if not get_connections().track(self):
+        if not admit(self):
             await refuse_handshake(self.scope, self.base_send)  # draining: streaming.shutdown
             return
         settings = streaming_settings

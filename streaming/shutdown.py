@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("streaming.shutdown")
 
-__all__ = ["drain", "install_graceful_shutdown", "refuse_handshake", "SERVICE_RESTART"]
+__all__ = ["SERVICE_RESTART", "admit", "drain", "install_graceful_shutdown", "refuse_handshake"]
 
 #: The close code of a graceful shutdown: "retry now, elsewhere".
 SERVICE_RESTART = CloseCode.SERVICE_RESTART
@@ -98,33 +98,61 @@ class _GracefulHandler:
         self.task.add_done_callback(lambda _: self.previous(signum, None))
 
 
+_pending = False  # install_graceful_shutdown() was called and the hook is not in yet
+
+
 def install_graceful_shutdown() -> None:
     """Drain on SIGTERM under uvicorn and daphne (see the module docstring). Idempotent.
 
-    Call it from ``asgi.py``, at import: uvicorn has installed its handler by then, and
-    daphne's reactor exists (its handler is wrapped once the reactor runs).
+    Call it from ``asgi.py``, at import. The server's own handler may not exist yet
+    then (uvicorn imports a single worker's application before it installs its handler;
+    daphne's reactor installs Twisted's when it starts), so the hook goes in as soon as
+    it does: when daphne's reactor runs, or at the first WebSocket connect.
     """
+    global _pending
     if _install_now():
         return
+    _pending = True
     reactor = _twisted_reactor()
     if reactor is not None and not getattr(reactor, "running", False):
-        reactor.callWhenRunning(_install_or_log)
-        return
-    _log_not_installed()
+        reactor.callWhenRunning(_install_pending)
+
+
+def admit(consumer: StreamingConsumer) -> bool:
+    """Register a connecting socket (``Connections.track``); False while draining.
+
+    Also puts the SIGTERM hook in, if :func:`install_graceful_shutdown` is still waiting
+    for the server's handler (checked once).
+    """
+    if _pending:
+        _install_pending()
+    return get_connections().track(consumer)
+
+
+def _install_pending() -> None:
+    global _pending
+    if _pending:
+        _pending = False
+        _install_or_log()
 
 
 def _install_now() -> bool:
     current = signal.getsignal(signal.SIGTERM)
     if isinstance(current, _GracefulHandler):
         return True
-    if server_of(current) is None:
+    kind = server_of(current)
+    if kind is None:
         return False
     try:
-        loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()  # uvicorn imports the application in its loop
     except RuntimeError:
-        return False
+        if kind != "daphne":
+            return False
+        # Twisted runs its startup triggers before its asyncio loop runs; daphne has set
+        # that loop as the thread's event loop.
+        loop = asyncio.get_event_loop_policy().get_event_loop()
     signal.signal(signal.SIGTERM, _GracefulHandler(current, loop))  # type: ignore[arg-type]
-    logger.info("graceful shutdown installed (%s)", server_of(current))
+    logger.info("graceful shutdown installed (%s)", kind)
     return True
 
 

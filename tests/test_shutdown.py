@@ -126,8 +126,8 @@ async def test_an_unrecognised_sigterm_handler_is_left_alone(caplog):
         with caplog.at_level(logging.INFO, logger="streaming.shutdown"):
             shutdown.install_graceful_shutdown()
             assert signal.getsignal(signal.SIGTERM) is own_handler
-            # What runs once daphne's reactor starts (here Twisted is imported, not run).
-            shutdown._install_or_log()
+            # What runs at the first socket (or once daphne's reactor starts).
+            shutdown._install_pending()
         assert signal.getsignal(signal.SIGTERM) is own_handler
         assert "graceful shutdown not installed" in caplog.text
     finally:
