@@ -556,3 +556,14 @@ async def test_uvicorn_with_two_workers_shares_the_chat_through_redis(make_user)
         print(
             f"\ntwo workers: bob's socket on the other worker after {tries} tries", file=sys.stderr
         )
+
+
+def test_the_documented_server_command_is_the_one_the_tests_run():
+    """docs/deployment.md, "Processes": the command is UvicornServer's, on port 8001."""
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    section = text.split("## Processes", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
+    assert block is not None
+    shown = block.group(1).replace("\\\n", " ").split()
+    run = UvicornServer(port=8001).command()
+    assert shown == ["python", *run[1:]], (shown, run)

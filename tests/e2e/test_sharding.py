@@ -177,3 +177,14 @@ def test_a_channel_moves_shard_when_the_list_grows(sharded):
     names = [f"user_{n}" for n in range(1, 301)]
     moved = [name for name in names if shard_index(name, two) != shard_index(name, url)]
     assert len(moved) >= len(names) // 3, len(moved)
+
+
+def test_the_documented_shard_list_is_three_shards_of_one_prefix():
+    """docs/deployment.md, "Redis shards": its REDIS_URL is what these tests run, three
+    URLs of one database number."""
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    section = text.split("## Redis shards", 1)[1].split("\n## ", 1)[0]
+    line = next(x for x in section.splitlines() if x.startswith("REDIS_URL="))
+    url = line.split("=", 1)[1]
+    assert len(url.split(",")) == SHARDS
+    assert _redis_prefix(url) == "asgi"
