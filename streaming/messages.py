@@ -402,7 +402,9 @@ class MessageBus:
         ``group_add`` may return before the broker has applied the subscription (the
         pub/sub layer writes ``SUBSCRIBE`` without waiting for its reply), and a post
         from another server in between would be lost. The probe travels the same way
-        posts do, after the subscription, so its return proves the join.
+        posts do, after the subscription, so its return proves the join. With several
+        Redis shards it is published to the group's own shard (the layer picks it by the
+        group's name, as for ``group_add``), so it proves the join where posts will go.
         """
         token = uuid.uuid4().hex
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
