@@ -187,11 +187,12 @@ def _listeners(previous: SignalHandler) -> Callable[[], None]:
 
 
 def _close_uvicorn_listeners(server: Any) -> None:
-    # uvicorn keeps its listening asyncio.Server objects in ``Server.servers`` (not a
-    # documented attribute: checked here). Without it, new handshakes still get 503.
+    # uvicorn keeps its listening servers (asyncio's, or uvloop's, which does not derive
+    # from asyncio.AbstractServer) in ``Server.servers``: not a documented attribute, so
+    # checked here. Without it, new handshakes still get 503.
     servers = getattr(server, "servers", None)
     if not isinstance(servers, list) or not all(
-        isinstance(s, asyncio.AbstractServer) for s in servers
+        callable(getattr(s, "close", None)) for s in servers
     ):
         logger.warning("uvicorn's listening sockets not found; handshakes get 503 instead")
         return
@@ -210,9 +211,7 @@ def _stop_twisted_ports() -> None:
             reader.stopListening()
 
 
-async def drain(
-    grace: float | None = None, *, listeners: Callable[[], None] | None = None
-) -> int:
+async def drain(grace: float | None = None, *, listeners: Callable[[], None] | None = None) -> int:
     """Refuse new sockets, close every open one with 1012, wait for their teardown.
 
     ``listeners`` stops the server listening (the SIGTERM handler passes one that fits

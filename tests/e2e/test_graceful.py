@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
@@ -110,3 +111,210 @@ async def test_sigterm_closes_with_1012_lets_hooks_finish_refuses_new_sockets_an
         assert returncode == 0, logs
     assert elapsed < SHUTDOWN_GRACE + MARGIN
     print(f"\n{srv.name}: SIGTERM to exit {elapsed:.2f}s (stream_closed took {LINGER}s)")
+
+
+# -- a rolling restart behind nginx ----------------------------------------------------------
+
+SENDERS = 8  # through nginx; round robin puts some on each server
+PACE = 0.5  # seconds between one sender's messages (the chat allows 20 per 10 s)
+RESTART_BOUND = 2.0  # the issue's bound on a client's return, reported
+RESTART_ASSERTED = 10.0  # what the test asserts: generous, CI is loaded and shared
+ACCEPTED = '"WebSocket /websocket/" [accepted]'  # uvicorn's log line for a handshake
+
+
+@pytest.fixture
+def behind_nginx(django_db_setup, django_db_blocker):
+    """nginx (deploy/nginx/streampod.conf) in front of two uvicorn servers sharing a
+    private Redis: (nginx, a, b)."""
+    from tests.support.nginx import nginx_cluster
+
+    with nginx_cluster() as (nginx, _, a, b):
+        yield nginx, a, b
+
+
+class Timeline:
+    """A status listener recording (monotonic time, status, close code) for one client."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self.events: list[tuple[float, object, int | None]] = []
+        self.reasons: list = []
+        self.changed = asyncio.Event()
+        client.add_streaming_connection_status_listener(self)
+
+    def __call__(self, status) -> None:
+        reason = self.client.disconnect_reason
+        self.events.append((time.monotonic(), status, reason.code if reason else None))
+        self.reasons.append(reason)
+        self.changed.set()
+
+    def lost_between(self, since: float, until: float) -> list[tuple[float, object, int | None]]:
+        """The losses (waiting_to_retry or disconnected, with the close code) in a window."""
+        return [
+            e
+            for e in self.events
+            if since <= e[0] < until and e[1].value in ("waiting_to_retry", "disconnected")
+        ]
+
+    def back_after(self, since: float) -> float | None:
+        """Seconds from the first loss after ``since`` to the next ``connected``."""
+        lost = next(
+            (e[0] for e in self.events if e[0] >= since and e[1].value != "connected"), None
+        )
+        if lost is None:
+            return None
+        back = next((e[0] for e in self.events if e[0] > lost and e[1].value == "connected"), None)
+        return None if back is None else back - lost
+
+    async def wait_connected(self, since: float = 0.0) -> None:
+        async with asyncio.timeout(WAIT):
+            while not any(e[0] >= since and e[1].value == "connected" for e in self.events):
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def test_a_rolling_restart_loses_no_saved_message_and_clients_return_at_once(
+    behind_nginx, make_user
+):
+    from asgiref.sync import sync_to_async
+
+    from chat.models import Message
+    from chat.protocol import ChatMessage
+    from streaming.client import Client, ClientError, StreamingConnectionHandler
+    from tests.support.nginx import count_lines
+    from tests.support.servers import UvicornServer
+
+    nginx, a, b = behind_nginx
+    receivers = [await make_user(f"receiver{i}") for i in range(2)]
+    senders = [await make_user(f"sender{i}") for i in range(SENDERS)]
+    received: dict[int, set[int]] = {user.pk: set() for user, _ in receivers}
+    acked: dict[int, set[int]] = {user.pk: set() for user, _ in senders}
+    arrived = asyncio.Event()
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task] = []
+    handlers: list[StreamingConnectionHandler] = []
+
+    async def collect(client, into: set[int], me: int, only_from_me: bool) -> None:
+        async for message in client.chat.stream:
+            if (message.sender_id == me) == only_from_me:
+                into.add(message.id)
+                arrived.set()
+
+    async def start(url: str, key: str, me: int, only_from_me: bool) -> tuple:
+        client = Client(url, auth_key=key)
+        timeline = Timeline(client)
+        handler = StreamingConnectionHandler(client)
+        handlers.append(handler)
+        handler.start()
+        await timeline.wait_connected()
+        into = acked[me] if only_from_me else received[me]
+        tasks.append(asyncio.create_task(collect(client, into, me, only_from_me)))
+        return client, timeline
+
+    async def send_loop(client, name: str) -> None:
+        n = 0
+        while not stop.is_set():
+            if client.is_connected:
+                recipient = receivers[n % len(receivers)][0].pk
+                try:
+                    await client.chat.send_stream_message(
+                        ChatMessage(recipient_id=recipient, text=f"{name} #{n}")
+                    )
+                    n += 1
+                except ClientError:
+                    pass  # lost meanwhile: the handler brings it back
+            await asyncio.sleep(PACE)  # pacing (the chat's rate limit), not synchronisation
+
+    # Receivers on B, which is not restarted: they see every message live.
+    for user, key in receivers:
+        await start(b.http_url, key, user.pk, only_from_me=False)
+    # Senders through nginx; the server each lands on is read from the servers' logs.
+    on_a: list[tuple] = []
+    on_b: list[tuple] = []
+    for user, key in senders:
+        before = count_lines(a.output, ACCEPTED)
+        client, timeline = await start(nginx.http_url, key, user.pk, only_from_me=True)
+        entry = (user, client, timeline)
+        (on_a if count_lines(a.output, ACCEPTED) > before else on_b).append(entry)
+        tasks.append(asyncio.create_task(send_loop(client, user.username)))
+    assert on_a and on_b, (len(on_a), len(on_b))
+
+    def stored_for(recipient_id: int) -> set[int]:
+        return set(Message.objects.filter(recipient_id=recipient_id).values_list("id", flat=True))
+
+    async def delivered() -> None:
+        """Until every stored message reached its receiver (a state, polled), or WAIT."""
+        deadline = time.monotonic() + WAIT
+        for user, _ in receivers:
+            while time.monotonic() < deadline:
+                if await sync_to_async(stored_for)(user.pk) <= received[user.pk]:
+                    break
+                arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), 0.5)
+
+    async def acks_reach(count: int, users) -> None:
+        async with asyncio.timeout(WAIT * 2):
+            while any(len(acked[user.pk]) < count for user in users):
+                arrived.clear()
+                await arrived.wait()
+
+    try:
+        await acks_reach(2, [user for user, _ in senders])  # traffic flows everywhere
+        terminated = time.monotonic()
+        a.proc.send_signal(signal.SIGTERM)  # the rolling restart: A first
+        for _, _, timeline in on_a:
+            await timeline.wait_connected(since=terminated)
+        returncode = await asyncio.to_thread(a.proc.wait, SHUTDOWN_GRACE + MARGIN)
+        exited = time.monotonic() - terminated
+        assert returncode == -signal.SIGTERM, a.logs()
+        assert "drained:" in a.logs(), a.logs()
+        a.stop()
+        # A' on A's port (nginx's upstream), then a client straight to it chats too.
+        a2 = await asyncio.to_thread(UvicornServer(env=a.env, port=a.port).start)
+        try:
+            user, key = senders[0]
+            await start(a2.http_url, key, user.pk, only_from_me=True)
+            counts = {user.pk: len(acked[user.pk]) for user, _, _ in on_a}
+            await acks_reach(max(counts.values()) + 2, [user for user, _, _ in on_a])
+            stopped = time.monotonic()
+            stop.set()
+            for handler in handlers[len(receivers) :]:  # the senders; receivers stay
+                await handler.close()
+            await delivered()  # what the senders' last hooks saved reaches the receivers
+        finally:
+            stop.set()
+            await asyncio.to_thread(a2.stop)
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for handler in handlers:
+            await handler.close()
+            await handler.client.close()
+
+    # Every message the database holds for the receivers reached them, live.
+    for user, _ in receivers:
+        stored = await sync_to_async(stored_for)(user.pk)
+        assert stored, user.username
+        assert stored - received[user.pk] == set(), f"saved but never delivered to {user}"
+    all_acked = set().union(*acked.values())
+    all_stored = set().union(*[await sync_to_async(stored_for)(u.pk) for u, _ in receivers])
+    assert all_acked <= all_stored
+
+    # The clients that were on A saw 1012 (not 1006/1001) and came back at once.
+    returns = []
+    for user, _, timeline in on_a:
+        codes = {code for _, _, code in timeline.lost_between(terminated, stopped)}
+        assert codes == {1012}, (user.username, timeline.events, timeline.reasons)
+        returns.append(timeline.back_after(terminated))
+    for user, _, timeline in on_b:
+        assert timeline.lost_between(terminated, stopped) == [], (user.username, timeline.events)
+    figures = ", ".join(f"{t:.3f}" for t in returns)
+    print(
+        f"\nrolling restart: {len(on_a)} clients on A back in [{figures}] s "
+        f"(bound {RESTART_BOUND} s); A exited {exited:.2f} s after SIGTERM; "
+        f"{len(all_stored)} messages stored, all delivered"
+    )
+    assert all(t is not None and t < RESTART_ASSERTED for t in returns), returns
