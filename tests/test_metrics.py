@@ -130,9 +130,10 @@ async def test_bus_posts_and_deliveries():
 
 async def test_label_children_are_bound_once():
     metrics.frame_received("metrics_bound")
-    child = metrics._received["metrics_bound"]
+    count = metrics._bound_received["metrics_bound"]
     metrics.frame_received("metrics_bound")
-    assert metrics._received["metrics_bound"] is child
+    assert metrics._bound_received["metrics_bound"] is count
+    assert metrics._received["metrics_bound"] is count
     assert value("streampod_frames_received_total", endpoint="metrics_bound") == 2
 
 
