@@ -1,0 +1,65 @@
+"""streampod.js on a graceful restart: close code 1012 means "retry now", with no backoff
+delay and no failure counted; other codes keep the backoff. The Python client's twin
+is tests/test_client_restart.py; the servers' side, tests/e2e/test_graceful.py."""
+
+import asyncio
+import json
+import signal
+
+from .support import wait_states, ws_server
+
+#: A minimum delay far beyond the test's waits: only "no backoff" reconnects in time.
+SLOW_RETRY = "{min: 60, max: 120, factor: 2, jitter: 0}"
+PONG = json.dumps({"command": "pong", "args": {}})
+
+
+async def test_a_1012_close_reconnects_at_once_and_1001_still_backs_off(server, open_page):
+    codes = iter([1012, 1012, 1001])
+    accepted = 0
+
+    async def handler(ws):
+        nonlocal accepted
+        accepted += 1
+        await ws.recv()  # the first ping
+        await ws.send(PONG)
+        code = next(codes, None)
+        if code is None:
+            await ws.wait_closed()
+            return
+        await ws.close(code)
+
+    async with ws_server(handler) as base_url:
+        page = await open_page(server.http_url)
+        await page.evaluate(f"(url) => window.start({{retry: {SLOW_RETRY}}}, url)", base_url)
+        await wait_states(page, "waitingToRetry", 3)
+        log = await page.evaluate("window.statusLog")
+        waits = [(s["code"], s["retryInSeconds"]) for s in log if s["state"] == "waitingToRetry"]
+        assert waits == [(1012, 0), (1012, 0), (1001, 60)]  # no failure counted for 1012
+        assert accepted == 3
+        assert [s["state"] for s in log] == [
+            "connecting",
+            "connected",
+            "waitingToRetry",
+            "connecting",
+            "connected",
+            "waitingToRetry",
+            "connecting",
+            "connected",
+            "waitingToRetry",
+        ]
+        reason = await page.evaluate("window.client.disconnectReason.message")
+        assert reason == "the server is going away (close code 1001)"
+        await page.evaluate("window.client.closeStreamingConnection()")
+
+
+async def test_a_server_shut_down_by_sigterm_closes_the_page_with_1012(own_daphne, open_page):
+    srv = await asyncio.to_thread(own_daphne)
+    page = await open_page(srv.http_url)
+    await page.evaluate(f"window.start({{retry: {SLOW_RETRY}}})")
+    await wait_states(page, "connected")
+    srv.proc.send_signal(signal.SIGTERM)
+    await wait_states(page, "waitingToRetry")
+    log = await page.evaluate("window.statusLog")
+    first_loss = next(s for s in log if s["state"] == "waitingToRetry")
+    assert (first_loss["code"], first_loss["retryInSeconds"]) == (1012, 0)
+    await page.evaluate("window.client.closeStreamingConnection()")
