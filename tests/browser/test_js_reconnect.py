@@ -88,18 +88,20 @@ async def test_reconnects_after_a_restart_on_the_same_port(own_daphne, open_page
     log = await page.evaluate("window.statusLog")
     connected = [i for i, status in enumerate(log) if status["state"] == "connected"]
     outage = log[connected[0] + 1 : connected[1]]
-    # Exponential backoff, capped at max (jitter 0 makes it exact).
+    # The stop is graceful (close 1012, streaming/shutdown.py): one attempt at once, then,
+    # the server being gone, exponential backoff capped at max (jitter 0 makes it exact).
+    assert outage[0]["code"] == 1012
     delays = [s["retryInSeconds"] for s in outage if s["state"] == "waitingToRetry"]
-    assert delays[:5] == [0.05, 0.1, 0.2, 0.4, 0.4]
-    assert all(delay == 0.4 for delay in delays[4:])
+    assert delays[:6] == [0, 0.05, 0.1, 0.2, 0.4, 0.4]
+    assert all(delay == 0.4 for delay in delays[5:])
     assert {s["state"] for s in outage} == {"waitingToRetry", "connecting"}
 
-    # After a success the backoff starts over.
+    # After a success the backoff starts over (after the immediate retry on 1012).
     await asyncio.to_thread(srv.stop)
-    await wait_states(page, "waitingToRetry", len(delays) + 1)
+    await wait_states(page, "waitingToRetry", len(delays) + 2)
     log = await page.evaluate("window.statusLog")
-    assert log[connected[1] + 1]["state"] == "waitingToRetry"
-    assert log[connected[1] + 1]["retryInSeconds"] == 0.05
+    waits = [s for s in log[connected[1] + 1 :] if s["state"] == "waitingToRetry"]
+    assert [s["retryInSeconds"] for s in waits[:2]] == [0, 0.05]
     await page.evaluate("window.client.closeStreamingConnection()")
 
 
