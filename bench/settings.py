@@ -38,4 +38,6 @@ STREAMING = {
     "RATE_LIMIT_BURST": 20_000,
     "RATE_LIMIT_BYTES_PER_SECOND": 64 * 1024 * 1024,
     "RATE_LIMIT_BYTES_BURST": 64 * 1024 * 1024,
+    # BENCH_METRICS=0 turns Streampod's metrics off (bench/metrics_cost.py measures both).
+    "METRICS": os.environ.get("BENCH_METRICS", "1") != "0",
 }

@@ -88,7 +88,7 @@ def _figures(
     return {
         "p50_ms": percentile_ms(latencies, 0.50),
         "p99_ms": percentile_ms(latencies, 0.99),
-        "server_cpu_us_per_msg": round(cpu * 1e6 / count) if count else None,
+        "server_cpu_us_per_msg": round(cpu * 1e6 / count, 1) if count else None,
         "client_cpu_s": round(time.process_time() - client0, 2),
     }
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.redis_support import connect, join, recv_endpoint, recv_json, room_post
-from tests.support.servers import SERVERS, DaphneServer, RedisServer, free_port
+from tests.support.servers import ROOT, SERVERS, DaphneServer, RedisServer, free_port
 
 pytestmark = pytest.mark.redis
 
@@ -124,6 +127,38 @@ async def test_metrics_access_and_health(stack):
     async with httpx.AsyncClient(timeout=30) as client:
         health = await client.get(srv.http_url + "/healthz")
     assert (health.status_code, health.json()) == (200, {"status": "ok"})
+
+
+def documented_metrics() -> set[str]:
+    """The metric names of the table in docs/deployment.md, "Health checks and metrics"."""
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    section = text[text.index("## Health checks and metrics") :]
+    section = section[: section.index("\n## ", 1)]
+    return set(re.findall(r"^\| `(streampod_[a-z_]+)` \|", section, re.MULTILINE))
+
+
+async def test_the_docs_list_every_metric_a_server_exposes(stack):
+    _, srv = stack
+    response = await scrape(srv)
+    exposed = set()
+    for family in text_string_to_metric_families(response.text):
+        if family.name.startswith("streampod_"):
+            exposed.add(family.name + ("_total" if family.type == "counter" else ""))
+    assert documented_metrics() == exposed
+
+
+def test_the_metrics_cost_bench_runs(django_db_setup):
+    """The command docs/deployment.md gives, at the size the tests run: nothing is lost."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.metrics_cost", "--size", "tiny", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "median server_cpu_us_per_msg: on " in result.stdout
+    assert "recording calls per relayed message: " in result.stdout
 
 
 async def test_readyz_names_the_redis_that_stopped(stack):
