@@ -216,3 +216,45 @@ async def test_metrics_token_setting_wins_over_the_environment(monkeypatch):
         assert env.status_code == 401
         ok = await outsider.get("/metrics", headers={"Authorization": "Bearer from-settings"})
         assert ok.status_code == 200
+
+
+# -- the live page's endpoint (streaming/ops.py) ----------------------------------------
+
+
+class _Person:
+    is_authenticated = True
+    is_active = True
+
+    def __init__(self, pk: int, *, is_staff: bool) -> None:
+        self.pk = pk
+        self.is_staff = is_staff
+
+
+async def test_the_cluster_endpoint_answers_staff_with_this_process_figures():
+    from streaming.ops import (
+        ClusterMetricsEndpoint,
+        StreampodMetricsRequest,
+        StreampodProcessMetrics,
+    )
+
+    name = ClusterMetricsEndpoint.name
+    staff = _Person(1, is_staff=True)
+    async with StreamingCommunicator(endpoints=[ClusterMetricsEndpoint], user=staff) as comm:
+        await comm.send_message(name, StreampodMetricsRequest(request_id="r1"))
+        answer = await comm.receive_message(name)
+        assert isinstance(answer, StreampodProcessMetrics)
+        assert answer.request_id == "r1"
+        assert answer.figures["connections"] >= 1
+        assert answer.figures["frames_received"][name] >= 1
+        await comm.assert_nothing_received()  # one process here: one answer
+    assert get_bus().listener_count("streampod_metrics") == 0  # gone with the last socket
+
+
+async def test_the_cluster_endpoint_refuses_others():
+    from streaming.ops import ClusterMetricsEndpoint, StreampodMetricsRequest
+
+    name = ClusterMetricsEndpoint.name
+    for user, code in ((_Person(2, is_staff=False), "forbidden"), (None, "not_authenticated")):
+        async with StreamingCommunicator(endpoints=[ClusterMetricsEndpoint], user=user) as comm:
+            await comm.send_message(name, StreampodMetricsRequest(request_id="x"))
+            await comm.receive_error(code)
