@@ -52,7 +52,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser
 
-from . import metrics, protocol
+from . import methods, metrics, protocol
 from .auth import (
     AUTH_FAILED_KEY,
     AUTH_VIA_KEY,
@@ -155,6 +155,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         self._max_pending = 0
         self._max_pending_bytes = 0
         self._max_send = 0
+        self._calls: methods.Calls | None = None  # streaming-method calls (streaming.methods)
 
     # -- ASGI plumbing ------------------------------------------------------------------
 
@@ -333,6 +334,8 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
                 self._hold(frame)  # type: ignore[arg-type]
             else:
                 self._route(frame)  # type: ignore[arg-type]
+        elif type(frame) is protocol.MethodFrame:
+            methods.receive(self, frame)  # type: ignore[arg-type]
         else:
             self._command(frame)  # type: ignore[arg-type]
 
@@ -652,6 +655,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         was_open = slot.status is EndpointStatus.OPEN
         slot.status = status
         slot.instance = slot.session = None
+        await methods.end_calls(self, slot.cls.name, status is EndpointStatus.FORBIDDEN)
         if session is None:
             return
         session._end()
@@ -767,6 +771,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
     def revoked(self, reason: str) -> None:
         """Close this socket with 4401: its credentials no longer hold (``reason`` is logged)."""
         logger.info("closing %s: %s", self.scope.get("client"), reason)
+        methods.cancel_calls(self)  # at once: not when the client has gone
         self.close_with(CloseCode.UNAUTHORIZED)
 
     async def _teardown(self) -> None:
@@ -786,6 +791,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             get_connections().discard(self.user.pk, self)
         if self.outbox is not None:
             self.outbox.discard()  # the socket is gone: hooks' sends go nowhere
+        methods.cancel_calls(self)
         slots = list(self._slots.values())
         for slot in slots:
             if slot.session is not None:

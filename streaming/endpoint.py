@@ -24,12 +24,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from .eager import Done
+from .methods import MethodSpec, collect_methods, streaming_method
 from .protocol import encode_data
 from .serialization import SerializableEntity, encode_object
 from .session import USER_OBJECTS_KEY, StreamingSession
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+__all__ = ["Endpoint", "derive_name", "streaming_method"]
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
@@ -75,6 +78,9 @@ class Endpoint(AsyncJsonWebsocketConsumer):
     login_required: ClassVar[bool] = False
     required_permissions: ClassVar[tuple[str, ...]] = ()
     abstract: ClassVar[bool] = True
+    #: The ``@streaming_method`` methods by name, read from their type hints when the
+    #: class is created (``streaming.methods``).
+    _streaming_methods: ClassVar[dict[str, MethodSpec]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -112,6 +118,7 @@ class Endpoint(AsyncJsonWebsocketConsumer):
                 f"{cls.__qualname__}.channel_layer_alias: the message bus uses the layer named "
                 'by STREAMING["CHANNEL_LAYER"]; set that instead.'
             )
+        cls._streaming_methods = collect_methods(cls)
 
     # -- hooks: empty by default ------------------------------------------------------
 

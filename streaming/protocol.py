@@ -12,6 +12,11 @@ Every frame is a WebSocket *text* frame holding one JSON object:
 
       {"command": "ping" | "pong" | "auth" | "error", "args": {...}}
 
+* streaming-method calls (commands whose ``args.id`` names a call the client chose)::
+
+      {"command": "call" | "cancel" | "credit" | "stream_value" | "stream_end"
+                  | "stream_error" | "value" | "done" | "fail", "args": {"id": "<call>", ...}}
+
 Unknown top-level keys are ignored so that later versions can add some. Anything
 else raises :class:`~streaming.exceptions.MalformedFrame` (or
 :class:`~streaming.exceptions.FrameTooLarge`) from :func:`decode_frame`. See
@@ -31,16 +36,19 @@ from .exceptions import FrameTooLarge, MalformedFrame
 
 __all__ = [
     "COMMANDS",
+    "METHOD_COMMANDS",
     "CloseCode",
     "CommandFrame",
     "DataFrame",
     "ErrorCode",
     "Frame",
+    "MethodFrame",
     "decode_frame",
     "echo",
     "encode_command",
     "encode_data",
     "encode_error",
+    "encode_method",
 ]
 
 #: Longest ``id`` a client may attach to a data frame.
@@ -86,10 +94,41 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     MESSAGE_TOO_LARGE = "message_too_large"
     INTERNAL_ERROR = "internal_error"
+    # Streaming methods (``fail`` frames, streaming/methods.py):
+    UNKNOWN_METHOD = "unknown_method"
+    EXCEPTION = "exception"  # the method raised an exception class the app made serializable
+    STREAM_FAILED = "stream_failed"  # an input stream the client failed ended the call
+    CALL_ENDED = "call_ended"  # the server ended the call: its endpoint closed on the socket
 
+
+#: The commands of streaming-method calls, in either direction, with the ``args`` each
+#: must hold beyond ``id`` (name -> (key, JSON type, required)). See docs/protocol.md,
+#: "Streaming methods".
+_METHOD_ARGS: dict[str, tuple[tuple[str, type | None, bool], ...]] = {
+    "call": (
+        ("endpoint", str, True),
+        ("method", str, True),
+        ("args", dict, False),
+        ("credit", int, False),
+    ),
+    "cancel": (),
+    "credit": (("n", int, True), ("stream", str, False)),
+    "stream_value": (("stream", str, True), ("value", None, True)),
+    "stream_end": (("stream", str, True),),
+    "stream_error": (("stream", str, True), ("message", str, False)),
+    "value": (("value", None, True),),
+    "done": (("value", None, False),),
+    "fail": (
+        ("code", str, True),
+        ("message", str, True),
+        ("errors", list, False),
+        ("exception", dict, False),
+    ),
+}
+METHOD_COMMANDS = frozenset(_METHOD_ARGS)
 
 #: Every command name of the protocol, in either direction.
-COMMANDS = frozenset({"ping", "pong", "auth", "error"})
+COMMANDS = frozenset({"ping", "pong", "auth", "error"}) | METHOD_COMMANDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +155,19 @@ class CommandFrame:
     args: dict[str, Any]
 
 
-Frame = DataFrame | CommandFrame
+@dataclass(frozen=True, slots=True)
+class MethodFrame:
+    """A frame of a streaming-method call: ``command`` is in :data:`METHOD_COMMANDS`,
+    ``id`` names the call, ``args`` holds the keys that command requires, of the right
+    JSON types (checked by :func:`decode_frame`). ``size`` as for :class:`DataFrame`."""
+
+    command: str
+    id: str
+    args: dict[str, Any]
+    size: int = field(default=0, compare=False, repr=False)
+
+
+Frame = DataFrame | CommandFrame | MethodFrame
 
 
 #: Longest integer (in digits) a frame may hold: Python's own limit for int(str).
@@ -244,6 +295,8 @@ def decode_frame(
             raise MalformedFrame("'command' must be a string.")
         if not isinstance(args, dict):
             raise MalformedFrame("'args' must be an object.")
+        if command in METHOD_COMMANDS:
+            return _method_frame(command, args, len(text) + BYTES_PER_VALUE * structure)
         return CommandFrame(command, args)
     endpoint = obj.get("endpoint")
     payload = obj.get("object")
@@ -263,6 +316,30 @@ def decode_frame(
     return DataFrame(
         endpoint, class_name, fields, frame_id, len(text) + BYTES_PER_VALUE * structure
     )
+
+
+def _method_frame(command: str, args: dict[str, Any], size: int) -> MethodFrame:
+    call_id = args.get("id")
+    if not isinstance(call_id, str) or not call_id or len(call_id) > MAX_ID_LENGTH:
+        raise MalformedFrame(
+            f"'{command}' needs 'args.id': a non-empty string of at most {MAX_ID_LENGTH} "
+            "characters naming the call."
+        )
+    for key, kind, required in _METHOD_ARGS[command]:
+        if key not in args:
+            if required:
+                raise MalformedFrame(f"'{command}' needs 'args.{key}'.")
+            continue
+        value = args[key]
+        if kind is int:
+            if type(value) is not int or value < 0:
+                raise MalformedFrame(f"'args.{key}' of '{command}' must be an integer >= 0.")
+        elif kind is not None and not isinstance(value, kind):
+            raise MalformedFrame(f"'args.{key}' of '{command}' must be {_JSON_NAMES[kind]}.")
+    return MethodFrame(command, call_id, args, size)
+
+
+_JSON_NAMES: dict[type, str] = {str: "a string", dict: "an object", list: "an array"}
 
 
 def echo(value: str) -> str:
@@ -290,6 +367,8 @@ def peek_id(text: str | None) -> str | None:
         return None
     if isinstance(obj, dict):
         frame_id = obj.get("id")
+        if frame_id is None and isinstance(obj.get("args"), dict):
+            frame_id = obj["args"].get("id")  # a streaming-method frame names its call there
         if isinstance(frame_id, str) and len(frame_id) <= MAX_ID_LENGTH:
             return frame_id
     return None
@@ -320,6 +399,15 @@ def _data_head(endpoint: str) -> str:
 
 def encode_command(command: str, args: dict[str, Any] | None = None) -> str:
     return json.dumps({"command": command, "args": args or {}}, separators=(",", ":"))
+
+
+def encode_method(command: str, call_id: str, value_json: str | None = None, **fields: Any) -> str:
+    """A streaming-method frame: ``{"command": command, "args": {"id": call_id, **fields}}``,
+    with ``"value"`` set to ``value_json`` (JSON text, encoded once by the caller) if given."""
+    args = json.dumps({"id": call_id, **fields}, separators=(",", ":"))
+    if value_json is not None:
+        args = args[:-1] + ',"value":' + value_json + "}"
+    return '{"command":' + json.dumps(command) + ',"args":' + args + "}"
 
 
 def encode_error(

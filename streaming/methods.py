@@ -1,0 +1,919 @@
+"""Streaming methods: typed calls to an endpoint that return a value or a stream, or take
+streams, with credit flow control both ways.
+
+::
+
+    class ChatEndpoint(Endpoint):
+        @streaming_method
+        async def history(self, session, with_user: int, limit: int = 50) -> list[ChatMessage]:
+            ...
+
+        @streaming_method
+        async def watch_typing(self, session, with_user: int) -> AsyncIterator[Typing]:
+            async for event in session.messages.listen(f"typing_{with_user}"):
+                yield event
+
+        @streaming_method
+        async def upload(self, session, strokes: AsyncIterator[Stroke]) -> int:
+            return sum([1 async for _ in strokes])
+
+This module holds the whole machinery; ``streaming.endpoint`` re-exports the decorator
+and ``streaming.consumer`` hands it the call frames (``MethodFrame``). It imports no
+Django and no channels: the Python client shares its value codec and
+:class:`SerializableException`. The frames are in docs/protocol.md, "Streaming methods".
+
+Contract:
+
+* Type hints are read once, when the endpoint class is created. Arguments and values
+  may be message classes, ``str``/``int``/``float``/``bool``/``None``, lists of those,
+  optional values and unions; a method returns a value, None, or ``AsyncIterator[T]``
+  (a stream); a parameter typed ``AsyncIterator[T]`` is an input stream.
+* Arguments are validated strictly, as message fields are (``"5"`` is not an int);
+  unknown argument names are ignored; an invalid call gets ``fail`` ``invalid_message``
+  naming each field, and the socket stays open.
+* Each call runs in a task of its own (a :class:`~streaming.lane.Lane`), owned by the
+  socket. It ends when the method returns or raises, when the client cancels it (a
+  generator is closed at once: its ``finally`` runs, its session's listeners go), when
+  its endpoint closes on the socket (identity change, lost permission: ``fail``), and
+  when the socket closes.
+* Flow control: the server never sends a call more ``value`` frames than the client
+  granted (``credit``, :data:`DEFAULT_CREDIT` at first); a generator waits for credit
+  (it is paused, not buffered). The same holds for input streams the other way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc
+import functools
+import inspect
+import json
+import logging
+import sys
+import types
+import typing
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .exceptions import InvalidMessage, StreamingError, UnknownClass
+from .lane import Lane
+from .protocol import ErrorCode, MethodFrame, echo, encode_method
+from .serialization import MAX_ERRORS, SerializableEntity, decode_object, encode_object
+from .session import StreamingSession
+
+if TYPE_CHECKING:
+    from .consumer import EndpointSlot, StreamingConsumer
+
+logger = logging.getLogger("streaming.methods")
+
+__all__ = [
+    "DEFAULT_CREDIT",
+    "MAX_CALLS",
+    "MAX_CREDIT",
+    "InputStreamFailed",
+    "MethodSpec",
+    "SerializableException",
+    "from_wire",
+    "streaming_method",
+    "value_json",
+]
+
+#: Values a receiver grants a stream when it starts (``call.credit``, or the server's
+#: first ``credit`` for an input stream); it grants more as its reader takes values.
+DEFAULT_CREDIT = 16
+#: Most credit a stream may hold at once: more is capped to this.
+MAX_CREDIT = 1024
+#: Calls one socket may have in progress; the next gets ``fail`` ``rate_limited``.
+MAX_CALLS = 256
+
+_WIRE_CODES = frozenset(code.value for code in ErrorCode)
+
+
+# -- exceptions that travel --------------------------------------------------------------
+
+
+_exceptions: dict[str, type[SerializableException]] = {}
+
+
+class SerializableException(Exception):
+    """An exception a streaming method raises that reaches its caller as its own class.
+
+    ::
+
+        class OutOfStock(SerializableException):
+            pass
+
+        raise OutOfStock("No red pens left.", item="red pen", left=0)
+
+    The caller gets ``fail`` ``exception`` with ``{"className": "OutOfStock", "data":
+    {...fields}}``; the Python client raises ``OutOfStock`` (``.message``, ``.item``,
+    ``.fields``) when the class is defined on its side too. Fields are values as
+    streaming methods take them (JSON scalars, lists, message objects). Registered by
+    ``class_name`` (default: the class name).
+    """
+
+    class_name: ClassVar[str] = "SerializableException"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "class_name" not in cls.__dict__:
+            cls.class_name = cls.__name__
+        _exceptions[cls.class_name] = cls
+
+    def __init__(self, message: str = "", **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    @classmethod
+    def exception_class(cls, class_name: str) -> type[SerializableException] | None:
+        """The class registered as ``class_name``, or None."""
+        return _exceptions.get(class_name)
+
+    def to_wire(self) -> str:
+        """``{"className": ..., "data": {...}}`` as JSON text."""
+        data = ",".join(f"{json.dumps(k)}:{value_json(v)}" for k, v in self.fields.items())
+        return '{"className":' + json.dumps(self.class_name) + ',"data":{' + data + "}}"
+
+    @classmethod
+    def from_wire(cls, message: str, obj: dict[str, Any]) -> SerializableException | None:
+        """The exception ``obj`` (as :meth:`to_wire` writes it) describes, if its class is
+        registered here and its fields decode; else None."""
+        exc_cls = _exceptions.get(obj.get("className"))  # type: ignore[arg-type]
+        data = obj.get("data")
+        if exc_cls is None or not isinstance(data, dict):
+            return None
+        try:
+            fields = {str(k): from_wire(v) for k, v in data.items()}
+        except StreamingError:
+            return None
+        exc = exc_cls.__new__(exc_cls)
+        SerializableException.__init__(exc, message, **fields)
+        return exc
+
+
+class InputStreamFailed(StreamingError):
+    """What an input stream raises in the method when the client failed it
+    (``stream_error``). Left uncaught, the call fails with ``stream_failed``."""
+
+    code = ErrorCode.STREAM_FAILED.value
+    default_detail = "The client failed the input stream."
+
+
+# -- values on the wire ------------------------------------------------------------------
+
+
+def value_json(value: Any) -> str:
+    """``value`` as a streaming method's value travels: a message as ``{"className",
+    "data"}``, lists as arrays, JSON scalars as themselves. ``TypeError`` otherwise."""
+    if isinstance(value, SerializableEntity):
+        return encode_object(value)
+    if value is None or isinstance(value, str | int | float):  # bool is an int
+        return json.dumps(value, allow_nan=False)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(value_json(item) for item in value) + "]"
+    raise TypeError(
+        f"a streaming method's value must be a message, a JSON scalar or a list, "
+        f"not {type(value).__name__}"
+    )
+
+
+def from_wire(obj: Any) -> Any:
+    """The inverse of :func:`value_json` without type hints (what a client does):
+    ``{"className", "data"}`` objects become messages. Raises ``UnknownClass`` or
+    ``InvalidMessage``."""
+    if isinstance(obj, list):
+        return [from_wire(item) for item in obj]
+    if isinstance(obj, dict):
+        class_name, data = obj.get("className"), obj.get("data")
+        if isinstance(class_name, str) and isinstance(data, dict):
+            return decode_object(class_name, data)
+        raise InvalidMessage("An object value must be {'className': str, 'data': object}.")
+    return obj
+
+
+# -- type hints -> shapes ----------------------------------------------------------------
+
+# ("e", cls) a message; ("s", type) a scalar; ("l", item) a list; ("u", members) a union;
+# ("a",) anything (typing.Any): plain JSON, not validated.
+_Shape = tuple[Any, ...]
+_SCALARS: dict[Any, str] = {
+    str: "a valid string",
+    int: "a valid integer",
+    float: "a valid number",
+    bool: "a valid boolean",
+    type(None): "None",
+}
+_STREAMS = (
+    collections.abc.AsyncIterator,
+    collections.abc.AsyncIterable,
+    collections.abc.AsyncGenerator,
+)
+_BAD = object()
+
+
+def _shape(annotation: Any, where: str) -> _Shape:
+    if annotation is None:
+        return ("s", type(None))
+    if annotation is typing.Any:
+        return ("a",)
+    if isinstance(annotation, type) and typing.get_origin(annotation) is None:
+        if issubclass(annotation, SerializableEntity):
+            return ("e", annotation)
+        if annotation in _SCALARS:
+            return ("s", annotation)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _shape(args[0], where)
+    if origin in (typing.Union, types.UnionType):
+        return ("u", tuple(_shape(arg, where) for arg in args))
+    if origin in (list, collections.abc.Sequence) and len(args) == 1:
+        return ("l", _shape(args[0], where))
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return ("l", _shape(args[0], where))
+    raise TypeError(
+        f"{where}: {annotation!r} is not a streaming method type (a message class, str, "
+        "int, float, bool, None, list[...], a union or X | None)"
+    )
+
+
+def _stream_item(annotation: Any) -> Any:
+    """``T`` of ``AsyncIterator[T]`` (or AsyncIterable, AsyncGenerator), else ``_BAD``."""
+    if typing.get_origin(annotation) in _STREAMS:
+        args = typing.get_args(annotation)
+        return args[0] if args else typing.Any
+    return _BAD
+
+
+def _decode(shape: _Shape, value: Any, path: str, errors: list[dict[str, Any]]) -> Any:
+    """``value`` validated as ``shape``; ``_BAD`` (with ``errors`` added) if it is not."""
+    kind = shape[0]
+    if kind == "s":
+        expected = shape[1]
+        if type(value) is expected or (expected is float and type(value) is int):
+            return float(value) if expected is float else value
+        errors.append({"path": echo(path), "reason": f"Input should be {_SCALARS[expected]}"})
+        return _BAD
+    if kind == "e":
+        return _decode_entity(shape[1], value, path, errors)
+    if kind == "l":
+        if type(value) is not list:
+            errors.append({"path": echo(path), "reason": "Input should be a valid list"})
+            return _BAD
+        items = [_decode(shape[1], item, f"{path}.{i}", errors) for i, item in enumerate(value)]
+        return _BAD if any(item is _BAD for item in items) else items
+    if kind == "u":
+        members = [m for m in shape[1] if m != ("s", type(None))]
+        if value is None and len(members) < len(shape[1]):
+            return None
+        if len(members) == 1:  # X | None: X's own errors
+            return _decode(members[0], value, path, errors)
+        for member in members:
+            attempt: list[dict[str, Any]] = []
+            result = _decode(member, value, path, attempt)
+            if result is not _BAD:
+                return result
+        errors.append({"path": echo(path), "reason": "Input matches none of the allowed types"})
+        return _BAD
+    return value  # "a": any JSON value
+
+
+def _decode_entity(
+    cls: type[SerializableEntity], value: Any, path: str, errors: list[dict[str, Any]]
+) -> Any:
+    if type(value) is not dict:
+        errors.append({"path": echo(path), "reason": f"Input should be a {cls.class_name}"})
+        return _BAD
+    class_name, data = value.get("className"), value.get("data")
+    if not (isinstance(class_name, str) and isinstance(data, dict)):
+        class_name, data = cls.class_name, value  # its fields alone: the declared class
+    try:
+        obj = decode_object(class_name, data)
+    except UnknownClass as exc:
+        errors.append({"path": echo(f"{path}.className"), "reason": exc.detail})
+        return _BAD
+    except InvalidMessage as exc:
+        for err in exc.errors or [{"path": "(root)", "reason": exc.detail}]:
+            inner = err.get("path")
+            errors.append(
+                {
+                    "path": echo(path if inner == "(root)" else f"{path}.{inner}"),
+                    "reason": err.get("reason", ""),
+                }
+            )
+        return _BAD
+    if not isinstance(obj, cls):
+        errors.append({"path": echo(f"{path}.className"), "reason": f"Expected {cls.class_name}"})
+        return _BAD
+    return obj
+
+
+# -- the decorator and the per-method spec -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Options:
+    login_required: bool = False
+    required_permissions: tuple[str, ...] = ()
+
+
+@dataclass
+class _Param:
+    name: str
+    shape: _Shape
+    required: bool
+    none_if_missing: bool = False
+
+
+def _admits_none(shape: _Shape) -> bool:
+    if shape[0] == "u":
+        return any(_admits_none(member) for member in shape[1])
+    return shape == ("s", type(None)) or shape[0] == "a"
+
+
+@dataclass
+class MethodSpec:
+    """One streaming method of an endpoint class, as its type hints define it."""
+
+    name: str
+    function: Callable[..., Any]
+    params: list[_Param] = field(default_factory=list)
+    #: Input stream parameters: name -> item shape.
+    streams: dict[str, _Shape] = field(default_factory=dict)
+    #: The result's shape (of each value, for a stream).
+    result: _Shape = ("a",)
+    returns_stream: bool = False
+    login_required: bool = False
+    required_permissions: tuple[str, ...] = ()
+
+    def decode_args(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Validated keyword arguments (stream parameters aside); ``InvalidMessage`` naming
+        each failing field otherwise. Unknown names are ignored, as unknown fields are."""
+        errors: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {}
+        for param in self.params:
+            if param.name not in raw:
+                if param.required:
+                    errors.append({"path": echo(param.name), "reason": "Field required"})
+                elif param.none_if_missing:
+                    kwargs[param.name] = None
+                continue
+            value = _decode(param.shape, raw[param.name], param.name, errors)
+            if value is not _BAD:
+                kwargs[param.name] = value
+        if errors:
+            raise InvalidMessage(
+                f"Invalid arguments for {echo(self.name)}: {len(errors)} field(s) failed "
+                "validation.",
+                errors=errors[:MAX_ERRORS],
+            )
+        return kwargs
+
+
+def streaming_method(
+    function: Callable[..., Any] | None = None,
+    *,
+    login_required: bool = False,
+    required_permissions: tuple[str, ...] | list[str] = (),
+) -> Any:
+    """Mark an endpoint method as callable by clients by name (see the module docstring).
+
+    ``@streaming_method`` or ``@streaming_method(login_required=True,
+    required_permissions=("app.perm",))``: these apply to this method on top of the
+    endpoint's own ``login_required``/``required_permissions``, checked at every call.
+    The method is ``async def name(self, session, <typed parameters>) -> <type>`` (an
+    async generator for a stream result).
+    """
+    options = _Options(login_required, tuple(required_permissions))
+
+    def mark(func: Callable[..., Any]) -> Callable[..., Any]:
+        if not (inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)):
+            raise TypeError(
+                f"@streaming_method {func.__qualname__} must be an async def "
+                "(or an async generator)."
+            )
+        func.__streaming_method__ = options  # type: ignore[attr-defined]
+        return func
+
+    return mark(function) if function is not None else mark
+
+
+def _caller_namespace() -> dict[str, Any]:
+    """The locals of the frame defining the class (an endpoint inside a test function
+    refers to message classes defined there)."""
+    frame = sys._getframe(1)
+    package = __name__.rpartition(".")[0]
+    while frame is not None and (
+        frame.f_globals.get("__name__", "").startswith(package + ".")
+        or frame.f_code.co_filename.startswith("<frozen")
+        or "pydantic" in frame.f_code.co_filename
+    ):
+        frame = frame.f_back  # type: ignore[assignment]
+    return dict(frame.f_locals) if frame is not None else {}
+
+
+def collect_methods(cls: type) -> dict[str, MethodSpec]:
+    """The streaming methods of ``cls`` (an ``Endpoint`` subclass), inherited ones included.
+
+    Raises ``TypeError`` naming the method and parameter for a hint that is not allowed.
+    """
+    specs: dict[str, MethodSpec] = {}
+    namespace: dict[str, Any] | None = None
+    for name in dir(cls):
+        func = getattr(cls, name, None)
+        options = getattr(func, "__streaming_method__", None)
+        if not isinstance(options, _Options):
+            continue
+        if namespace is None:
+            namespace = {**_caller_namespace(), cls.__name__: cls}
+        specs[name] = _spec(cls, name, func, options, namespace)  # type: ignore[arg-type]
+    return specs
+
+
+def _spec(
+    cls: type, name: str, func: Callable[..., Any], options: _Options, namespace: dict[str, Any]
+) -> MethodSpec:
+    where = f"{cls.__qualname__}.{name}"
+    try:
+        hints = typing.get_type_hints(func, globalns=func.__globals__, localns=namespace)
+    except NameError as exc:
+        raise TypeError(f"{where}: cannot resolve a type hint ({exc}).") from None
+    spec = MethodSpec(
+        name,
+        func,
+        login_required=options.login_required,
+        required_permissions=options.required_permissions,
+    )
+    parameters = list(inspect.signature(func).parameters.values())
+    if len(parameters) < 2:
+        raise TypeError(f"{where} must take (self, session, ...).")
+    for param in parameters[2:]:
+        if param.kind not in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+            raise TypeError(f"{where}: *args and **kwargs are not allowed ({param.name}).")
+        if param.name not in hints:
+            raise TypeError(f"{where}: parameter {param.name!r} needs a type hint.")
+        item = _stream_item(hints[param.name])
+        if item is not _BAD:
+            spec.streams[param.name] = _shape(item, f"{where}({param.name})")
+            continue
+        shape = _shape(hints[param.name], f"{where}({param.name})")
+        # As a message's nullable field may be left out (it is then None), so may such
+        # an argument without a default.
+        nullable = param.default is param.empty and _admits_none(shape)
+        required = param.default is param.empty and not nullable
+        spec.params.append(_Param(param.name, shape, required, nullable))
+    if "return" not in hints:
+        raise TypeError(f"{where}: the return type needs a hint (None, a type, AsyncIterator).")
+    item = _stream_item(hints["return"])
+    if item is not _BAD:
+        spec.returns_stream = True
+        spec.result = _shape(item, f"{where} -> ")
+    elif inspect.isasyncgenfunction(func):
+        raise TypeError(f"{where} is an async generator: annotate it -> AsyncIterator[T].")
+    else:
+        spec.result = _shape(hints["return"], f"{where} -> ")
+    return spec
+
+
+# -- the server side: calls on one socket ------------------------------------------------
+
+
+class CallSession(StreamingSession):
+    """The ``session`` a call gets: the endpoint's user and stream, with listeners of its
+    own, which go when the call ends (the endpoint's user object stays)."""
+
+    __slots__ = ()
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._end()
+        self._connection = None
+
+
+class InputStream:
+    """What a stream parameter receives: an async iterator of the client's values.
+
+    Ends (``StopAsyncIteration``) at the client's ``stream_end``; raises
+    :class:`InputStreamFailed` at its ``stream_error``. The server grants the client
+    credit as the method takes values: at most :data:`DEFAULT_CREDIT` wait here.
+    """
+
+    __slots__ = (
+        "_allowed",
+        "_call",
+        "_changed",
+        "_ended",
+        "_failure",
+        "_items",
+        "_taken",
+        "index",
+        "name",
+        "shape",
+    )
+
+    def __init__(self, call: Call, name: str, shape: _Shape) -> None:
+        self._call = call
+        self.name = name
+        self.shape = shape
+        self._items: deque[tuple[Any, int]] = deque()
+        self._changed = asyncio.Event()
+        self._ended = False
+        self._failure: InputStreamFailed | None = None
+        self._allowed = 0  # values the client may still send
+        self._taken = 0  # values taken since the last grant
+        self.index = 0  # values received (for error paths)
+
+    def __aiter__(self) -> InputStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        while not self._items:
+            if self._failure is not None:
+                raise self._failure
+            if self._ended:
+                raise StopAsyncIteration
+            self._changed.clear()
+            await self._changed.wait()
+        value, size = self._items.popleft()
+        self._call.calls.release(size)
+        self._taken += 1
+        if self._taken >= max(1, DEFAULT_CREDIT // 2) and not self._ended:
+            self.grant(self._taken)
+        return value
+
+    def grant(self, n: int) -> None:
+        self._allowed += n
+        self._taken = 0
+        self._call.send(encode_method("credit", self._call.id, n=n, stream=self.name))
+
+    def _push(self, frame: MethodFrame) -> str | None:
+        """Take one frame of the client's; an error (code) to fail the call with, or None."""
+        if self._ended or self._failure is not None:
+            return ErrorCode.MALFORMED_FRAME  # a value after the end
+        command = frame.command
+        if command == "stream_end":
+            self._ended = True
+        elif command == "stream_error":
+            message = frame.args.get("message") or "The client failed the input stream."
+            self._failure = InputStreamFailed(f"{self.name}: {echo(message)}")
+        else:
+            if self._allowed <= 0:
+                return ErrorCode.RATE_LIMITED
+            self._allowed -= 1
+            errors: list[dict[str, Any]] = []
+            value = _decode(self.shape, frame.args["value"], f"{self.name}.{self.index}", errors)
+            self.index += 1
+            if value is _BAD:
+                self._call.invalid = errors
+                return ErrorCode.INVALID_MESSAGE
+            if not self._call.calls.reserve(frame.size):
+                return ErrorCode.RATE_LIMITED
+            self._items.append((value, frame.size))
+        self._changed.set()
+        return None
+
+    def _release(self) -> None:
+        while self._items:
+            self._call.calls.release(self._items.popleft()[1])
+
+
+class Call:
+    """One call in progress on one socket."""
+
+    def __init__(
+        self, calls: Calls, call_id: str, slot: EndpointSlot, spec: MethodSpec, credit: int
+    ) -> None:
+        self.calls = calls
+        self.id = call_id
+        self.slot = slot
+        self.spec = spec
+        self.endpoint: str = slot.cls.name
+        self.lane = Lane(f"{self.endpoint}.{spec.name}")
+        self.credit = min(credit, MAX_CREDIT)
+        self._credit_changed = asyncio.Event()
+        self.inputs: dict[str, InputStream] = {}
+        self.session: CallSession | None = None
+        self.ended = False  # no frame is sent for it any more
+        self.started = False  # its task began running the method
+        self.invalid: list[dict[str, Any]] | None = None
+
+    def send(self, text: str) -> bool:
+        if self.ended:
+            return False
+        return self.calls.consumer.send_text(text, self.endpoint)
+
+    def fail(
+        self,
+        code: str,
+        message: str,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        exception: str | None = None,
+    ) -> None:
+        """Send ``fail`` (unless the call already ended) and end the call."""
+        fields: dict[str, Any] = {"code": str(code), "message": message}
+        if errors is not None:
+            fields["errors"] = errors
+        if exception is not None:
+            fields["exception"] = json.loads(exception)
+        self.send(encode_method("fail", self.id, **fields))
+        self.end()
+
+    def end(self) -> None:
+        """No more frames for this call; it leaves the socket's table (its id is free)."""
+        if self.ended:
+            return
+        self.ended = True
+        self.calls.forget(self)
+        for stream in self.inputs.values():
+            stream._release()
+
+    def cancel(self) -> None:
+        """End the call and stop its task (a generator is closed: its ``finally`` runs)."""
+        self.end()
+        self.lane.cancel()
+        if not self.started:  # its task never ran (or never will): close its session here
+            self._close_session()
+
+    def add_credit(self, n: int) -> None:
+        self.credit = min(MAX_CREDIT, self.credit + n)
+        self._credit_changed.set()
+
+    def _close_session(self) -> None:
+        if self.session is not None:
+            self.session._close()
+        self.calls.live.discard(self)
+
+    async def start(self, raw_args: dict[str, Any]) -> None:
+        """Check the caller and the arguments, then run the method in the call's task.
+
+        Runs in the endpoint's lane: after ``stream_opened``, and under the identity the
+        endpoint is open for."""
+        from .consumer import EndpointStatus
+
+        if self.ended:
+            return  # cancelled before it started
+        slot, spec, name = self.slot, self.spec, f"{self.endpoint}.{self.spec.name}"
+        status = slot.status
+        if status is EndpointStatus.NOT_AUTHENTICATED:
+            self.fail(ErrorCode.NOT_AUTHENTICATED, f"{echo(name)} requires a signed-in user.")
+            return
+        if status is EndpointStatus.FORBIDDEN:
+            self.fail(ErrorCode.FORBIDDEN, f"You may not call {echo(name)}.")
+            return
+        if status is not EndpointStatus.OPEN or slot.session is None:
+            self.fail(
+                ErrorCode.INTERNAL_ERROR,
+                f"Endpoint {self.endpoint!r} is not available on this connection.",
+            )
+            return
+        user = slot.session.user
+        if spec.login_required or spec.required_permissions:
+            if not getattr(user, "is_authenticated", False):
+                self.fail(ErrorCode.NOT_AUTHENTICATED, f"{echo(name)} requires a signed-in user.")
+                return
+            if spec.required_permissions and not await _has_perms(user, spec.required_permissions):
+                self.fail(ErrorCode.FORBIDDEN, f"You may not call {echo(name)}.")
+                return
+        try:
+            kwargs = spec.decode_args(raw_args)
+        except InvalidMessage as exc:
+            self.fail(exc.code, exc.detail, errors=exc.errors)
+            return
+        if self.ended:
+            return
+        self.session = CallSession(self.calls.consumer, self.endpoint, user)
+        for stream_name, shape in spec.streams.items():
+            stream = self.inputs[stream_name] = InputStream(self, stream_name, shape)
+            kwargs[stream_name] = stream
+        self.calls.live.add(self)
+        instance = slot.instance
+        self.lane.submit(functools.partial(self._run, instance, kwargs), name)
+        for stream in self.inputs.values():
+            stream.grant(DEFAULT_CREDIT)
+
+    async def _run(self, instance: Any, kwargs: dict[str, Any]) -> None:
+        spec = self.spec
+        self.started = True
+        try:
+            result = spec.function(instance, self.session, **kwargs)
+            if spec.returns_stream:
+                if inspect.isawaitable(result):
+                    result = await result
+                await self._stream(result)
+                self.send(encode_method("done", self.id))
+            else:
+                value = await result
+                self.send(encode_method("done", self.id, value_json(value)))
+        except asyncio.CancelledError:
+            raise
+        except SerializableException as exc:
+            self.fail(ErrorCode.EXCEPTION, exc.message, exception=exc.to_wire())
+        except StreamingError as exc:
+            if exc.code in _WIRE_CODES:  # on purpose: InvalidMessage, Forbidden, ...
+                self.fail(exc.code, exc.detail, errors=getattr(exc, "errors", None))
+            else:
+                self._internal_error()
+        except Exception:
+            self._internal_error()
+        finally:
+            self.end()
+            self._close_session()
+
+    def _internal_error(self) -> None:
+        logger.exception("%s.%s raised", self.slot.cls.__qualname__, self.spec.name)
+        self.fail(ErrorCode.INTERNAL_ERROR, "The server failed to handle this call.")
+
+    async def _stream(self, iterator: Any) -> None:
+        """Send the iterator's values, never past the client's credit: without credit the
+        iterator is not advanced. The iterator is closed however this ends."""
+        try:
+            while True:
+                while self.credit <= 0:
+                    self._credit_changed.clear()
+                    await self._credit_changed.wait()
+                try:
+                    value = await iterator.__anext__()
+                except StopAsyncIteration:
+                    return
+                self.credit -= 1
+                if not self.send(encode_method("value", self.id, value_json(value))):
+                    return  # the socket is closing
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def receive(self, frame: MethodFrame) -> None:
+        command = frame.command
+        if command == "credit":
+            if frame.args.get("stream") is None:
+                self.add_credit(frame.args["n"])
+            return
+        # stream_value, stream_end, stream_error
+        stream = self.inputs.get(frame.args["stream"])
+        if stream is None:
+            self.cancel_with(
+                ErrorCode.INVALID_MESSAGE,
+                f"{echo(frame.args['stream'])!r} is not an input stream of this call.",
+            )
+            return
+        code = stream._push(frame)
+        if code == ErrorCode.INVALID_MESSAGE:
+            self.cancel_with(
+                code, f"Invalid value in input stream {stream.name!r}.", errors=self.invalid
+            )
+        elif code == ErrorCode.RATE_LIMITED:
+            self.cancel_with(
+                code, f"Input stream {stream.name!r} sent past its credit (or memory limit)."
+            )
+        elif code is not None:
+            self.cancel_with(code, f"A value after the end of input stream {stream.name!r}.")
+
+    def cancel_with(self, code: str, message: str, **extra: Any) -> None:
+        self.fail(code, message, **extra)
+        self.cancel()
+
+
+async def _has_perms(user: Any, permissions: tuple[str, ...]) -> bool:
+    """Whether ``user`` holds ``permissions`` now: read afresh at each call (the socket's
+    user object caches what it held when the socket opened)."""
+    from django.contrib.auth import get_user_model
+
+    fresh: Any = await get_user_model()._default_manager.filter(pk=user.pk).afirst()
+    return fresh is not None and fresh.is_active and bool(await fresh.ahas_perms(permissions))
+
+
+class Calls:
+    """The calls of one socket (``consumer._calls``), by the id the client chose."""
+
+    def __init__(self, consumer: StreamingConsumer) -> None:
+        self.consumer = consumer
+        self.table: dict[str, Call] = {}
+        self.live: set[Call] = set()  # started, task not yet finished
+
+    def forget(self, call: Call) -> None:
+        if self.table.get(call.id) is call:
+            del self.table[call.id]
+
+    def reserve(self, size: int) -> bool:
+        """Count ``size`` bytes of input values in the connection's waiting memory."""
+        consumer = self.consumer
+        if consumer._pending_bytes + size > consumer._max_pending_bytes:
+            return False
+        consumer._pending_bytes += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.consumer._pending_bytes -= size
+
+    def receive(self, frame: MethodFrame) -> None:
+        command = frame.command
+        if command == "call":
+            self._call(frame)
+            return
+        if command in ("value", "done", "fail"):
+            self.consumer._refuse(
+                ErrorCode.MALFORMED_FRAME,
+                f"'{command}' is sent by the server only.",
+                frame.id,
+            )
+            return
+        call = self.table.get(frame.id)
+        if call is None:
+            return  # a call that has ended: its late frames are ignored
+        if command == "cancel":
+            call.cancel()
+        else:
+            call.receive(frame)
+
+    def _call(self, frame: MethodFrame) -> None:
+        consumer, args = self.consumer, frame.args
+        endpoint, method = args["endpoint"], args["method"]
+        if frame.id in self.table:
+            consumer._refuse(
+                ErrorCode.MALFORMED_FRAME,
+                f"Call id {echo(frame.id)!r} is in use by a call in progress.",
+                frame.id,
+            )
+            return
+
+        def refuse(code: str, message: str, endpoint: str | None = None) -> None:
+            fields = {"code": str(code), "message": message}
+            if endpoint is not None:
+                fields["endpoint"] = endpoint
+            consumer.send_text(encode_method("fail", frame.id, **fields))
+
+        slot = consumer._slots.get(endpoint)
+        if slot is None:
+            refuse(ErrorCode.UNKNOWN_ENDPOINT, f"Unknown endpoint {echo(endpoint)!r}.")
+            return
+        spec = getattr(slot.cls, "_streaming_methods", {}).get(method)
+        if spec is None:
+            refuse(
+                ErrorCode.UNKNOWN_METHOD,
+                f"Endpoint {endpoint!r} has no streaming method {echo(method)!r}.",
+            )
+            return
+        if len(self.table) >= MAX_CALLS or len(slot.lane) >= consumer._max_pending:
+            refuse(ErrorCode.RATE_LIMITED, f"Too many calls in progress (at most {MAX_CALLS}).")
+            return
+        call = Call(self, frame.id, slot, spec, args.get("credit", DEFAULT_CREDIT))
+        self.table[frame.id] = call
+        slot.lane.submit(functools.partial(call.start, args.get("args", {})), "call")
+
+    async def end_endpoint(self, endpoint: str, forbidden: bool) -> None:
+        """The endpoint closed on the socket: end its calls (``fail`` ``forbidden`` when the
+        user lost a permission, else ``call_ended``) and wait for their tasks."""
+        for call in [c for c in self.table.values() if c.endpoint == endpoint]:
+            if forbidden:
+                call.fail(ErrorCode.FORBIDDEN, "You may no longer call this endpoint.")
+            else:
+                call.fail(ErrorCode.CALL_ENDED, f"Endpoint {endpoint!r} closed on this socket.")
+            call.cancel()
+        for call in [c for c in self.live if c.endpoint == endpoint]:
+            call.cancel()
+            try:
+                await call.lane.join()
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+
+    def cancel_all(self) -> None:
+        """The socket is gone: stop every call at once (no frames)."""
+        for call in [*self.table.values(), *self.live]:
+            call.cancel()
+
+
+# -- the consumer's hooks ----------------------------------------------------------------
+
+
+def calls_of(consumer: StreamingConsumer) -> Calls:
+    calls: Calls | None = consumer._calls
+    if calls is None:
+        calls = consumer._calls = Calls(consumer)
+    return calls
+
+
+def receive(consumer: StreamingConsumer, frame: MethodFrame) -> None:
+    """Handle one streaming-method frame from the client (called by the consumer)."""
+    calls_of(consumer).receive(frame)
+
+
+async def end_calls(consumer: StreamingConsumer, endpoint: str, forbidden: bool) -> None:
+    """The endpoint is closing on ``consumer``'s socket: its calls end (see Calls)."""
+    if consumer._calls is not None:
+        await consumer._calls.end_endpoint(endpoint, forbidden)
+
+
+def cancel_calls(consumer: StreamingConsumer) -> None:
+    """The socket closed: every call stops."""
+    if consumer._calls is not None:
+        consumer._calls.cancel_all()

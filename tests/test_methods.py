@@ -1,0 +1,560 @@
+"""Streaming methods, in process: calls, values, streams both ways, credit, cancellation,
+errors and permissions (streaming/methods.py, docs/protocol.md "Streaming methods")."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+
+from streaming.auth import StreamingAuthMiddlewareStack
+from streaming.consumer import StreamingConsumer
+from streaming.endpoint import Endpoint, streaming_method
+from streaming.messages import get_bus
+from streaming.methods import DEFAULT_CREDIT, InputStreamFailed, SerializableException
+from streaming.protocol import MethodFrame
+from streaming.serialization import SerializableEntity
+from streaming.testing import StreamingCommunicator
+
+
+class Note(SerializableEntity):
+    class_name = "tests.methods.Note"
+    text: str
+    n: int = 0
+
+
+class Stroke(SerializableEntity):
+    class_name = "tests.methods.Stroke"
+    x: int
+    y: int
+
+
+class OutOfInk(SerializableException):
+    class_name = "tests.methods.OutOfInk"
+
+
+class Probe:
+    """What the endless generators did, for the assertions (reset per test)."""
+
+    produced = 0
+    finished: asyncio.Event
+    started: asyncio.Event
+
+
+@pytest.fixture(autouse=True)
+def _probe():
+    Probe.produced = 0
+    Probe.finished = asyncio.Event()
+    Probe.started = asyncio.Event()
+
+
+class NotesEndpoint(Endpoint):
+    @streaming_method
+    async def history(self, session, with_user: int, limit: int = 3) -> list[Note]:
+        return [Note(text=f"to {with_user}", n=i) for i in range(limit)]
+
+    @streaming_method
+    async def nothing(self, session) -> None:
+        return None
+
+    @streaming_method
+    async def echo(
+        self, session, text: str, note: Note | None, tags: list[str] | None = None
+    ) -> str:
+        return f"{text}|{note.text if note else None}|{tags}"
+
+    @streaming_method
+    async def count(self, session, upto: int) -> AsyncIterator[int]:
+        for i in range(upto):
+            yield i
+
+    @streaming_method
+    async def endless(self, session) -> AsyncIterator[Note]:
+        try:
+            Probe.started.set()
+            while True:
+                Probe.produced += 1
+                yield Note(text="tick", n=Probe.produced)
+        finally:
+            Probe.finished.set()
+
+    @streaming_method
+    async def watch(self, session, channel: str) -> AsyncIterator[Note]:
+        try:
+            listening = session.messages.listen(channel)
+            Probe.started.set()
+            async for note in listening:
+                yield note
+        finally:
+            Probe.finished.set()
+
+    @streaming_method
+    async def upload(self, session, strokes: AsyncIterator[Stroke]) -> int:
+        total = 0
+        try:
+            async for stroke in strokes:
+                total += stroke.x + stroke.y
+        except InputStreamFailed as exc:
+            return -len(str(exc))
+        return total
+
+    @streaming_method
+    async def sloppy_upload(self, session, strokes: AsyncIterator[Stroke]) -> int:
+        return len([s async for s in strokes])
+
+    @streaming_method
+    async def out_of_ink(self, session, color: str) -> str:
+        raise OutOfInk(f"No {color} ink.", color=color, left=0, last=Note(text="bye"))
+
+    @streaming_method
+    async def broken(self, session) -> str:
+        raise RuntimeError("secret database password is hunter2")
+
+    @streaming_method(required_permissions=("auth.view_user",))
+    async def audit(self, session) -> AsyncIterator[str]:
+        try:
+            Probe.started.set()
+            while True:
+                yield "entry"
+        finally:
+            Probe.finished.set()
+
+
+class PrivateEndpoint(Endpoint):
+    login_required = True
+
+    @streaming_method
+    async def whoami(self, session) -> int:
+        return session.auth.authenticated_user_id
+
+
+def socket(user=None, endpoints=(NotesEndpoint, PrivateEndpoint)):
+    return StreamingCommunicator(endpoints=list(endpoints), user=user, timeout=10)
+
+
+async def call(comm, method, call_id, args=None, *, endpoint="notes", credit=None):
+    fields = {"id": call_id, "endpoint": endpoint, "method": method, "args": args or {}}
+    if credit is not None:
+        fields["credit"] = credit
+    await comm.send_command("call", fields)
+
+
+async def reply(comm) -> MethodFrame:
+    frame = await comm.receive_frame()
+    assert isinstance(frame, MethodFrame), f"expected a call frame, got {frame!r}"
+    return frame
+
+
+async def result(comm, call_id):
+    frame = await reply(comm)
+    assert (frame.command, frame.id) == ("done", call_id), frame
+    return frame.args.get("value")
+
+
+async def failure(comm, call_id, code):
+    frame = await reply(comm)
+    assert (frame.command, frame.id, frame.args["code"]) == ("fail", call_id, code), frame
+    return frame.args
+
+
+# -- values -------------------------------------------------------------------------------
+
+
+async def test_a_call_returns_its_value_as_typed_objects():
+    async with socket() as comm:
+        await call(comm, "history", "1", {"with_user": 2})
+        assert await result(comm, "1") == [
+            {"className": "tests.methods.Note", "data": {"text": "to 2", "n": i}} for i in range(3)
+        ]
+        await call(comm, "history", "2", {"with_user": 5, "limit": 1})
+        assert len(await result(comm, "2")) == 1
+        await call(comm, "nothing", "3")
+        frame = await reply(comm)
+        assert frame.command == "done" and frame.args == {"id": "3", "value": None}
+
+
+async def test_arguments_messages_optional_and_lists():
+    async with socket() as comm:
+        note = {"className": "tests.methods.Note", "data": {"text": "hi"}}
+        await call(comm, "echo", "a", {"text": "t", "note": note, "tags": ["x"]})
+        assert await result(comm, "a") == "t|hi|['x']"
+        # A message argument may be given as its fields alone; a nullable one left out.
+        await call(comm, "echo", "b", {"text": "t", "note": {"text": "plain"}})
+        assert await result(comm, "b") == "t|plain|None"
+        await call(comm, "echo", "c", {"text": "t", "unknown": 1})
+        assert await result(comm, "c") == "t|None|None"
+
+
+async def test_a_stream_sends_values_in_order_then_done():
+    async with socket() as comm:
+        await call(comm, "count", "s", {"upto": 5})
+        for i in range(5):
+            frame = await reply(comm)
+            assert (frame.command, frame.id, frame.args["value"]) == ("value", "s", i)
+        assert await result(comm, "s") is None
+        await comm.assert_nothing_received()
+
+
+async def test_fifty_concurrent_calls_on_one_socket():
+    async with socket() as comm:
+        for i in range(50):
+            if i % 2:
+                await call(comm, "history", f"h{i}", {"with_user": i, "limit": 1})
+            else:
+                await call(comm, "count", f"c{i}", {"upto": 4})
+        values: dict[str, list] = {}
+        done: dict[str, object] = {}
+        while len(done) < 50:
+            frame = await reply(comm)
+            assert frame.id not in done, f"a frame after done: {frame!r}"
+            if frame.command == "value":
+                values.setdefault(frame.id, []).append(frame.args["value"])
+            else:
+                assert frame.command == "done", frame
+                done[frame.id] = frame.args.get("value")
+        for i in range(50):
+            if i % 2:
+                assert done[f"h{i}"][0]["data"]["text"] == f"to {i}"
+            else:
+                assert values[f"c{i}"] == [0, 1, 2, 3]
+        await comm.assert_nothing_received()
+
+
+# -- bad calls: a defined error, the socket stays open ----------------------------------------
+
+
+async def test_bad_calls_get_a_defined_failure_and_the_socket_stays_open():
+    async with socket() as comm:
+        await call(comm, "history", "1", endpoint="nope")
+        assert (await failure(comm, "1", "unknown_endpoint"))["message"]
+        await call(comm, "nope", "2")
+        await failure(comm, "2", "unknown_method")
+        await call(comm, "stream_opened", "3")  # a hook is not a streaming method
+        await failure(comm, "3", "unknown_method")
+        await call(comm, "history", "4", {"with_user": "2", "limit": 1.5})
+        args = await failure(comm, "4", "invalid_message")
+        assert {e["path"] for e in args["errors"]} == {"with_user", "limit"}
+        await call(comm, "history", "5", {})
+        assert (await failure(comm, "5", "invalid_message"))["errors"] == [
+            {"path": "with_user", "reason": "Field required"}
+        ]
+        await call(comm, "echo", "6", {"text": "t", "note": {"className": "Nope", "data": {}}})
+        assert (await failure(comm, "6", "invalid_message"))["errors"][0]["path"] == (
+            "note.className"
+        )
+        await call(comm, "echo", "7", {"text": "t", "note": {"n": "x"}})
+        paths = {e["path"] for e in (await failure(comm, "7", "invalid_message"))["errors"]}
+        assert paths == {"note.text", "note.n"}
+        await call(comm, "whoami", "8", endpoint="private")
+        await failure(comm, "8", "not_authenticated")
+        await comm.ping()
+        await call(comm, "history", "9", {"with_user": 1, "limit": 0})
+        assert await result(comm, "9") == []
+
+
+async def test_malformed_call_frames_are_refused_at_the_edge():
+    async with socket() as comm:
+        await comm.send_command("call", {"endpoint": "notes", "method": "nothing"})
+        assert (await comm.receive_error("malformed_frame"))["message"].startswith("'call' needs")
+        await comm.send_command("call", {"id": "x", "endpoint": "notes", "method": 3})
+        assert (await comm.receive_error("malformed_frame"))["id"] == "x"
+        await comm.send_command("done", {"id": "x"})
+        await comm.receive_error("malformed_frame")
+        await call(comm, "endless", "dup", credit=0)
+        await call(comm, "nothing", "dup")
+        assert (await comm.receive_error("malformed_frame"))["id"] == "dup"
+        await comm.ping()
+
+
+async def test_exceptions_reach_the_client_as_their_class_or_as_a_generic_error(caplog):
+    async with socket() as comm:
+        await call(comm, "out_of_ink", "e", {"color": "red"})
+        args = await failure(comm, "e", "exception")
+        assert args["message"] == "No red ink."
+        assert args["exception"] == {
+            "className": "tests.methods.OutOfInk",
+            "data": {
+                "color": "red",
+                "left": 0,
+                "last": {"className": "tests.methods.Note", "data": {"text": "bye", "n": 0}},
+            },
+        }
+        with caplog.at_level(logging.ERROR, logger="streaming.methods"):
+            await call(comm, "broken", "b")
+            args = await failure(comm, "b", "internal_error")
+        assert "hunter2" not in str(args) and "RuntimeError" not in str(args)
+        assert "hunter2" in caplog.text  # logged on the server, with its traceback
+        await comm.ping()
+
+
+def test_type_hints_are_checked_when_the_class_is_created():
+    with pytest.raises(TypeError, match=r"Bad.m\(x\)"):
+
+        class Bad(Endpoint):
+            @streaming_method
+            async def m(self, session, x: dict[str, int]) -> int:
+                return 0
+
+    with pytest.raises(TypeError, match="needs a type hint"):
+
+        class Bad2(Endpoint):
+            @streaming_method
+            async def m(self, session, x) -> int:
+                return 0
+
+    with pytest.raises(TypeError, match="AsyncIterator"):
+
+        class Bad3(Endpoint):
+            @streaming_method
+            async def m(self, session) -> int:
+                yield 1
+
+    with pytest.raises(TypeError, match="async def"):
+        streaming_method(lambda self, session: None)
+
+
+async def test_hints_may_name_classes_defined_beside_the_endpoint():
+    class Local(SerializableEntity):
+        class_name = "tests.methods.Local"
+        v: int
+
+    class LocalEndpoint(Endpoint):
+        @streaming_method
+        async def double(self, session, item: Local) -> Local:
+            return Local(v=item.v * 2)
+
+    async with socket(endpoints=[LocalEndpoint]) as comm:
+        await call(comm, "double", "1", {"item": {"v": 4}}, endpoint="local")
+        assert await result(comm, "1") == {"className": "tests.methods.Local", "data": {"v": 8}}
+
+
+# -- cancellation and flow control ---------------------------------------------------------
+
+
+async def test_cancelling_an_endless_generator_runs_its_finally():
+    async with socket() as comm:
+        await call(comm, "endless", "e", credit=3)
+        for n in (1, 2, 3):
+            frame = await reply(comm)
+            assert frame.args["value"]["data"]["n"] == n
+        await comm.send_command("cancel", {"id": "e"})
+        async with asyncio.timeout(10):
+            await Probe.finished.wait()
+        await comm.assert_nothing_received()
+        # The id is free again.
+        await call(comm, "nothing", "e")
+        await result(comm, "e")
+
+
+async def test_cancelling_removes_the_calls_listeners():
+    bus = get_bus()
+    async with socket() as comm:
+        await call(comm, "watch", "w", {"channel": "methods_watch"})
+        async with asyncio.timeout(10):
+            await Probe.started.wait()
+        assert bus.listener_count("methods_watch") == 1
+        await bus.post_message("methods_watch", Note(text="posted"))
+        assert (await reply(comm)).args["value"]["data"]["text"] == "posted"
+        await comm.send_command("cancel", {"id": "w"})
+        async with asyncio.timeout(10):
+            await Probe.finished.wait()
+        await comm.ping()
+        assert bus.listener_count("methods_watch") == 0
+
+
+async def test_closing_the_socket_ends_every_call():
+    comm = socket()
+    await comm.__aenter__()
+    await call(comm, "endless", "e", credit=1)
+    await reply(comm)
+    await comm.disconnect()
+    async with asyncio.timeout(10):
+        await Probe.finished.wait()
+
+
+async def test_the_server_never_sends_past_the_credit_and_the_generator_waits():
+    async with socket() as comm:
+        await call(comm, "endless", "e", credit=4)
+        for _ in range(4):
+            assert (await reply(comm)).command == "value"
+        await comm.ping()  # nothing more came: the pong is next
+        assert Probe.produced == 4  # paused at its yield, not buffered
+        consumed = 4
+        for _ in range(100):  # a reader that grants one value at a time
+            await comm.send_command("credit", {"id": "e", "n": 1})
+            frame = await reply(comm)
+            consumed += 1
+            assert frame.args["value"]["data"]["n"] == consumed
+            assert Probe.produced - consumed <= 1
+        await comm.ping()
+        assert Probe.produced == consumed
+        await comm.send_command("cancel", {"id": "e"})
+
+
+async def test_default_credit():
+    async with socket() as comm:
+        await call(comm, "endless", "e")
+        for _ in range(DEFAULT_CREDIT):
+            assert (await reply(comm)).command == "value"
+        await comm.ping()
+        assert Probe.produced == DEFAULT_CREDIT
+
+
+# -- input streams -------------------------------------------------------------------------
+
+
+async def test_an_input_stream_ended_by_the_client():
+    async with socket() as comm:
+        await call(comm, "upload", "u")
+        grant = await reply(comm)
+        assert (grant.command, grant.args) == (
+            "credit",
+            {"id": "u", "n": DEFAULT_CREDIT, "stream": "strokes"},
+        )
+        allowed, total = grant.args["n"], None
+        for i in range(40):  # past the first credit: the server grants more as it reads
+            while allowed == 0:
+                frame = await reply(comm)
+                assert (frame.command, frame.args["stream"]) == ("credit", "strokes")
+                allowed += frame.args["n"]
+            await comm.send_command(
+                "stream_value", {"id": "u", "stream": "strokes", "value": {"x": i, "y": 1}}
+            )
+            allowed -= 1
+        await comm.send_command("stream_end", {"id": "u", "stream": "strokes"})
+        while total is None:
+            frame = await reply(comm)
+            if frame.command == "done":
+                total = frame.args["value"]
+            else:
+                assert frame.command == "credit"
+        assert total == sum(range(40)) + 40
+
+
+async def test_an_input_stream_failed_by_the_client():
+    async with socket() as comm:
+        await call(comm, "upload", "u")
+        await reply(comm)
+        await comm.send_command(
+            "stream_value", {"id": "u", "stream": "strokes", "value": {"x": 1, "y": 1}}
+        )
+        await comm.send_command(
+            "stream_error", {"id": "u", "stream": "strokes", "message": "pen broke"}
+        )
+        assert await result(comm, "u") == -len("strokes: pen broke")
+        # Not caught by the method: the call fails with stream_failed.
+        await call(comm, "sloppy_upload", "s")
+        await reply(comm)
+        await comm.send_command("stream_error", {"id": "s", "stream": "strokes"})
+        await failure(comm, "s", "stream_failed")
+
+
+async def test_input_streams_refuse_invalid_values_and_values_past_the_credit():
+    async with socket() as comm:
+        await call(comm, "sloppy_upload", "u")
+        await reply(comm)
+        await comm.send_command(
+            "stream_value", {"id": "u", "stream": "strokes", "value": {"x": "1", "y": 1}}
+        )
+        args = await failure(comm, "u", "invalid_message")
+        assert args["errors"][0]["path"] == "strokes.0.x"
+        await call(comm, "sloppy_upload", "v")
+        await reply(comm)
+        await comm.send_command("stream_value", {"id": "v", "stream": "other", "value": 1})
+        await failure(comm, "v", "invalid_message")
+        # A client that ignores the credit:
+        await call(comm, "endless", "block", credit=0)  # keeps nothing else busy
+        await call(comm, "sloppy_upload", "w")
+        await reply(comm)
+        frames = [
+            {"id": "w", "stream": "strokes", "value": {"x": 1, "y": 1}}
+            for _ in range(DEFAULT_CREDIT + 1)
+        ]
+        for fields in frames:
+            await comm.send_command("stream_value", fields)
+        frame = await reply(comm)
+        while frame.command == "credit":
+            frame = await reply(comm)
+        assert (frame.command, frame.args["code"]) == ("fail", "rate_limited")
+        await comm.ping()
+
+
+# -- permissions and revocation -------------------------------------------------------------
+
+
+@sync_to_async
+def set_permission(user, granted: bool):
+    user = get_user_model().objects.get(pk=user.pk)
+    permission = Permission.objects.get(codename="view_user")
+    if granted:
+        user.user_permissions.add(permission)
+    else:
+        user.user_permissions.remove(permission)
+
+
+def authenticated_socket(key):
+    app = StreamingAuthMiddlewareStack(
+        StreamingConsumer.as_asgi(endpoints=[NotesEndpoint, PrivateEndpoint])
+    )
+    headers = [(b"host", b"testserver"), (b"authorization", key.encode())]
+    return StreamingCommunicator(app, "/websocket/", headers=headers, timeout=10)
+
+
+async def test_login_and_permissions_apply_per_call(make_user):
+    alice, alice_key = await make_user("alice", password=None)
+    async with authenticated_socket(alice_key) as comm:
+        await call(comm, "whoami", "1", endpoint="private")
+        assert await result(comm, "1") == alice.pk
+        await call(comm, "audit", "2")
+        await failure(comm, "2", "forbidden")
+        await set_permission(alice, True)
+        await call(comm, "audit", "3", credit=1)
+        assert (await reply(comm)).args["value"] == "entry"
+
+
+async def test_revoking_the_user_ends_the_calls(make_user):
+    from streaming.auth import revoke
+
+    alice, alice_key = await make_user("alice", password=None)
+    async with authenticated_socket(alice_key) as comm:
+        await call(comm, "endless", "e", credit=1)
+        await reply(comm)
+        await revoke(alice.pk)
+        assert await comm.receive_close() == 4401
+        async with asyncio.timeout(10):
+            await Probe.finished.wait()
+
+
+class GuardedEndpoint(Endpoint):
+    required_permissions = ("auth.view_user",)
+
+    @streaming_method
+    async def feed(self, session) -> AsyncIterator[int]:
+        try:
+            Probe.started.set()
+            while True:
+                yield 1
+        finally:
+            Probe.finished.set()
+
+
+async def test_losing_the_endpoints_permission_ends_its_calls(make_user):
+    alice, alice_key = await make_user("alice", password=None)
+    await set_permission(alice, True)
+    app = StreamingAuthMiddlewareStack(StreamingConsumer.as_asgi(endpoints=[GuardedEndpoint]))
+    headers = [(b"host", b"testserver"), (b"authorization", alice_key.encode())]
+    async with StreamingCommunicator(app, "/websocket/", headers=headers, timeout=10) as comm:
+        await call(comm, "feed", "f", endpoint="guarded", credit=1)
+        await reply(comm)
+        await set_permission(alice, False)
+        await failure(comm, "f", "forbidden")
+        async with asyncio.timeout(10):
+            await Probe.finished.wait()
+        await call(comm, "feed", "g", endpoint="guarded")
+        await failure(comm, "g", "forbidden")
+        await comm.ping()
