@@ -48,6 +48,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from . import metrics
 from .conf import streaming_settings
 from .connections import get_connections
 from .flow import _daphne_protocol
@@ -264,6 +265,7 @@ async def _daphne_close(consumer: StreamingConsumer, protocol: Any) -> None:
         consumer.close_with(CloseCode.NORMAL)
         return
     outbox.discard()  # nothing more goes out after the close frame
+    metrics.socket_close(int(SERVICE_RESTART))  # as Outbox.close counts the others
     protocol.sendCloseFrame(code=int(SERVICE_RESTART))
 
 

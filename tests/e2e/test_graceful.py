@@ -4,11 +4,12 @@
   code 1012 (not 1006 or 1001), a ``stream_closed`` hook still running finishes (it
   writes a marker file the test reads), a new handshake during the drain is refused,
   and the process exits within ``SHUTDOWN_GRACE_PERIOD`` plus a margin.
-* A rolling restart: two servers sharing a private Redis behind nginx, Python clients
-  chatting through it all along; server A gets SIGTERM and A' starts on its port. The
-  clients that were on A are back (through nginx, on B) at once, every message the
-  database holds reached its recipient, and the reconnect times are measured and
-  printed (the issue's bound is 2 s; the assertion is generous, CI is loaded).
+* A rolling restart (uvicorn, then daphne): two servers sharing a private Redis behind
+  nginx, Python clients chatting through it all along; server A gets SIGTERM and A'
+  starts on its port. The clients that were on A are back (through nginx, on B) at
+  once, every message the database holds reached its recipient, and the reconnect times
+  are measured and printed (the issue's bound is 2 s; the assertion is generous, CI is
+  loaded).
 """
 
 from __future__ import annotations
@@ -119,16 +120,17 @@ SENDERS = 8  # through nginx; round robin puts some on each server
 PACE = 0.5  # seconds between one sender's messages (the chat allows 20 per 10 s)
 RESTART_BOUND = 2.0  # the issue's bound on a client's return, reported
 RESTART_ASSERTED = 10.0  # what the test asserts: generous, CI is loaded and shared
-ACCEPTED = '"WebSocket /websocket/" [accepted]'  # uvicorn's log line for a handshake
+#: Each server's log line for an accepted WebSocket handshake.
+ACCEPTED = {"uvicorn": '"WebSocket /websocket/" [accepted]', "daphne": '"WSCONNECT /websocket/"'}
 
 
-@pytest.fixture
-def behind_nginx(django_db_setup, django_db_blocker):
-    """nginx (deploy/nginx/streampod.conf) in front of two uvicorn servers sharing a
-    private Redis: (nginx, a, b)."""
+@pytest.fixture(params=["uvicorn", "daphne"])
+def behind_nginx(request, django_db_setup, django_db_blocker):
+    """nginx (deploy/nginx/streampod.conf) in front of two servers sharing a private
+    Redis: (nginx, a, b)."""
     from tests.support.nginx import nginx_cluster
 
-    with nginx_cluster() as (nginx, _, a, b):
+    with nginx_cluster(server_class=SERVERS[request.param]) as (nginx, _, a, b):
         yield nginx, a, b
 
 
@@ -182,7 +184,6 @@ async def test_a_rolling_restart_loses_no_saved_message_and_clients_return_at_on
     from chat.protocol import ChatMessage
     from streaming.client import Client, ClientError, StreamingConnectionHandler
     from tests.support.nginx import count_lines
-    from tests.support.servers import UvicornServer
 
     nginx, a, b = behind_nginx
     receivers = [await make_user(f"receiver{i}") for i in range(2)]
@@ -232,10 +233,10 @@ async def test_a_rolling_restart_loses_no_saved_message_and_clients_return_at_on
     on_a: list[tuple] = []
     on_b: list[tuple] = []
     for user, key in senders:
-        before = count_lines(a.output, ACCEPTED)
+        before = count_lines(a.output, ACCEPTED[a.name])
         client, timeline = await start(nginx.http_url, key, user.pk, only_from_me=True)
         entry = (user, client, timeline)
-        (on_a if count_lines(a.output, ACCEPTED) > before else on_b).append(entry)
+        (on_a if count_lines(a.output, ACCEPTED[a.name]) > before else on_b).append(entry)
         tasks.append(asyncio.create_task(send_loop(client, user.username)))
     assert on_a and on_b, (len(on_a), len(on_b))
 
@@ -267,11 +268,11 @@ async def test_a_rolling_restart_loses_no_saved_message_and_clients_return_at_on
             await timeline.wait_connected(since=terminated)
         returncode = await asyncio.to_thread(a.proc.wait, SHUTDOWN_GRACE + MARGIN)
         exited = time.monotonic() - terminated
-        assert returncode == -signal.SIGTERM, a.logs()
+        assert returncode == (-signal.SIGTERM if a.name == "uvicorn" else 0), a.logs()
         assert "drained:" in a.logs(), a.logs()
         a.stop()
         # A' on A's port (nginx's upstream), then a client straight to it chats too.
-        a2 = await asyncio.to_thread(UvicornServer(env=a.env, port=a.port).start)
+        a2 = await asyncio.to_thread(type(a)(env=a.env, port=a.port).start)
         try:
             user, key = senders[0]
             await start(a2.http_url, key, user.pk, only_from_me=True)
@@ -313,7 +314,7 @@ async def test_a_rolling_restart_loses_no_saved_message_and_clients_return_at_on
         assert timeline.lost_between(terminated, stopped) == [], (user.username, timeline.events)
     figures = ", ".join(f"{t:.3f}" for t in returns)
     print(
-        f"\nrolling restart: {len(on_a)} clients on A back in [{figures}] s "
+        f"\nrolling restart ({a.name}): {len(on_a)} clients on A back in [{figures}] s "
         f"(bound {RESTART_BOUND} s); A exited {exited:.2f} s after SIGTERM; "
         f"{len(all_stored)} messages stored, all delivered"
     )
