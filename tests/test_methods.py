@@ -16,26 +16,17 @@ from streaming.auth import StreamingAuthMiddlewareStack
 from streaming.consumer import StreamingConsumer
 from streaming.endpoint import Endpoint, streaming_method
 from streaming.messages import get_bus
-from streaming.methods import DEFAULT_CREDIT, InputStreamFailed, SerializableException
+from streaming.methods import DEFAULT_CREDIT, InputStreamFailed
 from streaming.protocol import MethodFrame
 from streaming.serialization import SerializableEntity
 from streaming.testing import StreamingCommunicator
+from tests.e2e_app.methods_endpoints import OutOfInk, Stroke
 
 
 class Note(SerializableEntity):
     class_name = "tests.methods.Note"
     text: str
     n: int = 0
-
-
-class Stroke(SerializableEntity):
-    class_name = "tests.methods.Stroke"
-    x: int
-    y: int
-
-
-class OutOfInk(SerializableException):
-    class_name = "tests.methods.OutOfInk"
 
 
 class Probe:
@@ -277,7 +268,7 @@ async def test_exceptions_reach_the_client_as_their_class_or_as_a_generic_error(
         args = await failure(comm, "e", "exception")
         assert args["message"] == "No red ink."
         assert args["exception"] == {
-            "className": "tests.methods.OutOfInk",
+            "className": "e2e.methods.OutOfInk",
             "data": {
                 "color": "red",
                 "left": 0,

@@ -17,9 +17,11 @@ Imports no Django and no channels (a test proves it): it runs anywhere Python,
 See docs/clients.md.
 """
 
+from .calls import Call, MethodRef
 from .client import Client
 from .endpoint_ref import EndpointRef
 from .errors import (
+    CallFailed,
     ClientClosed,
     ClientError,
     ConnectionFailed,
@@ -35,6 +37,8 @@ from .status import DisconnectReason, StreamingConnectionStatus
 from .stream import MessageStream
 
 __all__ = [
+    "Call",
+    "CallFailed",
     "Client",
     "ClientClosed",
     "ClientError",
@@ -42,6 +46,7 @@ __all__ = [
     "DisconnectReason",
     "EndpointRef",
     "MessageStream",
+    "MethodRef",
     "NotConnected",
     "RawObject",
     "ServerError",

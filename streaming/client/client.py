@@ -33,8 +33,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from .. import __version__
 from ..exceptions import ProtocolError, SerializationError
-from ..protocol import DataFrame, decode_frame, encode_command, encode_data
+from ..protocol import DataFrame, MethodFrame, decode_frame, encode_command, encode_data
 from ..serialization import SerializableEntity, decode_object, encode_object
+from .calls import deliver, link_lost
 from .endpoint_ref import EndpointRef
 from .errors import (
     ClientClosed,
@@ -82,6 +83,7 @@ class _Link:
     connected: bool = False
     reason: DisconnectReason | None = None  # set when this side ends the link
     auth_waiters: deque[asyncio.Future[int | None]] = field(default_factory=deque)
+    calls: dict[str, Any] = field(default_factory=dict)  # streaming-method calls (calls.py)
 
 
 def _derive_urls(url: str) -> tuple[str, str]:
@@ -161,6 +163,7 @@ class Client:
         self._retry_at: float | None = None
         self._disconnect_reason: DisconnectReason | None = None
         self._closed = False
+        self._background: set[asyncio.Task[None]] = set()  # see _send_soon
 
     def __repr__(self) -> str:
         return f"<Client {self.url} {self._status}>"
@@ -490,6 +493,9 @@ class Client:
         if isinstance(frame, DataFrame):
             self._on_data(frame)
             return
+        if isinstance(frame, MethodFrame):
+            deliver(link, frame)
+            return
         command = frame.command
         if command == "pong":
             if not link.first_pong.done():
@@ -541,6 +547,7 @@ class Client:
             link.heartbeat.cancel()
         if not link.first_pong.done():
             link.first_pong.cancel()
+        link_lost(link)
         while link.auth_waiters:
             waiter = link.auth_waiters.popleft()
             if not waiter.done():
@@ -578,6 +585,17 @@ class Client:
             raise NotConnected(
                 f"Cannot send to {endpoint!r}: the connection closed ({exc})."
             ) from exc
+
+    def _send_soon(self, link: _Link, text: str) -> None:
+        """Send ``text`` on ``link`` from code that cannot wait (a cancellation)."""
+
+        async def send() -> None:
+            with suppress(ConnectionClosed):
+                await link.ws.send(text)
+
+        task = asyncio.ensure_future(send())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _heartbeat(self, link: _Link) -> None:
         """Ping every ``ping_interval``; no frame for ``silence_timeout`` -> drop the link."""

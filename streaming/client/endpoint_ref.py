@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..serialization import SerializableEntity
+from .calls import Call, MethodRef
 from .raw import RawObject
 from .stream import MessageStream
 
@@ -42,3 +43,14 @@ class EndpointRef:
         the frame was handed to the socket, not that the server handled it.
         """
         await self._client._send_data(self.name, message, id)
+
+    def call(self, method: str, **arguments: Any) -> Call:
+        """Call the streaming method ``method`` (``client.chat.call("history", with_user=2)``
+        is ``client.chat.history(with_user=2)``); see :class:`~streaming.client.calls.Call`."""
+        return MethodRef(self, method)(**arguments)
+
+    def __getattr__(self, name: str) -> MethodRef:
+        # Only reached for names that are not attributes: a streaming method of the endpoint.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return MethodRef(self, name)

@@ -12,6 +12,7 @@ both sides; each has a stable ``code``::
         ├── ConnectionFailed        connection_failed: one attempt did not connect (``reason``)
         ├── StreamOverflow          stream_overflow: a full buffer dropped messages
         ├── ServerError             the server's ``error`` frame: ``code`` is the server's
+        │   └── CallFailed          a streaming-method call's ``fail`` frame
         └── UndecodableMessage      a frame from the server this client could not decode
 
 :class:`ServerError` and :class:`UndecodableMessage` are *reported* (on
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from .status import DisconnectReason
 
 __all__ = [
+    "CallFailed",
     "ClientClosed",
     "ClientError",
     "ConnectionFailed",
@@ -143,6 +145,30 @@ class ServerError(ClientError):
             f"ServerError(code={self.code!r}, message={self.message!r}, "
             f"endpoint={self.endpoint!r}, id={self.id!r})"
         )
+
+
+class CallFailed(ServerError):
+    """A streaming-method call ended with ``fail`` (raised by the call, not reported).
+
+    ``code`` is the server's (``invalid_message``, ``unknown_method``, ``forbidden``...;
+    docs/protocol.md), ``errors`` lists failing arguments, ``exception`` holds an app
+    exception (``{"className", "data"}``) whose class this side does not define.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        endpoint: str | None = None,
+        id: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        exception: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(code, message, endpoint=endpoint, id=id, errors=errors)
+        self.exception = exception
+
+    def __repr__(self) -> str:
+        return f"CallFailed(code={self.code!r}, message={self.message!r}, id={self.id!r})"
 
 
 class UndecodableMessage(ClientError):

@@ -1,0 +1,160 @@
+"""Streaming methods end to end: the Python client against real daphne and uvicorn
+processes serving tests/e2e_app/methods_endpoints.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from streaming.client import CallFailed, Client
+from streaming.methods import DEFAULT_CREDIT
+from tests.e2e_app.methods_endpoints import Line, OutOfInk, Stroke
+from tests.support.servers import SERVERS
+
+WAIT = 30  # seconds: a safety net for awaits on real signals, never a measurement
+PASSWORD = "secret-pass-1"
+
+
+@pytest.fixture(scope="module", params=["daphne", "uvicorn"])
+def server(request, django_db_setup, django_db_blocker):
+    env = {"DJANGO_SETTINGS_MODULE": "tests.e2e_methods_settings"}
+    with SERVERS[request.param](env=env) as srv:
+        yield srv
+
+
+async def connected(server) -> Client:
+    client = Client(server.http_url)
+    await client.open_streaming_connection()
+    return client
+
+
+async def until_finished(client, name):
+    """Ask the server until the generator ``name`` ran its finally; its stats."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            stats = await client.methods.stats(name=name)
+            if stats[1]:
+                return stats
+
+
+async def test_values_streams_and_input_streams(server):
+    async with await connected(server) as client:
+        assert await client.methods.history(with_user=2) == [
+            Line(text="to 2", n=i) for i in range(3)
+        ]
+        assert [v async for v in client.methods.count(upto=40)] == list(range(40))
+        assert await client.methods.count(upto=3) == [0, 1, 2]  # awaited: the list
+
+        async def strokes():
+            for i in range(100):  # past the first credit of 16
+                yield Stroke(x=i, y=1)
+
+        assert await client.methods.upload(strokes=strokes()) == sum(range(100)) + 100
+        assert await client.endpoint("methods").call("history", with_user=3, limit=1) == [
+            Line(text="to 3", n=0)
+        ]
+
+
+async def test_fifty_concurrent_calls_on_one_socket(server):
+    async with await connected(server) as client:
+
+        async def stream(i):
+            return [v async for v in client.methods.count(upto=i % 7)]
+
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *(client.methods.history(with_user=i, limit=1) for i in range(25)),
+                *(stream(i) for i in range(25)),
+            ),
+            WAIT,
+        )
+        assert results[:25] == [[Line(text=f"to {i}", n=0)] for i in range(25)]
+        assert results[25:] == [list(range(i % 7)) for i in range(25)]
+
+
+async def test_bad_calls_raise_and_the_connection_stays_open(server):
+    async with await connected(server) as client:
+        for call, code in [
+            (client.nope.history(with_user=1), "unknown_endpoint"),
+            (client.methods.nope(), "unknown_method"),
+            (client.methods.whoami(), "not_authenticated"),
+        ]:
+            with pytest.raises(CallFailed) as failed:
+                await call
+            assert failed.value.code == code
+        with pytest.raises(CallFailed) as failed:
+            await client.methods.history(with_user="2")
+        assert failed.value.code == "invalid_message"
+        assert failed.value.errors[0]["path"] == "with_user"
+        with pytest.raises(OutOfInk) as typed:
+            await client.methods.out_of_ink(color="red")
+        assert (typed.value.message, typed.value.color) == ("No red ink.", "red")
+        with pytest.raises(CallFailed) as failed:
+            await client.methods.broken()
+        assert failed.value.code == "internal_error" and "hunter2" not in failed.value.message
+        assert client.is_connected
+        assert await client.methods.history(with_user=1, limit=0) == []
+    assert "hunter2" in server.logs()  # logged on the server, not sent
+
+
+async def test_login_required_applies_per_call(server, make_user):
+    user, _ = await make_user("alice", password=PASSWORD)
+    async with await connected(server) as client:
+        await client.sign_in("alice", PASSWORD)
+        assert await client.methods.whoami() == user.pk
+
+
+async def test_a_slow_reader_pauses_the_generator_and_keeps_its_connection(server):
+    name = f"slow-{server.name}"
+    async with await connected(server) as client:
+        rss_before = (await client.methods.stats(name=name))[2]
+        consumed = 0
+        async for line in client.methods.endless(name=name):
+            consumed += 1
+            assert line == Line(text=name, n=consumed)
+            produced = (await client.methods.stats(name=name))[0]
+            assert produced - consumed <= DEFAULT_CREDIT, (produced, consumed)
+            if consumed == 40:
+                break
+            await asyncio.sleep(0.05)  # the slow reader (not a synchronisation)
+        assert client.is_connected
+        produced, finished, rss_after = await until_finished(client, name)
+        assert finished == 1 and produced <= consumed + DEFAULT_CREDIT
+        assert rss_after - rss_before < 20 * 1024  # KiB: the generator waited, nothing piled up
+
+
+async def test_cancelling_the_awaiting_task_stops_the_generator(server):
+    name = f"cancel-{server.name}"
+    async with await connected(server) as client:
+        task = asyncio.ensure_future(client.methods.endless(name=name))
+        async with asyncio.timeout(WAIT):
+            while (await client.methods.stats(name=name))[0] == 0:
+                pass
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await until_finished(client, name)
+        assert client.is_connected
+
+
+async def test_an_input_stream_failed_by_the_client(server):
+    async with await connected(server) as client:
+
+        async def broken():
+            yield Stroke(x=1, y=2)
+            raise ValueError("pen broke")
+
+        assert await client.methods.upload(strokes=broken()) == -1
+
+
+async def test_closing_the_connection_ends_the_calls(server):
+    name = f"close-{server.name}"
+    async with await connected(server) as client:
+        calls = client.methods.endless(name=name)
+        async with calls:
+            iterator = aiter(calls)
+            assert (await anext(iterator)).n == 1
+            await client.close_streaming_connection()
+        await client.open_streaming_connection()
+        await until_finished(client, name)
