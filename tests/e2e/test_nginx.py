@@ -309,6 +309,10 @@ async def test_half_sent_handshakes_through_nginx_are_dropped_and_chat_goes_on(
     trickling = [asyncio.create_task(_trickle(t)) for t in tricklers]
     opened_in = time.monotonic() - started
     try:
+        # A connection is open once the kernel accepted it; nginx takes it from the
+        # backlog a moment later: wait until it holds them all (a state, polled).
+        expected_fds = before["nginx_fds"] + half_sent + TRICKLERS
+        await _wait_fds(nginx, expected_fds)
         held = {
             "nginx_fds": nginx.open_fds(),
             "nginx_rss_kb": nginx.rss_kb(),
@@ -337,7 +341,7 @@ async def test_half_sent_handshakes_through_nginx_are_dropped_and_chat_goes_on(
             # Every half-sent handshake was still held while they chatted ...
             assert [c for c in [*conns, *tricklers] if c.closed is not None] == []
             # ... by nginx alone: none reached uvicorn (nginx passes complete requests only).
-            assert held["nginx_fds"] >= before["nginx_fds"] + half_sent + TRICKLERS
+            assert held["nginx_fds"] >= expected_fds
             for pid, fds in zip(upstream_pids, before["upstream_fds"], strict=True):
                 assert fd_count(pid) <= fds + 10  # alice's and bob's sockets, and Redis
 
@@ -375,6 +379,18 @@ async def test_half_sent_handshakes_through_nginx_are_dropped_and_chat_goes_on(
         "after": after,
     }
     print("half-sent through nginx:", json.dumps(report), file=sys.stderr)
+
+
+async def _wait_fds(nginx: NginxServer, count: int) -> None:
+    """Wait until nginx's workers hold ``count`` descriptors (a state, polled)."""
+    deadline = time.monotonic() + GUARD
+    while True:
+        fds = nginx.open_fds()
+        if fds >= count:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"nginx holds {fds} descriptors, expected {count}")
+        await asyncio.sleep(0.05)
 
 
 async def _trickle(conn: HalfSent) -> int:

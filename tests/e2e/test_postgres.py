@@ -8,24 +8,41 @@ module shows the contract on a real server: a burst of chat over 20 sockets open
 few connections at a time, saves every message, and leaves no connection behind.
 (``CONN_HEALTH_CHECKS`` only matters for connections kept between calls: with
 ``CONN_MAX_AGE = 0`` every call starts on a fresh one, so a restarted database is met
-with a new connection. tests/e2e/test_faults.py covers the database going away and
-coming back while sockets stay open.)
+with a new connection.)
 
-Every test here runs on a throw-away PostgreSQL database of its own (the fault tests'
-fixture), whatever database the test session uses.
+A real restart: a private PostgreSQL (``initdb`` on a port of its own) is shut down and
+started again while sockets are open: a message sent meanwhile gets an error frame for
+its id, the sockets stay open, and afterwards they chat again, with nothing saved lost
+and nothing half-saved. (tests/e2e/test_faults.py makes the machine's database refuse
+connections instead; that one cannot be restarted under other tests.)
+
+Every test here runs on a throw-away PostgreSQL database of its own, whatever database
+the test session uses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import subprocess
 import sys
 import threading
 import time
 
+import psycopg
+import pytest
+
+from tests.e2e.redis_support import recv_json
 from tests.e2e.test_chat_e2e import chat_frame, connect, ready, recv_chat
-from tests.e2e.test_faults import history, pg_admin, throwaway_pg  # noqa: F401 (a fixture)
-from tests.support.servers import UvicornServer
+from tests.e2e.test_faults import (  # noqa: F401 (throwaway_pg: a fixture)
+    _PG_SETUP,
+    history,
+    pg_admin,
+    throwaway_pg,
+)
+from tests.support.servers import IN_CI, ROOT, PostgresServer, UvicornServer
 
 GUARD = 60  # seconds: a failure guard on a wait, never a synchronisation
 SOCKETS_PER_USER = 10
@@ -124,3 +141,77 @@ async def test_a_chat_burst_opens_few_connections_saves_everything_and_keeps_non
         )
     finally:
         await asyncio.to_thread(srv.stop)
+
+
+def _private_postgres() -> PostgresServer:
+    """A private PostgreSQL, started; fail (CI) or skip (elsewhere) without one."""
+    if PostgresServer.bin_dir() is None:
+        message = "PostgreSQL's server programs (initdb, postgres) are not installed"
+        if IN_CI:
+            pytest.fail(message + "; CI=true needs them")
+        pytest.skip(message)
+    return PostgresServer().start()
+
+
+async def test_a_database_restart_mid_chat_error_frames_sockets_kept_nothing_lost():
+    pg = await asyncio.to_thread(_private_postgres)
+    srv = None
+    try:
+        with psycopg.connect(pg.admin_url, autocommit=True) as admin:
+            admin.execute('CREATE DATABASE "streampod"')
+        url = pg.url("streampod")
+        setup = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", _PG_SETUP],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": url, "REDIS_URL": "",
+                 "DJANGO_SETTINGS_MODULE": "tests.e2e_settings", "DJANGO_DEBUG": "1"},
+            capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+        assert setup.returncode == 0, setup.stderr
+        users = json.loads(setup.stdout.strip().splitlines()[-1])
+        (alice_id, alice_key), (bob_id, bob_key) = users["alice"], users["bob"]
+        srv = UvicornServer(env={"DATABASE_URL": url})
+        await asyncio.to_thread(srv.start)
+        async with connect(srv.ws_url, alice_key) as alices, connect(srv.ws_url, bob_key) as bobs:
+            await ready(alices, alice_id)
+            await ready(bobs, bob_id)
+            await alices.send(chat_frame(bob_id, "before"))
+            assert (await recv_chat(bobs, timeout=GUARD))["object"]["data"]["text"] == "before"
+            await recv_chat(alices, timeout=GUARD)  # the ack: saved
+
+            await asyncio.to_thread(pg.stop)  # fast shutdown: connections cut
+            for n in range(2):
+                await alices.send(
+                    json.dumps(
+                        {
+                            "endpoint": "chat",
+                            "id": f"down-{n}",
+                            "object": {
+                                "className": "ChatMessage",
+                                "data": {"recipient_id": bob_id, "text": f"down {n}"},
+                            },
+                        }
+                    )
+                )
+                error = await recv_chat(alices, timeout=GUARD)
+                assert error.get("command") == "error", error
+                args = error["args"]
+                assert (args["code"], args["id"]) == ("internal_error", f"down-{n}")
+                assert "Traceback" not in args["message"]
+            for ws in (alices, bobs):  # both sockets are still open
+                await ws.send(json.dumps({"command": "ping", "args": {}}))
+                while (await recv_json(ws, GUARD)).get("command") != "pong":
+                    pass
+
+            await asyncio.to_thread(pg.start)  # the same data directory and port
+            await alices.send(chat_frame(bob_id, "after"))
+            assert (await recv_chat(bobs, timeout=GUARD))["object"]["data"]["text"] == "after"
+            assert (await recv_chat(alices, timeout=GUARD))["object"]["data"]["text"] == "after"
+        stored = [m["text"] for m in await history(srv.http_url, alice_key, bob_id)]
+        assert stored == ["before", "after"]  # nothing lost, nothing half-saved
+        assert srv.proc.poll() is None
+    finally:
+        if srv is not None:
+            await asyncio.to_thread(srv.stop)
+        await asyncio.to_thread(pg.__exit__, None, None, None)

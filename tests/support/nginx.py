@@ -35,6 +35,7 @@ from tests.support.servers import (
     RedisServer,
     UvicornServer,
     _Output,
+    close_output,
     free_port,
 )
 
@@ -188,11 +189,7 @@ class NginxServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
-        if self.proc is not None:
-            if self.output is not None:
-                self.output._thread.join(5)
-            if self.proc.stdout is not None and not self.proc.stdout.closed:
-                self.proc.stdout.close()
+        close_output(self.proc, self.output)
 
     def __enter__(self) -> NginxServer:
         return self.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -72,6 +73,27 @@ def database_url(db: dict[str, Any]) -> str:
         port = f":{db['PORT']}" if db.get("PORT") else ""
         return f"postgres://{auth}{db.get('HOST') or ''}{port}/{quote(db['NAME'], safe='')}"
     raise ValueError(f"the end-to-end servers run on SQLite or PostgreSQL, not {db['ENGINE']}")
+
+
+def close_output(proc: subprocess.Popen[str] | None, output: _Output | None) -> None:
+    """Once ``proc`` has exited: let its reader thread take the last lines, then close its
+    pipe here, not in the garbage collector (a ResourceWarning in whichever test runs
+    then)."""
+    if proc is None or proc.poll() is None:
+        return
+    if output is not None:
+        output._thread.join(5)
+    if proc.stdout is not None and not proc.stdout.closed:
+        proc.stdout.close()
+
+
+def wait_or_kill(proc: subprocess.Popen[str], timeout: float) -> None:
+    """Wait ``timeout`` for ``proc`` to exit after it was asked to; then kill it."""
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 class DaphneServer:
@@ -169,11 +191,7 @@ class DaphneServer:
         self._close_output()
 
     def _close_output(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            if self.output is not None:
-                self.output._thread.join(5)
-            if self.proc.stdout is not None and not self.proc.stdout.closed:
-                self.proc.stdout.close()
+        close_output(self.proc, self.output)
 
     def logs(self) -> str:
         return self.output.text() if self.output else ""
@@ -250,16 +268,19 @@ class RedisServer:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        output = _Output(self.proc.stdout)
+        output = self.output = _Output(self.proc.stdout)
         if not output.wait_for("Ready to accept connections", timeout):
             self.stop()
             raise RuntimeError(f"redis-server did not start:\n{output.text()}")
         return self
 
+    output: _Output | None = None
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(10)
+            wait_or_kill(self.proc, 10)
+        close_output(self.proc, self.output)
 
     def __enter__(self) -> RedisServer:
         return self.start()
@@ -331,3 +352,95 @@ def socket_owner(pids: list[int], server_port: int, client_port: int) -> int | N
             except OSError:
                 continue
     return None
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster (``initdb``) on its own port, to stop and start again
+    like a real database restart without touching the machine's server.
+
+    PostgreSQL refuses to run as root: as root, its programs run as the ``postgres``
+    user (``runuser``). Readiness is its log line "ready to accept connections". Trust
+    authentication on 127.0.0.1 for the user ``postgres``.
+    """
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="streampod-pg-"))
+        self.data = self.dir / "data"
+        self.proc: subprocess.Popen[str] | None = None
+        self.output: _Output | None = None
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def url(self, database: str) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+
+    @staticmethod
+    def bin_dir() -> Path | None:
+        """The directory of ``initdb`` and ``postgres`` (Debian's versioned one)."""
+        found = shutil.which("initdb")
+        if found:
+            return Path(found).parent
+        versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        return versions[-1].parent if versions else None
+
+    def _as_postgres(self, *command: str) -> list[str]:
+        if os.geteuid() == 0:
+            return ["runuser", "-u", "postgres", "--", *command]
+        return list(command)
+
+    def init(self) -> PostgresServer:
+        bin_dir = self.bin_dir()
+        if bin_dir is None:
+            raise RuntimeError("PostgreSQL's initdb is not installed")
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, user="postgres")
+        subprocess.run(
+            self._as_postgres(
+                str(bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres",
+                "--auth=trust", "--no-sync",
+            ),
+            check=True, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        return self
+
+    def start(self, timeout: float = 60) -> PostgresServer:
+        bin_dir = self.bin_dir()
+        assert bin_dir is not None
+        if not self.data.exists():
+            self.init()
+        self.proc = subprocess.Popen(
+            self._as_postgres(
+                str(bin_dir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+            ),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self.output = _Output(self.proc.stdout)
+        if not self.output.wait_for("ready to accept connections", timeout):
+            out = self.output.text()
+            self.stop()
+            raise RuntimeError(f"postgres did not start on port {self.port}:\n{out}")
+        return self
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT): open connections are cut, as in a restart."""
+        if self.proc is not None and self.proc.poll() is None:
+            # To the postmaster itself (runuser does not pass signals on): its pid is the
+            # first line of postmaster.pid.
+            pid_file = self.data / "postmaster.pid"
+            try:
+                os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)
+            except (OSError, ValueError, IndexError):
+                self.proc.send_signal(signal.SIGINT)
+            wait_or_kill(self.proc, 30)
+        close_output(self.proc, self.output)
+
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
