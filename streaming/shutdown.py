@@ -41,9 +41,11 @@ applies; the log says so.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -85,18 +87,26 @@ class _GracefulHandler:
     def __init__(self, previous: SignalHandler, loop: asyncio.AbstractEventLoop) -> None:
         self.previous = previous
         self.loop = loop
+        self.signalled = False
         self.task: asyncio.Task[int] | None = None
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
-        if self.task is not None:  # a second SIGTERM: no more waiting
+        # Runs between two bytecodes of the main thread: only hand the work to the loop.
+        if self.signalled:  # a second SIGTERM: no more waiting
             self.previous(signum, frame)
             return
-        logger.info("SIGTERM: draining (closing sockets with 1012)")
+        self.signalled = True
         self.loop.call_soon_threadsafe(self._start, signum)
 
     def _start(self, signum: int) -> None:
+        logger.info("SIGTERM: draining (closing sockets with 1012)")
         self.task = self.loop.create_task(drain(listeners=_listeners(self.previous)))
-        self.task.add_done_callback(lambda _: self.previous(signum, None))
+        self.task.add_done_callback(functools.partial(self._hand_over, signum))
+
+    def _hand_over(self, signum: int, task: asyncio.Task[int]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("the drain failed", exc_info=task.exception())
+        self.previous(signum, None)  # the server's own shutdown, with nothing left to close
 
 
 _pending = False  # install_graceful_shutdown() was called and the hook is not in yet
@@ -142,8 +152,8 @@ def _install_now() -> bool:
     if isinstance(current, _GracefulHandler):
         return True
     kind = server_of(current)
-    if kind is None:
-        return False
+    if kind is None or threading.current_thread() is not threading.main_thread():
+        return False  # (signal handlers can only be set from the main thread)
     try:
         loop = asyncio.get_running_loop()  # uvicorn imports the application in its loop
     except RuntimeError:
