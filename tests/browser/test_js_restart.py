@@ -47,8 +47,10 @@ async def test_a_1012_close_reconnects_at_once_and_1001_still_backs_off(server, 
             "connected",
             "waitingToRetry",
         ]
-        reason = await page.evaluate("window.client.disconnectReason.message")
-        assert reason == "the server is going away (close code 1001)"
+        reason = await page.evaluate(
+            "[window.client.disconnectReason.message, window.client.disconnectReason.isServiceRestart]"
+        )
+        assert reason == ["the server is going away (close code 1001)", False]
         await page.evaluate("window.client.closeStreamingConnection()")
 
 
@@ -62,4 +64,9 @@ async def test_a_server_shut_down_by_sigterm_closes_the_page_with_1012(own_daphn
     log = await page.evaluate("window.statusLog")
     first_loss = next(s for s in log if s["state"] == "waitingToRetry")
     assert (first_loss["code"], first_loss["retryInSeconds"]) == (1012, 0)
+    reason = await page.evaluate(
+        "(() => { const r = new window.streampod.DisconnectReason(1012, 'lost');"
+        " return [r.message, r.isServiceRestart]; })()"
+    )
+    assert reason == ["the server is restarting (close code 1012)", True]
     await page.evaluate("window.client.closeStreamingConnection()")

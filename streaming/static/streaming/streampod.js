@@ -238,7 +238,8 @@ export class AuthenticationFailed extends StreampodError {
  * `code` (close code, or null when the client dropped the socket itself), `reason` (as
  * `status.reason`: "lost", "silent", "unauthorized"...), `message` (for people),
  * `byClient` (closed on purpose by the page), `isAuthFailure` (4401 or 4403: retrying
- * with the same credentials is pointless). `httpStatus` is always null: browsers do not
+ * with the same credentials is pointless), `isServiceRestart` (1012: the server is
+ * restarting; retried at once). `httpStatus` is always null: browsers do not
  * tell a page why a handshake was refused.
  */
 export class DisconnectReason {
@@ -256,6 +257,11 @@ export class DisconnectReason {
 
   get isAuthFailure() {
     return FINAL_CLOSE_CODES.has(this.code);
+  }
+
+  /** 1012: the server shut down gracefully; the client reconnects at once. */
+  get isServiceRestart() {
+    return this.code === CloseCode.SERVICE_RESTART;
   }
 }
 
