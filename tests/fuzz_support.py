@@ -22,6 +22,8 @@ import asyncio
 import json
 import re
 import threading
+import types
+import typing
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -653,10 +655,21 @@ def classes() -> dict[str, Schema]:
     return _classes
 
 
+def _unwired(annotation: Any) -> Any:
+    """``annotation`` without the ``Annotated`` wrappers Streampod's wire rules add."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _unwired(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_unwired(arg) for arg in args)]  # noqa: UP007
+    return annotation
+
+
 def schema_of(cls: Any) -> Schema:
     fields: dict[str, tuple[str, Any]] = {}
     for name, info in cls.model_fields.items():
-        kind = _KINDS.get(info.annotation)
+        kind = _KINDS.get(_unwired(info.annotation))
         if kind is None:
             raise TypeError(f"the fuzzer's oracle has no rule for {cls.__name__}.{name}")
         if info.is_required():

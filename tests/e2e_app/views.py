@@ -4,6 +4,8 @@ tests/e2e_settings.py uses: never the shipped project's URLs)."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import inspect
 import linecache
@@ -25,6 +27,44 @@ _baseline: tracemalloc.Snapshot | None = None
 def js_client(request):
     """A test page for streampod.js (see tests/browser)."""
     return render(request, "e2e/js_client.html")
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+            "fsmblks", "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+def native_kb() -> dict[str, int]:
+    """Memory below Python: glibc's heap (in use, free), SQLite's own, threads.
+
+    RSS that tracemalloc does not see is one of these: C allocations (SQLite's page
+    cache, per connection), free memory glibc keeps in its arenas, or thread stacks.
+    """
+    out: dict[str, int] = {"threads": len(os.listdir("/proc/self/task"))}
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype = _MallInfo2
+        info = libc.mallinfo2()
+        out.update(
+            malloc_arena_kb=info.arena // 1024,
+            malloc_mmap_kb=info.hblkhd // 1024,
+            malloc_used_kb=info.uordblks // 1024,
+            malloc_free_kb=info.fordblks // 1024,
+        )
+    except (OSError, AttributeError):
+        pass
+    try:
+        sqlite = ctypes.CDLL(ctypes.util.find_library("sqlite3") or "libsqlite3.so.0")
+        sqlite.sqlite3_memory_used.restype = ctypes.c_int64
+        out["sqlite_kb"] = sqlite.sqlite3_memory_used() // 1024
+    except (OSError, AttributeError):
+        pass
+    return out
 
 
 def rss_kb() -> int:
@@ -231,6 +271,7 @@ async def memory(request):
     body.update(
         {
             "rss_kb": rss_kb(),
+            "native": native_kb(),
             "gc_count": gc.get_count(),
             "gc_stats": gc.get_stats(),
             "gc_threshold": gc.get_threshold(),
