@@ -75,7 +75,17 @@ async def measure(rounds: int, sizes: workloads.Sizes) -> dict[str, Any]:
             for mode in MODES
         }
         ratio = round(medians["on"] / medians["off"], 4) if medians["off"] else None
-        summary[figure] = {**medians, "on_over_off": ratio}
+        # The same round's two runs saw about the same background load: their ratio too.
+        paired = [
+            on[figure] / off[figure]
+            for on, off in zip(runs["on"], runs["off"], strict=True)
+            if on[figure] and off[figure]
+        ]
+        summary[figure] = {
+            **medians,
+            "on_over_off": ratio,
+            "median_of_round_ratios": round(statistics.median(paired), 4) if paired else None,
+        }
     return summary
 
 
@@ -125,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = uvloop.run(measure(args.rounds, sizes))
     for figure in ("msgs_per_s", "server_cpu_us_per_msg"):
         row = summary[figure]
-        print(f"median {figure}: on {row['on']}, off {row['off']}, on/off {row['on_over_off']}")
+        print(
+            f"median {figure}: on {row['on']}, off {row['off']}, on/off {row['on_over_off']} "
+            f"(median of the rounds' on/off: {row['median_of_round_ratios']})"
+        )
     summary["recording_ns_per_relayed_message"] = recording_ns()
     print(f"recording calls per relayed message: {summary['recording_ns_per_relayed_message']} ns")
     if args.json is not None:
