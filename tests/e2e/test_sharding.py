@@ -121,6 +121,10 @@ async def test_posts_to_24_user_channels_all_arrive_over_three_shards(sharded, m
         posts = sum(1 for index in expected.values() if index == n)
         assert carried[n] >= posts, (n, carried, expected)
     assert sum(1 for count in carried if count > 0) >= 2, carried
+    # The batched publisher sent them (one pipeline per shard), never falling back.
+    for srv in (a, b):
+        assert "batched publishing failed" not in srv.logs()
+        assert "not batching publishes" not in srv.logs()
     print(f"\nPUBLISH per shard for {USERS} posts: {carried}", file=sys.stderr)
 
 
