@@ -49,6 +49,12 @@
  *   `UndecodableMessage` and not put on the stream.
  * - `sendStreamMessage` throws `NotConnected` unless the status is "connected"; nothing
  *   is queued or dropped silently. Server `error` frames become `ServerError`s.
+ * - Streaming methods: `await client.endpoint("chat").call("history", {with_user: 2})`
+ *   resolves with the method's value; `for await (const v of ref.call("watch", {...}))`
+ *   iterates a stream (leaving the loop cancels the call on the server); arguments that
+ *   are async iterables are input streams. At most `credit` (16) values wait in the
+ *   page; more are granted as the loop reads. A failed call rejects with the `CallFailed`
+ *   error (`code`, `message`, `errors`, `exception`); a call does not outlive its socket.
  */
 
 /** The connection states, as `status.state` carries them. */
@@ -150,6 +156,19 @@ export class ServerError extends StreampodError {
     this.endpoint = typeof endpoint === "string" ? endpoint : null;
     this.id = typeof id === "string" ? id : null;
     this.errors = Array.isArray(errors) ? errors : null;
+  }
+}
+
+/**
+ * A streaming-method call that ended with `fail` (docs/protocol.md, "Streaming
+ * methods"): `code`, `message`, `errors` (invalid arguments), and `exception`
+ * (`{className, data}`) when the method raised an exception the app made serializable.
+ */
+export class CallFailed extends ServerError {
+  constructor(args = {}) {
+    super(args);
+    this.name = "CallFailed";
+    this.exception = isPlainObject(args.exception) ? args.exception : null;
   }
 }
 
@@ -888,6 +907,234 @@ export class EndpointRef {
   _push(message) {
     this._queue.push(message);
   }
+
+  /**
+   * Call the streaming method `method` of this endpoint with `args` (an object, by
+   * name): a `MethodCall`, awaitable (the value; a stream's values as an array) and
+   * async-iterable (a stream's values). `credit`: values that may wait in the page.
+   */
+  call(method, args = {}, {credit = DEFAULT_CREDIT} = {}) {
+    return new MethodCall(this.client, this.name, method, args, credit);
+  }
+}
+
+// -- streaming methods ----------------------------------------------------------------------
+
+/** Values a stream may have waiting in the page before the page grants more. */
+const DEFAULT_CREDIT = 16;
+const CALL_REPLIES = new Set(["value", "done", "fail", "credit"]);
+let lastCallId = 0;
+
+/** A value from the wire: `{className, data}` objects decoded when their class is registered. */
+function callValue(value) {
+  if (Array.isArray(value)) return value.map(callValue);
+  if (isPlainObject(value) && typeof value.className === "string" && isPlainObject(value.data)) {
+    if (getClass(value.className) === undefined) return {className: value.className, data: value.data};
+    return decodeObject(value.className, value.data);
+  }
+  return value;
+}
+
+/** An argument or input value for the wire: registered instances as `{className, data}`. */
+function callArgument(value) {
+  if (Array.isArray(value)) return value.map(callArgument);
+  if (registeredName(value) !== undefined) return encodeObject(value);
+  return encodeAny(value);
+}
+
+function isAsyncIterable(value) {
+  return value !== null && typeof value === "object" && typeof value[Symbol.asyncIterator] === "function";
+}
+
+/** One call of a streaming method (see `EndpointRef.call`). Started when first awaited or iterated. */
+export class MethodCall {
+  constructor(client, endpoint, method, args, credit) {
+    if (!(Number.isInteger(credit) && credit >= 1)) throw new TypeError("credit must be an integer >= 1");
+    this.client = client;
+    this.endpoint = endpoint;
+    this.method = method;
+    this.credit = credit;
+    this.id = null;
+    this._args = {};
+    this._streams = new Map();
+    for (const [name, value] of Object.entries(args ?? {})) {
+      if (isAsyncIterable(value)) this._streams.set(name, value);
+      else this._args[name] = value;
+    }
+    this._conn = null;
+    this._values = [];
+    this._outcome = null; // {args} once done, {error} once failed
+    this._wake = null;
+    this._taken = 0;
+    this._streamCredit = new Map([...this._streams.keys()].map((name) => [name, 0]));
+    this._wakeStreams = []; // pumps waiting for credit
+  }
+
+  /** The method's value (a stream's values as an array); rejects with `CallFailed`. */
+  async result() {
+    this._start();
+    try {
+      const values = [];
+      for (;;) {
+        const step = await this._next();
+        if (step.done) break;
+        values.push(step.value);
+      }
+      return "value" in this._outcome.args ? callValue(this._outcome.args.value) : values;
+    } finally {
+      this.cancel();
+    }
+  }
+
+  then(resolve, reject) {
+    return this.result().then(resolve, reject);
+  }
+
+  [Symbol.asyncIterator]() {
+    this._start();
+    return {
+      next: () => this._next(),
+      return: async () => {
+        this.cancel();
+        return {done: true, value: undefined};
+      },
+      [Symbol.asyncIterator]() {
+        return this;
+      },
+    };
+  }
+
+  /** Stop the call (nothing once it has ended): the server closes its generator. */
+  cancel() {
+    if (this.id === null || this._outcome !== null) return;
+    this._end({args: {}});
+    this._send({command: "cancel", args: {id: this.id}});
+  }
+
+  _start() {
+    if (this.id !== null) return;
+    const conn = this.client._conn;
+    if (conn === null || !this.client.isConnected) {
+      throw new NotConnected(`Cannot call ${this.endpoint}.${this.method}: not connected.`);
+    }
+    const args = {};
+    for (const [name, value] of Object.entries(this._args)) args[name] = callArgument(value);
+    this.id = String(++lastCallId);
+    this._conn = conn;
+    conn.calls.set(this.id, this);
+    this.client._sendText(JSON.stringify({command: "call", args: {
+      id: this.id, endpoint: this.endpoint, method: this.method, args, credit: this.credit}}));
+    for (const [name, iterable] of this._streams) this._pump(name, iterable);
+  }
+
+  async _next() {
+    for (;;) {
+      if (this._values.length) {
+        const value = this._values.shift();
+        this._taken += 1;
+        if (this._taken >= Math.max(1, this.credit >> 1) && this._outcome === null) {
+          this._send({command: "credit", args: {id: this.id, n: this._taken}});
+          this._taken = 0;
+        }
+        if (value instanceof UndecodableMessage) throw value;
+        return {done: false, value};
+      }
+      if (this._outcome !== null) {
+        if (this._outcome.error) throw this._outcome.error;
+        return {done: true, value: undefined};
+      }
+      await new Promise((resolve) => {
+        this._wake = resolve;
+      });
+    }
+  }
+
+  _send(frame) {
+    if (this.client._conn !== this._conn) return; // that socket is gone; so is the call
+    try {
+      this.client._sendText(JSON.stringify(frame));
+    } catch (error) {
+      if (!(error instanceof NotConnected)) throw error;
+    }
+  }
+
+  async _pump(name, iterable) {
+    const iterator = iterable[Symbol.asyncIterator]();
+    const id = this.id;
+    try {
+      for (;;) {
+        while (this._streamCredit.get(name) <= 0) {
+          if (this._outcome !== null) return;
+          await new Promise((resolve) => {
+            this._wakeStreams = [...(this._wakeStreams ?? []), resolve];
+          });
+        }
+        if (this._outcome !== null) return;
+        let step;
+        try {
+          step = await iterator.next();
+        } catch (error) {
+          const message = (error && error.message) || String(error);
+          this._send({command: "stream_error", args: {id, stream: name, message}});
+          return;
+        }
+        if (step.done) {
+          this._send({command: "stream_end", args: {id, stream: name}});
+          return;
+        }
+        this._streamCredit.set(name, this._streamCredit.get(name) - 1);
+        this._send({command: "stream_value", args: {id, stream: name, value: callArgument(step.value)}});
+      }
+    } finally {
+      if (this._outcome !== null && typeof iterator.return === "function") {
+        try {
+          await iterator.return();
+        } catch (error) {
+          report(error);
+        }
+      }
+    }
+  }
+
+  _receive(command, args) {
+    if (this._outcome !== null) return;
+    if (command === "value") {
+      try {
+        this._values.push(callValue(args.value));
+      } catch (error) {
+        if (!(error instanceof UndecodableMessage)) throw error;
+        this._values.push(error);
+      }
+    } else if (command === "done") {
+      this._end({args});
+    } else if (command === "fail") {
+      this._end({error: new CallFailed(args)});
+    } else if (command === "credit" && this._streamCredit.has(args.stream)) {
+      this._streamCredit.set(args.stream, this._streamCredit.get(args.stream) + args.n);
+      this._wakeAll();
+    }
+    this._notify();
+  }
+
+  _end(outcome) {
+    if (this._outcome !== null) return;
+    this._outcome = outcome;
+    if (this._conn !== null && this._conn.calls.get(this.id) === this) this._conn.calls.delete(this.id);
+    this._notify();
+    this._wakeAll();
+  }
+
+  _notify() {
+    const wake = this._wake;
+    this._wake = null;
+    if (wake) wake();
+  }
+
+  _wakeAll() {
+    const wakes = this._wakeStreams ?? [];
+    this._wakeStreams = [];
+    for (const wake of wakes) wake();
+  }
 }
 
 // -- the client -------------------------------------------------------------------------
@@ -908,6 +1155,14 @@ class Connection {
     this.auths = [];
     this.authSent = false;
     this.userId = undefined; // the last auth answer on this socket
+    this.calls = new Map(); // streaming-method calls in progress, by id (MethodCall)
+  }
+
+  /** The socket is gone: its calls reject with `NotConnected`. */
+  endCalls() {
+    for (const call of [...this.calls.values()]) {
+      call._end({error: new NotConnected("The connection closed before the call ended.")});
+    }
   }
 
   stopTimers() {
@@ -1252,6 +1507,7 @@ export class Client {
   _forget(conn, code = undefined) {
     conn.stopTimers();
     this._failAuths(conn);
+    conn.endCalls();
     const ws = conn.ws;
     ws.onopen = ws.onmessage = ws.onclose = null;
     if (this._conn === conn) this._conn = null;
@@ -1265,6 +1521,7 @@ export class Client {
   _lost(conn, code, why) {
     conn.stopTimers();
     this._failAuths(conn);
+    conn.endCalls();
     if (this._conn === conn) this._conn = null;
     if (!this._wanted) return;
     const final = FINAL_CLOSE_CODES.get(code);
@@ -1355,6 +1612,10 @@ export class Client {
     }
     if ("command" in frame) {
       const args = isPlainObject(frame.args) ? frame.args : {};
+      if (CALL_REPLIES.has(frame.command)) {
+        conn.calls.get(args.id)?._receive(frame.command, args);
+        return;
+      }
       if (frame.command === "pong") {
         conn.ponged = true;
         this._maybeConnected(conn);
