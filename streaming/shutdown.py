@@ -100,7 +100,8 @@ class _GracefulHandler:
 
     def _start(self, signum: int) -> None:
         logger.info("SIGTERM: draining (closing sockets with 1012)")
-        self.task = self.loop.create_task(drain(listeners=_listeners(self.previous)))
+        server = server_of(self.previous)
+        self.task = self.loop.create_task(drain(listeners=_listeners(self.previous), server=server))
         self.task.add_done_callback(functools.partial(self._hand_over, signum))
 
     def _hand_over(self, signum: int, task: asyncio.Task[int]) -> None:
@@ -222,12 +223,18 @@ def _stop_twisted_ports() -> None:
             reader.stopListening()
 
 
-async def drain(grace: float | None = None, *, listeners: Callable[[], None] | None = None) -> int:
+async def drain(
+    grace: float | None = None,
+    *,
+    listeners: Callable[[], None] | None = None,
+    server: str | None = None,
+) -> int:
     """Refuse new sockets, close every open one with 1012, wait for their teardown.
 
-    ``listeners`` stops the server listening (the SIGTERM handler passes one that fits
-    the server). Waits at most ``grace`` seconds (``SHUTDOWN_GRACE_PERIOD``); returns the
-    number of sockets whose teardown had not finished by then.
+    ``listeners`` stops the server listening, ``server`` names it (``"daphne"``,
+    ``"uvicorn"``); the SIGTERM handler passes both. Waits at most ``grace`` seconds
+    (``SHUTDOWN_GRACE_PERIOD``); returns the number of sockets whose teardown had not
+    finished by then.
     """
     if grace is None:
         grace = streaming_settings.SHUTDOWN_GRACE_PERIOD
@@ -239,7 +246,7 @@ async def drain(grace: float | None = None, *, listeners: Callable[[], None] | N
         except Exception:
             logger.exception("could not stop listening; handshakes are refused instead")
     sockets = registry.live()
-    closing = [close_for_restart(consumer) for consumer in sockets]
+    closing = [close_for_restart(consumer, server) for consumer in sockets]
     waits = [task for task in closing if task is not None]
     if not await registry.wait_empty(grace):
         left = len(registry.live())
@@ -251,15 +258,20 @@ async def drain(grace: float | None = None, *, listeners: Callable[[], None] | N
     return 0
 
 
-def close_for_restart(consumer: StreamingConsumer) -> asyncio.Task[None] | None:
+def close_for_restart(
+    consumer: StreamingConsumer, server: str | None = None
+) -> asyncio.Task[None] | None:
     """Close ``consumer``'s socket with 1012 after its queued frames.
 
     Under daphne a task does it (it waits for the queue, then sends the close frame
-    itself); it is returned. Elsewhere ``consumer.close_with(1012)`` does it.
+    itself); it is returned. Elsewhere ``consumer.close_with(1012)`` does it. Under
+    daphne (``server="daphne"``) with a ``send`` that hides daphne's protocol (a
+    middleware that wraps it), 1012 cannot be sent: the socket is closed with 1000.
     """
     protocol = _daphne_protocol(consumer.base_send)
     if protocol is None or not hasattr(protocol, "sendCloseFrame"):
-        consumer.close_with(SERVICE_RESTART)
+        # daphne's ASGI close refuses 1012: it would fail and leave the socket open.
+        consumer.close_with(CloseCode.NORMAL if server == "daphne" else SERVICE_RESTART)
         return None
     return asyncio.get_running_loop().create_task(_daphne_close(consumer, protocol))
 

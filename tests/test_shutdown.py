@@ -139,3 +139,15 @@ def test_uvicorn_listeners_not_found_fall_back_to_refusing(caplog):
     with caplog.at_level(logging.WARNING, logger="streaming.shutdown"):
         shutdown._close_uvicorn_listeners(object())
     assert "handshakes get 503 instead" in caplog.text
+
+
+async def test_under_daphne_a_send_that_hides_daphne_closes_with_1000_not_a_refused_1012():
+    """The fallback when daphne's protocol is not found behind ``send`` (a middleware
+    wraps it): daphne's ASGI close would refuse 1012 and leave the socket open."""
+    comm = StreamingCommunicator(endpoints=[])
+    assert (await comm.connect(timeout=5))[0]
+    draining = asyncio.ensure_future(shutdown.drain(grace=30, server="daphne"))
+    assert await comm.receive_close(timeout=5) == CloseCode.NORMAL
+    await comm.send_input({"type": "websocket.disconnect", "code": 1000})
+    assert await asyncio.wait_for(draining, 5) == 0
+    await comm.wait(5)
