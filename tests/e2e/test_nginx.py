@@ -485,7 +485,8 @@ async def test_a_browser_through_nginx_chats_with_a_python_client_on_the_other_u
 ):
     """Chromium signs in and chats through nginx; bob's Python client is connected to
     the upstream the browser's socket did not land on, so every message crosses Redis
-    (and, under ``make test-pg``, the servers share PostgreSQL)."""
+    (and, under ``make test-pg``, the servers share PostgreSQL); alice's Python client
+    connects through nginx too and sees the conversation."""
     from playwright.async_api import async_playwright
 
     from chat.protocol import ChatMessage
@@ -494,7 +495,7 @@ async def test_a_browser_through_nginx_chats_with_a_python_client_on_the_other_u
     from tests.browser.test_chat_browser import DESKTOP, say, sign_in, wait_bubbles
 
     executable = chromium_path()
-    alice, _ = await make_user("alice", first_name="Alice")
+    alice, alice_key = await make_user("alice", first_name="Alice")
     bob, bob_key = await make_user("bob", first_name="Bob")
     page_errors: list[str] = []
     with nginx_cluster() as (nginx, _, a, b):
@@ -511,8 +512,12 @@ async def test_a_browser_through_nginx_chats_with_a_python_client_on_the_other_u
                 landed = [srv for srv in (a, b) if _accepted(srv) > before[srv.port]]
                 assert len(landed) == 1, (before, [_accepted(a), _accepted(b)])
                 other = b if landed[0] is a else a
-                async with Client(other.http_url, auth_key=bob_key) as bobs:
+                async with (
+                    Client(other.http_url, auth_key=bob_key) as bobs,
+                    Client(nginx.http_url, auth_key=alice_key) as alices_phone,
+                ):
                     await bobs.open_streaming_connection()
+                    await alices_phone.open_streaming_connection()  # through nginx too
                     await page.click(".person[data-username=bob]")
                     await say(page, "from Chromium, through nginx")
                     got = await asyncio.wait_for(anext(bobs.chat.stream), GUARD)
@@ -520,9 +525,14 @@ async def test_a_browser_through_nginx_chats_with_a_python_client_on_the_other_u
                     await bobs.chat.send_stream_message(
                         ChatMessage(recipient_id=alice.pk, text="from Python, on the other one")
                     )
-                    await wait_bubbles(
-                        page, ["from Chromium, through nginx", "from Python, on the other one"]
-                    )
+                    conversation = ["from Chromium, through nginx", "from Python, on the other one"]
+                    await wait_bubbles(page, conversation)
+                    # Alice's Python client, through nginx, saw both (her own as an echo).
+                    texts = [
+                        (await asyncio.wait_for(anext(alices_phone.chat.stream), GUARD)).text
+                        for _ in range(2)
+                    ]
+                    assert texts == conversation
                 await context.close()
             finally:
                 await chromium.close()
