@@ -54,6 +54,7 @@ TESTED = {
     "client",
     "unawaited",
     "scopes",
+    "methods",
 }
 
 _FENCE = re.compile(r"^```python\n(?P<code>.*?)^```[ \t]*$", re.M | re.S)
@@ -426,6 +427,74 @@ async def test_rooms_snippet_joins_leaves_and_validates(guide, bus):
         assert [e["path"] for e in error["errors"]] == ["room"]
         assert error["id"] == "j1"
     assert bus.channels() == []
+
+
+# -- Streaming methods ---------------------------------------------------------------------------
+
+
+async def test_methods_snippet_answers_streams_and_takes_a_stream(guide, bus):
+    from streaming.protocol import MethodFrame
+
+    protocol = guide.load("protocol")
+    methods = guide.load("methods")
+
+    async def call(comm, call_id, method, args):
+        fields = {"id": call_id, "endpoint": "chat_methods", "method": method, "args": args}
+        await comm.send_command("call", fields)
+
+    async def reply(comm):
+        frame = await comm.receive_frame()
+        assert isinstance(frame, MethodFrame), frame
+        return frame
+
+    async with StreamingCommunicator(
+        endpoints=[methods.ChatMethodsEndpoint], user=user(1, "alice")
+    ) as comm:
+        await call(comm, "h", "history", {"with_user": 2, "limit": 2})
+        done = await reply(comm)
+        assert done.command == "done"
+        assert [decode_object(v["className"], v["data"]) for v in done.args["value"]] == [
+            protocol.MyChatMessage(recipient_id=2, text="#0"),
+            protocol.MyChatMessage(recipient_id=2, text="#1"),
+        ]
+        await call(comm, "bad", "history", {"with_user": "2"})
+        failed = await reply(comm)
+        assert failed.args["code"] == "invalid_message"
+        assert [e["path"] for e in failed.args["errors"]] == ["with_user"]
+        await call(comm, "me", "history", {"with_user": 1})
+        failed = await reply(comm)
+        assert failed.args["code"] == "exception"
+        assert failed.args["exception"] == {"className": "NotAFriend", "data": {"user_id": 1}}
+
+        await call(comm, "w", "watch_updates", {"user_id": 2})
+        await comm.ping()  # the call started: its listener is in place
+        async with asyncio.timeout(3):
+            while messages.get_bus().listener_count("user_updates_2") == 0:
+                await comm.ping()
+        await messages.get_bus().post_message(
+            "user_updates_2", protocol.UserUpdate(user_id=2, name="Bo")
+        )
+        value = await reply(comm)
+        assert (value.command, value.args["value"]["data"]) == (
+            "value",
+            {"user_id": 2, "name": "Bo"},
+        )
+        await comm.send_command("cancel", {"id": "w"})
+        await comm.ping()
+        async with asyncio.timeout(3):
+            while messages.get_bus().listener_count("user_updates_2"):
+                await comm.ping()
+
+        await call(comm, "u", "upload", {})
+        assert (await reply(comm)).command == "credit"
+        for text in ("a", "b", "c"):
+            value = {"className": "MyChatMessage", "data": {"recipient_id": 2, "text": text}}
+            await comm.send_command(
+                "stream_value", {"id": "u", "stream": "messages", "value": value}
+            )
+        await comm.send_command("stream_end", {"id": "u", "stream": "messages"})
+        done = await reply(comm)
+        assert (done.command, done.args["value"]) == ("done", 3)
 
 
 # -- Handling streams in your app ----------------------------------------------------------------
