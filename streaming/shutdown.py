@@ -30,12 +30,13 @@ frame is sent with autobahn's ``sendCloseFrame``, the method daphne itself uses 
 and uvicorn sends ``lifespan.shutdown`` only after it has closed the sockets.
 
 The hook into the server is its SIGTERM handler, wrapped only when it is recognised:
-uvicorn's ``Server.handle_exit`` (installed before uvicorn imports the application, so
-:func:`install_graceful_shutdown` wraps it at once) or Twisted's ``reactor.sigTerm``
-(installed when daphne's reactor starts: wrapped from ``reactor.callWhenRunning``).
-Anything else (another server, ``uvicorn.run(app)`` with an application imported before
-uvicorn's handler existed, a test process) is left alone and the server's own shutdown
-applies; the log says so.
+uvicorn's ``Server.handle_exit`` or Twisted's ``reactor.sigTerm``. uvicorn installs its
+handler after it has imported a single worker's application (before, with ``--workers``
+or ``--reload``), daphne's reactor when it starts: so the handler is wrapped at import
+if it is there, else when daphne's reactor runs (``reactor.callWhenRunning``), else at
+the first WebSocket connect (:func:`admit`). Anything else (another server, gunicorn's
+worker classes, a test process) is left alone and the server's own shutdown applies;
+the log says which (``graceful shutdown installed (uvicorn)`` or ``... not installed``).
 """
 
 from __future__ import annotations
