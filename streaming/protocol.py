@@ -367,11 +367,16 @@ def peek_id(text: str | None) -> str | None:
         return None
     if isinstance(obj, dict):
         frame_id = obj.get("id")
-        if frame_id is None and isinstance(obj.get("args"), dict):
-            frame_id = obj["args"].get("id")  # a streaming-method frame names its call there
+        command, args = obj.get("command"), obj.get("args")
+        if frame_id is None and isinstance(args, dict) and _is_method(command):
+            frame_id = args.get("id")  # a streaming-method frame names its call there
         if isinstance(frame_id, str) and len(frame_id) <= MAX_ID_LENGTH:
             return frame_id
     return None
+
+
+def _is_method(command: Any) -> bool:
+    return isinstance(command, str) and command in METHOD_COMMANDS
 
 
 def encode_data(endpoint: str, object_json: str, frame_id: str | None = None) -> str:

@@ -858,8 +858,39 @@ def oracle(case: Case, state: State) -> Expect:
     return expect
 
 
+#: The commands of streaming-method calls (docs/protocol.md, "Streaming methods"): their
+#: call id is ``args.id``, which an error about such a frame echoes.
+METHOD_COMMANDS = frozenset(
+    re.findall(
+        r"^\| `([a-z_]+)` \| (?:client|server|both)", _section(_DOC, "Streaming methods"), re.M
+    )
+)
+
+
+@dataclass(frozen=True)
+class CallFail:
+    """A ``fail`` frame answering a ``call`` (any documented code, the call's id)."""
+
+    id: Any
+
+    def matches(self, frame: Any) -> bool:
+        args = frame.get("args") if isinstance(frame, dict) else None
+        return (
+            isinstance(args, dict)
+            and frame.get("command") == "fail"
+            and args.get("id") == self.id
+            and args.get("code") in ERROR_CODES
+        )
+
+    def __str__(self) -> str:
+        return f"fail id={self.id!r}"
+
+
 def _valid_ids(obj: Any) -> tuple:
     frame_id = _field(obj, "id")
+    command, args = _field(obj, "command"), _field(obj, "args")
+    if frame_id in (ABSENT, None) and isinstance(command, str) and command in METHOD_COMMANDS:
+        frame_id = args.get("id", ABSENT) if isinstance(args, dict) else ABSENT
     if isinstance(frame_id, str) and len(frame_id) <= MAX_ID_LENGTH:
         return (frame_id,)
     return ()
@@ -889,6 +920,16 @@ def _frame(obj: Any, state: State) -> Expect:
             return Expect([Alt()])
         if command == "auth":
             return Expect(_auth(args.get("key"), state), lane="echo")
+        if command in METHOD_COMMANDS:
+            # Refused at the edge, ignored (a call that is not in progress), or a call's
+            # fail (no endpoint or method the fuzzer names has streaming methods).
+            return Expect(
+                [
+                    Alt(last=Err("malformed_frame", _names(obj), loose_ids)),
+                    Alt(),
+                    Alt(last=CallFail(args.get("id"))),
+                ]
+            )
         return Expect([Alt(last=Err("unknown_command", _names(obj), loose_ids))])
     endpoint, payload, frame_id = obj.get("endpoint"), obj.get("object"), obj.get("id", ABSENT)
     if not isinstance(endpoint, str) or not endpoint or not isinstance(payload, dict):
@@ -1033,7 +1074,8 @@ def frame_problems(raw: str, frame: Any, echoable: Iterable[str]) -> list[str]:
     if frame.keys() != {"command", "args"} or not isinstance(frame["args"], dict):
         return [f"command frame of an unexpected shape: {_short(frame)}"]
     if frame["command"] != "error":
-        return [] if frame["command"] in ("pong", "auth") else [f"command {frame['command']!r}"]
+        known = frame["command"] in ("pong", "auth", "fail")
+        return [] if known else [f"command {frame['command']!r}"]
     args = frame["args"]
     problems = []
     if len(raw.encode("utf-8", "surrogatepass")) > MAX_ERROR_FRAME:

@@ -256,6 +256,8 @@ async def test_malformed_call_frames_are_refused_at_the_edge():
         assert (await comm.receive_error("malformed_frame"))["id"] == "x"
         await comm.send_command("done", {"id": "x"})
         await comm.receive_error("malformed_frame")
+        await comm.send_to(text_data='{"command": {}, "args": {"id": "x"}}')  # fuzzer's find
+        assert "id" not in await comm.receive_error("malformed_frame")
         await call(comm, "endless", "dup", credit=0)
         await call(comm, "nothing", "dup")
         assert (await comm.receive_error("malformed_frame"))["id"] == "dup"
