@@ -95,7 +95,7 @@ class StreamingCommunicator(WebsocketCommunicator):
     async def send_command(self, command: str, args: dict[str, Any] | None = None) -> None:
         await self.send_to(text_data=protocol.encode_command(command, args))
 
-    async def receive_frame(self, timeout: float | None = None) -> DataFrame | CommandFrame:
+    async def receive_frame(self, timeout: float | None = None) -> protocol.Frame:
         text = await self.receive_from(timeout or self.default_timeout)
         return protocol.decode_frame(text)
 
