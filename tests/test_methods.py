@@ -551,3 +551,43 @@ async def test_losing_the_endpoints_permission_ends_its_calls(make_user):
         await call(comm, "feed", "g", endpoint="guarded")
         await failure(comm, "g", "forbidden")
         await comm.ping()
+
+
+async def test_re_authenticating_as_somebody_else_ends_the_calls(make_user):
+    _, alice_key = await make_user("alice", password=None)
+    bob, bob_key = await make_user("bob", password=None)
+    async with authenticated_socket(alice_key) as comm:
+        await call(comm, "endless", "e", credit=1)
+        await reply(comm)
+        await comm.send_command("auth", {"key": bob_key})
+        await failure(comm, "e", "call_ended")
+        assert (await comm.receive_command("auth"))["user_id"] == bob.pk
+        async with asyncio.timeout(10):
+            await Probe.finished.wait()
+
+
+async def test_calls_in_progress_are_bounded():
+    from streaming.methods import MAX_CALLS
+
+    async with socket() as comm:
+        for i in range(MAX_CALLS):
+            await call(comm, "endless", f"e{i}", credit=0)  # each waits for credit
+        await call(comm, "nothing", "one-more")
+        await failure(comm, "one-more", "rate_limited")
+        await comm.send_command("cancel", {"id": "e0"})
+        await call(comm, "nothing", "now")
+        await result(comm, "now")
+
+
+class Unsendable(Endpoint):
+    @streaming_method
+    async def odd(self, session) -> int:
+        return {1, 2}  # not a value a method may return: a bug of the method's
+
+
+async def test_a_value_that_cannot_be_sent_is_an_internal_error(caplog):
+    async with socket(endpoints=[Unsendable]) as comm:
+        with caplog.at_level(logging.ERROR, logger="streaming.methods"):
+            await call(comm, "odd", "o", endpoint="unsendable")
+            await failure(comm, "o", "internal_error")
+        assert "Unsendable.odd raised" in caplog.text
