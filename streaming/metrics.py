@@ -10,9 +10,10 @@ Contracts:
 
 * Cheap on the frame path: each call is one dict lookup of the count bound to that
   endpoint (or code), cached, and one addition to a plain number; no lock, no dict
-  built per frame (about 0.05 us a call, where ``prometheus_client``'s ``Counter.inc``
-  takes a lock and costs about 0.3 us). A ``prometheus_client`` collector reads the
-  numbers when ``/metrics`` is scraped. They are changed only on the event loop.
+  built per frame (under 0.1 us a call here, where a ``prometheus_client`` label
+  child's ``inc`` takes a lock and costs about 0.4 us). A ``prometheus_client``
+  collector reads the numbers when ``/metrics`` is scraped. They are changed only on
+  the event loop.
 * ``STREAMING["METRICS"] = False`` turns recording off: the functions bind a count
   nobody reads, sockets are not tracked, and ``/metrics`` answers 404. The setting is
   read lazily; ``override_settings`` resets what was bound.
@@ -78,7 +79,7 @@ _KNOWN_CLOSE_CODES = frozenset(range(1000, 1016)) | frozenset(int(c) for c in Cl
 class _Count:
     """One counter (or one label value's): a plain number, changed on the event loop.
 
-    ``prometheus_client``'s own ``Counter.inc`` takes a lock per call (about 0.3 us
+    ``prometheus_client``'s own ``Counter.inc`` takes a lock per call (about 0.4 us
     here); these are read by the collector below at scrape time instead.
     """
 
