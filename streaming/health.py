@@ -1,8 +1,10 @@
 """Health checks and the metrics page: ``/healthz``, ``/readyz``, ``/metrics``.
 
 Include them with ``path("", include("streaming.urls"))`` (docs/deployment.md,
-"Health checks and metrics"). All three are async views: nothing here blocks the
-event loop.
+"Health checks and metrics"), and put :class:`ProbeMiddleware` first in
+``MIDDLEWARE`` so that probes and scrapes get them whatever ``Host`` they send and over
+plain HTTP (before ``ALLOWED_HOSTS`` and ``SECURE_SSL_REDIRECT`` apply). All three are
+async views: nothing here blocks the event loop.
 
 * ``GET /healthz``: 200 ``{"status": "ok"}`` whenever the process serves requests
   (liveness). It checks nothing else, so a Redis outage never gets servers killed.
@@ -29,10 +31,11 @@ import asyncio
 import hmac
 import ipaddress
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from asgiref.sync import markcoroutinefunction
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -44,7 +47,7 @@ from prometheus_client.registry import REGISTRY
 from . import metrics
 from .conf import streaming_settings
 
-__all__ = ["healthz", "metrics_view", "readyz", "redis_urls"]
+__all__ = ["ProbeMiddleware", "healthz", "metrics_view", "readyz", "redis_urls"]
 
 #: Headers a proxy adds: a request with one is not a loopback client's.
 _PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP", "HTTP_FORWARDED")
@@ -85,6 +88,31 @@ async def metrics_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
 
 
+class ProbeMiddleware:
+    """Answers ``/healthz``, ``/readyz`` and ``/metrics`` before the rest of the chain.
+
+    Orchestrators and Prometheus address a server by its IP (``Host: 10.0.0.11:8001``),
+    which ``ALLOWED_HOSTS`` refuses with 400, and over plain HTTP, which
+    ``SECURE_SSL_REDIRECT`` answers with a redirect a probe would take for success.
+    First in ``MIDDLEWARE``, this serves the three views at those paths (under
+    ``FORCE_SCRIPT_NAME``'s prefix, if any) before either applies; nothing they return
+    depends on the host. Other requests pass through untouched.
+    """
+
+    async_capable = True
+    sync_capable = False
+
+    def __init__(self, get_response: Callable[[HttpRequest], Awaitable[HttpResponse]]) -> None:
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
+        view = _PROBES.get(request.path_info)
+        if view is not None:
+            return await view(request)
+        return await self.get_response(request)
+
+
 def metrics_token() -> str | None:
     """The bearer token of ``/metrics``: the setting, else the environment; None: none."""
     token = streaming_settings.METRICS_TOKEN
@@ -120,6 +148,13 @@ def _is_loopback(request: HttpRequest) -> bool:
         return ipaddress.ip_address(request.META.get("REMOTE_ADDR") or "").is_loopback
     except ValueError:
         return False
+
+
+_PROBES: dict[str, Callable[[HttpRequest], Awaitable[HttpResponse]]] = {
+    "/healthz": healthz,
+    "/readyz": readyz,
+    "/metrics": metrics_view,
+}
 
 
 # -- the checks ------------------------------------------------------------------------

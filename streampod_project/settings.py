@@ -116,6 +116,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /healthz, /readyz and /metrics for probes and Prometheus, which address a server by
+    # its IP and over plain HTTP: answered before ALLOWED_HOSTS and the HTTPS redirect.
+    "streaming.health.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

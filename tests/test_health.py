@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
+from django.core.handlers.asgi import ASGIHandler
 from django.test import AsyncClient, override_settings
 
 from streaming.health import redis_urls
@@ -143,3 +145,22 @@ def test_redis_urls_of_every_host_form_without_passwords():
         "redis 10.0.0.5:6379/0 (cache)",
     ]
     assert not any("pw" in name for name in names)
+
+
+@pytest.mark.django_db
+async def test_probes_answer_any_host_over_plain_http():
+    """As production runs (docs/deployment.md): only chat.example.com allowed, HTTPS
+    enforced. A probe addressing the server by its IP still gets the answers."""
+
+    def client(host: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=ASGIHandler(), client=("127.0.0.1", 40000))
+        return httpx.AsyncClient(transport=transport, base_url=f"http://{host}")
+
+    with override_settings(ALLOWED_HOSTS=["chat.example.com"], SECURE_SSL_REDIRECT=True):
+        async with client("10.0.0.11:8001") as probe:
+            assert (await probe.get("/healthz")).status_code == 200
+            assert (await probe.get("/readyz")).status_code == 200
+            assert (await probe.get("/metrics")).status_code == 200
+            assert (await probe.get("/login/")).status_code == 400  # the rest: Host checked
+        async with client("chat.example.com") as browser:
+            assert (await browser.get("/login/")).status_code == 301  # and HTTPS enforced

@@ -194,3 +194,21 @@ async def test_readyz_names_an_unreachable_database(server, django_db_setup):
     assert response.status_code == 503
     assert response.json()["failed"] == ["database"]
     assert "OperationalError" in response.json()["checks"]["database"]
+
+
+@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
+async def test_probes_reach_a_production_server_by_its_address(server, django_db_setup):
+    """Only chat.example.com allowed and HTTPS enforced, as in production: a probe or a
+    scrape addressing the server as 127.0.0.1:<port> over HTTP still gets its answer."""
+    env = {"DJANGO_ALLOWED_HOSTS": "chat.example.com", "DJANGO_SECURE_SSL_REDIRECT": "1"}
+    srv = SERVERS[server](env=env)
+    await asyncio.to_thread(srv.start)
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            answers = {
+                path: (await client.get(srv.http_url + path)).status_code
+                for path in ("/healthz", "/readyz", "/metrics", "/login/")
+            }
+    finally:
+        await asyncio.to_thread(srv.stop)
+    assert answers == {"/healthz": 200, "/readyz": 200, "/metrics": 200, "/login/": 400}
