@@ -66,6 +66,11 @@ EVENT_TYPE = "streaming.post"
 #: Event type of a join probe: a server publishes one to a group it joined and counts
 #: the join once it receives it back.
 PROBE_TYPE = "streaming.probe"
+#: Seconds before a probe that has not come back is published again (doubling, up to
+#: ``PROBE_RESEND_MAX``). A probe published before Redis applied the ``SUBSCRIBE`` is
+#: lost, which is the race probes detect; it is not a failure of the join.
+PROBE_RESEND_FIRST = 0.05
+PROBE_RESEND_MAX = 0.4
 MAX_CHANNEL_LENGTH = 200
 _PLAIN_GROUP = re.compile(r"^[A-Za-z0-9_\-]{1,90}$")
 
@@ -409,13 +414,23 @@ class MessageBus:
         token = uuid.uuid4().hex
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._probes[token] = future
+        event = {"type": PROBE_TYPE, "origin": self.id, "token": token}
         try:
-            await self._publish(
-                group_name(channel), {"type": PROBE_TYPE, "origin": self.id, "token": token}
-            )
-            await future
+            # Redis reads the subscriber's and the publisher's connections in whatever
+            # order its event loop finds them ready: a probe sent in the same instant as
+            # the SUBSCRIBE can be applied first and is then lost (so are all the probes
+            # of that batch). Published again until one comes back (or the caller's
+            # timeout): one came back, so the subscription is in place.
+            delay = PROBE_RESEND_FIRST
+            while True:
+                await self._publish(group_name(channel), event)
+                done, _ = await asyncio.wait((future,), timeout=delay)
+                if done:
+                    return
+                delay = min(delay * 2, PROBE_RESEND_MAX)
         finally:
             self._probes.pop(token, None)
+            future.cancel()
 
     async def _publish(self, group: str, event: dict[str, Any]) -> None:
         if self._publisher is not None:

@@ -37,9 +37,7 @@ async def pair():
     prefix = f"t{uuid.uuid4().hex[:10]}"
     url = require_redis()
     layers = [
-        RedisPubSubChannelLayer(
-            hosts=[{"address": url, "socket_timeout": None}], prefix=prefix
-        )
+        RedisPubSubChannelLayer(hosts=[{"address": url, "socket_timeout": None}], prefix=prefix)
         for _ in range(2)
     ]
     buses = [MessageBus(layer) for layer in layers]
@@ -212,3 +210,97 @@ async def test_an_unawaited_failed_post_is_logged_an_awaited_one_raises(caplog):
         assert "MessagingUnavailable" in caplog.text
     finally:
         await bus.aclose()
+
+
+class SubscribeDelayingProxy:
+    """A TCP proxy to the real Redis that holds back every ``SUBSCRIBE`` for ``delay``.
+
+    Redis reads the subscriber's and the publisher's connections in whatever order its
+    event loop finds them ready, so a probe published just after a ``SUBSCRIBE`` can be
+    applied first, and is lost: the bench's two-server relay (200 sockets opening at
+    once) lost whole batches of probes that way. Here that order is forced.
+    """
+
+    def __init__(self, upstream: str, delay: float) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(upstream)
+        self.host, self.port, self.db = parts.hostname, parts.port or 6379, parts.path
+        self.delay = delay
+        self.held = 0  # SUBSCRIBE chunks held back
+        self.server: asyncio.Server | None = None
+        self.pumps: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}{self.db}"
+
+    async def _serve(self, reader, writer) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+        loop = asyncio.get_running_loop()
+        for task in (
+            loop.create_task(self._pump(reader, up_writer, hold=True)),
+            loop.create_task(self._pump(up_reader, writer, hold=False)),
+        ):
+            self.pumps.add(task)
+            task.add_done_callback(self.pumps.discard)
+
+    async def _pump(self, reader, writer, *, hold: bool) -> None:
+        try:
+            while chunk := await reader.read(65536):
+                if hold and b"SUBSCRIBE" in chunk.upper():
+                    self.held += 1
+                    await asyncio.sleep(self.delay)  # the fault injected: a late SUBSCRIBE
+                writer.write(chunk)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def aclose(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for task in list(self.pumps):
+            task.cancel()
+        await asyncio.gather(*self.pumps, return_exceptions=True)
+        await self.server.wait_closed()
+
+
+async def test_a_join_whose_probe_overtakes_the_subscribe_still_completes():
+    """The probe is published again until one comes back: a lost one is not a failure.
+
+    Each of these joins' first probe reaches Redis before its ``SUBSCRIBE`` and is lost.
+    Before probes were resent, every join then waited ``PUBLISH_TIMEOUT`` for it and
+    ``add_listener`` raised ``MessagingUnavailable`` (sockets failed to open).
+    """
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    url = require_redis()
+    proxy = SubscribeDelayingProxy(url, delay=0.3)
+    late = RedisPubSubChannelLayer(
+        hosts=[{"address": await proxy.start(), "socket_timeout": None}], prefix=prefix
+    )
+    direct = RedisPubSubChannelLayer(
+        hosts=[{"address": url, "socket_timeout": None}], prefix=prefix
+    )
+    listening, posting = MessageBus(late), MessageBus(direct)
+    try:
+        names = [channel() for _ in range(20)]
+        inboxes = [Inbox() for _ in names]
+        await asyncio.gather(
+            *(
+                listening.add_listener(n, box, owner=Owner())
+                for n, box in zip(names, inboxes, strict=True)
+            )
+        )
+        assert proxy.held  # the fault happened
+        for n, (name, inbox) in enumerate(zip(names, inboxes, strict=True)):
+            await posting.post_message(name, Tick(n=n))
+            assert await inbox.wait_for(1) == [n]
+    finally:
+        for bus in (listening, posting):
+            await bus.aclose()
+        await late.flush()
+        await direct.flush()
+        await proxy.aclose()
