@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8000
 
-.PHONY: setup browser nginx run test test-pg test-fast test-py312 fuzz lint bench demo clean
+.PHONY: setup browser nginx run test test-pg test-fast test-py312 fuzz lint bench bench-quick demo clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -98,6 +98,11 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m bench.run
+
+# One run of every contender and workload, no profile: about a third of `make bench`
+# (for development; compare ratios within one run only).
+bench-quick: setup
+	$(BIN)/python -m bench.run --runs 1 --profile off --out /tmp/streampod-bench-quick
 
 clean:
 	rm -rf $(VENV) .venv-3.12 staticfiles db.sqlite3 test-artifacts
