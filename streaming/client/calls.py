@@ -42,7 +42,7 @@ from websockets.exceptions import ConnectionClosed
 from ..exceptions import StreamingError
 from ..methods import DEFAULT_CREDIT, SerializableException, from_wire, value_json
 from ..protocol import MethodFrame, encode_method
-from .errors import CallFailed, NotConnected, UndecodableMessage
+from .errors import CallFailed, NotConnected, ServerError, UndecodableMessage
 
 if TYPE_CHECKING:
     from .client import Client, _Link
@@ -168,7 +168,7 @@ class Call:
                 f"Cannot call {self.endpoint}.{self.method}: the streaming connection is "
                 f"{self._client.streaming_connection_status}."
             )
-        self.id = str(next(_ids))
+        self.id = f"c{next(_ids)}"
         self._link = link
         arguments = {name: json.loads(value_json(v)) for name, v in self._args.items()}
         link.calls[self.id] = self
@@ -322,6 +322,17 @@ def deliver(link: _Link, frame: MethodFrame) -> None:
     call = link.calls.get(frame.id)
     if call is not None:
         call._receive(frame)
+
+
+def refused(link: _Link, error: ServerError) -> None:
+    """The server refused a frame of a call at the edge (``error`` with the call's id, such
+    as ``rate_limited``): the call, or a credit it needed, was lost. It ends with
+    :class:`CallFailed` of that code, and is cancelled on the server (if it started there)."""
+    call = link.calls.get(error.id) if error.id is not None else None
+    if call is None:
+        return
+    call._end(("error", CallFailed(error.code, error.message, call.endpoint, error.id)))
+    call._client._send_soon(link, encode_method("cancel", error.id))
 
 
 def link_lost(link: _Link) -> None:

@@ -35,7 +35,7 @@ from .. import __version__
 from ..exceptions import ProtocolError, SerializationError
 from ..protocol import DataFrame, MethodFrame, decode_frame, encode_command, encode_data
 from ..serialization import SerializableEntity, decode_object, encode_object
-from .calls import deliver, link_lost
+from .calls import deliver, link_lost, refused
 from .endpoint_ref import EndpointRef
 from .errors import (
     ClientClosed,
@@ -501,7 +501,9 @@ class Client:
             if not link.first_pong.done():
                 link.first_pong.set_result(None)
         elif command == "error":
-            self._report(ServerError.from_args(frame.args))
+            error = ServerError.from_args(frame.args)
+            self._report(error)
+            refused(link, error)  # a call's frame refused at the edge (rate_limited)
         elif command == "auth":
             if link.auth_waiters:
                 waiter = link.auth_waiters.popleft()

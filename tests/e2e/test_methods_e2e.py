@@ -158,3 +158,30 @@ async def test_closing_the_connection_ends_the_calls(server):
             await client.close_streaming_connection()
         await client.open_streaming_connection()
         await until_finished(client, name)
+
+
+@pytest.fixture(scope="module")
+def limited_server(django_db_setup, django_db_blocker):
+    env = {"DJANGO_SETTINGS_MODULE": "tests.e2e_methods_settings", "STREAMPOD_E2E_RATE_LIMIT": "20"}
+    with SERVERS["daphne"](env=env) as srv:
+        yield srv
+
+
+async def test_calls_refused_by_the_rate_limit_fail_instead_of_hanging(limited_server):
+    async with await connected(limited_server) as client:
+        outcomes = []
+        for i in range(60):  # three times the burst, as fast as the server answers
+            try:
+                await asyncio.wait_for(client.methods.history(with_user=i, limit=1), WAIT)
+                outcomes.append("ok")
+            except CallFailed as exc:
+                outcomes.append(exc.code)
+        assert "ok" in outcomes and "rate_limited" in outcomes
+        assert set(outcomes) == {"ok", "rate_limited"}
+        # A stream whose credit frames are refused ends too, instead of waiting for ever.
+        name = "limited-stream"
+        with pytest.raises(CallFailed) as failed:
+            async with asyncio.timeout(WAIT):
+                async for _ in client.methods.endless(name=name, credit=2):
+                    pass
+        assert failed.value.code == "rate_limited"

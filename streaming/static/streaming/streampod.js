@@ -1019,7 +1019,7 @@ export class MethodCall {
     }
     const args = {};
     for (const [name, value] of Object.entries(this._args)) args[name] = callArgument(value);
-    this.id = String(++lastCallId);
+    this.id = `c${++lastCallId}`;
     this._conn = conn;
     conn.calls.set(this.id, this);
     this.client._sendText(JSON.stringify({command: "call", args: {
@@ -1114,6 +1114,13 @@ export class MethodCall {
       this._wakeAll();
     }
     this._notify();
+  }
+
+  /** A frame of this call was refused at the edge: the call ends with that error. */
+  _refused(error) {
+    if (this._outcome !== null) return;
+    this._end({error: new CallFailed({code: error.code, message: error.message, id: this.id})});
+    this._send({command: "cancel", args: {id: this.id}});
   }
 
   _end(outcome) {
@@ -1624,6 +1631,7 @@ export class Client {
       } else if (frame.command === "error") {
         const error = new ServerError(args);
         this._reportError(error);
+        conn.calls.get(error.id)?._refused(error); // a call's frame refused (rate_limited)
         if (conn.authSent && error.code === "internal_error" && error.endpoint === null &&
             error.id === null) {
           this._authBroke(conn, error);
