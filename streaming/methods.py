@@ -82,7 +82,7 @@ __all__ = [
 
 #: Values a receiver grants a stream when it starts (``call.credit``, or the server's
 #: first ``credit`` for an input stream); it grants more as its reader takes values.
-DEFAULT_CREDIT = 16
+DEFAULT_CREDIT = 64
 #: Most credit a stream may hold at once: more is capped to this.
 MAX_CREDIT = 1024
 #: Calls one socket may have in progress; the next gets ``fail`` ``rate_limited``.

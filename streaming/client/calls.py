@@ -20,7 +20,7 @@ Contract:
 * Cancelling: leave the ``async for`` (``break``, an exception: at once with
   ``async with``, or when the iterator is collected), cancel the awaiting task, or call
   :meth:`Call.cancel`. The server then closes its generator.
-* Flow control: at most ``credit`` values (16) wait in the client for a stream's
+* Flow control: at most ``credit`` values (64) wait in the client for a stream's
   reader; the client grants the server more as the reader takes them, so a slow reader
   slows the server's generator down instead of filling memory. Keyword arguments that are
   async iterables are input streams: they are read only as fast as the server grants

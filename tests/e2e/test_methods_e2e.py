@@ -8,7 +8,6 @@ import asyncio
 import pytest
 
 from streaming.client import CallFailed, Client
-from streaming.methods import DEFAULT_CREDIT
 from tests.e2e_app.methods_endpoints import Line, OutOfInk, Stroke
 from tests.support.servers import SERVERS
 
@@ -47,10 +46,10 @@ async def test_values_streams_and_input_streams(server):
         assert await client.methods.count(upto=3) == [0, 1, 2]  # awaited: the list
 
         async def strokes():
-            for i in range(100):  # past the first credit of 16
+            for i in range(200):  # past the first credit of 64
                 yield Stroke(x=i, y=1)
 
-        assert await client.methods.upload(strokes=strokes()) == sum(range(100)) + 100
+        assert await client.methods.upload(strokes=strokes()) == sum(range(200)) + 200
         assert await client.endpoint("methods").call("history", with_user=3, limit=1) == [
             Line(text="to 3", n=0)
         ]
@@ -107,20 +106,21 @@ async def test_login_required_applies_per_call(server, make_user):
 
 async def test_a_slow_reader_pauses_the_generator_and_keeps_its_connection(server):
     name = f"slow-{server.name}"
+    CREDIT = 8  # smaller than the 40 values read: the generator must wait for the reader
     async with await connected(server) as client:
         rss_before = (await client.methods.stats(name=name))[2]
         consumed = 0
-        async for line in client.methods.endless(name=name):
+        async for line in client.methods.endless(name=name, credit=CREDIT):
             consumed += 1
             assert line == Line(text=name, n=consumed)
             produced = (await client.methods.stats(name=name))[0]
-            assert produced - consumed <= DEFAULT_CREDIT, (produced, consumed)
+            assert produced - consumed <= CREDIT, (produced, consumed)
             if consumed == 40:
                 break
             await asyncio.sleep(0.05)  # the slow reader (not a synchronisation)
         assert client.is_connected
         produced, finished, rss_after = await until_finished(client, name)
-        assert finished == 1 and produced <= consumed + DEFAULT_CREDIT
+        assert finished == 1 and produced <= consumed + CREDIT
         assert rss_after - rss_before < 20 * 1024  # KiB: the generator waited, nothing piled up
 
 

@@ -52,7 +52,7 @@
  * - Streaming methods: `await client.endpoint("chat").call("history", {with_user: 2})`
  *   resolves with the method's value; `for await (const v of ref.call("watch", {...}))`
  *   iterates a stream (leaving the loop cancels the call on the server); arguments that
- *   are async iterables are input streams. At most `credit` (16) values wait in the
+ *   are async iterables are input streams. At most `credit` (64) values wait in the
  *   page; more are granted as the loop reads. A failed call rejects with the `CallFailed`
  *   error (`code`, `message`, `errors`, `exception`); a call does not outlive its socket.
  */
@@ -921,7 +921,7 @@ export class EndpointRef {
 // -- streaming methods ----------------------------------------------------------------------
 
 /** Values a stream may have waiting in the page before the page grants more. */
-const DEFAULT_CREDIT = 16;
+const DEFAULT_CREDIT = 64;
 const CALL_REPLIES = new Set(["value", "done", "fail", "credit"]);
 let lastCallId = 0;
 
