@@ -852,7 +852,9 @@ class Calls:
 
         slot = consumer._slots.get(endpoint)
         if slot is None:
-            refuse(ErrorCode.UNKNOWN_ENDPOINT, f"Unknown endpoint {echo(endpoint)!r}.")
+            refuse(
+                ErrorCode.UNKNOWN_ENDPOINT, f"Unknown endpoint {echo(endpoint)!r}.", echo(endpoint)
+            )
             return
         spec = getattr(slot.cls, "_streaming_methods", {}).get(method)
         if spec is None:

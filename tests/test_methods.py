@@ -222,7 +222,7 @@ async def test_fifty_concurrent_calls_on_one_socket():
 async def test_bad_calls_get_a_defined_failure_and_the_socket_stays_open():
     async with socket() as comm:
         await call(comm, "history", "1", endpoint="nope")
-        assert (await failure(comm, "1", "unknown_endpoint"))["message"]
+        assert (await failure(comm, "1", "unknown_endpoint"))["endpoint"] == "nope"
         await call(comm, "nope", "2")
         await failure(comm, "2", "unknown_method")
         await call(comm, "stream_opened", "3")  # a hook is not a streaming method
