@@ -184,6 +184,7 @@ class Call:
             await link.ws.send(text)
         except ConnectionClosed as exc:
             self._end(("error", NotConnected(f"The connection closed ({exc}).")))
+            return
         for name, iterable in self._streams.items():
             task = asyncio.ensure_future(self._pump(link, name, iterable))
             self._pumps.append(task)
@@ -328,11 +329,12 @@ def refused(link: _Link, error: ServerError) -> None:
     """The server refused a frame of a call at the edge (``error`` with the call's id, such
     as ``rate_limited``): the call, or a credit it needed, was lost. It ends with
     :class:`CallFailed` of that code, and is cancelled on the server (if it started there)."""
-    call = link.calls.get(error.id) if error.id is not None else None
-    if call is None:
+    call_id = error.id
+    call = link.calls.get(call_id) if call_id is not None else None
+    if call is None or call_id is None:
         return
-    call._end(("error", CallFailed(error.code, error.message, call.endpoint, error.id)))
-    call._client._send_soon(link, encode_method("cancel", error.id))
+    call._end(("error", CallFailed(error.code, error.message, call.endpoint, call_id)))
+    call._client._send_soon(link, encode_method("cancel", call_id))
 
 
 def link_lost(link: _Link) -> None:
