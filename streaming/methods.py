@@ -738,6 +738,11 @@ class Call:
                 while self.credit <= 0:
                     self._credit_changed.clear()
                     await self._credit_changed.wait()
+                outbox = self.calls.consumer.outbox
+                if outbox is not None and outbox.crowded():
+                    # Credit says the client can take more; the network says not yet.
+                    # Many streams' credit together may exceed the send queue's room.
+                    await outbox.wait_room()
                 try:
                     value = await iterator.__anext__()
                 except StopAsyncIteration:

@@ -60,6 +60,7 @@ class Outbox:
         "_gated",
         "_on_overflow",
         "_queue",
+        "_room",
         "_send",
         "_task",
         "byte_limit",
@@ -92,6 +93,27 @@ class Outbox:
         if gated:
             self._queue.append(_ACCEPT)
         self.sent = 0
+        self._room: asyncio.Event | None = None  # see wait_room
+
+    def crowded(self) -> bool:
+        """Whether frames wait for at least half the queue's room (in frames or bytes)."""
+        return len(self._queue) * 2 >= self.limit or self._bytes * 2 >= self.byte_limit
+
+    async def wait_room(self) -> None:
+        """Wait while the queue is :meth:`crowded`: a producer that can wait (a streaming
+        method's generator) calls this before making its next frame, so that it keeps
+        pace with the client's network instead of filling the queue up to its limit
+        (which would close the socket with 4013). Returns at once when not crowded, or
+        once the socket is closed."""
+        while not self._closed and self.crowded():
+            if self._room is None:
+                self._room = asyncio.Event()
+            await self._room.wait()
+
+    def _wake(self) -> None:
+        room, self._room = self._room, None
+        if room is not None:
+            room.set()
 
     def __len__(self) -> int:
         """Frames waiting (not counting one whose send is in progress)."""
@@ -154,6 +176,7 @@ class Outbox:
         if self._closed:
             return
         self._closed = True
+        self._wake()
         metrics.socket_close(int(code))
         if discard_pending:
             self._drop_frames()
@@ -181,6 +204,7 @@ class Outbox:
         self._gated = False
         self._queue.clear()
         self._bytes = 0
+        self._wake()
         if self._flow is not None:
             self._flow.detach()
             self._flow = None
@@ -288,6 +312,8 @@ class Outbox:
                     await flow.wait()
                     continue
                 item = queue.popleft()
+                if self._room is not None and not self.crowded():
+                    self._wake()
                 if isinstance(item, str):
                     self._bytes -= sys.getsizeof(item)
                     message = {"type": "websocket.send", "text": item}

@@ -4,8 +4,13 @@ processes serving tests/e2e_app/methods_endpoints.py."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+from collections import Counter
 
+import httpx
 import pytest
+import websockets
 
 from streaming.client import CallFailed, Client
 from tests.e2e_app.methods_endpoints import Line, OutOfInk, Stroke
@@ -158,6 +163,53 @@ async def test_closing_the_connection_ends_the_calls(server):
             await client.close_streaming_connection()
         await client.open_streaming_connection()
         await until_finished(client, name)
+
+
+async def queued_frames(server) -> int:
+    """``streampod_send_queue_frames`` from the server's /metrics (we are on loopback)."""
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        text = (await http.get("/metrics")).text
+    match = re.search(r"^streampod_send_queue_frames (\S+)$", text, re.M)
+    assert match, text[:2000]
+    return int(float(match.group(1)))
+
+
+async def test_streams_whose_credit_exceeds_the_send_queue_wait_for_the_network(server):
+    """20 streams granted 1,024 values each (20,480 frames of 2 KB) against a send queue
+    of 1,024 frames, to a client that reads nothing until the server has had to queue:
+    the generators wait for the network, the socket stays open, and every granted value
+    arrives. Before, the queue overflowed and the socket was closed with 4013."""
+    calls = {f"c{i}": f"crowd-{server.name}-{i}-" + "x" * 2000 for i in range(20)}
+    async with (
+        websockets.connect(
+            server.ws_url, max_queue=1, max_size=2**20, compression=None, ping_interval=None
+        ) as ws,
+        await connected(server) as observer,
+    ):
+        for call_id, name in calls.items():
+            frame = {"endpoint": "methods", "method": "endless", "id": call_id,
+                     "args": {"name": name}, "credit": 1024}  # fmt: skip
+            await ws.send(json.dumps({"command": "call", "args": frame}))
+        # Until the server has had to queue frames (the client's and the kernel's
+        # buffers are full), or a generator ended (its socket was closed).
+        async with asyncio.timeout(WAIT):
+            while await queued_frames(server) < 512:
+                stats = [await observer.methods.stats(name=name) for name in calls.values()]
+                if any(finished for _, finished, _ in stats):
+                    break
+        values: Counter[str] = Counter()
+        closed = None
+        async with asyncio.timeout(WAIT * 4):
+            while sum(values.values()) < 1024 * len(calls):
+                try:
+                    frame = json.loads(await ws.recv())
+                except websockets.ConnectionClosed as exc:
+                    closed = exc.rcvd.code if exc.rcvd else None
+                    break
+                if frame.get("command") == "value":
+                    values[frame["args"]["id"]] += 1
+        assert closed is None, f"closed with {closed} after {sum(values.values())} values"
+        assert values == dict.fromkeys(calls, 1024)
 
 
 @pytest.fixture(scope="module")
