@@ -11,23 +11,35 @@
 
 Each socket listens on ``user_<its user id>`` from ``stream_opened`` on, so a user's
 every device, on any server of the cluster, sees what they send and receive.
+
+Streaming methods (docs/chat.md, "Streaming methods"), each for the signed-in caller only:
+
+* ``history(with_user, limit=50, before=None, after=None) -> list[ChatMessage]``: the
+  caller's conversation with ``with_user``, as the REST history API serves it.
+* ``typing(with_user) -> AsyncIterator[TypingEvent]``: ``with_user`` typing to the caller,
+  live (listening on ``typing_<caller>_<with_user>``) until the call is cancelled; the
+  first value (``typing=False``) says the listener is in place.
+* ``notify_typing(with_user, typing=True) -> bool``: tell ``with_user`` the caller is
+  typing (or stopped); rate-limited per user, False when the signal was dropped.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import ClassVar
 
-from streaming.endpoint import Endpoint
+from streaming.endpoint import Endpoint, streaming_method
 from streaming.exceptions import InvalidMessage, MessagingUnavailable, RateLimited
+from streaming.messages import get_bus
 from streaming.serialization import SerializableEntity
 from streaming.session import StreamingSession
 
 from . import store
 from .people import display_name
-from .protocol import MAX_TEXT_LENGTH, ChatMessage, clean_text
+from .protocol import MAX_TEXT_LENGTH, ChatMessage, TypingEvent, clean_text
 from .ratelimit import SharedRateLimit
 
 logger = logging.getLogger("chat")
@@ -36,6 +48,11 @@ logger = logging.getLogger("chat")
 def user_channel(user_id: int) -> str:
     """The message-bus channel every socket of ``user_id`` listens on."""
     return f"user_{user_id}"
+
+
+def typing_channel(recipient_id: int, typist_id: int) -> str:
+    """The message-bus channel of ``typist_id``'s typing signals to ``recipient_id``."""
+    return f"typing_{recipient_id}_{typist_id}"
 
 
 @dataclass(slots=True)
@@ -57,6 +74,12 @@ class ChatEndpoint(Endpoint):
     rate_limit_messages: ClassVar[int] = 20
     rate_limit_period: ClassVar[float] = 10.0
 
+    #: At most this many typing signals per user in any ``typing_rate_period`` seconds
+    #: (all sockets, all servers); more are dropped (``notify_typing`` returns False).
+    #: The page sends one every 2 s at most while the user types.
+    typing_rate_signals: ClassVar[int] = 10
+    typing_rate_period: ClassVar[float] = 10.0
+
     @classmethod
     def rate_limit(cls) -> SharedRateLimit:
         limit = cls.__dict__.get("_rate_limit")
@@ -65,6 +88,18 @@ class ChatEndpoint(Endpoint):
                 cls.rate_limit_messages, cls.rate_limit_period, prefix=f"chat:rate:{cls.name}"
             )
             cls._rate_limit = limit  # type: ignore[attr-defined]
+        return limit
+
+    @classmethod
+    def typing_rate_limit(cls) -> SharedRateLimit:
+        limit = cls.__dict__.get("_typing_rate_limit")
+        if limit is None:
+            limit = SharedRateLimit(
+                cls.typing_rate_signals,
+                cls.typing_rate_period,
+                prefix=f"chat:typing:{cls.name}",
+            )
+            cls._typing_rate_limit = limit  # type: ignore[attr-defined]
         return limit
 
     async def stream_opened(self, session: StreamingSession) -> None:
@@ -134,3 +169,60 @@ class ChatEndpoint(Endpoint):
                 # Stored, and delivered to this server's listeners: the others fetch it
                 # (GET /api/chat/messages/?after=) when their socket comes back.
                 logger.warning("message %s saved but not published to %s", stored.id, channel)
+
+    # -- streaming methods ---------------------------------------------------------------
+
+    @streaming_method
+    async def history(
+        self,
+        session: StreamingSession,
+        with_user: int,
+        limit: int = 50,
+        before: int | None = None,
+        after: int | None = None,
+    ) -> list[ChatMessage]:
+        """The caller's conversation with ``with_user``, oldest first (chat.store.conversation:
+        the newest ``limit`` below ``before``, or the first ``limit`` above ``after``)."""
+        me = session.auth.authenticated_user_id
+        assert me is not None  # login_required
+        return await store.conversation(me, with_user, limit=limit, before=before, after=after)
+
+    @streaming_method
+    async def typing(self, session: StreamingSession, with_user: int) -> AsyncIterator[TypingEvent]:
+        """``with_user`` typing to the caller, as it happens, until the call is cancelled.
+
+        The first value is ``TypingEvent(typing=False)``, sent once the listener is in
+        place (cluster-wide when the broker is up): every signal from then on arrives.
+        """
+        me = session.auth.authenticated_user_id
+        assert me is not None  # login_required
+        channel = typing_channel(me, with_user)
+        events = session.messages.listen(channel)
+        try:
+            await get_bus().wait_joined({channel})
+        except MessagingUnavailable:
+            logger.warning("user %s: typing listener is local-only for now", me)
+        yield TypingEvent(user_id=with_user, recipient_id=me, typing=False)
+        async for event in events:
+            if isinstance(event, TypingEvent):
+                yield event
+
+    @streaming_method
+    async def notify_typing(
+        self, session: StreamingSession, with_user: int, typing: bool = True
+    ) -> bool:
+        """Tell ``with_user`` that the caller is typing to them (``typing=False``: stopped).
+
+        False when the signal was dropped: over the per-user typing rate limit, or the
+        message bus is unavailable. Nothing is stored.
+        """
+        me = session.auth.authenticated_user_id
+        assert me is not None  # login_required
+        if typing and not await self.typing_rate_limit().allow(me):
+            return False
+        event = TypingEvent(user_id=me, recipient_id=with_user, typing=typing)
+        try:
+            await session.messages.post_message(typing_channel(with_user, me), event)
+        except MessagingUnavailable:
+            return False
+        return True

@@ -20,10 +20,13 @@ from datetime import datetime
 
 from streaming.serialization import SerializableEntity
 
-__all__ = ["MAX_TEXT_LENGTH", "ChatMessage", "clean_text"]
+__all__ = ["MAX_TEXT_LENGTH", "TYPING_SECONDS", "ChatMessage", "TypingEvent", "clean_text"]
 
 #: Longest message text, counted after stripping surrounding whitespace.
 MAX_TEXT_LENGTH = 4000
+
+#: How long a typing indicator shows after the last signal (``TypingEvent.expires_in``).
+TYPING_SECONDS = 5.0
 
 
 class ChatMessage(SerializableEntity):
@@ -45,6 +48,20 @@ class ChatMessage(SerializableEntity):
     def stored(self) -> bool:
         """True for a message the server has saved (it has an ``id``)."""
         return self.id is not None
+
+
+class TypingEvent(SerializableEntity):
+    """``user_id`` is typing a message to ``recipient_id`` (sent by the server only).
+
+    The chat endpoint's ``typing(with_user)`` method streams these to ``recipient_id``.
+    The indicator is shown for ``expires_in`` seconds and then hidden unless another
+    event renews it; ``typing=False`` hides it at once (the text was sent or cleared).
+    """
+
+    user_id: int
+    recipient_id: int
+    typing: bool = True
+    expires_in: float = TYPING_SECONDS
 
 
 def clean_text(text: str) -> str | None:

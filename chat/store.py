@@ -1,14 +1,15 @@
 """The chat's database access for async code, in one place.
 
-Each function is a coroutine that runs its ORM work in a worker thread
-(``database_sync_to_async``, which also closes stale connections around it), so
-the endpoint never touches the ORM on the event loop.
+Each function is a coroutine: it runs its ORM work in a worker thread
+(``database_sync_to_async``, which also closes stale connections around it) or uses
+Django's async ORM, so the endpoint never blocks the event loop on the database.
 """
 
 from __future__ import annotations
 
 from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
+from django.db.models import Q
 
 from .models import Message
 from .protocol import ChatMessage
@@ -25,3 +26,34 @@ def save_message(sender_id: int, recipient_id: int, text: str) -> ChatMessage | 
         return None
     message = Message.objects.create(sender_id=sender_id, recipient_id=recipient_id, text=text)
     return message.to_chat_message()
+
+
+#: The most messages one ``conversation`` call returns (the REST API's page size cap).
+MAX_HISTORY = 200
+
+
+async def conversation(
+    me: int, other: int, *, limit: int, before: int | None = None, after: int | None = None
+) -> list[ChatMessage]:
+    """Messages between ``me`` and ``other`` (both directions), oldest first, with the
+    Django async ORM.
+
+    Only ``me``'s own conversation is ever read: there is no way to name two other users.
+    With ``after``: the first ``limit`` messages whose id is above it (the page's catch-up,
+    like ``GET /api/chat/messages/?after=``). Otherwise the newest ``limit`` messages,
+    below ``before`` when given (paging back). ``limit`` is capped at :data:`MAX_HISTORY`.
+    """
+    limit = max(0, min(limit, MAX_HISTORY))
+    if limit == 0:
+        return []
+    rows = Message.objects.filter(
+        Q(sender_id=me, recipient_id=other) | Q(sender_id=other, recipient_id=me)
+    )
+    if before is not None:
+        rows = rows.filter(pk__lt=before)
+    if after is not None:
+        page = [m.to_chat_message() async for m in rows.filter(pk__gt=after).order_by("pk")[:limit]]
+        return page
+    newest = [m.to_chat_message() async for m in rows.order_by("-pk")[:limit]]
+    newest.reverse()
+    return newest

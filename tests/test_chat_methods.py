@@ -1,0 +1,130 @@
+"""The chat endpoint's streaming methods in process (chat/endpoints.py, docs/chat.md
+"Streaming methods"): ``history`` reads only the caller's conversation, ``typing`` streams
+the other person's typing signals, ``notify_typing`` is rate-limited per user."""
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from chat.endpoints import ChatEndpoint
+from chat.models import Message
+from streaming.testing import StreamingCommunicator
+from tests.test_chat_endpoint import _fast_passwords, _fresh_rate_counts  # noqa: F401 (autouse)
+from tests.test_methods import reply, result
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def chat_socket(user=None):
+    return StreamingCommunicator(endpoints=[ChatEndpoint], user=user, timeout=10)
+
+
+async def call(comm, method, call_id, **args):
+    await comm.send_command(
+        "call", {"id": call_id, "endpoint": "chat", "method": method, "args": args}
+    )
+
+
+async def next_value(comm, call_id):
+    frame = await reply(comm)
+    assert (frame.command, frame.id) == ("value", call_id), frame
+    return frame.args["value"]
+
+
+@sync_to_async
+def write(sender, recipient, text):
+    return Message.objects.create(sender=sender, recipient=recipient, text=text).pk
+
+
+def texts(value):
+    return [message["data"]["text"] for message in value]
+
+
+async def test_history_is_the_callers_conversation_oldest_first(make_user):
+    alice, _ = await make_user("alice")
+    bob, _ = await make_user("bob")
+    carol, _ = await make_user("carol")
+    ids = []
+    for i in range(5):
+        ids.append(await write(alice, bob, f"a{i}"))
+        ids.append(await write(bob, alice, f"b{i}"))
+    await write(carol, bob, "carol to bob")
+    await write(carol, alice, "carol to alice")
+    async with chat_socket(alice) as comm:
+        await call(comm, "history", "1", with_user=bob.pk)
+        value = await result(comm, "1")
+        assert texts(value) == [t for i in range(5) for t in (f"a{i}", f"b{i}")]
+        first = value[0]
+        assert first["className"] == "ChatMessage"
+        assert (first["data"]["sender_id"], first["data"]["recipient_id"]) == (alice.pk, bob.pk)
+        assert first["data"]["id"] == ids[0] and first["data"]["sent_at"].endswith("Z")
+
+        await call(comm, "history", "2", with_user=bob.pk, limit=3)
+        assert texts(await result(comm, "2")) == ["b3", "a4", "b4"]  # the newest three
+        await call(comm, "history", "3", with_user=bob.pk, limit=2, before=ids[4])
+        assert texts(await result(comm, "3")) == ["a1", "b1"]  # paging back
+        await call(comm, "history", "4", with_user=bob.pk, limit=3, after=ids[1])
+        assert texts(await result(comm, "4")) == ["a1", "b1", "a2"]  # catching up
+        await call(comm, "history", "5", with_user=carol.pk)
+        assert texts(await result(comm, "5")) == ["carol to alice"]  # not carol's to bob
+
+        await call(comm, "history", "6", with_user="bob")
+        frame = await reply(comm)
+        assert (frame.command, frame.args["code"]) == ("fail", "invalid_message")
+        assert frame.args["errors"][0]["path"] == "with_user"
+
+
+async def test_history_needs_a_signed_in_user(make_user):
+    bob, _ = await make_user("bob")
+    await write(bob, bob, "note to self")
+    async with chat_socket() as comm:
+        await call(comm, "history", "1", with_user=bob.pk)
+        frame = await reply(comm)
+        assert (frame.command, frame.args["code"]) == ("fail", "not_authenticated")
+
+
+async def test_bob_sees_alice_typing_to_him_and_nobody_elses(make_user):
+    alice, _ = await make_user("alice")
+    bob, _ = await make_user("bob")
+    carol, _ = await make_user("carol")
+    async with chat_socket(alice) as alices, chat_socket(bob) as bobs, chat_socket(carol) as carols:
+        await call(bobs, "typing", "t", with_user=alice.pk)
+        listening = await next_value(bobs, "t")  # the listener is in place
+        assert listening["className"] == "TypingEvent"
+        assert listening["data"]["typing"] is False
+
+        await call(carols, "notify_typing", "c", with_user=bob.pk)  # carol, not alice
+        assert await result(carols, "c") is True
+        await call(alices, "notify_typing", "n1", with_user=carol.pk)  # alice, to carol
+        assert await result(alices, "n1") is True
+        await call(alices, "notify_typing", "n2", with_user=bob.pk)
+        assert await result(alices, "n2") is True
+        event = await next_value(bobs, "t")
+        assert event == {
+            "className": "TypingEvent",
+            "data": {"user_id": alice.pk, "recipient_id": bob.pk, "typing": True,
+                     "expires_in": 5.0},
+        }  # fmt: skip
+        await call(alices, "notify_typing", "n3", with_user=bob.pk, typing=False)
+        assert await result(alices, "n3") is True
+        assert (await next_value(bobs, "t"))["data"]["typing"] is False
+
+        await bobs.send_command("cancel", {"id": "t"})  # nothing more comes for it
+        await call(alices, "notify_typing", "n4", with_user=bob.pk)
+        assert await result(alices, "n4") is True
+        await bobs.assert_nothing_received()
+
+
+async def test_typing_signals_are_rate_limited_per_user(make_user, monkeypatch):
+    monkeypatch.setattr(ChatEndpoint, "typing_rate_signals", 3)
+    monkeypatch.delattr(ChatEndpoint, "_typing_rate_limit", raising=False)
+    alice, _ = await make_user("alice")
+    bob, _ = await make_user("bob")
+    async with chat_socket(alice) as phone, chat_socket(alice) as laptop:
+        outcomes = []
+        for i, comm in enumerate([phone, laptop, phone, laptop, phone]):
+            await call(comm, "notify_typing", f"n{i}", with_user=bob.pk)
+            outcomes.append(await result(comm, f"n{i}"))
+        assert outcomes == [True, True, True, False, False]  # both sockets count together
+        # Stopping is never refused: the indicator goes away.
+        await call(phone, "notify_typing", "stop", with_user=bob.pk, typing=False)
+        assert await result(phone, "stop") is True
