@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8000
 
-.PHONY: setup browser nginx run test test-pg test-fast test-py312 fuzz lint bench bench-quick demo clean
+.PHONY: setup browser nginx run test test-pg test-fast test-py312 fuzz lint bench bench-quick bench-scale demo clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -103,6 +103,11 @@ bench: setup
 # (for development; compare ratios within one run only).
 bench-quick: setup
 	$(BIN)/python -m bench.run --runs 1 --profile off --out /tmp/streampod-bench-quick
+
+# The curves at scale, each into bench/results/<date>-<name>.{md,json,png} (docs/performance.md):
+# fan-out to 10..10,000 listeners (one server and two sharing Redis).
+bench-scale: setup
+	$(BIN)/python -m bench.fanout_curve --profile
 
 clean:
 	rm -rf $(VENV) .venv-3.12 staticfiles db.sqlite3 test-artifacts

@@ -54,10 +54,13 @@ class Credentials:
         return {"Cookie": f"sessionid={self.sessions[i]}"}
 
 
-def make_database(path: Path, users: int) -> Credentials:
-    """Migrate a SQLite file and give it ``users`` users, each with a token and a session."""
-    os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
-    os.environ["BENCH_DATABASE_URL"] = f"sqlite:///{path}"
+def make_database(
+    path: Path, users: int, settings: str = "bench.settings", sessions: bool = True
+) -> Credentials:
+    """Migrate a SQLite file (with the apps of ``settings``) and give it ``users`` users,
+    each with a token and (``sessions``) a session."""
+    os.environ["DJANGO_SETTINGS_MODULE"] = settings
+    os.environ["BENCH_DATABASE_URL"] = os.environ["DATABASE_URL"] = f"sqlite:///{path}"
     import django
 
     django.setup()
@@ -75,15 +78,15 @@ def make_database(path: Path, users: int) -> Credentials:
     User = get_user_model()
     made = User.objects.bulk_create([User(username=f"churn-{n}") for n in range(users)])
     tokens = Token.objects.bulk_create([Token(user=u, key=Token.generate_key()) for u in made])
-    sessions = []
-    for user in made:
+    keys: list[str] = []
+    for user in made if sessions else []:
         session = SessionStore()
         session[SESSION_KEY] = str(user.pk)
         session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
         session[HASH_SESSION_KEY] = user.get_session_auth_hash()
         session.create()
-        sessions.append(session.session_key)
-    return Credentials([f"Token {t.key}" for t in tokens], sessions)
+        keys.append(str(session.session_key))
+    return Credentials([f"Token {t.key}" for t in tokens], keys)
 
 
 async def cycles(

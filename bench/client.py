@@ -28,6 +28,7 @@ ECHO = "echo"
 READY = "ready"
 ERROR = "error"
 PING = "ping"
+PONG = "pong"  # the answer to an app-level ping (Dialect.app_ping)
 OTHER = "other"
 
 Parsed = tuple[str, Any]
@@ -47,9 +48,13 @@ class Dialect:
 
     async def handshake(self, ws: ClientConnection) -> None:
         """Return once the server says the connection listens on ``user_<uid>``."""
+        await self.wait_for(ws, READY)
+
+    async def wait_for(self, ws: ClientConnection, wanted: str) -> None:
+        """Read frames until one of kind ``wanted``; an error frame raises."""
         while True:
             kind, _ = self.parse(await ws.recv())
-            if kind == READY:
+            if kind == wanted:
                 return
             if kind == ERROR:
                 raise ConnectionError("the server refused the connection")
@@ -59,6 +64,11 @@ class Dialect:
 
     def echo(self, src: int, seq: int, t: float) -> str:
         raise NotImplementedError
+
+    def app_ping(self, src: int) -> tuple[str, str]:
+        """An application-level ping and the kind of frame that answers it: an echo
+        (the contender's own message loop) unless the protocol has a ping of its own."""
+        return self.echo(src, -1, 0.0), ECHO
 
     def parse(self, raw: str | bytes) -> Parsed:
         raise NotImplementedError
@@ -78,6 +88,10 @@ class StreampodDialect(Dialect):
     def echo(self, src: int, seq: int, t: float) -> str:
         return self._echo + _dumps({"src": src, "seq": seq, "t": t, "pad": PAD}) + "}}"
 
+    def app_ping(self, src: int) -> tuple[str, str]:
+        """Streampod's protocol ping (docs/protocol.md): answered by the consumer itself."""
+        return '{"command":"ping","args":{}}', PONG
+
     def parse(self, raw: str | bytes) -> Parsed:
         frame = _loads(raw)
         obj = frame.get("object")
@@ -90,9 +104,23 @@ class StreampodDialect(Dialect):
             if name == "BenchReady":
                 return READY, obj["data"]
             return OTHER, obj
-        if frame.get("command") == "error":
+        command = frame.get("command")
+        if command == "error":
             return ERROR, frame.get("args")
+        if command == "pong":
+            return PONG, None
         return OTHER, frame
+
+
+class StreampodDemoDialect(StreampodDialect):
+    """Streampod serving the demo's own endpoints (``streampod_project.asgi``): they send
+    no "ready", and the handshake completes only once every endpoint's channels are
+    joined (docs/protocol.md), so one ``ping`` answered is the proof of a usable socket."""
+
+    async def handshake(self, ws: ClientConnection) -> None:
+        text, wanted = self.app_ping(0)
+        await ws.send(text)
+        await self.wait_for(ws, wanted)
 
 
 class JsonDialect(Dialect):
@@ -167,9 +195,7 @@ class Conn:
 
     def start_reader(self, on_message: OnMessage, on_closed: Callable[[Conn], None]) -> None:
         """Read every frame into ``on_message(conn, kind, data, perf_counter())``."""
-        self.reader = asyncio.get_running_loop().create_task(
-            self._read(on_message, on_closed)
-        )
+        self.reader = asyncio.get_running_loop().create_task(self._read(on_message, on_closed))
 
     async def _read(self, on_message: OnMessage, on_closed: Callable[[Conn], None]) -> None:
         parse = self.dialect.parse

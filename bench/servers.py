@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .client import Dialect, JsonDialect, SocketIODialect, StreampodDialect
+from .client import (
+    Dialect,
+    JsonDialect,
+    SocketIODialect,
+    StreampodDemoDialect,
+    StreampodDialect,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKLOG = 2048
@@ -34,6 +40,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def rss_kb(pid: int | str = "self") -> int:
+    """A process's resident set size in KB, from ``/proc/<pid>/status``."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def make_dialect(name: str) -> Dialect:
+    """The client dialect called ``name``: streampod, streampod_demo, channels, socketio
+    or ceiling."""
+    if name == "streampod":
+        return StreampodDialect()
+    if name == "streampod_demo":
+        return StreampodDemoDialect()
+    if name == "channels":
+        return JsonDialect("/channels/")
+    if name == "socketio":
+        return SocketIODialect()
+    return JsonDialect("/")
 
 
 @dataclass(frozen=True)
@@ -49,13 +78,7 @@ class Contender:
     note: str
 
     def dialect(self) -> Dialect:
-        if self.dialect_name == "streampod":
-            return StreampodDialect()
-        if self.dialect_name == "channels":
-            return JsonDialect("/channels/")
-        if self.dialect_name == "socketio":
-            return SocketIODialect()
-        return JsonDialect("/")
+        return make_dialect(self.dialect_name)
 
     def command(self, port: int) -> list[str]:
         python = sys.executable
@@ -185,8 +208,7 @@ class ServerProcess:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError(
-                        f"{self.contender.label} did not listen within {timeout}s:\n"
-                        f"{self.output()}"
+                        f"{self.contender.label} did not listen within {timeout}s:\n{self.output()}"
                     ) from None
                 time.sleep(0.02)  # polling the port: the signal is the accepted connect
 
@@ -194,11 +216,7 @@ class ServerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def rss_kb(self) -> int:
-        with open(f"/proc/{self.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
+        return rss_kb(self.pid)
 
     def cpu_s(self) -> float:
         with open(f"/proc/{self.pid}/stat") as stat:

@@ -21,21 +21,26 @@ ONE_SERVER = {"streampod", "streampod_uvicorn", "channels", "socketio", "ceiling
 TWO_SERVERS = {"streampod", "streampod_uvicorn", "channels", "socketio"}
 
 
+def run_bench(module: str, *args: str) -> None:
+    """``python -m <module> <args>`` in the project; fails the test with its output's tail."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
 def test_every_workload_runs_at_tiny_size_with_zero_losses(tmp_path: Path) -> None:
     if shutil.which("redis-server") is None:
         message = "redis-server is not installed (the two-server rows start their own)"
         if IN_CI:
             pytest.fail(message + "; CI=true needs it")
         pytest.skip(message)
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--size", "tiny", "--runs", "1",
-         "--out", str(tmp_path), "--profile", "off"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_bench("bench.run", "--size", "tiny", "--runs", "1", "--out", str(tmp_path),
+              "--profile", "off")  # fmt: skip
 
     [results_json] = tmp_path.glob("*.json")
     results = json.loads(results_json.read_text())["results"]
@@ -64,3 +69,24 @@ def test_every_workload_runs_at_tiny_size_with_zero_losses(tmp_path: Path) -> No
     assert "Streampod (daphne) ÷ ceiling" in text
     assert "**Streampod on uvicorn**" in text and "**Streampod on daphne**" in text
     assert (tmp_path / report.name.replace(".md", ".png")).stat().st_size > 0
+
+
+def test_the_fan_out_curve_runs_at_tiny_size_with_zero_losses(tmp_path: Path) -> None:
+    """``make bench-scale``'s fan-out curve (bench/fanout_curve.py): listeners spread over
+    two load-client processes (bench/swarm.py), each N awaited by every listener."""
+    run_bench("bench.fanout_curve", "--points", "2,5", "--servers", "1",
+              "--only", "streampod_uvicorn,ceiling", "--clients", "2", "--max-broadcasts", "4",
+              "--out", str(tmp_path))  # fmt: skip
+    [results_json] = tmp_path.glob("*-fanout.json")
+    results = json.loads(results_json.read_text())["results"]
+    assert set(results) == {"streampod_uvicorn@1", "ceiling@1"}
+    for key, entry in results.items():
+        assert "error" not in entry and entry["server_errors"] == 0, (key, entry)
+        assert [p["listeners"] for p in entry["points"]] == [2, 5], (key, entry)
+        for point in entry["points"]:
+            assert point["broadcasts"] == 4, (key, point)
+            assert point["delivered"] == 4 * point["listeners"], (key, point)
+            assert point["lost"] == 0 and point["duplicates"] == 0, (key, point)
+    text = next(tmp_path.glob("*-fanout.md")).read_text()
+    assert "*Streampod (uvicorn) ÷ bare websockets (ceiling), deliveries/s*" in text
+    assert next(tmp_path.glob("*-fanout.png")).stat().st_size > 0
