@@ -237,3 +237,70 @@ async def test_calls_refused_by_the_rate_limit_fail_instead_of_hanging(limited_s
                 async for _ in client.methods.endless(name=name, credit=2):
                     pass
         assert failed.value.code == "rate_limited"
+
+
+@pytest.fixture(scope="module")
+def redis_server(django_db_setup, django_db_blocker):
+    """A private redis-server, and a uvicorn serving the methods on it: (redis, server)."""
+    from tests.support.servers import RedisServer
+
+    with RedisServer() as rs:
+        env = {"DJANGO_SETTINGS_MODULE": "tests.e2e_methods_settings", "REDIS_URL": rs.url}
+        with SERVERS["uvicorn"](env=env) as srv:
+            yield rs, srv
+
+
+@pytest.mark.redis
+async def test_deactivating_the_user_ends_their_call_in_progress(redis_server, make_user, settings):
+    """The signal path: the user is deactivated in this process (post_save -> revoke ->
+    Redis); the server closes the user's socket with 4401, the call in progress fails on
+    the client, and the server's generator ran its ``finally``."""
+    from asgiref.sync import sync_to_async
+    from django.contrib.auth import get_user_model
+
+    from streaming import messages
+    from streaming.auth import revocation_channel
+    from streaming.client import NotConnected
+    from tests.e2e.redis_support import wait_numsub
+
+    rs, srv = redis_server
+    settings.CHANNEL_LAYERS = {  # this process posts the revocation on the server's Redis
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [{"address": rs.url, "socket_timeout": None,
+                                  "socket_connect_timeout": 2}]},
+        }
+    }  # fmt: skip
+    messages.reset_bus()
+    user, key = await make_user("erin")
+    name = "revoked-mid-call"
+    try:
+        async with (
+            Client(srv.http_url, auth_key=key) as client,
+            await connected(srv) as observer,
+        ):
+            await client.open_streaming_connection()
+            assert await client.methods.whoami() == user.pk
+            await wait_numsub(rs.url, revocation_channel(user.pk), 1)
+            async with client.methods.endless(name=name, credit=4) as call:
+                iterator = aiter(call)
+                assert (await anext(iterator)).n == 1  # the call is in progress
+
+                def deactivate():
+                    fresh = get_user_model().objects.get(pk=user.pk)
+                    fresh.is_active = False
+                    fresh.save()
+
+                await sync_to_async(deactivate)()
+                with pytest.raises(NotConnected):
+                    async with asyncio.timeout(WAIT):
+                        while True:
+                            await anext(iterator)
+            assert client.disconnect_reason is not None
+            assert client.disconnect_reason.code == 4401
+            assert client.disconnect_reason.is_auth_failure
+            produced, finished, _ = await until_finished(observer, name)
+            assert finished == 1 and produced >= 1
+    finally:
+        await messages.get_bus().aclose()
+        messages.reset_bus()
