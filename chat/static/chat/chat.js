@@ -2,8 +2,11 @@
 //
 // Data flow:
 //   REST  GET /api/users/                      -> the people list
-//   REST  GET /api/chat/messages/?with=&after=  -> a conversation's history and catch-up
+//   socket chat.history({with_user, after})     -> a conversation's history and catch-up
+//     (REST GET /api/chat/messages/?with=&after= while the socket is not Live)
 //   socket endpoint "chat"                      -> ChatMessage, live, both directions
+//   socket chat.typing({with_user})             -> "Bob is typing…" for the open conversation
+//   socket chat.notify_typing({with_user})      <- at most every 2 s while typing
 //
 // Nothing is lost across reconnects: each conversation remembers `syncedId`, the id up
 // to which it is known complete. Live messages advance it only while the socket has
@@ -38,6 +41,8 @@ const ui = {
   limitCount: $("composer-count"),
   limitText: $("composer-limit-text"),
   split: $("composer-split"),
+  typing: $("typing"),
+  typingText: $("typing-text"),
   banner: $("connection-banner"),
   bannerText: $("connection-text"),
   bannerAction: $("connection-action"),
@@ -61,6 +66,11 @@ const GROUP_WINDOW_MS = 3 * 60 * 1000;
 // many pixels of the bottom.
 const STICK_PX = 48;
 const numberFormat = new Intl.NumberFormat();
+// Messages one history call returns at most (the server's cap, chat.store.MAX_HISTORY).
+const HISTORY_PAGE = 200;
+// While the user types, tell the peer at most this often (the server drops signals over
+// its per-user rate limit); the peer shows the indicator for the event's expires_in.
+const TYPING_SIGNAL_MS = 2000;
 
 // -- state ------------------------------------------------------------------------------
 
@@ -129,6 +139,21 @@ async function loadPeople() {
   renderPeople();
 }
 
+/** The messages of the conversation with `peerId` after id `after`, oldest first: through
+ * the socket's `history` method while Live, else over REST (every page of both). */
+async function fetchAfter(peerId, after) {
+  if (!connected) {
+    return getAll(`${config.messagesUrl}?with=${peerId}&after=${after}&limit=${HISTORY_PAGE}`);
+  }
+  const results = [];
+  for (;;) {
+    const page = await chat.call("history", {with_user: peerId, after, limit: HISTORY_PAGE});
+    results.push(...page.map((message) => message.data));
+    if (page.length < HISTORY_PAGE) return results;
+    after = results[results.length - 1].id;
+  }
+}
+
 /** Fetch what the conversation with `peerId` lacks (`after=syncedId`) and merge it. */
 async function sync(peerId) {
   const conv = conversation(peerId);
@@ -141,8 +166,7 @@ async function sync(peerId) {
     do {
       conv.again = false;
       const startEpoch = connected ? epoch : -1;
-      const url = `${config.messagesUrl}?with=${peerId}&after=${conv.syncedId}&limit=200`;
-      const fetched = await getAll(url);
+      const fetched = await fetchAfter(peerId, conv.syncedId);
       for (const message of fetched) addMessage(message);
       const lastId = fetched.length ? fetched[fetched.length - 1].id : conv.syncedId;
       conv.syncedId = Math.max(conv.syncedId, lastId);
@@ -200,6 +224,7 @@ function receive(message) {
   const conv = conversation(peerId);
   const added = addMessage(data);
   if (connected && conv.syncEpoch === epoch) conv.syncedId = Math.max(conv.syncedId, data.id);
+  if (data.sender_id === typingPeer) showTyping(false); // what they typed has arrived
   if (!added) return;
   if (peerId === openPeerId) {
     renderConversation();
@@ -256,6 +281,7 @@ function send(text, peerId = openPeerId) {
     toast(`Messages are at most ${numberFormat.format(MAX_TEXT_LENGTH)} characters.`);
     return false;
   }
+  lastTypingSignal = 0; // the next keystroke tells the peer again
   const entry = {frameId: `m${++frameCounter}`, recipient_id: peerId, text: trimmed, state: "queued", epoch};
   pending.set(entry.frameId, entry);
   transmit(entry);
@@ -341,6 +367,73 @@ function describe(error) {
     return `${first.path}: ${first.reason}`;
   }
   return error.message || error.code || "Something went wrong.";
+}
+
+// -- typing -----------------------------------------------------------------------------
+//
+// The open conversation's peer typing to me: one `typing` call per open conversation while
+// Live (its first event, typing=false, says it is listening), cancelled when another
+// conversation opens; the socket dropping ends it, and going Live again starts it anew.
+
+let typingCall = null;
+let typingPeer = null; // whose typing the indicator is about
+let typingTimer = null;
+let lastTypingSignal = 0; // performance.now() of the last notify_typing
+
+/** Show (for `seconds`) or hide "<peer> is typing…". */
+function showTyping(on, seconds = 0) {
+  clearTimeout(typingTimer);
+  typingTimer = null;
+  const person = people.get(typingPeer);
+  const show = on && person !== undefined && typingPeer === openPeerId;
+  ui.typing.hidden = !show;
+  if (!show) return;
+  ui.typingText.textContent = `${person.display_name} is typing…`;
+  typingTimer = setTimeout(() => showTyping(false), seconds * 1000);
+}
+
+/** Listen to the open conversation's peer typing (again); stop listening to anyone else. */
+function watchTyping() {
+  if (typingCall && typingPeer === openPeerId) return;
+  stopWatchingTyping();
+  if (!connected || openPeerId === null) return;
+  const peerId = openPeerId;
+  const call = chat.call("typing", {with_user: peerId});
+  typingCall = call;
+  typingPeer = peerId;
+  (async () => {
+    try {
+      for await (const event of call) {
+        ui.typing.dataset.watching = String(peerId); // listening (the first event says so)
+        if (event.data.user_id === peerId) showTyping(event.data.typing, event.data.expires_in);
+      }
+    } catch {
+      // the socket dropped (the status listener starts it again) or it was cancelled
+    } finally {
+      if (typingCall === call) {
+        typingCall = null;
+        showTyping(false);
+      }
+    }
+  })();
+}
+
+function stopWatchingTyping() {
+  const call = typingCall;
+  typingCall = null;
+  delete ui.typing.dataset.watching;
+  showTyping(false);
+  typingPeer = null;
+  call?.cancel();
+}
+
+/** The user is writing to the open conversation's peer: tell them, at most every 2 s. */
+function signalTyping() {
+  if (!connected || openPeerId === null || !ui.text.value.trim()) return;
+  const now = performance.now();
+  if (lastTypingSignal && now - lastTypingSignal < TYPING_SIGNAL_MS) return;
+  lastTypingSignal = now;
+  chat.call("notify_typing", {with_user: openPeerId}).then(null, () => {}); // best effort
 }
 
 // -- rendering --------------------------------------------------------------------------
@@ -516,14 +609,17 @@ function openConversation(peerId, {focus = true} = {}) {
   ui.text.placeholder = `Message ${person.display_name}`;
   ui.messages.dataset.peer = "";
   stickToBottom = true;
+  lastTypingSignal = 0;
   renderPeople();
   renderConversation();
   sync(peerId);
+  watchTyping();
   if (focus && window.matchMedia("(min-width: 721px)").matches) ui.text.focus();
 }
 
 function closeConversation() {
   openPeerId = null;
+  stopWatchingTyping();
   ui.app.dataset.view = "people";
   history.replaceState(null, "", window.location.pathname);
   renderPeople();
@@ -665,8 +761,10 @@ client.addStreamingConnectionStatusListener((status) => {
   if (connected && !nowConnected) epoch += 1; // live delivery has a gap from here
   connected = nowConnected;
   renderConnection();
+  if (!nowConnected) stopWatchingTyping(); // the call ends with its socket
   if (nowConnected) {
     if (openPeerId !== null) sync(openPeerId); // fetch what was missed
+    watchTyping();
     flushQueued(); // then send what was written meanwhile
   }
   if (signedOutStatus(status)) signedOut();
@@ -747,7 +845,10 @@ function composerChanged() {
   renderLimit();
   autosize();
 }
-ui.text.addEventListener("input", composerChanged);
+ui.text.addEventListener("input", () => {
+  composerChanged();
+  signalTyping();
+});
 
 async function main() {
   client.openStreamingConnection().catch(() => {}); // the status badge tells the story
