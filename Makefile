@@ -98,6 +98,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.methods
 
 # One run of every contender and workload, no profile: about a third of `make bench`
 # (for development; compare ratios within one run only).
