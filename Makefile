@@ -106,9 +106,12 @@ bench-quick: setup
 	$(BIN)/python -m bench.run --runs 1 --profile off --out /tmp/streampod-bench-quick
 
 # The curves at scale, each into bench/results/<date>-<name>.{md,json,png} (docs/performance.md):
-# fan-out to 10..10,000 listeners (one server and two sharing Redis).
+# fan-out to 10..10,000 listeners (one server and two sharing Redis), idle authenticated
+# sockets on one uvicorn process up to 19,000 (and where their memory goes, at 2,000).
 bench-scale: setup
 	$(BIN)/python -m bench.fanout_curve --profile
+	$(BIN)/python -m bench.connections
+	$(BIN)/python -m bench.connections --steps 2000 --clients 2 --memprobe
 
 clean:
 	rm -rf $(VENV) .venv-3.12 staticfiles db.sqlite3 test-artifacts

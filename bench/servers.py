@@ -11,6 +11,7 @@ into SYN retries).
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import subprocess
 import sys
@@ -131,6 +132,7 @@ class _Tail:
     def __init__(self, stream: IO[str]) -> None:
         self.lines: deque[str] = deque(maxlen=200)
         self.gc_pauses: list[tuple[float, int, float]] = []  # (monotonic, generation, ms)
+        self.memprobes: queue.Queue[str] = queue.Queue()  # snapshot paths (bench/memprobe)
         self.warnings = 0
         self.errors = 0
         self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
@@ -139,6 +141,9 @@ class _Tail:
     def _pump(self, stream: IO[str]) -> None:
         for raw in iter(stream.readline, ""):
             line = raw.rstrip("\n")
+            if line.startswith("BENCH-MEMPROBE "):  # bench/memprobe: a snapshot written
+                self.memprobes.put(line.split(" ", 1)[1])
+                continue
             if line.startswith("BENCH-GC "):  # bench/gcprobe, profiled runs only
                 _, generation, ms = line.split()
                 self.gc_pauses.append((time.monotonic(), int(generation), float(ms)))

@@ -90,3 +90,26 @@ def test_the_fan_out_curve_runs_at_tiny_size_with_zero_losses(tmp_path: Path) ->
     text = next(tmp_path.glob("*-fanout.md")).read_text()
     assert "*Streampod (uvicorn) ÷ bare websockets (ceiling), deliveries/s*" in text
     assert next(tmp_path.glob("*-fanout.png")).stat().st_size > 0
+
+
+def test_the_connections_curve_holds_authenticated_sockets_that_answer_pings(
+    tmp_path: Path,
+) -> None:
+    """``make bench-scale``'s sockets per process (bench/connections.py): the demo project
+    under uvicorn with token-authenticated sockets (a wrong token would be closed with
+    4401 before the handshake's ping is answered) against the ceiling, with the
+    tracemalloc probe's breakdown by package."""
+    run_bench("bench.connections", "--steps", "3,6", "--clients", "2", "--memprobe",
+              "--out", str(tmp_path))  # fmt: skip
+    [results_json] = tmp_path.glob("*-connections-memprobe.json")
+    results = json.loads(results_json.read_text())["results"]
+    assert set(results) == {"streampod_demo", "ceiling"}
+    for key, entry in results.items():
+        assert "error" not in entry and entry["server_errors"] == 0, (key, entry)
+        assert [s["sockets"] for s in entry["steps"]] == [3, 6], (key, entry)
+        assert all(s["failed"] == 0 and s["server_rss_mb"] > 0 for s in entry["steps"]), entry
+        assert entry["ping"]["answered"] == 6 and entry["ping"]["failed"] == 0, (key, entry)
+        assert entry["memory_top_lines"], (key, entry)
+    text = next(tmp_path.glob("*-connections-memprobe.md")).read_text()
+    assert "*Streampod ÷ ceiling, KB per socket*" in text
+    assert "| allocating line | bytes per socket |" in text
