@@ -22,7 +22,9 @@ from the ASGI apps this module exposes: ``streampod_app`` (bench settings,
 ``StreamingAuthMiddlewareStack`` around :class:`BenchEndpoint` alone on ``/websocket/``)
 and ``sio_app`` (:mod:`bench.sio_app` plus the two handlers above). The payload text is
 ``--text-bytes`` long (100). Each value is the median of ``--runs`` runs; the report has
-the load average before and after, and each server's CPU seconds over the run.
+the load average before and after, and the CPU microseconds per call and per value of the
+server and of the load client (this process): on a shared machine these move less than the
+rates do.
 """
 
 from __future__ import annotations
@@ -214,7 +216,11 @@ class Result:
     call_p50_ms: float
     call_p99_ms: float
     values_per_s: float
-    server_cpu_s: float
+    #: CPU microseconds per call / per stream value, of the server and of the load client.
+    call_server_us: float
+    call_client_us: float
+    value_server_us: float
+    value_client_us: float
     server_rss_kb: int
     runs: list[dict[str, float]] = field(default_factory=list)
 
@@ -252,10 +258,26 @@ async def _timed_streams(caller: _Caller, streams: int, values: int, text: str) 
 
 
 async def _run_once(
-    caller: _Caller, *, calls: int, concurrency: int, streams: int, values: int, text: str
+    caller: _Caller,
+    server_cpu: Callable[[], float],
+    *,
+    calls: int,
+    concurrency: int,
+    streams: int,
+    values: int,
+    text: str,
 ) -> dict[str, float]:
+    """One run of both phases; with each phase's CPU per operation, which varies less than
+    rates on a shared machine (another job's load slows both processes, not their cost)."""
+    server0, client0 = server_cpu(), time.process_time()
     figures = await _timed_calls(caller, calls, concurrency, text)
+    server1, client1 = server_cpu(), time.process_time()
     figures["values_per_s"] = await _timed_streams(caller, streams, values, text)
+    server2, client2 = server_cpu(), time.process_time()
+    figures["call_server_us"] = (server1 - server0) / calls * 1e6
+    figures["call_client_us"] = (client1 - client0) / calls * 1e6
+    figures["value_server_us"] = (server2 - server1) / (streams * values) * 1e6
+    figures["value_client_us"] = (client2 - client1) / (streams * values) * 1e6
     return figures
 
 
@@ -278,16 +300,17 @@ async def _measure_one(
             # Warm-up: imports, code paths and allocator pools, not measured.
             await _run_once(
                 caller,
+                server.cpu_s,
                 calls=max(1, calls // 10),
                 concurrency=concurrency,
                 streams=1,
                 values=max(1, values // 10),
                 text=text,
             )
-            cpu_before = server.cpu_s()
             measured = [
                 await _run_once(
                     caller,
+                    server.cpu_s,
                     calls=calls,
                     concurrency=concurrency,
                     streams=streams,
@@ -296,7 +319,6 @@ async def _measure_one(
                 )
                 for _ in range(runs)
             ]
-            cpu = server.cpu_s() - cpu_before
         finally:
             await caller.close()
         rss = server.rss_kb()
@@ -313,7 +335,10 @@ async def _measure_one(
         call_p50_ms=median("call_p50_ms"),
         call_p99_ms=median("call_p99_ms"),
         values_per_s=median("values_per_s"),
-        server_cpu_s=cpu,
+        call_server_us=median("call_server_us"),
+        call_client_us=median("call_client_us"),
+        value_server_us=median("value_server_us"),
+        value_client_us=median("value_client_us"),
         server_rss_kb=rss,
         runs=measured,
     )
@@ -371,14 +396,16 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['loadavg_before'][0]:.2f} before, {report['loadavg_after'][0]:.2f} after "
         f"({report['cpus']} CPUs).",
         "",
-        "| Contender | calls/s | call p50 ms | call p99 ms | stream values/s "
-        "| server CPU s | server RSS MB |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| Contender | calls/s | call p50 ms | call p99 ms | CPU µs per call (server + client) "
+        "| stream values/s | CPU µs per value (server + client) | server RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         lines.append(
             f"| {r['label']} | {r['calls_per_s']:,.0f} | {r['call_p50_ms']:.1f} | "
-            f"{r['call_p99_ms']:.1f} | {r['values_per_s']:,.0f} | {r['server_cpu_s']:.1f} | "
+            f"{r['call_p99_ms']:.1f} | {r['call_server_us']:.0f} + {r['call_client_us']:.0f} | "
+            f"{r['values_per_s']:,.0f} | "
+            f"{r['value_server_us']:.1f} + {r['value_client_us']:.1f} | "
             f"{r['server_rss_kb'] / 1024:.0f} |"
         )
     return "\n".join(lines)
