@@ -11,8 +11,9 @@ talks to each over its stdin/stdout, one JSON object a line:
 * ``{"cmd": "track"}``: forget earlier deliveries; from now on, once every socket of
   this process has broadcast ``seq``, print ``{"done": seq}`` (unprompted).
 * ``{"cmd": "stats"}``: ``{"latencies_ms": [...], "delivered", "duplicates", "errors",
-  "closed"}`` since ``track``; a latency is from the ``perf_counter()`` stamp the sender
-  put in the message (CLOCK_MONOTONIC: one clock for every process of the machine).
+  "closed", "last"}`` since ``track`` (``last``: when the last relayed message came in).
+  A latency is from the ``perf_counter()`` stamp the sender put in the message
+  (CLOCK_MONOTONIC: one clock for every process of the machine).
 * ``{"cmd": "track", "mode": "relay"}``: the same for relayed messages, each counted once
   by ``(src, seq)``, no ``done`` lines; ``{"cmd": "count"}`` answers ``{"delivered"}``.
 * ``{"cmd": "send", "senders": k, "src0": id, "rate": r, "seconds": s, "start": t,
@@ -52,6 +53,7 @@ class Swarm:
         self.pings: dict[int, tuple[float, asyncio.Future[float]]] = {}
         self.ping_kind = ""
         self.relay_seen: set[tuple[int, int]] | None = None  # tracking relayed messages
+        self.last: float | None = None  # when the last tracked message came in
 
     def on_message(self, conn: Conn, kind: str, data: Any, now: float) -> None:
         if kind == RELAY and self.relay_seen is not None:
@@ -61,6 +63,7 @@ class Swarm:
             else:
                 self.relay_seen.add(message)
                 self.latencies.append(now - data["t"])
+                self.last = now
         elif kind == RELAY:
             seq = data["seq"]
             key = id(conn)
@@ -109,6 +112,7 @@ class Swarm:
 
     def track(self, mode: str = "fanout") -> dict[str, Any]:
         self.relay_seen = set() if mode == "relay" else None
+        self.last = None
         self.counts.clear()
         self.last_seq.clear()
         self.latencies = []
@@ -122,6 +126,7 @@ class Swarm:
             "duplicates": self.state["dups"],
             "errors": self.state["errors"],
             "closed": self.state["closed"],
+            "last": self.last,
         }
 
     async def send(self, request: dict[str, Any]) -> dict[str, Any]:

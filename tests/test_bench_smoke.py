@@ -113,3 +113,23 @@ def test_the_connections_curve_holds_authenticated_sockets_that_answer_pings(
     text = next(tmp_path.glob("*-connections-memprobe.md")).read_text()
     assert "*Streampod ÷ ceiling, KB per socket*" in text
     assert "| allocating line | bytes per socket |" in text
+
+
+def test_the_open_loop_curve_delivers_every_scheduled_message(tmp_path: Path) -> None:
+    """``make bench-scale``'s open-loop latency (bench/open_loop.py): each contender's
+    closed-loop saturation, then a fixed rate from two load-client processes."""
+    run_bench("bench.open_loop", "--only", "streampod_uvicorn,ceiling", "--levels", "10,20",
+              "--seconds", "0.5", "--saturation-seconds", "0.5",
+              "--out", str(tmp_path))  # fmt: skip
+    [results_json] = tmp_path.glob("*-open-loop.json")
+    results = json.loads(results_json.read_text())["results"]
+    assert set(results) == {"streampod_uvicorn", "ceiling"}
+    for key, entry in results.items():
+        assert "error" not in entry and entry["server_errors"] == 0, (key, entry)
+        assert [e["percent"] for e in entry["levels"]] == [10, 20], (key, entry)
+        for level in entry["levels"]:
+            assert level["sent"] > 0 and level["delivered"] == level["sent"], (key, level)
+            assert level["lost"] == 0 and level["duplicates"] == 0, (key, level)
+            assert level["errors"] == 0 and level["closed"] == 0, (key, level)
+    text = next(tmp_path.glob("*-open-loop.md")).read_text()
+    assert "*Streampod (uvicorn) ÷ bare websockets (ceiling), p99*" in text
