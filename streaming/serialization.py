@@ -290,7 +290,7 @@ def _validate_iso_datetime(value: Any, handler: Any, info: Any) -> datetime:
                 "Input should be an ISO 8601 datetime with a timezone, not a Unix time",
             )
         try:
-            value = _DATETIME_STRINGS.validate_strings(value)
+            value = _DATETIME_STRINGS.validate_strings(value)  # type: ignore[arg-type]  # a str is one
         except ValidationError as exc:
             error = exc.errors()[0]
             raise PydanticCustomError(error["type"], error["msg"]) from None
