@@ -108,12 +108,14 @@ bench-quick: setup
 # The curves at scale, each into bench/results/<date>-<name>.{md,json,png} (docs/performance.md):
 # fan-out to 10..10,000 listeners (one server and two sharing Redis), idle authenticated
 # sockets on one uvicorn process up to 19,000 (and where their memory goes, at 2,000),
-# open-loop relay latency at 25/50/75/90% of each contender's saturation.
+# open-loop relay latency at 25/50/75/90% of each contender's saturation, and Streampod
+# on two uvicorn workers against one.
 bench-scale: setup
 	$(BIN)/python -m bench.fanout_curve --profile
 	$(BIN)/python -m bench.connections
 	$(BIN)/python -m bench.connections --steps 2000 --clients 2 --memprobe
 	$(BIN)/python -m bench.open_loop
+	$(BIN)/python -m bench.workers
 
 clean:
 	rm -rf $(VENV) .venv-3.12 staticfiles db.sqlite3 test-artifacts

@@ -29,7 +29,7 @@ from typing import Any
 
 from . import scale
 from .client import Conn, open_conn
-from .run import RESULTS, raise_fd_limit
+from .run import RESULTS
 from .scale import COLOURS, loadavg, pyplot, stop_all
 from .servers import ALL, ROOT, ServerProcess
 from .swarm import SwarmProcess
@@ -371,11 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.points = [int(x) for x in args.points.split(",")]
     args.servers = [int(x) for x in args.servers.split(",")]
-    raise_fd_limit()
-    data = scale.run(lambda: run(args))
-    scale.write(args.out, "fanout", data, plot, lambda png: render(data, png))
-    print("\n".join(table(data)))
-    return 0
+    return scale.execute("fanout", args, run, plot, render, table)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import scale
-from .run import RESULTS, raise_fd_limit
+from .run import RESULTS
 from .scale import COLOURS, loadavg, pyplot, stop_all
 from .servers import ALL, ServerProcess
 from .swarm import SwarmProcess
@@ -269,11 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.levels = [int(x) for x in args.levels.split(",")]
-    raise_fd_limit()
-    data = scale.run(lambda: run(args))
-    scale.write(args.out, "open-loop", data, plot, lambda png: render(data, png))
-    print("\n".join(table(data)))
-    return 0
+    return scale.execute("open-loop", args, run, plot, render, table)
 
 
 if __name__ == "__main__":

@@ -93,3 +93,22 @@ def write(
     for path in paths:
         print(f"wrote {path}")
     return paths
+
+
+def execute(
+    name: str,
+    args: Any,
+    main: Callable[[Any], Coroutine[Any, Any, dict[str, Any]]],
+    plot: Callable[[dict[str, Any], Path], bool],
+    render: Callable[[dict[str, Any], str | None], list[str]],
+    table: Callable[[dict[str, Any]], list[str]],
+) -> int:
+    """A curve's ``main``: raise the open-files limit, run ``main(args)``, write the files
+    under ``args.out`` and print the tables."""
+    from .run import raise_fd_limit
+
+    raise_fd_limit()
+    data = run(lambda: main(args))
+    write(args.out, name, data, plot, lambda png: render(data, png))
+    print("\n".join(table(data)))
+    return 0

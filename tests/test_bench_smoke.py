@@ -133,3 +133,26 @@ def test_the_open_loop_curve_delivers_every_scheduled_message(tmp_path: Path) ->
             assert level["errors"] == 0 and level["closed"] == 0, (key, level)
     text = next(tmp_path.glob("*-open-loop.md")).read_text()
     assert "*Streampod (uvicorn) ÷ bare websockets (ceiling), p99*" in text
+
+
+def test_the_workers_comparison_runs_one_and_two_uvicorn_workers(tmp_path: Path) -> None:
+    """``make bench-scale``'s two uvicorn workers against one (bench/workers.py): relay and
+    fan-out through each configuration, nothing lost, medians and ratios written."""
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not installed (the workers share a private one)"
+        if IN_CI:
+            pytest.fail(message + "; CI=true needs it")
+        pytest.skip(message)
+    run_bench("bench.workers", "--runs", "1", "--offered", "400", "--seconds", "0.5",
+              "--listeners", "10", "--deliveries", "30", "--out", str(tmp_path))  # fmt: skip
+    [results_json] = tmp_path.glob("*-workers.json")
+    rows = json.loads(results_json.read_text())["results"]
+    assert [r["name"] for r in rows] == [
+        "1 worker, in-memory", "1 worker + Redis", "2 workers + Redis"
+    ]  # fmt: skip
+    for row in rows:
+        assert "error" not in row and row["server_errors"] == 0, row
+        assert row["relay"]["sent"] > 0 and row["relay"]["lost"] == 0, row
+        assert row["fanout"]["broadcasts"] == 3 and row["fanout"]["lost"] == 0, row
+    text = next(tmp_path.glob("*-workers.md")).read_text()
+    assert "*2 workers ÷ 1 worker + Redis, medians*" in text
