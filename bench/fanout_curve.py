@@ -349,7 +349,7 @@ def render(data: dict[str, Any], png: str | None) -> list[str]:
         "3). Server CPU from /proc, summed over the servers.\n",
         f"![fan-out curve]({png})\n" if png else "",
         *table(data),
-        *_profile_lines(meta.get("profile")),
+        *_profile_lines(meta.get("profile"), "uvicorn"),
     ]
 
 

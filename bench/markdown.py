@@ -10,17 +10,17 @@ from . import report
 from .servers import ALL
 
 
-def _profile_lines(profile: dict[str, Any] | None) -> list[str]:
+def _profile_lines(profile: dict[str, Any] | None, server: str = "daphne") -> list[str]:
     if not profile:
         return []
     out = [
         "## Where Streampod's time goes (py-spy, one extra run, one server)\n",
-        "CPU samples of the Streampod daphne process during each workload (connects "
+        f"CPU samples of the Streampod {server} process during each workload (connects "
         "included; idle excluded): by stage of the event loop's work, by the layer of the "
         "function on top of the stack, then the top functions by self time and Streampod's "
         "by inclusive time. This run's figures are not in the tables above: sampling costs "
         "CPU on a 2-core machine. A garbage-collection pause shows up as self time of "
-        "whatever function was running when it started (often daphne's "
+        "whatever function was running when it started (under daphne often "
         "`Server.application_checker`); the GC line of each workload says how long they "
         "were. docs/performance.md says what would close the gaps.\n",
     ]
@@ -68,6 +68,7 @@ def _runs_lines(rows: list[report.Row], results: dict[str, list[dict[str, Any]]]
     ]
     for row in rows:
         for i, run in enumerate(results.get(row.key, []), 1):
+
             def get(workload: str, metric: str, run: dict[str, Any] = run) -> str:
                 entry = run.get(workload)
                 if not isinstance(entry, dict):

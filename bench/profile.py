@@ -43,7 +43,8 @@ LAYERS = [
 
 #: (stage, a frame that marks it) in match order: the event loop's kinds of work.
 STAGES = [
-    ("send path: Outbox -> daphne -> autobahn -> Twisted's buffer", "streaming/outbox.py"),
+    ("send path: Outbox -> the server's send (daphne/autobahn/Twisted or uvicorn/websockets)",
+     "streaming/outbox.py"),
     ("endpoint lane: decode_object, the hook, the bus, send_stream_message",
      "StreamingConsumer._deliver"),
     ("bus receiver: frames from Redis to local listeners", "MessageBus._receive_loop"),

@@ -61,9 +61,17 @@ def tree_cpu_s(pid: int) -> float:
 
 
 async def measure(
-    name: str, workers: int, redis_url: str | None, args: argparse.Namespace
+    name: str,
+    workers: int,
+    redis_url: str | None,
+    args: argparse.Namespace,
+    profiler: Any = None,
 ) -> dict[str, Any]:
+    """One configuration's relay and fan-out; with ``profiler`` (one worker only), py-spy
+    samples the server during the relay."""
     env = {"WEB_CONCURRENCY": str(workers), **({"REDIS_URL": redis_url} if redis_url else {})}
+    if profiler is not None:
+        env.update(profiler.env)
     proc = ServerProcess(STREAMPOD_UVICORN, env)
     swarms: list[SwarmProcess] = []
     broadcaster: Conn | None = None
@@ -78,7 +86,13 @@ async def measure(
         swarms = list(await asyncio.gather(*(SwarmProcess().start() for _ in range(2))))
         await open_relay_clients(swarms, "streampod", proc.base)
         await quiesce(target, timeout=5)
-        out["relay"] = await level(target, swarms, args.offered, args, args.seconds, 60.0)
+        if profiler is not None:
+            profiler.start(proc.pid, f"relay, {name}")
+        try:
+            out["relay"] = await level(target, swarms, args.offered, args, args.seconds, 60.0)
+        finally:
+            if profiler is not None:
+                profiler.stop()
         print(f"{name:<22} relay: {out['relay']['delivered_per_s']} msgs/s", flush=True)
         await asyncio.gather(*(s.stop() for s in swarms))
         swarms = list(await asyncio.gather(*(SwarmProcess().start() for _ in range(2))))
@@ -166,6 +180,8 @@ def table(data: dict[str, Any]) -> list[str]:
 
 
 def render(data: dict[str, Any], png: str | None) -> list[str]:
+    from .markdown import _profile_lines
+
     meta = data["meta"]
     return [
         f"# Two uvicorn workers against one {meta['date'][:10]}\n",
@@ -173,6 +189,7 @@ def render(data: dict[str, Any], png: str | None) -> list[str]:
         f"{meta['loadavg_at_end']}.\n",
         (__doc__ or "").split("\n", 2)[2].strip() + "\n",
         *table(data),
+        *_profile_lines(meta.get("profile"), "uvicorn"),
     ]
 
 
@@ -188,6 +205,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for name, workers, with_redis in CONFIGS:
                 url = redis.url if with_redis else None
                 results.append({"run": run_index + 1, **await measure(name, workers, url, args)})
+        profile = None
+        if args.profile:
+            from .profile import Profiler
+
+            profiler = Profiler(workloads=())
+            for name, workers, with_redis in CONFIGS[:2]:  # one worker: one process to sample
+                url = redis.url if with_redis else None
+                await measure(name, workers, url, args, profiler=profiler)
+            profile = profiler.summary()
     finally:
         await asyncio.to_thread(redis.stop)
         shutil.rmtree(redis.dir, ignore_errors=True)
@@ -197,6 +223,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "command": "python -m bench.workers " + " ".join(sys.argv[1:]),
             "loadavg_at_end": loadavg(),
             "total_seconds": round(time.monotonic() - started, 1),
+            "profile": profile,
         },
         "results": results,
     }
@@ -212,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-broadcasts", type=int, default=100)
     parser.add_argument("--max-point-seconds", type=float, default=45.0)
     parser.add_argument("--runs", type=int, default=3, help="interleaved runs (3)")
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="py-spy on one worker's relay, without and with Redis (extra runs)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     return scale.execute("workers", args, run, lambda data, path: False, render, table)
