@@ -14,8 +14,9 @@ Sockets are opened step by step (``--steps``, the earlier ones stay open) over
 ``--clients`` load-client processes (:mod:`bench.swarm`; 20,000 open files per process
 here), then held idle until the server's CPU settles; at each step the server's RSS is
 read from ``/proc`` (nothing forced). Memory per socket = (RSS - RSS before the first
-step) / sockets. At the end every socket sends an application-level ping at once
-(Streampod's ``ping`` command, the ceiling's echo), each timed from its own send.
+step) / sockets. At the end every socket sends an application-level ping (Streampod's
+``ping`` command, the ceiling's echo), all at once, then again spread evenly over
+``--ping-spread`` seconds; each answer is timed from its own ping.
 """
 
 from __future__ import annotations
@@ -131,25 +132,38 @@ async def measure(
             after = await snapshot(proc)
             out["memory_by_package"] = by_package(before, after, total)
             out["memory_top_lines"] = top_lines(before, after, total)
-        pings = await asyncio.gather(
-            *(s.request(cmd="ping", timeout=args.ping_timeout + 60) for s in swarms)
-        )
-        times = [p["max_ms"] for p in pings if p["max_ms"] is not None]
-        out["ping"] = {
-            "sockets": sum(p["answered"] + p["failed"] for p in pings),
-            "answered": sum(p["answered"] for p in pings),
-            "failed": sum(p["failed"] for p in pings),
-            "max_ms": max(times) if times else None,
-            "p99_ms_per_client": [p["p99_ms"] for p in pings],
-            "loadavg": loadavg(),
-        }
-        print(f"{contender.label:<42} ping: {out['ping']}", flush=True)
+        for key, spread in (("ping", 0.0), ("ping_spread", args.ping_spread)):
+            out[key] = await ping_all(swarms, args.ping_timeout, spread)
+            print(f"{contender.label:<42} {key}: {out[key]}", flush=True)
     except Exception as exc:  # a server that cannot start or hold the sockets is a result
         out["error"] = f"{type(exc).__name__}: {exc}"
     finally:
         await stop_all(out, [proc], swarms)
         shutil.rmtree(probe.parent, ignore_errors=True)
     return out
+
+
+async def ping_all(swarms: list[SwarmProcess], timeout: float, spread: float) -> dict[str, Any]:
+    """Every socket of every load client pings (all at once, or evenly over ``spread``
+    seconds); each answer timed from its own ping."""
+    pings = await asyncio.gather(
+        *(
+            s.request(
+                cmd="ping", ping_timeout=timeout, spread=spread, timeout=timeout + spread + 60
+            )
+            for s in swarms
+        )
+    )
+    times = [p["max_ms"] for p in pings if p["max_ms"] is not None]
+    return {
+        "spread_s": spread,
+        "sockets": sum(p["answered"] + p["failed"] for p in pings),
+        "answered": sum(p["answered"] for p in pings),
+        "failed": sum(p["failed"] for p in pings),
+        "max_ms": max(times) if times else None,
+        "p99_ms_per_client": [p["p99_ms"] for p in pings],
+        "loadavg": loadavg(),
+    }
 
 
 async def snapshot(proc: ServerProcess) -> tracemalloc.Snapshot:
@@ -238,15 +252,23 @@ def table(data: dict[str, Any]) -> list[str]:
                 f"| `{name}` | {size:,} |" for name, size in entry.get("memory_top_lines", [])
             ]
     lines.append("")
-    lines.append("Application-level ping from every socket at once, at the end:\n")
+    lines.append(
+        "Application-level pings from every socket at the end, each timed from its send:\n"
+    )
     for key, entry in results.items():
-        ping = entry.get("ping")
-        if ping:
-            lines.append(
-                f"- {CONTENDERS[key].label}: {ping['answered']:,} of {ping['sockets']:,} "
-                f"answered, {ping['failed']} not within the timeout; the slowest in "
-                f"{ping['max_ms']} ms (load average {ping['loadavg'][0]})."
-            )
+        for name in ("ping", "ping_spread"):
+            ping = entry.get(name)
+            if ping:
+                how = (
+                    f"spread evenly over {ping['spread_s']:g} s"
+                    if ping.get("spread_s")
+                    else "all at once"
+                )
+                lines.append(
+                    f"- {CONTENDERS[key].label}, {how}: {ping['answered']:,} of "
+                    f"{ping['sockets']:,} answered, {ping['failed']} not within the timeout; "
+                    f"the slowest in {ping['max_ms']} ms (load average {ping['loadavg'][0]})."
+                )
     return lines
 
 
@@ -309,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4, help="load-client processes (4)")
     parser.add_argument("--users", type=int, default=0, help="distinct users (one a socket)")
     parser.add_argument("--ping-timeout", type=float, default=10.0)
+    parser.add_argument("--ping-spread", type=float, default=5.0, help="second ping round (5 s)")
     parser.add_argument("--only", default=",".join(CONTENDERS))
     parser.add_argument(
         "--memprobe", action="store_true",

@@ -22,8 +22,9 @@ talks to each over its stdin/stdout, one JSON object a line:
   ``t + i / r`` (``perf_counter()``) and stamped with that schedule, not with when it
   left: a send that waits (the loop was busy, the socket pushed back) counts in the
   latency (no coordinated omission). Answers ``{"sent", "late_max_ms"}``.
-* ``{"cmd": "ping", "timeout": s}``: every socket sends an application-level ping
-  (:meth:`bench.client.Dialect.app_ping`) at once; answers ``{"answered", "failed",
+* ``{"cmd": "ping", "ping_timeout": s, "spread": s}``: every socket sends an
+  application-level ping (:meth:`bench.client.Dialect.app_ping`), all at once or evenly
+  over ``spread`` seconds; answers ``{"answered", "failed",
   "max_ms", "p99_ms"}``, each timed from its own send.
 * ``{"cmd": "rss"}``: this process's RSS in KB. ``{"cmd": "close"}``: close all and exit.
 """
@@ -155,10 +156,15 @@ class Swarm:
                 k += 1
         return {"sent": k, "late_max_ms": round(late * 1000, 1)}
 
-    async def ping(self, timeout: float) -> dict[str, Any]:
+    async def ping(self, timeout: float, spread: float = 0.0) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         futures = []
+        start = clock()
         for i, conn in enumerate(self.conns):
+            if spread:  # socket i pings at start + i * spread / n
+                due = start + i * spread / len(self.conns)
+                if due > clock():
+                    await asyncio.sleep(due - clock())
             text, self.ping_kind = conn.dialect.app_ping(i)
             future: asyncio.Future[float] = loop.create_future()
             self.pings[id(conn)] = (clock(), future)
@@ -204,7 +210,7 @@ async def serve() -> None:
         elif cmd == "stats":
             emit(swarm.stats())
         elif cmd == "ping":
-            emit(await swarm.ping(request.get("timeout", 5.0)))
+            emit(await swarm.ping(request.get("ping_timeout", 5.0), request.get("spread", 0.0)))
         elif cmd == "rss":
             emit({"rss_kb": rss_kb()})
         elif cmd == "close":
