@@ -627,10 +627,12 @@ _KINDS: dict[Any, str] = {
     str: "str",
     int: "int",
     bool: "bool",
+    float: "float",
     datetime: "dt",
     str | None: "str?",
     int | None: "int?",
     bool | None: "bool?",
+    float | None: "float?",
     datetime | None: "dt?",
 }
 _classes: dict[str, Schema] = {}
@@ -763,6 +765,8 @@ def validate(
             ok = is_int(v)
         elif kind.startswith("bool"):
             ok = isinstance(v, bool)
+        elif kind.startswith("float"):  # strict JSON: a number, an integer too; never a bool
+            ok = is_int(v) or isinstance(v, float)
         else:  # a datetime: "ISO 8601 strings with a timezone", sent back in UTC with Z
             verdict, utc = check_datetime(v)
             ok = v is not None and (verdict == "valid" or (verdict == "either" and either_ok))
