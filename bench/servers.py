@@ -29,6 +29,7 @@ from .client import (
     StreampodDemoDialect,
     StreampodDialect,
 )
+from .ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKLOG = 2048
@@ -37,10 +38,6 @@ DAPHNE_MAX_MESSAGE = 65536 + 1024
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_kb(pid: int | str = "self") -> int:
