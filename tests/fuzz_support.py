@@ -22,9 +22,9 @@ import asyncio
 import json
 import re
 import threading
+import time
 import types
 import typing
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field

@@ -48,7 +48,8 @@ async def test_a_1012_close_reconnects_at_once_and_1001_still_backs_off(server, 
             "waitingToRetry",
         ]
         reason = await page.evaluate(
-            "[window.client.disconnectReason.message, window.client.disconnectReason.isServiceRestart]"
+            "[window.client.disconnectReason.message,"
+            " window.client.disconnectReason.isServiceRestart]"
         )
         assert reason == ["the server is going away (close code 1001)", False]
         await page.evaluate("window.client.closeStreamingConnection()")
