@@ -366,9 +366,11 @@ async def test_handler_listener_counts_down_whole_seconds_and_dispose_stops(serv
     assert all(is_state for _, _, is_state in log)
     told = [(status, seconds) for status, seconds, _ in log]
     waits = [seconds for status, seconds in told if status == "waitingToRetry"]
-    # [3, 2, 1]: the whole seconds of the 2.5 s wait, each told once, counting down. (A page
-    # stalled for over a second on a loaded machine may miss the last: the retry comes first.)
-    assert waits[:2] == [3, 2] and waits in ([3, 2], [3, 2, 1]), told
+    # [3, 2, 1]: the whole seconds of the 2.5 s wait, each told once, counting down, the
+    # first at once. (A page whose timer fires late skips a second: Chromium's timers
+    # stall on a busy machine, and a quiet run once skipped 2. Never one told twice.)
+    assert waits[0] == 3 and len(waits) >= 2, told
+    assert waits == sorted(set(waits), reverse=True) and set(waits) <= {3, 2, 1}, told
     assert told == [
         ("connecting", None),
         ("connected", None),
