@@ -1,10 +1,17 @@
-"""The load client's connections: one plain ``websockets`` client for every contender.
+"""The load client's connections: one WebSocket client for every contender.
 
 Each contender speaks its own envelope around the same fields (:mod:`bench.protocol`);
 a :class:`Dialect` builds and parses it, so the workloads (:mod:`bench.workloads`) are
 written once. Socket.IO is spoken directly (Engine.IO v4 over a WebSocket: ``0`` open,
 ``40`` connect, ``42[event, data]``, ``2``/``3`` ping/pong) so that every contender is
-driven by the same client library at the same cost per frame.
+driven by the same client code at the same cost per frame.
+
+The socket is :class:`bench.rawws.RawWebSocket`: frames parsed in the protocol's
+``data_received`` and handed to the reader's callback synchronously, no task per
+connection (the load client shares the machine's cores with the servers, so its cost
+per frame is taken from them). ``BENCH_CLIENT=websockets`` in the environment selects
+the ``websockets`` library's asyncio client instead (a reader task per connection), the
+client of the results before 2026-11-30, for comparing the two.
 
 Connections offer no compression (every server then sends plain frames) and send no
 client pings.
@@ -14,13 +21,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
+from . import rawws
 from .protocol import PAD
+from .rawws import RawWebSocket
+
+#: "raw" (bench/rawws.py) or "websockets" (the library's asyncio client).
+CLIENT = os.environ.get("BENCH_CLIENT", "raw")
+WebSocket = RawWebSocket | ClientConnection
 
 # Kinds of parsed frames.
 RELAY = "relay"
@@ -46,11 +60,11 @@ class Dialect:
     def url(self, base: str, uid: int) -> str:
         return f"{base}{self.path}?uid={uid}"
 
-    async def handshake(self, ws: ClientConnection) -> None:
+    async def handshake(self, ws: WebSocket) -> None:
         """Return once the server says the connection listens on ``user_<uid>``."""
         await self.wait_for(ws, READY)
 
-    async def wait_for(self, ws: ClientConnection, wanted: str) -> None:
+    async def wait_for(self, ws: WebSocket, wanted: str) -> None:
         """Read frames until one of kind ``wanted``; an error frame raises."""
         while True:
             kind, _ = self.parse(await ws.recv())
@@ -117,7 +131,7 @@ class StreampodDemoDialect(StreampodDialect):
     no "ready", and the handshake completes only once every endpoint's channels are
     joined (docs/protocol.md), so one ``ping`` answered is the proof of a usable socket."""
 
-    async def handshake(self, ws: ClientConnection) -> None:
+    async def handshake(self, ws: WebSocket) -> None:
         text, wanted = self.app_ping(0)
         await ws.send(text)
         await self.wait_for(ws, wanted)
@@ -148,7 +162,7 @@ class SocketIODialect(Dialect):
     def url(self, base: str, uid: int) -> str:
         return f"{base}{self.path}?EIO=4&transport=websocket&uid={uid}"
 
-    async def handshake(self, ws: ClientConnection) -> None:
+    async def handshake(self, ws: WebSocket) -> None:
         opened = await ws.recv()
         if not str(opened).startswith("0"):
             raise ConnectionError(f"expected an Engine.IO open packet, got {opened!r}")
@@ -186,7 +200,7 @@ class Conn:
 
     __slots__ = ("dialect", "reader", "server", "uid", "ws")
 
-    def __init__(self, ws: ClientConnection, dialect: Dialect, uid: int, server: int) -> None:
+    def __init__(self, ws: WebSocket, dialect: Dialect, uid: int, server: int) -> None:
         self.ws = ws
         self.dialect = dialect
         self.uid = uid
@@ -194,13 +208,30 @@ class Conn:
         self.reader: asyncio.Task[None] | None = None
 
     def start_reader(self, on_message: OnMessage, on_closed: Callable[[Conn], None]) -> None:
-        """Read every frame into ``on_message(conn, kind, data, perf_counter())``."""
-        self.reader = asyncio.get_running_loop().create_task(self._read(on_message, on_closed))
+        """Hand every frame to ``on_message(conn, kind, data, perf_counter())`` (and
+        answer Engine.IO's pings); ``on_closed(conn)`` once the socket is closed."""
+        ws = self.ws
+        if not isinstance(ws, RawWebSocket):
+            self.reader = asyncio.get_running_loop().create_task(self._read(on_message, on_closed))
+            return
+        parse = self.dialect.parse
+        clock = time.perf_counter
+
+        def on_text(raw: Any) -> None:  # called in data_received: one call per frame
+            kind, data = parse(raw)
+            if kind == PING:
+                ws.write("3")
+            else:
+                on_message(self, kind, data, clock())
+
+        ws.set_receiver(on_text, lambda: on_closed(self))
 
     async def _read(self, on_message: OnMessage, on_closed: Callable[[Conn], None]) -> None:
+        """The ``websockets`` client's reader task."""
         parse = self.dialect.parse
         clock = time.perf_counter
         ws = self.ws
+        assert isinstance(ws, ClientConnection)
         try:
             async for raw in ws:
                 kind, data = parse(raw)
@@ -221,6 +252,22 @@ class Conn:
             self.reader.cancel()
 
 
+async def _connect(url: str, headers: dict[str, str] | None) -> WebSocket:
+    if CLIENT == "websockets":
+        return await connect(
+            url,
+            additional_headers=headers,
+            compression=None,
+            ping_interval=None,
+            open_timeout=None,
+            close_timeout=2,
+            max_queue=256,
+            max_size=2**20,
+            user_agent_header=None,
+        )
+    return await rawws.connect(url, headers)
+
+
 async def open_conn(
     dialect: Dialect,
     base: str,
@@ -234,17 +281,7 @@ async def open_conn(
     ``headers``: extra handshake headers (credentials: bench/churn.py).
     """
     async with asyncio.timeout(timeout):
-        ws = await connect(
-            dialect.url(base, uid),
-            additional_headers=headers,
-            compression=None,
-            ping_interval=None,
-            open_timeout=None,
-            close_timeout=2,
-            max_queue=256,
-            max_size=2**20,
-            user_agent_header=None,
-        )
+        ws = await _connect(dialect.url(base, uid), headers)
         try:
             await dialect.handshake(ws)
         except BaseException:
@@ -279,6 +316,7 @@ async def close_all(conns: list[Conn], timeout: float = 10.0) -> None:
             await asyncio.gather(*(conn.close() for conn in conns))
     except TimeoutError:
         for conn in conns:
-            conn.ws.transport.abort()
+            if conn.ws.transport is not None:
+                conn.ws.transport.abort()
             if conn.reader is not None:
                 conn.reader.cancel()
