@@ -84,8 +84,10 @@ async def broadcast_point(
     cpu = target.cpu_s() - cpu0
     latencies: list[float] = []
     delivered = dups = errors = 0
+    client_cpu = 0.0
     for swarm in busy:
         stats = await swarm.request(cmd="stats")
+        client_cpu += stats["cpu_s"]
         latencies += stats["latencies_ms"]
         delivered += stats["delivered"]
         dups += stats["duplicates"]
@@ -104,6 +106,10 @@ async def broadcast_point(
         "p50_ms": percentile_ms(seconds, 0.50),
         "p99_ms": percentile_ms(seconds, 0.99),
         "server_cpu_us_per_delivery": round(cpu * 1e6 / delivered, 2) if delivered else None,
+        # the listeners' processes (the broadcaster's is the coordinator's)
+        "client_cpu_us_per_delivery": (
+            round(client_cpu * 1e6 / delivered, 2) if delivered else None
+        ),
         "loadavg": loadavg(),
     }
 

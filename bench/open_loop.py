@@ -4,14 +4,31 @@ offered rate, at 25/50/75/90% of each contender's saturation, on one server.
 For each contender, on a fresh server: ``--clients`` load-client processes
 (:mod:`bench.swarm`) hold 200 relay clients between them, 20 senders each. The
 contender's closed-loop relay (:func:`bench.workloads.relay`, ``make bench``'s, from one
-more load-client process) gives a first rate; the swarms then offer twice that for
-``--saturation-seconds``, and the rate at which they get the messages, until the last
-one, is the contender's *saturation* on this setup (servers and load clients share the
-2 cores: a contender whose frames cost the clients more saturates lower). Then they
-send at each fraction of it for ``--seconds``: open loop, every message stamped with
-its *scheduled* send time, so a message that waited (for the client's loop or a
-socket's push-back) counts its wait. Figures per level: the offered and delivered
-rates, p50/p99/p99.9 latency, losses, server CPU per message.
+more load-client process) gives a first rate. Saturation is then measured two ways on
+this setup (servers and load clients share the 2 cores: a contender whose frames cost
+the clients more saturates lower):
+
+* *overload*: the swarms offer twice the closed-loop rate for ``--saturation-seconds``;
+  the rate at which the messages come in, until the last one. Under overload servers and
+  clients read and write in larger batches, so this can be more than the server keeps
+  up with at a steady rate;
+* *knee*: a step search (``--search-steps`` levels of ``--search-seconds``, geometric
+  bisection from the overload figure) for the highest offered rate the contender
+  *sustains*: every message delivered, delivered/s at least 97% of offered, and no
+  growing backlog (the median latency of the messages scheduled in the last quarter of
+  the level at most twice that of the first quarter plus 5 ms).
+
+Then the clients send at each fraction of the knee (``--basis knee``, the default; or of
+the overload figure) for ``--seconds``, plus one level at 75% of the other figure: open
+loop, every message stamped with its *scheduled* send time, so a message that waited
+(for the client's loop or a socket's push-back) counts its wait. Figures per level: the
+offered and delivered rates, p50/p99/p99.9 latency, losses, server CPU per message and
+the load clients' CPU per message (one frame sent, one received).
+
+``--compare-clients R1,R2``: instead, the load client's own cost: each contender at
+these offered rates with the ``websockets`` library's client and with
+:mod:`bench.rawws` (``BENCH_CLIENT``), the swarms' CPU per message side by side
+(``<date>-open-loop-clients.*``).
 """
 
 from __future__ import annotations
@@ -19,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -78,32 +96,62 @@ async def level(
         await asyncio.sleep(0.1)
     cpu = target.cpu_s() - cpu0
     latencies: list[float] = []
+    scheduled: list[float] = []
     dups = errors = closed = 0
+    client_cpu = 0.0
     last = start
     for swarm in swarms:
         stats = await swarm.request(cmd="stats")
         last = max(last, stats["last"] or start)
         latencies += [x / 1000 for x in stats["latencies_ms"]]
+        scheduled += stats.get("scheduled", [])
         dups += stats["duplicates"]
         errors += stats["errors"]
         closed += stats["closed"]
+        client_cpu += stats["cpu_s"]
+    first, final = quarters(scheduled, latencies, start, seconds)
+    delivered_per_s = round(len(latencies) / max(last - start, seconds))
+    lost = sent - len(latencies)
     return {
         "offered_per_s": round(rate),
         "sent": sent,
         "delivered": len(latencies),
-        "lost": sent - len(latencies),
+        "lost": lost,
         "duplicates": dups,
         "errors": errors,  # error frames the senders got back
         "closed": closed,  # sockets closed by the server so far
-        "delivered_per_s": round(len(latencies) / max(last - start, seconds)),
+        "delivered_per_s": delivered_per_s,
         "p50_ms": percentile_ms(latencies, 0.50),
         "p99_ms": percentile_ms(latencies, 0.99),
         "p999_ms": percentile_ms(latencies, 0.999),
         "max_ms": round(max(latencies) * 1000, 1) if latencies else None,
         "send_late_max_ms": max(r["late_max_ms"] for r in sends),
         "server_cpu_us_per_msg": round(cpu * 1e6 / len(latencies), 1) if latencies else None,
+        "client_cpu_us_per_msg": round(client_cpu * 1e6 / len(latencies), 1) if latencies else None,
+        "p50_first_quarter_ms": first,
+        "p50_last_quarter_ms": final,
+        "drain_ms": round((last - start - seconds) * 1000, 1),
+        "sustained": bool(
+            lost == 0
+            and delivered_per_s >= 0.97 * rate
+            and first is not None
+            and final is not None
+            and final <= 2 * first + 5
+        ),
         "loadavg": loadavg(),
     }
+
+
+def quarters(
+    scheduled: list[float], latencies: list[float], start: float, seconds: float
+) -> tuple[float | None, float | None]:
+    """The median latency (ms) of the messages scheduled in the first and in the last
+    quarter of a level: a backlog that grows through the level shows as the second far
+    above the first."""
+    pairs = list(zip(scheduled, latencies, strict=True))
+    early = [lat for t, lat in pairs if t < start + seconds / 4]
+    late = [lat for t, lat in pairs if t >= start + seconds * 3 / 4]
+    return percentile_ms(early, 0.5), percentile_ms(late, 0.5)
 
 
 async def open_relay_clients(swarms: list[SwarmProcess], dialect: str, base: str) -> None:
@@ -125,6 +173,63 @@ async def open_relay_clients(swarms: list[SwarmProcess], dialect: str, base: str
         raise RuntimeError(f"connects failed: {replies}")
 
 
+async def knee_search(
+    target: Target, swarms: list[SwarmProcess], first: float, args: argparse.Namespace
+) -> tuple[float | None, list[dict[str, Any]]]:
+    """The highest offered rate found sustained (:func:`level`'s ``sustained``), by
+    geometric bisection from ``first``: up by 1.5x while sustained, then halving the
+    ratio between the highest sustained and the lowest not. Returns it (None when none
+    was) and every step's figures."""
+    lo, hi = 0.0, 0.0
+    rate = first
+    steps = []
+    for _ in range(args.search_steps):
+        await quiesce(target, timeout=5)
+        entry = await level(target, swarms, rate, args, args.search_seconds, 30.0)
+        steps.append(entry)
+        print(
+            f"    knee search {entry['offered_per_s']}/s: delivered {entry['delivered_per_s']}/s,"
+            f" p50 {entry['p50_first_quarter_ms']} -> {entry['p50_last_quarter_ms']} ms, "
+            f"{'sustained' if entry['sustained'] else 'not sustained'} "
+            f"(load {entry['loadavg'][0]})",
+            flush=True,
+        )
+        if entry["sustained"]:
+            lo = rate
+        else:
+            hi = rate
+        if hi and lo and hi / lo <= 1.08:
+            break
+        rate = rate * 1.5 if not hi else hi / 2 if not lo else (lo * hi) ** 0.5
+    return (round(lo) if lo else None), steps
+
+
+async def start_relay_swarms(
+    target: Target, dialect: str, base: str, args: argparse.Namespace, client: str | None = None
+) -> list[SwarmProcess]:
+    """``--clients`` load-client processes with their relay clients open."""
+    swarms = list(
+        await asyncio.gather(*(SwarmProcess().start(client) for _ in range(args.clients)))
+    )
+    try:
+        await open_relay_clients(swarms, dialect, base)
+    except BaseException:
+        await asyncio.gather(*(s.stop() for s in swarms), return_exceptions=True)
+        raise
+    await quiesce(target, timeout=5)
+    return swarms
+
+
+def report(label: str, name: str, entry: dict[str, Any]) -> None:
+    print(
+        f"{label:<28} {name} ({entry['offered_per_s']}/s): delivered "
+        f"{entry['delivered_per_s']}/s, p50 {entry['p50_ms']} p99 {entry['p99_ms']} "
+        f"p99.9 {entry['p999_ms']} ms, lost {entry['lost']}, client CPU "
+        f"{entry['client_cpu_us_per_msg']} µs/msg (load {entry['loadavg'][0]})",
+        flush=True,
+    )
+
+
 async def measure(key: str, args: argparse.Namespace) -> dict[str, Any]:
     contender = ALL[key]
     proc = ServerProcess(contender, {})
@@ -138,31 +243,62 @@ async def measure(key: str, args: argparse.Namespace) -> dict[str, Any]:
 
         closed = await relay(target, replace(FULL, relay_seconds=args.saturation_seconds))
         out["saturation"] = closed
-        swarms = list(await asyncio.gather(*(SwarmProcess().start() for _ in range(args.clients))))
-        await open_relay_clients(swarms, contender.dialect_name, proc.base)
-        await quiesce(target, timeout=5)
+        swarms = await start_relay_swarms(target, contender.dialect_name, proc.base, args)
         probe = await level(
             target, swarms, 2 * closed["msgs_per_s"], args, args.saturation_seconds, 60.0
         )
         out["overload"] = probe
-        saturation = probe["delivered_per_s"]
+        overload = probe["delivered_per_s"]
         print(
             f"{contender.label:<28} closed-loop relay {closed['msgs_per_s']} msgs/s; offered "
-            f"{probe['offered_per_s']}/s: saturation {saturation} msgs/s",
+            f"{probe['offered_per_s']}/s: overload saturation {overload} msgs/s",
             flush=True,
         )
-        for pct in args.levels:
+        knee, steps = await knee_search(target, swarms, overload, args)
+        out["knee"] = knee
+        out["knee_steps"] = steps
+        print(f"{contender.label:<28} knee {knee} msgs/s", flush=True)
+        bases = {"overload": overload, "knee": knee}
+        basis = args.basis if knee else "overload"  # no sustained rate found: the other
+        other = "overload" if basis == "knee" else "knee"
+        plan = [(pct, basis) for pct in args.levels] + ([(75, other)] if knee else [])
+        for pct, basis in plan:
             await quiesce(target, timeout=5)
-            entry = await level(target, swarms, saturation * pct / 100, args)
+            entry = await level(target, swarms, bases[basis] * pct / 100, args)
             entry["percent"] = pct
+            entry["basis"] = basis
             out["levels"].append(entry)
-            print(
-                f"{contender.label:<28} {pct}% ({entry['offered_per_s']}/s): delivered "
-                f"{entry['delivered_per_s']}/s, p50 {entry['p50_ms']} p99 {entry['p99_ms']} "
-                f"p99.9 {entry['p999_ms']} ms, lost {entry['lost']} "
-                f"(load {entry['loadavg'][0]})",
-                flush=True,
-            )
+            report(contender.label, f"{pct}% of {basis}", entry)
+    except Exception as exc:  # a contender that fails is a result
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        await stop_all(out, [proc], swarms)
+    return out
+
+
+async def measure_clients(key: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``--compare-clients``: the same offered rates from swarms on each WebSocket client."""
+    contender = ALL[key]
+    proc = ServerProcess(contender, {})
+    swarms: list[SwarmProcess] = []
+    out: dict[str, Any] = {"levels": []}
+    try:
+        await asyncio.to_thread(proc.start)
+        target = Target(contender.dialect(), [proc.base], proc.rss_kb, proc.cpu_s)
+        await warm_up(target)
+        for _ in range(args.runs):  # interleaved: background load spreads over both
+            for client in ("websockets", "raw"):
+                swarms = await start_relay_swarms(
+                    target, contender.dialect_name, proc.base, args, client
+                )
+                for rate in args.compare_clients:
+                    await quiesce(target, timeout=5)
+                    entry = await level(target, swarms, rate, args)
+                    entry["client"] = client
+                    out["levels"].append(entry)
+                    report(contender.label, f"{client} client", entry)
+                await asyncio.gather(*(s.stop() for s in swarms))
+                swarms = []
     except Exception as exc:  # a contender that fails is a result
         out["error"] = f"{type(exc).__name__}: {exc}"
     finally:
@@ -171,55 +307,128 @@ async def measure(key: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(data: dict[str, Any]) -> list[str]:
+    if data["meta"].get("compare_clients"):
+        return clients_table(data)
     results = data["results"]
     lines = [
-        "| contender | saturation msgs/s | level | offered/s | delivered/s | p50 ms | p99 ms "
-        "| p99.9 ms | lost | refused / closed | srv CPU µs/msg | load avg |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| contender | overload sat. msgs/s | knee msgs/s | level | offered/s | delivered/s "
+        "| p50 ms | p99 ms | p99.9 ms | lost | refused / closed | srv CPU µs/msg "
+        "| client CPU µs/msg | send late max ms | load avg |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, entry in results.items():
         label = ALL[key].label
         sat = (entry.get("overload") or {}).get("delivered_per_s")
+        knee = entry.get("knee")
         for e in entry["levels"]:
             lines.append(
-                f"| {label} | {sat:,} | {e['percent']}% | {e['offered_per_s']:,} "
-                f"| {e['delivered_per_s']:,} | {e['p50_ms']} | {e['p99_ms']} | {e['p999_ms']} "
-                f"| {e['lost']} | {e.get('errors', 0)} / {e.get('closed', 0)} "
-                f"| {e['server_cpu_us_per_msg']} | {e['loadavg'][0]} |"
+                f"| {label} | {_n(sat)} | {_n(knee)} | {e['percent']}% of {e.get('basis')} "
+                f"| {e['offered_per_s']:,} | {e['delivered_per_s']:,} | {e['p50_ms']} "
+                f"| {e['p99_ms']} | {e['p999_ms']} | {e['lost']} "
+                f"| {e.get('errors', 0)} / {e.get('closed', 0)} | {e['server_cpu_us_per_msg']} "
+                f"| {e.get('client_cpu_us_per_msg')} | {e['send_late_max_ms']} "
+                f"| {e['loadavg'][0]} |"
             )
         if "error" in entry:
-            lines.append(f"| {label} | failed: {entry['error'][:200]} | | | | | | | | | | |")
+            lines.append(f"| {label} | failed: {entry['error'][:200]} |" + " |" * 13)
     mine = results.get("streampod_uvicorn")
     if mine:
-        at = {e["percent"]: e for e in mine["levels"]}
+        at = {(e["percent"], e.get("basis")): e for e in mine["levels"]}
         for key, entry in results.items():
             if key == "streampod_uvicorn":
                 continue
             cells = [
-                f"{e['percent']}%: {at[e['percent']]['p99_ms'] / e['p99_ms']:.2f}x"
+                f"{e['percent']}% of {e.get('basis')}: "
+                f"{at[(e['percent'], e.get('basis'))]['p99_ms'] / e['p99_ms']:.2f}x"
                 for e in entry["levels"]
-                if e["percent"] in at and e["p99_ms"] and at[e["percent"]]["p99_ms"]
+                if (e["percent"], e.get("basis")) in at
+                and e["p99_ms"]
+                and at[(e["percent"], e.get("basis"))]["p99_ms"]
             ]
             lines.append(f"\n*Streampod (uvicorn) ÷ {ALL[key].label}, p99*: " + ", ".join(cells))
+    lines += [
+        "\nThe knee search, step by step (sustained: every message delivered, delivered/s "
+        "at least 97% of offered, last quarter's p50 at most twice the first's plus 5 ms):\n",
+        "| contender | offered/s | delivered/s | p50 first quarter ms | p50 last quarter ms "
+        "| p99 ms | lost | sustained | load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for key, entry in results.items():
+        for e in entry.get("knee_steps", []):
+            lines.append(
+                f"| {ALL[key].label} | {e['offered_per_s']:,} | {e['delivered_per_s']:,} "
+                f"| {e['p50_first_quarter_ms']} | {e['p50_last_quarter_ms']} | {e['p99_ms']} "
+                f"| {e['lost']} | {'yes' if e['sustained'] else 'no'} | {e['loadavg'][0]} |"
+            )
     lines.append("")
+    return lines
+
+
+def _n(value: float | None) -> str:
+    return f"{value:,}" if isinstance(value, int | float) else "-"
+
+
+def clients_table(data: dict[str, Any]) -> list[str]:
+    """``--compare-clients``: each level, then the medians per client and rate."""
+    lines = [
+        "| contender | client | offered/s | delivered/s | client CPU µs/msg | srv CPU µs/msg "
+        "| p50 ms | p99 ms | send late max ms | lost | load avg |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    summary = []
+    for key, entry in data["results"].items():
+        label = ALL[key].label
+        for e in entry["levels"]:
+            lines.append(
+                f"| {label} | {e['client']} | {e['offered_per_s']:,} | {e['delivered_per_s']:,} "
+                f"| {e['client_cpu_us_per_msg']} | {e['server_cpu_us_per_msg']} | {e['p50_ms']} "
+                f"| {e['p99_ms']} | {e['send_late_max_ms']} | {e['lost']} | {e['loadavg'][0]} |"
+            )
+        if "error" in entry:
+            lines.append(f"| {label} | failed: {entry['error'][:200]} |" + " |" * 9)
+        for rate in sorted({e["offered_per_s"] for e in entry["levels"]}):
+            cpu = {
+                client: statistics.median(
+                    e["client_cpu_us_per_msg"]
+                    for e in entry["levels"]
+                    if e["client"] == client and e["offered_per_s"] == rate
+                )
+                for client in ("websockets", "raw")
+                if any(e["client"] == client and e["offered_per_s"] == rate
+                       for e in entry["levels"])
+            }  # fmt: skip
+            if len(cpu) == 2:
+                summary.append(
+                    f"| {label} | {rate:,} | {cpu['websockets']} | {cpu['raw']} "
+                    f"| {cpu['raw'] / cpu['websockets']:.2f}x |"
+                )
+    lines += [
+        "\nMedians: the load clients' CPU per relayed message (one frame sent, one "
+        "received, the JSON and bookkeeping included):\n",
+        "| contender | offered/s | websockets client µs/msg | bench.rawws µs/msg | ratio |",
+        "|---|---:|---:|---:|---:|",
+        *summary,
+        "",
+    ]
     return lines
 
 
 def plot(data: dict[str, Any], path: Path) -> bool:
     plt = pyplot()
-    if plt is None:
+    if plt is None or data["meta"].get("compare_clients"):
         return False
+    basis = data["meta"].get("basis", "overload")
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     for ax, (metric, title) in zip(
         axes, [("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9")], strict=True
     ):
         for key, entry in data["results"].items():
-            xs = [e["percent"] for e in entry["levels"] if e.get(metric)]
-            ys = [e[metric] for e in entry["levels"] if e.get(metric)]
-            if xs:
-                ax.plot(xs, ys, "o-", color=COLOURS.get(key, "black"), label=ALL[key].label)
+            mine = [e for e in entry["levels"] if e.get("basis", basis) == basis and e.get(metric)]
+            if mine:
+                ax.plot([e["percent"] for e in mine], [e[metric] for e in mine], "o-",
+                        color=COLOURS.get(key, "black"), label=ALL[key].label)  # fmt: skip
         ax.set_yscale("log")
-        ax.set_xlabel("offered rate, % of the contender's own saturation")
+        ax.set_xlabel(f"offered rate, % of the contender's own saturation ({basis})")
         ax.set_title(f"relay latency {title}, ms (open loop; lower is better)", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -228,11 +437,12 @@ def plot(data: dict[str, Any], path: Path) -> bool:
 
 def render(data: dict[str, Any], png: str | None) -> list[str]:
     meta = data["meta"]
+    title = "The load client's CPU" if meta.get("compare_clients") else "Open-loop relay latency"
     return [
-        f"# Open-loop relay latency {meta['date'][:10]}\n",
+        f"# {title} {meta['date'][:10]}\n",
         f"Command: `{meta['command']}`, {meta['total_seconds']} s; {meta['clients']} "
         f"load-client processes, {meta['seconds']} s per level; load average at the "
-        f"end {meta['loadavg_at_end']}.\n",
+        f"start {meta.get('loadavg_at_start')}, at the end {meta['loadavg_at_end']}.\n",
         (__doc__ or "").split("\n", 2)[2].strip() + "\n",
         f"![open-loop latency]({png})\n" if png else "",
         *table(data),
@@ -241,9 +451,13 @@ def render(data: dict[str, Any], png: str | None) -> list[str]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
+    at_start = loadavg()
     results = {}
     for key in args.only.split(","):
-        results[key] = await measure(key, args)
+        if args.compare_clients:
+            results[key] = await measure_clients(key, args)
+        else:
+            results[key] = await measure(key, args)
     return {
         "meta": {
             "date": dt.datetime.now().isoformat(timespec="seconds"),
@@ -251,6 +465,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "clients": args.clients,
             "seconds": args.seconds,
             "levels": args.levels,
+            "basis": args.basis,
+            "compare_clients": args.compare_clients,
+            "loadavg_at_start": at_start,
             "loadavg_at_end": loadavg(),
             "total_seconds": round(time.monotonic() - started, 1),
         },
@@ -262,14 +479,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.open_loop", description=__doc__)
     parser.add_argument("--only", default=",".join(CONTENDERS))
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
+    parser.add_argument("--basis", choices=("knee", "overload"), default="knee",
+                        help="the saturation the levels are fractions of (knee)")  # fmt: skip
     parser.add_argument("--seconds", type=float, default=4.0, help="per level (4)")
     parser.add_argument("--saturation-seconds", type=float, default=3.0)
+    parser.add_argument("--search-steps", type=int, default=6, help="knee search levels (6)")
+    parser.add_argument("--search-seconds", type=float, default=2.0, help="per search level (2)")
     parser.add_argument("--drain-timeout", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=2, help="load-client processes (2)")
+    parser.add_argument(
+        "--compare-clients", default="", metavar="RATES",
+        help="offered rates (msgs/s, comma-separated): the load client's CPU per message "
+        "with the websockets library's client against bench.rawws, nothing else",
+    )  # fmt: skip
+    parser.add_argument("--runs", type=int, default=3, help="--compare-clients runs (3)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.levels = [int(x) for x in args.levels.split(",")]
-    return scale.execute("open-loop", args, run, plot, render, table)
+    args.compare_clients = [float(x) for x in args.compare_clients.split(",") if x]
+    name = "open-loop-clients" if args.compare_clients else "open-loop"
+    return scale.execute(name, args, run, plot, render, table)
 
 
 if __name__ == "__main__":

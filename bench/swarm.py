@@ -11,7 +11,9 @@ talks to each over its stdin/stdout, one JSON object a line:
 * ``{"cmd": "track"}``: forget earlier deliveries; from now on, once every socket of
   this process has broadcast ``seq``, print ``{"done": seq}`` (unprompted).
 * ``{"cmd": "stats"}``: ``{"latencies_ms": [...], "delivered", "duplicates", "errors",
-  "closed", "last"}`` since ``track`` (``last``: when the last relayed message came in).
+  "closed", "last", "cpu_s"}`` since ``track`` (``last``: when the last relayed message
+  came in; ``cpu_s``: this process's CPU time, user and system, its cost as a client).
+  In relay mode also ``"scheduled"``: each latency's message's scheduled send time.
   A latency is from the ``perf_counter()`` stamp the sender put in the message
   (CLOCK_MONOTONIC: one clock for every process of the machine).
 * ``{"cmd": "track", "mode": "relay"}``: the same for relayed messages, each counted once
@@ -35,6 +37,7 @@ import asyncio
 import json
 import random
 import sys
+import time
 from typing import Any
 
 from .client import ERROR, RELAY, Conn, close_all, open_conn
@@ -50,6 +53,8 @@ class Swarm:
         self.counts: dict[int, int] = {}
         self.last_seq: dict[int, int] = {}
         self.latencies: list[float] = []
+        self.scheduled: list[float] = []  # relay mode: the send time stamped in each message
+        self.cpu0 = time.process_time()
         self.state = {"dups": 0, "errors": 0, "closed": 0}
         self.pings: dict[int, tuple[float, asyncio.Future[float]]] = {}
         self.ping_kind = ""
@@ -64,6 +69,7 @@ class Swarm:
             else:
                 self.relay_seen.add(message)
                 self.latencies.append(now - data["t"])
+                self.scheduled.append(data["t"])
                 self.last = now
         elif kind == RELAY:
             seq = data["seq"]
@@ -117,6 +123,8 @@ class Swarm:
         self.counts.clear()
         self.last_seq.clear()
         self.latencies = []
+        self.scheduled = []
+        self.cpu0 = time.process_time()
         self.state.update(dups=0, errors=0)
         return {"tracking": len(self.conns)}
 
@@ -128,6 +136,8 @@ class Swarm:
             "errors": self.state["errors"],
             "closed": self.state["closed"],
             "last": self.last,
+            "cpu_s": round(time.process_time() - self.cpu0, 3),
+            **({"scheduled": self.scheduled} if self.relay_seen is not None else {}),
         }
 
     async def send(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -228,13 +238,18 @@ class SwarmProcess:
         self.on_done: Any = None  # called with the seq of each "done" line
         self._pump: asyncio.Task[None] | None = None
 
-    async def start(self) -> SwarmProcess:
+    async def start(self, client: str | None = None) -> SwarmProcess:
+        """``client``: the WebSocket client (``BENCH_CLIENT``, :mod:`bench.client`);
+        this process's own by default."""
+        import os
+
         from .servers import ROOT
 
+        env = {**os.environ, **({"BENCH_CLIENT": client} if client else {})}
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.swarm",
             cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            limit=2**26,
+            limit=2**26, env=env,
         )  # fmt: skip
         self._pump = asyncio.create_task(self._read())
         return self

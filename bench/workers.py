@@ -145,9 +145,9 @@ def cores(figures: dict[str, Any], cpu: str, rate: str) -> str:
 def table(data: dict[str, Any]) -> list[str]:
     rows = data["results"] + medians(data["results"])
     lines = [
-        "| server | relay msgs/s | relay p99 ms | relay lost | relay server cores "
-        "| fan-out deliveries/s | fan-out p99 ms | fan-out lost | fan-out server cores "
-        "| load avg |",
+        "| server | relay msgs/s | relay p99 ms | relay lost | relay server / client cores "
+        "| fan-out deliveries/s | fan-out p99 ms | fan-out lost "
+        "| fan-out server / client cores | load avg |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -159,9 +159,11 @@ def table(data: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {r['name']}{run} "
             f"| {relay['delivered_per_s']:,.0f} | {relay['p99_ms']:,.0f} | {relay['lost']} "
-            f"| {cores(relay, 'server_cpu_us_per_msg', 'delivered_per_s')} "
+            f"| {cores(relay, 'server_cpu_us_per_msg', 'delivered_per_s')} / "
+            f"{cores(relay, 'client_cpu_us_per_msg', 'delivered_per_s')} "
             f"| {fan['deliveries_per_s']:,.0f} | {fan['p99_ms']:,.1f} | {fan['lost']} "
-            f"| {cores(fan, 'server_cpu_us_per_delivery', 'deliveries_per_s')} "
+            f"| {cores(fan, 'server_cpu_us_per_delivery', 'deliveries_per_s')} / "
+            f"{cores(fan, 'client_cpu_us_per_delivery', 'deliveries_per_s')} "
             f"| {fan['loadavg'][0]} |"
         )
     ok = {r["name"].partition(" (median")[0]: r for r in medians(data["results"])}

@@ -118,22 +118,45 @@ def test_the_connections_curve_holds_authenticated_sockets_that_answer_pings(
 
 def test_the_open_loop_curve_delivers_every_scheduled_message(tmp_path: Path) -> None:
     """``make bench-scale``'s open-loop latency (bench/open_loop.py): each contender's
-    closed-loop saturation, then a fixed rate from two load-client processes."""
+    saturation under overload and its knee (a step search), then fixed rates from two
+    load-client processes, each message of every level delivered."""
     run_bench("bench.open_loop", "--only", "streampod_uvicorn,ceiling", "--levels", "10,20",
-              "--seconds", "0.5", "--saturation-seconds", "0.5",
-              "--out", str(tmp_path))  # fmt: skip
+              "--seconds", "0.5", "--saturation-seconds", "0.5", "--search-steps", "2",
+              "--search-seconds", "0.5", "--out", str(tmp_path))  # fmt: skip
     [results_json] = tmp_path.glob("*-open-loop.json")
     results = json.loads(results_json.read_text())["results"]
     assert set(results) == {"streampod_uvicorn", "ceiling"}
     for key, entry in results.items():
         assert "error" not in entry and entry["server_errors"] == 0, (key, entry)
-        assert [e["percent"] for e in entry["levels"]] == [10, 20], (key, entry)
+        assert len(entry["knee_steps"]) == 2, (key, entry)
+        levels = [(e["percent"], e["basis"]) for e in entry["levels"]]
+        if entry["knee"]:  # the levels are fractions of the knee, plus 75% of the overload
+            assert levels == [(10, "knee"), (20, "knee"), (75, "overload")], (key, levels)
+        else:  # no step was sustained (a loaded machine): fractions of the overload figure
+            assert levels == [(10, "overload"), (20, "overload")], (key, levels)
         for level in entry["levels"]:
             assert level["sent"] > 0 and level["delivered"] == level["sent"], (key, level)
             assert level["lost"] == 0 and level["duplicates"] == 0, (key, level)
             assert level["errors"] == 0 and level["closed"] == 0, (key, level)
+            assert level["client_cpu_us_per_msg"] > 0, (key, level)
     text = next(tmp_path.glob("*-open-loop.md")).read_text()
     assert "*Streampod (uvicorn) ÷ bare websockets (ceiling), p99*" in text
+    assert "The knee search, step by step" in text
+
+
+def test_the_load_client_comparison_runs_both_clients(tmp_path: Path) -> None:
+    """``python -m bench.open_loop --compare-clients``: the same offered rate from the
+    websockets library's client and from bench.rawws, the load clients' CPU per message."""
+    run_bench("bench.open_loop", "--only", "ceiling", "--compare-clients", "200",
+              "--runs", "1", "--seconds", "0.5", "--out", str(tmp_path))  # fmt: skip
+    [results_json] = tmp_path.glob("*-open-loop-clients.json")
+    [entry] = json.loads(results_json.read_text())["results"].values()
+    assert "error" not in entry and entry["server_errors"] == 0, entry
+    assert [e["client"] for e in entry["levels"]] == ["websockets", "raw"], entry
+    for level in entry["levels"]:
+        assert level["lost"] == 0 and level["client_cpu_us_per_msg"] > 0, level
+    text = next(tmp_path.glob("*-open-loop-clients.md")).read_text()
+    assert "| bare websockets (ceiling) | 200 |" in text
 
 
 def test_the_workers_comparison_runs_one_and_two_uvicorn_workers(tmp_path: Path) -> None:
