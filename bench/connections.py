@@ -132,6 +132,9 @@ async def measure(
             after = await snapshot(proc)
             out["memory_by_package"] = by_package(before, after, total)
             out["memory_top_lines"] = top_lines(before, after, total)
+            out["memory_streaming_lines"] = top_lines(
+                before, after, total, top=15, packages=("streaming", "channels")
+            )
         for key, spread in (("ping", 0.0), ("ping_spread", args.ping_spread)):
             out[key] = await ping_all(swarms, args.ping_timeout, spread)
             print(f"{contender.label:<42} {key}: {out[key]}", flush=True)
@@ -200,10 +203,18 @@ def by_package(
 
 
 def top_lines(
-    before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, sockets: int, top: int = 25
+    before: tracemalloc.Snapshot,
+    after: tracemalloc.Snapshot,
+    sockets: int,
+    top: int = 25,
+    packages: tuple[str, ...] | None = None,
 ) -> list[tuple[str, float]]:
-    """The allocating lines whose growth per socket is largest (bytes), any package."""
-    stats = after.compare_to(before, "lineno")[:top]
+    """The allocating lines whose growth per socket is largest (bytes), of any package
+    or of ``packages`` only."""
+    stats = after.compare_to(before, "lineno")
+    if packages is not None:
+        stats = [s for s in stats if package_of(s.traceback[0].filename) in packages]
+    stats = stats[:top]
     return [
         (f"{package_of(s.traceback[0].filename)}: "
          f"{os.path.basename(s.traceback[0].filename)}:{s.traceback[0].lineno}",
@@ -251,6 +262,10 @@ def table(data: dict[str, Any]) -> list[str]:
             lines += [
                 f"| `{name}` | {size:,} |" for name, size in entry.get("memory_top_lines", [])
             ]
+            ours = entry.get("memory_streaming_lines")
+            if ours:
+                lines += ["", "| allocating line (streaming, channels) | bytes per socket |"]
+                lines += ["|---|---:|", *(f"| `{name}` | {size:,} |" for name, size in ours)]
     lines.append("")
     lines.append(
         "Application-level pings from every socket at the end, each timed from its send:\n"

@@ -98,14 +98,36 @@ def check_channel(channel: Any) -> str:
 
 
 class _Channel:
-    __slots__ = ("joined", "lanes", "listeners")
+    """One channel's local listeners. Idle memory matters (a channel per user is
+    typical): the owners of a listener are one ``id`` until a second owner adds the
+    same listener, and the join is a flag; an :class:`asyncio.Event` (whose deque
+    costs ~760 bytes) exists only while a coroutine waits for the join."""
+
+    __slots__ = ("_waiter", "is_joined", "lanes", "listeners")
 
     def __init__(self) -> None:
-        # listener -> owners; a dict keeps the order listeners were added in
-        self.listeners: dict[Listener, set[int]] = {}
+        # listener -> its owner's id, or a set of ids once several owners added it;
+        # a dict keeps the order listeners were added in
+        self.listeners: dict[Listener, int | set[int]] = {}
         # listener -> the lane its awaitable results run in (made on first use)
         self.lanes: dict[Listener, Lane] = {}
-        self.joined = asyncio.Event()
+        self.is_joined = False
+        self._waiter: asyncio.Event | None = None
+
+    def set_joined(self) -> None:
+        """Joined in the cluster (or in-process only): wake whoever waits. One-way."""
+        self.is_joined = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.set()
+
+    async def wait_joined(self) -> None:
+        """Return once :meth:`set_joined` has been called."""
+        if self.is_joined:
+            return
+        if self._waiter is None:
+            self._waiter = asyncio.Event()
+        await self._waiter.wait()
 
 
 class ListenerHandle:
@@ -131,7 +153,8 @@ class MessageBus:
         self.id = uuid.uuid4().hex
         self.cross_process = layer is not None and not isinstance(layer, InMemoryChannelLayer)
         self._channels: dict[str, _Channel] = {}
-        self._owned: dict[int, set[tuple[str, Listener]]] = {}
+        # owner id -> its (channel, listener) pair, or a set of pairs once it has several
+        self._owned: dict[int, tuple[str, Listener] | set[tuple[str, Listener]]] = {}
         self._joined: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._reconcilers: set[asyncio.Task[None]] = set()
@@ -158,23 +181,55 @@ class MessageBus:
             if self.cross_process:
                 self._reconcile_soon(channel)
             else:
-                entry.joined.set()
-        entry.listeners.setdefault(listener, set()).add(id(owner))
-        self._owned.setdefault(id(owner), set()).add((channel, listener))
+                entry.set_joined()
+        owner_id = id(owner)
+        owners = entry.listeners.get(listener)
+        if owners is None:
+            entry.listeners[listener] = owner_id
+        elif type(owners) is int:
+            if owners != owner_id:
+                entry.listeners[listener] = {owners, owner_id}
+        else:
+            owners.add(owner_id)
+        # An owner's (channel, listener) pairs: the pair itself while it is its only one.
+        pair = (channel, listener)
+        owned = self._owned.get(owner_id)
+        if owned is None:
+            self._owned[owner_id] = pair
+        elif type(owned) is tuple:
+            if owned != pair:
+                self._owned[owner_id] = {owned, pair}
+        else:
+            owned.add(pair)
         return ListenerHandle(self, channel, listener)
 
     def remove_listener(self, channel: str, listener: Listener, *, owner: Any) -> None:
-        owned = self._owned.get(id(owner))
+        owner_id = id(owner)
+        owned = self._owned.get(owner_id)
         if owned is not None:
-            owned.discard((channel, listener))
-            if not owned:
-                del self._owned[id(owner)]
-        self._drop(channel, listener, id(owner))
+            pair = (channel, listener)
+            if type(owned) is tuple:
+                if owned == pair:
+                    del self._owned[owner_id]
+            else:
+                owned.discard(pair)
+                if not owned:
+                    del self._owned[owner_id]
+        self._drop(channel, listener, owner_id)
+
+    def _pairs(self, owner_id: int) -> tuple[tuple[str, Listener], ...] | set[Any]:
+        owned = self._owned.get(owner_id)
+        if owned is None:
+            return ()
+        return (owned,) if type(owned) is tuple else owned  # type: ignore[return-value]
 
     def remove_owner(self, owner: Any) -> None:
         """Remove every listener ``owner`` added."""
-        for channel, listener in self._owned.pop(id(owner), ()):
-            self._drop(channel, listener, id(owner))
+        owner_id = id(owner)
+        pairs = self._pairs(owner_id)
+        self._owned.pop(owner_id, None)
+        for channel, listener in pairs:
+            self._drop(channel, listener, owner_id)
 
     def _drop(self, channel: str, listener: Listener, owner_id: int) -> None:
         entry = self._channels.get(channel)
@@ -183,8 +238,12 @@ class MessageBus:
         owners = entry.listeners.get(listener)
         if owners is None:
             return
-        owners.discard(owner_id)
-        if not owners:
+        if type(owners) is int:
+            gone = owners == owner_id
+        else:
+            owners.discard(owner_id)
+            gone = not owners
+        if gone:
             del entry.listeners[listener]
             entry.lanes.pop(listener, None)  # calls already queued still run
         if not entry.listeners:
@@ -207,7 +266,7 @@ class MessageBus:
 
     def channels_of(self, owner: Any) -> set[str]:
         """The channels ``owner`` listens on."""
-        return {channel for channel, _ in self._owned.get(id(owner), ())}
+        return {channel for channel, _ in self._pairs(id(owner))}
 
     async def wait_joined(self, channels: set[str] | list[str]) -> None:
         """Return once every one of ``channels`` (that still has listeners) is joined.
@@ -218,16 +277,16 @@ class MessageBus:
         pending = [
             (channel, entry)
             for channel in channels
-            if (entry := self._channels.get(channel)) is not None and not entry.joined.is_set()
+            if (entry := self._channels.get(channel)) is not None and not entry.is_joined
         ]
         if not pending:
             return
         try:
             async with asyncio.timeout(streaming_settings.PUBLISH_TIMEOUT):
                 for _, entry in pending:
-                    await entry.joined.wait()
+                    await entry.wait_joined()
         except TimeoutError:
-            late = sorted(channel for channel, entry in pending if not entry.joined.is_set())
+            late = sorted(channel for channel, entry in pending if not entry.is_joined)
             raise MessagingUnavailable(
                 f"Could not join channel(s) {late!r} in the cluster yet; retrying."
             ) from None
@@ -345,11 +404,11 @@ class MessageBus:
 
     async def _wait_joined(self, channel: str) -> None:
         entry = self._channels.get(channel)
-        if entry is None or entry.joined.is_set():
+        if entry is None or entry.is_joined:
             return
         try:
             async with asyncio.timeout(streaming_settings.PUBLISH_TIMEOUT):
-                await entry.joined.wait()
+                await entry.wait_joined()
         except TimeoutError:
             raise MessagingUnavailable(
                 f"Could not join channel {channel!r} in the cluster yet; retrying."
@@ -371,7 +430,7 @@ class MessageBus:
                     have = channel in self._joined
                     if want == have:
                         if want:
-                            self._channels[channel].joined.set()
+                            self._channels[channel].set_joined()
                         return
                     try:
                         await self._ensure_receiver()

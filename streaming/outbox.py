@@ -12,7 +12,8 @@ costs no task and no trip through the event loop.
 Frames are queued only while the server pushes back: while a ``send`` is suspended
 (uvicorn, hypercorn) or while the connection's :class:`~streaming.flow.SendFlow`
 is paused (daphne, whose ``send`` never suspends), and before the handshake is
-accepted (``gated=True``: the accept goes first, see :meth:`Outbox.open`). At most
+accepted (``gated=True``: the accept goes first, see :meth:`Outbox.open`). The queue
+(a deque) exists only while frames wait: an idle socket's outbox holds none. At most
 ``limit`` frames and ``byte_limit`` bytes (``sys.getsizeof`` of the queued strings)
 wait; one more calls ``on_overflow`` (the consumer closes with 4013). A drain task
 exists only while frames are waiting.
@@ -85,19 +86,23 @@ class Outbox:
         self.limit = limit
         self.byte_limit = byte_limit if byte_limit is not None else sys.maxsize
         self._on_overflow = on_overflow
-        self._queue: deque[str | int | _Accept] = deque()
+        # Frames waiting; made when one has to wait, dropped once drained (an empty
+        # deque costs ~760 bytes, and most sockets are idle). While gated, the accept
+        # is pending without being queued: open() sends it before what is queued.
+        self._queue: deque[str | int | _Accept] | None = None
         self._bytes = 0  # sys.getsizeof of the queued strings
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._gated = gated
-        if gated:
-            self._queue.append(_ACCEPT)
         self.sent = 0
         self._room: asyncio.Event | None = None  # see wait_room
 
     def crowded(self) -> bool:
         """Whether frames wait for at least half the queue's room (in frames or bytes)."""
-        return len(self._queue) * 2 >= self.limit or self._bytes * 2 >= self.byte_limit
+        queue = self._queue
+        return (
+            queue is not None and len(queue) * 2 >= self.limit
+        ) or self._bytes * 2 >= self.byte_limit
 
     async def wait_room(self) -> None:
         """Wait while the queue is :meth:`crowded`: a producer that can wait (a streaming
@@ -117,7 +122,8 @@ class Outbox:
 
     def __len__(self) -> int:
         """Frames waiting (not counting one whose send is in progress)."""
-        return len(self._queue)
+        queue = self._queue
+        return len(queue) if queue is not None else 0
 
     @property
     def queued_bytes(self) -> int:
@@ -139,10 +145,13 @@ class Outbox:
             self._start({"type": "websocket.send", "text": text})
             return True
         size = sys.getsizeof(text)
-        if len(self._queue) >= self.limit or self._bytes + size > self.byte_limit:
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        if len(queue) >= self.limit or self._bytes + size > self.byte_limit:
             self._on_overflow()
             return False
-        self._queue.append(text)
+        queue.append(text)
         self._bytes += size
         if self._task is None and not self._gated:
             self._spawn(None, None, None)
@@ -159,13 +168,18 @@ class Outbox:
         self._gated = False
         if flow is not None:
             self._flow = flow
-        if self._task is not None or not self._queue:
-            return
         if self._eager:
-            self._queue.popleft()  # the accept marker
-            self._start(_ACCEPT_MESSAGE)
+            self._start(_ACCEPT_MESSAGE)  # then what was queued, if anything
         else:
+            self._queued().appendleft(_ACCEPT)
             self._spawn(None, None, None)
+
+    def _queued(self) -> deque[str | int | _Accept]:
+        """The queue, made if there is none."""
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        return queue
 
     def close(self, code: int, *, discard_pending: bool = False) -> None:
         """Send the close frame after what is queued (or instead of it). Idempotent.
@@ -183,26 +197,29 @@ class Outbox:
         if self._task is None and self._eager and not self._gated and not self._queue:
             self._start({"type": "websocket.close", "code": int(code)})
         elif self._task is None and not self._gated:
-            self._queue.append(code)
+            self._queued().append(code)
             self._spawn(None, None, None)
         else:
-            self._queue.append(code)
+            self._queued().append(code)
             if discard_pending and self._flow is not None:
                 self._flow.kick()  # the close goes out even while the server pushes back
 
     def _drop_frames(self) -> None:
         """Drop the queued data frames (an accept not yet sent stays first)."""
-        head = self._queue[0] if self._queue else None
-        self._queue.clear()
+        queue = self._queue
+        if queue is not None:
+            head = queue[0] if queue else None
+            queue.clear()
+            if head is _ACCEPT:
+                queue.append(_ACCEPT)
         self._bytes = 0
-        if head is _ACCEPT:
-            self._queue.append(_ACCEPT)
 
     def discard(self) -> None:
         """Drop everything: the socket is gone (or closed)."""
         self._closed = True
         self._gated = False
-        self._queue.clear()
+        if self._queue is not None:
+            self._queue.clear()
         self._bytes = 0
         self._wake()
         if self._flow is not None:
@@ -264,7 +281,7 @@ class Outbox:
             "send of %s failed; closing with %d and discarding %d queued frames",
             message["type"],
             SEND_FAILED_CLOSE,
-            len(self._queue),
+            len(self),
             exc_info=True,
         )
         closing = not self._closed  # else the close code is counted already
@@ -292,7 +309,7 @@ class Outbox:
         message: dict[str, Any] | None,
     ) -> None:
         """Finish the suspended send (if any), then send what is queued, in order."""
-        queue = self._queue
+        queue = self._queued()
         try:
             while True:
                 if coro is not None and message is not None:
@@ -327,6 +344,8 @@ class Outbox:
         finally:
             if self._task is asyncio.current_task():
                 self._task = None
+                if not queue and self._queue is queue:
+                    self._queue = None  # drained: an idle outbox holds no deque
 
 
 def _quiet(task: asyncio.Task[None]) -> None:
