@@ -53,7 +53,9 @@ class Connections:
         self._all: set[StreamingConsumer] = set()
         self._emptied: asyncio.Event | None = None  # set when the last tracked socket goes
         self.draining = False
-        self._by_user: dict[Any, set[StreamingConsumer]] = {}
+        # user id -> its socket, or a set of its sockets once it has several (most users
+        # hold one: a set per user would cost ~200 bytes a socket)
+        self._by_user: dict[Any, StreamingConsumer | set[StreamingConsumer]] = {}
         self._checker: asyncio.Task[None] | None = None
         self.checks = 0  # re-checks run (tests, metrics)
 
@@ -97,33 +99,40 @@ class Connections:
 
     def add(self, user_id: Any, consumer: StreamingConsumer) -> bool:
         """Register ``consumer`` as a socket of ``user_id``; False past the limit."""
-        sockets = self._by_user.setdefault(user_id, set())
+        held = self._by_user.get(user_id)
+        sockets = _as_set(held)
         limit = streaming_settings.MAX_SOCKETS_PER_USER
         if limit is not None and len(sockets) >= limit and consumer not in sockets:
-            if not sockets:
-                del self._by_user[user_id]
             return False
-        sockets.add(consumer)
+        if held is None:
+            self._by_user[user_id] = consumer
+        elif type(held) is set:
+            held.add(consumer)
+        elif held is not consumer:
+            self._by_user[user_id] = {held, consumer}  # type: ignore[arg-type]
         if self._checker is None and streaming_settings.USER_RECHECK_INTERVAL:
             self._checker = asyncio.get_running_loop().create_task(self._check_loop())
         return True
 
     def discard(self, user_id: Any, consumer: StreamingConsumer) -> None:
-        sockets = self._by_user.get(user_id)
-        if sockets is None:
+        held = self._by_user.get(user_id)
+        if held is None:
             return
-        sockets.discard(consumer)
-        if not sockets:
+        if type(held) is set:
+            held.discard(consumer)
+            if not held:
+                del self._by_user[user_id]
+        elif held is consumer:
             del self._by_user[user_id]
 
     def of_user(self, user_id: Any) -> list[StreamingConsumer]:
-        return list(self._by_user.get(user_id, ()))
+        return list(_as_set(self._by_user.get(user_id)))
 
     def count(self, user_id: Any = None) -> int:
         """Sockets of ``user_id``, or of every authenticated user."""
         if user_id is not None:
-            return len(self._by_user.get(user_id, ()))
-        return sum(len(sockets) for sockets in self._by_user.values())
+            return len(_as_set(self._by_user.get(user_id)))
+        return sum(len(_as_set(held)) for held in self._by_user.values())
 
     async def check_now(self) -> None:
         """Close the sockets of users that are no longer active (or no longer exist)."""
@@ -149,6 +158,13 @@ class Connections:
         finally:
             if self._checker is asyncio.current_task():
                 self._checker = None
+
+
+def _as_set(held: Any) -> set[Any] | tuple[Any, ...]:
+    """A user's entry of ``Connections._by_user`` as a collection."""
+    if held is None:
+        return ()
+    return held if type(held) is set else (held,)
 
 
 _registries: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Connections] = (

@@ -41,6 +41,7 @@ import logging
 import re
 import uuid
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -649,6 +650,51 @@ class _End:
 _END = _End()
 
 
+class _Inbox:
+    """A ``listen()`` iterator's queue: FIFO, one reader, unbounded (``push`` bounds it).
+
+    Not an :class:`asyncio.Queue`, which holds three deques and an Event (four ~760-byte
+    deque blocks) from its creation on: a stream_opened hook that loops on ``listen()``
+    keeps one per socket. This one holds a deque only while messages wait, and a future
+    only while its reader waits.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[Any] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def qsize(self) -> int:
+        items = self._items
+        return len(items) if items is not None else 0
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: Any) -> None:
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._items:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        items = self._items
+        item = items.popleft()
+        if not items:
+            self._items = None
+        return item
+
+
 class SessionMessages:
     """``session.messages``: the bus, with listeners owned by one session."""
 
@@ -656,7 +702,7 @@ class SessionMessages:
 
     def __init__(self, session: StreamingSession) -> None:
         self._session = weakref.ref(session)
-        self._queues: set[asyncio.Queue[Any]] = set()
+        self._queues: set[_Inbox] | None = None  # the listen() iterators' (made on first)
 
     def _owner(self) -> StreamingSession:
         session = self._session()
@@ -688,8 +734,10 @@ class SessionMessages:
         ``MessagingUnavailable`` from the iterator instead of silent loss.
         """
         session = self._owner()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
+        queue = _Inbox()
         limit = streaming_settings.LISTEN_QUEUE_LIMIT
+        if self._queues is None:
+            self._queues = set()
         self._queues.add(queue)
 
         def push(message: SerializableEntity) -> None:
@@ -703,7 +751,7 @@ class SessionMessages:
         return self._iterate(channel, push, queue)
 
     async def _iterate(
-        self, channel: str, push: Listener, queue: asyncio.Queue[Any]
+        self, channel: str, push: Listener, queue: _Inbox
     ) -> AsyncIterator[SerializableEntity]:
         try:
             while True:
@@ -718,7 +766,8 @@ class SessionMessages:
                     raise item
                 yield item
         finally:
-            self._queues.discard(queue)
+            if self._queues is not None:
+                self._queues.discard(queue)
             self.remove_listener(channel, push)
 
     def _close(self) -> None:
@@ -729,6 +778,6 @@ class SessionMessages:
                 get_bus().remove_owner(session)
             except RuntimeError:  # no running loop (interpreter shutdown)
                 pass
-        for queue in self._queues:
+        queues, self._queues = self._queues, None
+        for queue in queues or ():
             queue.put_nowait(_END)
-        self._queues.clear()
