@@ -6,6 +6,8 @@
 * ``streaming.E004`` an entry of ``STREAMING["ENDPOINTS"]`` that cannot be used
 * ``streaming.W001`` daphne's message size limit is below ``MAX_MESSAGE_BYTES``
 * ``streaming.W002`` the channel layer in ``STREAMING["CHANNEL_LAYER"]`` is missing
+* ``streaming.W003`` the channel layer is channels-redis but redis-py has no hiredis:
+  every Redis reply is parsed in Python
 """
 
 from __future__ import annotations
@@ -46,7 +48,31 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="streaming.W002",
             )
         )
+    elif _is_redis_layer(settings.CHANNEL_LAYERS[alias]) and not hiredis_available():
+        messages.append(
+            checks.Warning(
+                f"The {alias!r} channel layer uses Redis, but redis-py runs without hiredis: "
+                "it parses every reply (each message between servers) in Python.",
+                hint="pip install hiredis (a dependency of streampod; an install that "
+                "skipped it, e.g. --no-deps, is missing it).",
+                id="streaming.W003",
+            )
+        )
     return messages
+
+
+def _is_redis_layer(config: Any) -> bool:
+    backend = config.get("BACKEND", "") if isinstance(config, dict) else ""
+    return isinstance(backend, str) and backend.startswith("channels_redis.")
+
+
+def hiredis_available() -> bool:
+    """Whether redis-py parses replies with hiredis (its own flag, read at each check)."""
+    try:
+        from redis import utils
+    except ImportError:  # no redis-py: no channels-redis either, nothing to parse
+        return True
+    return bool(getattr(utils, "HIREDIS_AVAILABLE", False))
 
 
 @checks.register("streaming")

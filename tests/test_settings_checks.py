@@ -143,6 +143,31 @@ def test_w002_when_the_channel_layer_alias_is_missing():
         assert ids(streaming_checks()) == ["streaming.W002"]
 
 
+REDIS_LAYER = {"default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer"}}
+
+
+def test_hiredis_is_installed_with_streampod_and_a_redis_layer_passes():
+    import hiredis  # noqa: F401  (a dependency in pyproject.toml)
+
+    with override_settings(CHANNEL_LAYERS=REDIS_LAYER):
+        assert streaming_checks() == []
+
+
+def test_w003_when_a_redis_layer_runs_without_hiredis(monkeypatch):
+    """redis-py decides at import whether hiredis is there (``HIREDIS_AVAILABLE``); an
+    install without it is simulated by that flag, which is what the check reads."""
+    import redis.utils
+
+    monkeypatch.setattr(redis.utils, "HIREDIS_AVAILABLE", False)
+    with override_settings(CHANNEL_LAYERS=REDIS_LAYER):
+        messages = streaming_checks()
+    assert ids(messages) == ["streaming.W003"]
+    assert "hiredis" in messages[0].msg
+    in_memory = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    with override_settings(CHANNEL_LAYERS=in_memory):
+        assert streaming_checks() == []
+
+
 @pytest.fixture
 def fresh_registry(monkeypatch):
     """The registry the checks read, swapped for an empty one for this test."""
