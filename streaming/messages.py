@@ -341,8 +341,21 @@ class MessageBus:
             inner = self._publisher.publish(group_name(channel), event)
         else:
             inner = loop.create_task(self.layer.group_send(group_name(channel), event))
-        timer = loop.call_later(timeout, inner.cancel)  # a post not yet sent is withdrawn
+        publisher = self._publisher
         posted = loop.time()
+
+        def expire() -> None:
+            """At ``PUBLISH_TIMEOUT`` a post not yet sent is withdrawn (it fails, certain
+            not to arrive). One already on its way to Redis is given one more
+            ``PUBLISH_TIMEOUT`` for its round trip: failing it now would tell the poster
+            "may not have arrived" of a message Redis delivers (seen under overload)."""
+            nonlocal timer
+            if publisher is not None and not publisher.withdraw(inner) and not inner.done():
+                timer = loop.call_later(timeout, inner.cancel)
+            else:
+                inner.cancel()
+
+        timer = loop.call_later(timeout, expire)
 
         def settle(done: asyncio.Future[Any]) -> None:
             timer.cancel()

@@ -77,7 +77,8 @@ class Publisher:
     def publish(self, group: str, message: dict[str, Any]) -> asyncio.Future[None]:
         """Queue a publish; the future resolves once it is written to Redis.
 
-        Cancelling the future before its batch leaves withdraws the post.
+        Cancelling the future before its batch leaves withdraws the post; see
+        :meth:`withdraw` for a withdrawal that leaves a post already on its way alone.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
@@ -85,6 +86,21 @@ class Publisher:
         if self._task is None:
             self._task = loop.create_task(self._run())
         return future
+
+    def withdraw(self, future: asyncio.Future[None]) -> bool:
+        """Cancel the post of ``future`` if it has not left for Redis yet; True if so.
+
+        A post whose batch is being written is not withdrawn (False): Redis may have it
+        already, so only the round trip can tell its outcome. O(pending): meant for
+        timeouts, not for every post.
+        """
+        if future.done():
+            return False
+        for item in self._pending:
+            if item[2] is future:
+                future.cancel()
+                return True
+        return False
 
     async def _run(self) -> None:
         try:
