@@ -55,7 +55,7 @@ async def measure(
     contender: Contender, tokens: list[str], db_url: str, args: argparse.Namespace
 ) -> dict[str, Any]:
     env = {"DJANGO_SETTINGS_MODULE": "streampod_project.settings", "DATABASE_URL": db_url}
-    env = env if contender is STREAMPOD_DEMO else {}
+    env = {**env, **args.server_env} if contender is STREAMPOD_DEMO else {}
     probe = Path(tempfile.mkdtemp(prefix="streampod-memprobe-")) / "snapshot"
     if args.memprobe:
         env = {**env, "PYTHONPATH": str(Path(__file__).parent / "memprobe"),
@@ -353,8 +353,14 @@ def main(argv: list[str] | None = None) -> int:
         help="tracemalloc in the server: its Python heap growth per socket, by package "
         "(slows it down and adds to its RSS: a run of its own)",
     )  # fmt: skip
+    parser.add_argument(
+        "--server-env", action="append", default=[], metavar="NAME=VALUE",
+        help="environment of Streampod's uvicorn (repeatable): uvicorn reads its options "
+        "from UVICORN_<OPTION>, e.g. UVICORN_WS=wsproto, UVICORN_WS_PING_INTERVAL=0",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    args.server_env = dict(item.split("=", 1) for item in args.server_env)
     args.steps = [int(x) for x in args.steps.split(",")]
     raise_fd_limit()
     workdir = Path(tempfile.mkdtemp(prefix="streampod-connections-"))
