@@ -98,7 +98,7 @@ async def level(
     latencies: list[float] = []
     scheduled: list[float] = []
     dups = errors = closed = 0
-    client_cpu = 0.0
+    client_cpu = client_sys = 0.0
     last = start
     for swarm in swarms:
         stats = await swarm.request(cmd="stats")
@@ -109,6 +109,7 @@ async def level(
         errors += stats["errors"]
         closed += stats["closed"]
         client_cpu += stats["cpu_s"]
+        client_sys += stats["sys_s"]
     first, final = quarters(scheduled, latencies, start, seconds)
     delivered_per_s = round(len(latencies) / max(last - start, seconds))
     lost = sent - len(latencies)
@@ -128,6 +129,8 @@ async def level(
         "send_late_max_ms": max(r["late_max_ms"] for r in sends),
         "server_cpu_us_per_msg": round(cpu * 1e6 / len(latencies), 1) if latencies else None,
         "client_cpu_us_per_msg": round(client_cpu * 1e6 / len(latencies), 1) if latencies else None,
+        # of which in the kernel (the sockets' system calls)
+        "client_sys_us_per_msg": round(client_sys * 1e6 / len(latencies), 1) if latencies else None,
         "p50_first_quarter_ms": first,
         "p50_last_quarter_ms": final,
         "drain_ms": round((last - start - seconds) * 1000, 1),
@@ -371,42 +374,46 @@ def _n(value: float | None) -> str:
 def clients_table(data: dict[str, Any]) -> list[str]:
     """``--compare-clients``: each level, then the medians per client and rate."""
     lines = [
-        "| contender | client | offered/s | delivered/s | client CPU µs/msg | srv CPU µs/msg "
-        "| p50 ms | p99 ms | send late max ms | lost | load avg |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| contender | client | offered/s | delivered/s | client CPU µs/msg | of which kernel "
+        "| srv CPU µs/msg | p50 ms | p99 ms | send late max ms | lost | load avg |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     summary = []
     for key, entry in data["results"].items():
         label = ALL[key].label
-        for e in entry["levels"]:
+        levels = entry["levels"]
+        for e in levels:
             lines.append(
                 f"| {label} | {e['client']} | {e['offered_per_s']:,} | {e['delivered_per_s']:,} "
-                f"| {e['client_cpu_us_per_msg']} | {e['server_cpu_us_per_msg']} | {e['p50_ms']} "
-                f"| {e['p99_ms']} | {e['send_late_max_ms']} | {e['lost']} | {e['loadavg'][0]} |"
+                f"| {e['client_cpu_us_per_msg']} | {e.get('client_sys_us_per_msg')} "
+                f"| {e['server_cpu_us_per_msg']} | {e['p50_ms']} | {e['p99_ms']} "
+                f"| {e['send_late_max_ms']} | {e['lost']} | {e['loadavg'][0]} |"
             )
         if "error" in entry:
-            lines.append(f"| {label} | failed: {entry['error'][:200]} |" + " |" * 9)
-        for rate in sorted({e["offered_per_s"] for e in entry["levels"]}):
-            cpu = {
-                client: statistics.median(
-                    e["client_cpu_us_per_msg"]
-                    for e in entry["levels"]
-                    if e["client"] == client and e["offered_per_s"] == rate
-                )
-                for client in ("websockets", "raw")
-                if any(e["client"] == client and e["offered_per_s"] == rate
-                       for e in entry["levels"])
-            }  # fmt: skip
-            if len(cpu) == 2:
+            lines.append(f"| {label} | failed: {entry['error'][:200]} |" + " |" * 10)
+        for rate in sorted({e["offered_per_s"] for e in levels}):
+            cells = {}
+            for client in ("websockets", "raw"):
+                mine = [e for e in levels if e["client"] == client and e["offered_per_s"] == rate]
+                if mine and all(e.get("client_sys_us_per_msg") is not None for e in mine):
+                    total = statistics.median(e["client_cpu_us_per_msg"] for e in mine)
+                    user = statistics.median(
+                        e["client_cpu_us_per_msg"] - e["client_sys_us_per_msg"] for e in mine
+                    )
+                    cells[client] = (total, user)
+            if len(cells) == 2:
+                (wt, wu), (rt, ru) = cells["websockets"], cells["raw"]
                 summary.append(
-                    f"| {label} | {rate:,} | {cpu['websockets']} | {cpu['raw']} "
-                    f"| {cpu['raw'] / cpu['websockets']:.2f}x |"
+                    f"| {label} | {rate:,} | {wt:.1f} ({wu:.1f}) | {rt:.1f} ({ru:.1f}) "
+                    f"| {rt / wt:.2f}x | {ru / wu:.2f}x |"
                 )
     lines += [
         "\nMedians: the load clients' CPU per relayed message (one frame sent, one "
-        "received, the JSON and bookkeeping included):\n",
-        "| contender | offered/s | websockets client µs/msg | bench.rawws µs/msg | ratio |",
-        "|---|---:|---:|---:|---:|",
+        "received, the JSON and bookkeeping included), all (in user space, outside the "
+        "kernel's socket calls):\n",
+        "| contender | offered/s | websockets client µs/msg | bench.rawws µs/msg "
+        "| ratio, all | ratio, user space |",
+        "|---|---:|---:|---:|---:|---:|",
         *summary,
         "",
     ]

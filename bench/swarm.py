@@ -12,7 +12,8 @@ talks to each over its stdin/stdout, one JSON object a line:
   this process has broadcast ``seq``, print ``{"done": seq}`` (unprompted).
 * ``{"cmd": "stats"}``: ``{"latencies_ms": [...], "delivered", "duplicates", "errors",
   "closed", "last", "cpu_s"}`` since ``track`` (``last``: when the last relayed message
-  came in; ``cpu_s``: this process's CPU time, user and system, its cost as a client).
+  came in; ``cpu_s``: this process's CPU time, its cost as a client, and the part of it
+  spent in the kernel, ``sys_s``: the sockets' system calls).
   In relay mode also ``"scheduled"``: each latency's message's scheduled send time.
   A latency is from the ``perf_counter()`` stamp the sender put in the message
   (CLOCK_MONOTONIC: one clock for every process of the machine).
@@ -35,9 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sys
-import time
 from typing import Any
 
 from .client import ERROR, RELAY, Conn, close_all, open_conn
@@ -54,7 +55,7 @@ class Swarm:
         self.last_seq: dict[int, int] = {}
         self.latencies: list[float] = []
         self.scheduled: list[float] = []  # relay mode: the send time stamped in each message
-        self.cpu0 = time.process_time()
+        self.cpu0 = os.times()
         self.state = {"dups": 0, "errors": 0, "closed": 0}
         self.pings: dict[int, tuple[float, asyncio.Future[float]]] = {}
         self.ping_kind = ""
@@ -124,7 +125,7 @@ class Swarm:
         self.last_seq.clear()
         self.latencies = []
         self.scheduled = []
-        self.cpu0 = time.process_time()
+        self.cpu0 = os.times()
         self.state.update(dups=0, errors=0)
         return {"tracking": len(self.conns)}
 
@@ -136,7 +137,7 @@ class Swarm:
             "errors": self.state["errors"],
             "closed": self.state["closed"],
             "last": self.last,
-            "cpu_s": round(time.process_time() - self.cpu0, 3),
+            **cpu_since(self.cpu0),
             **({"scheduled": self.scheduled} if self.relay_seen is not None else {}),
         }
 
@@ -200,6 +201,13 @@ class Swarm:
         }
 
 
+def cpu_since(before: os.times_result) -> dict[str, float]:
+    """This process's CPU seconds since ``before`` (``os.times()``): all, and in the kernel."""
+    now = os.times()
+    user, system = now.user - before.user, now.system - before.system
+    return {"cpu_s": round(user + system, 3), "sys_s": round(system, 3)}
+
+
 def emit(reply: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(reply) + "\n")
     sys.stdout.flush()
@@ -245,8 +253,6 @@ class SwarmProcess:
     async def start(self, client: str | None = None) -> SwarmProcess:
         """``client``: the WebSocket client (``BENCH_CLIENT``, :mod:`bench.client`);
         this process's own by default."""
-        import os
-
         from .servers import ROOT
 
         env = {**os.environ, **({"BENCH_CLIENT": client} if client else {})}
