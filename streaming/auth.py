@@ -250,20 +250,26 @@ class OriginValidator:
         self.application = application
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        if scope["type"] == "websocket":
-            if not host_allowed(scope):
-                logger.warning(
-                    "refused WebSocket handshake for host %r (not in ALLOWED_HOSTS)",
-                    (_header(scope, b"host") or "")[:100],
-                )
-                return await _refuse(receive, send)
-            if not origin_allowed(scope):
-                logger.info(
-                    "refused WebSocket handshake from origin %r",
-                    (_header(scope, b"origin") or "")[:100],
-                )
-                return await _refuse(receive, send)
+        if scope["type"] == "websocket" and not _admitted(scope):
+            return await _refuse(receive, send)
         return await self.application(scope, receive, send)
+
+
+def _admitted(scope: dict[str, Any]) -> bool:
+    """The ``Host`` and ``Origin`` checks of a WebSocket handshake; a refusal is logged."""
+    if not host_allowed(scope):
+        logger.warning(
+            "refused WebSocket handshake for host %r (not in ALLOWED_HOSTS)",
+            (_header(scope, b"host") or "")[:100],
+        )
+        return False
+    if not origin_allowed(scope):
+        logger.info(
+            "refused WebSocket handshake from origin %r",
+            (_header(scope, b"origin") or "")[:100],
+        )
+        return False
+    return True
 
 
 async def _refuse(receive: Any, send: Any) -> None:
@@ -308,17 +314,7 @@ class _WebSocketAuthStack:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         if scope["type"] != "websocket":
             return await self.chain(scope, receive, send)
-        if not host_allowed(scope):
-            logger.warning(
-                "refused WebSocket handshake for host %r (not in ALLOWED_HOSTS)",
-                (_header(scope, b"host") or "")[:100],
-            )
-            return await _refuse(receive, send)
-        if not origin_allowed(scope):
-            logger.info(
-                "refused WebSocket handshake from origin %r",
-                (_header(scope, b"origin") or "")[:100],
-            )
+        if not _admitted(scope):
             return await _refuse(receive, send)
         if "headers" not in scope:
             raise ValueError(

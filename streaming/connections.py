@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
 
+from . import sparse
 from .conf import streaming_settings
 
 if TYPE_CHECKING:
@@ -99,40 +100,26 @@ class Connections:
 
     def add(self, user_id: Any, consumer: StreamingConsumer) -> bool:
         """Register ``consumer`` as a socket of ``user_id``; False past the limit."""
-        held = self._by_user.get(user_id)
-        sockets = _as_set(held)
+        sockets = sparse.values(self._by_user.get(user_id))
         limit = streaming_settings.MAX_SOCKETS_PER_USER
         if limit is not None and len(sockets) >= limit and consumer not in sockets:
             return False
-        if held is None:
-            self._by_user[user_id] = consumer
-        elif type(held) is set:
-            held.add(consumer)
-        elif held is not consumer:
-            self._by_user[user_id] = {held, consumer}  # type: ignore[arg-type]
+        sparse.add(self._by_user, user_id, consumer)
         if self._checker is None and streaming_settings.USER_RECHECK_INTERVAL:
             self._checker = asyncio.get_running_loop().create_task(self._check_loop())
         return True
 
     def discard(self, user_id: Any, consumer: StreamingConsumer) -> None:
-        held = self._by_user.get(user_id)
-        if held is None:
-            return
-        if type(held) is set:
-            held.discard(consumer)
-            if not held:
-                del self._by_user[user_id]
-        elif held is consumer:
-            del self._by_user[user_id]
+        sparse.discard(self._by_user, user_id, consumer)
 
     def of_user(self, user_id: Any) -> list[StreamingConsumer]:
-        return list(_as_set(self._by_user.get(user_id)))
+        return list(sparse.values(self._by_user.get(user_id)))
 
     def count(self, user_id: Any = None) -> int:
         """Sockets of ``user_id``, or of every authenticated user."""
         if user_id is not None:
-            return len(_as_set(self._by_user.get(user_id)))
-        return sum(len(_as_set(held)) for held in self._by_user.values())
+            return len(sparse.values(self._by_user.get(user_id)))
+        return sum(len(sparse.values(held)) for held in self._by_user.values())
 
     async def check_now(self) -> None:
         """Close the sockets of users that are no longer active (or no longer exist)."""
@@ -158,13 +145,6 @@ class Connections:
         finally:
             if self._checker is asyncio.current_task():
                 self._checker = None
-
-
-def _as_set(held: Any) -> set[Any] | tuple[Any, ...]:
-    """A user's entry of ``Connections._by_user`` as a collection."""
-    if held is None:
-        return ()
-    return held if type(held) is set else (held,)
 
 
 _registries: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Connections] = (

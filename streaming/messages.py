@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
-from . import metrics
+from . import metrics, sparse
 from .conf import streaming_settings
 from .eager import Done
 from .exceptions import InvalidChannelName, MessagingNotGlobal, MessagingUnavailable
@@ -184,45 +184,17 @@ class MessageBus:
             else:
                 entry.set_joined()
         owner_id = id(owner)
-        owners = entry.listeners.get(listener)
-        if owners is None:
-            entry.listeners[listener] = owner_id
-        elif type(owners) is int:
-            if owners != owner_id:
-                entry.listeners[listener] = {owners, owner_id}
-        else:
-            owners.add(owner_id)
-        # An owner's (channel, listener) pairs: the pair itself while it is its only one.
-        pair = (channel, listener)
-        owned = self._owned.get(owner_id)
-        if owned is None:
-            self._owned[owner_id] = pair
-        elif type(owned) is tuple:
-            if owned != pair:
-                self._owned[owner_id] = {owned, pair}
-        else:
-            owned.add(pair)
+        sparse.add(entry.listeners, listener, owner_id)
+        sparse.add(self._owned, owner_id, (channel, listener))
         return ListenerHandle(self, channel, listener)
 
     def remove_listener(self, channel: str, listener: Listener, *, owner: Any) -> None:
         owner_id = id(owner)
-        owned = self._owned.get(owner_id)
-        if owned is not None:
-            pair = (channel, listener)
-            if type(owned) is tuple:
-                if owned == pair:
-                    del self._owned[owner_id]
-            else:
-                owned.discard(pair)
-                if not owned:
-                    del self._owned[owner_id]
+        sparse.discard(self._owned, owner_id, (channel, listener))
         self._drop(channel, listener, owner_id)
 
     def _pairs(self, owner_id: int) -> tuple[tuple[str, Listener], ...] | set[Any]:
-        owned = self._owned.get(owner_id)
-        if owned is None:
-            return ()
-        return (owned,) if type(owned) is tuple else owned  # type: ignore[return-value]
+        return sparse.values(self._owned.get(owner_id))
 
     def remove_owner(self, owner: Any) -> None:
         """Remove every listener ``owner`` added."""
@@ -236,16 +208,9 @@ class MessageBus:
         entry = self._channels.get(channel)
         if entry is None:
             return
-        owners = entry.listeners.get(listener)
-        if owners is None:
+        if listener not in entry.listeners:
             return
-        if type(owners) is int:
-            gone = owners == owner_id
-        else:
-            owners.discard(owner_id)
-            gone = not owners
-        if gone:
-            del entry.listeners[listener]
+        if sparse.discard(entry.listeners, listener, owner_id):  # its last owner went
             entry.lanes.pop(listener, None)  # calls already queued still run
         if not entry.listeners:
             del self._channels[channel]
@@ -343,6 +308,7 @@ class MessageBus:
             inner = loop.create_task(self.layer.group_send(group_name(channel), event))
         publisher = self._publisher
         posted = loop.time()
+        timer: asyncio.TimerHandle
 
         def expire() -> None:
             """At ``PUBLISH_TIMEOUT`` a post not yet sent is withdrawn (it fails, certain
