@@ -9,6 +9,7 @@ processes do; posts cross Redis between them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 
@@ -270,6 +271,26 @@ class DelayingProxy:
         await self.server.wait_closed()
 
 
+@contextlib.asynccontextmanager
+async def proxied_and_direct(proxy: DelayingProxy):
+    """Two buses sharing Redis under a prefix of their own: ``(through proxy, direct)``."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    url = f"redis://{proxy.host}:{proxy.port}{proxy.db}"
+    layers = [
+        RedisPubSubChannelLayer(hosts=[{"address": address, "socket_timeout": None}], prefix=prefix)
+        for address in (await proxy.start(), url)
+    ]
+    buses = [MessageBus(layer) for layer in layers]
+    try:
+        yield buses
+    finally:
+        for bus in buses:
+            await bus.aclose()
+        for layer in layers:
+            await layer.flush()
+        await proxy.aclose()
+
+
 async def test_a_join_whose_probe_overtakes_the_subscribe_still_completes():
     """The probe is published again until one comes back: a lost one is not a failure.
 
@@ -277,17 +298,8 @@ async def test_a_join_whose_probe_overtakes_the_subscribe_still_completes():
     Before probes were resent, every join then waited ``PUBLISH_TIMEOUT`` for it and
     ``add_listener`` raised ``MessagingUnavailable`` (sockets failed to open).
     """
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    url = require_redis()
-    proxy = DelayingProxy(url, delay=0.3)
-    late = RedisPubSubChannelLayer(
-        hosts=[{"address": await proxy.start(), "socket_timeout": None}], prefix=prefix
-    )
-    direct = RedisPubSubChannelLayer(
-        hosts=[{"address": url, "socket_timeout": None}], prefix=prefix
-    )
-    listening, posting = MessageBus(late), MessageBus(direct)
-    try:
+    proxy = DelayingProxy(require_redis(), delay=0.3)
+    async with proxied_and_direct(proxy) as (listening, posting):
         names = [channel() for _ in range(20)]
         inboxes = [Inbox() for _ in names]
         await asyncio.gather(
@@ -300,12 +312,6 @@ async def test_a_join_whose_probe_overtakes_the_subscribe_still_completes():
         for n, (name, inbox) in enumerate(zip(names, inboxes, strict=True)):
             await posting.post_message(name, Tick(n=n))
             assert await inbox.wait_for(1) == [n]
-    finally:
-        for bus in (listening, posting):
-            await bus.aclose()
-        await late.flush()
-        await direct.flush()
-        await proxy.aclose()
 
 
 async def test_a_post_on_its_way_to_redis_is_not_failed_at_the_timeout(settings):
@@ -318,17 +324,8 @@ async def test_a_post_on_its_way_to_redis_is_not_failed_at_the_timeout(settings)
     from streaming.exceptions import MessagingUnavailable
 
     settings.STREAMING = {"PUBLISH_TIMEOUT": 0.4}
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    url = require_redis()
-    proxy = DelayingProxy(url, delay=0.6, keyword=b"PUBLISH")
-    slow = RedisPubSubChannelLayer(
-        hosts=[{"address": await proxy.start(), "socket_timeout": None}], prefix=prefix
-    )
-    direct = RedisPubSubChannelLayer(
-        hosts=[{"address": url, "socket_timeout": None}], prefix=prefix
-    )
-    listening, posting = MessageBus(direct), MessageBus(slow)
-    try:
+    proxy = DelayingProxy(require_redis(), delay=0.6, keyword=b"PUBLISH")
+    async with proxied_and_direct(proxy) as (posting, listening):
         name, inbox = channel(), Inbox()
         await listening.add_listener(name, inbox, owner=Owner())
         assert await posting.post_message(name, Tick(n=1)) is True  # 0.6 s: not failed
@@ -339,9 +336,3 @@ async def test_a_post_on_its_way_to_redis_is_not_failed_at_the_timeout(settings)
         with pytest.raises(MessagingUnavailable):
             await posting.post_message(name, Tick(n=2))
         assert await inbox.wait_for(2) == [1, 2]  # it did arrive: "may not have reached"
-    finally:
-        for bus in (listening, posting):
-            await bus.aclose()
-        await slow.flush()
-        await direct.flush()
-        await proxy.aclose()
