@@ -57,7 +57,7 @@ from urllib.parse import urlsplit
 try:
     from websockets.speedups import apply_mask as _c_mask
 except ImportError:  # pragma: no cover - websockets without its C extension
-    _c_mask = None
+    _c_mask = None  # type: ignore[assignment]
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -161,7 +161,7 @@ class RawWebSocket(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        transport.write(self._request)
+        transport.write(self._request)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         if self.state == CONNECTING:

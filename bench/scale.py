@@ -33,6 +33,23 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def revision() -> str:
+    """The commit measured (``git describe``-like: short hash, ``+dirty`` when the
+    server's code, ``streaming/``, differs from it), or "" outside a git checkout."""
+    import subprocess
+
+    from .servers import ROOT
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "streaming"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return head + ("+dirty" if dirty else "")
+
+
 async def stop_all(
     out: dict[str, Any], procs: list[ServerProcess], swarms: list[SwarmProcess]
 ) -> None:

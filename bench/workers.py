@@ -187,8 +187,9 @@ def render(data: dict[str, Any], png: str | None) -> list[str]:
     meta = data["meta"]
     return [
         f"# Two uvicorn workers against one {meta['date'][:10]}\n",
-        f"Command: `{meta['command']}`, {meta['total_seconds']} s; load average at the end "
-        f"{meta['loadavg_at_end']}.\n",
+        f"Command: `{meta['command']}`, {meta['total_seconds']} s; load average at the start "
+        f"{meta.get('loadavg_at_start')}, at the end "
+        f"{meta['loadavg_at_end']}; commit {meta.get('revision')}.\n",
         (__doc__ or "").split("\n", 2)[2].strip() + "\n",
         *table(data),
         *_profile_lines(meta.get("profile"), "uvicorn"),
@@ -197,6 +198,8 @@ def render(data: dict[str, Any], png: str | None) -> list[str]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
+    rev0 = scale.revision()  # the code measured; another commit may land during the run
+    at_start = loadavg()
     sys.path.insert(0, str(ROOT))
     from tests.support.servers import RedisServer
 
@@ -223,7 +226,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "meta": {
             "date": dt.datetime.now().isoformat(timespec="seconds"),
             "command": "python -m bench.workers " + " ".join(sys.argv[1:]),
+            "loadavg_at_start": at_start,
             "loadavg_at_end": loadavg(),
+            "revision": rev0 if scale.revision() == rev0 else f"{rev0} -> {scale.revision()}",
             "total_seconds": round(time.monotonic() - started, 1),
             "profile": profile,
         },
