@@ -20,7 +20,8 @@ the clients more saturates lower):
   quarter plus 5 ms).
 
 Then the clients send at each fraction of the knee (``--basis knee``, the default; or of
-the overload figure) for ``--seconds``, plus one level at 75% of the other figure: open
+the overload figure) for ``--seconds``, plus one level at 75% of the other figure, all
+of them ``--repeats`` times, interleaved (the tables give the medians): open
 loop, every message stamped with its *scheduled* send time, so a message that waited
 (for the client's loop or a socket's push-back) counts its wait. Figures per level: the
 offered and delivered rates, p50/p99/p99.9 latency, losses, server CPU per message and
@@ -274,13 +275,13 @@ async def measure(key: str, args: argparse.Namespace) -> dict[str, Any]:
         basis = args.basis if knee else "overload"  # no sustained rate found: the other
         other = "overload" if basis == "knee" else "knee"
         plan = [(pct, basis) for pct in args.levels] + ([(75, other)] if knee else [])
-        for pct, basis in plan:
-            await quiesce(target, timeout=5)
-            entry = await level(target, swarms, bases[basis] * pct / 100, args)
-            entry["percent"] = pct
-            entry["basis"] = basis
-            out["levels"].append(entry)
-            report(contender.label, f"{pct}% of {basis}", entry)
+        for repeat in range(args.repeats):  # interleaved: a burst of other work hits one
+            for pct, basis in plan:
+                await quiesce(target, timeout=5)
+                entry = await level(target, swarms, bases[basis] * pct / 100, args)
+                entry.update(percent=pct, basis=basis, repeat=repeat + 1)
+                out["levels"].append(entry)
+                report(contender.label, f"{pct}% of {basis}, run {repeat + 1}", entry)
     except Exception as exc:  # a contender that fails is a result
         out["error"] = f"{type(exc).__name__}: {exc}"
     finally:
@@ -318,11 +319,64 @@ async def measure_clients(key: str, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def medians(levels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (percent, basis): the median of its repeats' figures, losses summed,
+    how many repeats were sustained."""
+    rows = []
+    for key in dict.fromkeys((e["percent"], e.get("basis")) for e in levels):
+        mine = [e for e in levels if (e["percent"], e.get("basis")) == key]
+        row: dict[str, Any] = {"percent": key[0], "basis": key[1], "runs": len(mine)}
+        for field in ("offered_per_s", "delivered_per_s", "p50_ms", "p99_ms", "p999_ms",
+                      "server_cpu_us_per_msg", "client_cpu_us_per_msg"):  # fmt: skip
+            values = [e[field] for e in mine if isinstance(e.get(field), int | float)]
+            row[field] = round(statistics.median(values), 2) if values else None
+        row["lost"] = sum(e["lost"] for e in mine)
+        row["sustained"] = sum(1 for e in mine if e.get("sustained"))
+        row["load_max"] = max(e["loadavg"][0] for e in mine)
+        rows.append(row)
+    return rows
+
+
 def table(data: dict[str, Any]) -> list[str]:
     if data["meta"].get("compare_clients"):
         return clients_table(data)
     results = data["results"]
     lines = [
+        "Medians of each level's runs (interleaved; every run in the next table):\n",
+        "| contender | overload sat. msgs/s | knee msgs/s | level | runs | offered/s "
+        "| delivered/s | p50 ms | p99 ms | p99.9 ms | lost | runs sustained "
+        "| srv CPU µs/msg | client CPU µs/msg | load avg max |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, entry in results.items():
+        sat = (entry.get("overload") or {}).get("delivered_per_s")
+        for m in medians(entry["levels"]):
+            lines.append(
+                f"| {ALL[key].label} | {_n(sat)} | {_n(entry.get('knee'))} "
+                f"| {m['percent']}% of {m['basis']} | {m['runs']} | {_n(m['offered_per_s'])} "
+                f"| {_n(m['delivered_per_s'])} | {m['p50_ms']} | {m['p99_ms']} | {m['p999_ms']} "
+                f"| {m['lost']} | {m['sustained']} of {m['runs']} | {m['server_cpu_us_per_msg']} "
+                f"| {m['client_cpu_us_per_msg']} | {m['load_max']} |"
+            )
+    mine = results.get("streampod_uvicorn")
+    if mine:
+        at = {(m["percent"], m["basis"]): m for m in medians(mine["levels"])}
+        for key, entry in results.items():
+            if key == "streampod_uvicorn":
+                continue
+            cells = [
+                f"{m['percent']}% of {m['basis']}: "
+                f"{at[(m['percent'], m['basis'])]['p99_ms'] / m['p99_ms']:.2f}x"
+                for m in medians(entry["levels"])
+                if (m["percent"], m["basis"]) in at
+                and m["p99_ms"]
+                and at[(m["percent"], m["basis"])]["p99_ms"]
+            ]
+            lines.append(
+                f"\n*Streampod (uvicorn) ÷ {ALL[key].label}, median p99*: " + ", ".join(cells)
+            )
+    lines += [
+        "\nEvery run:\n",
         "| contender | overload sat. msgs/s | knee msgs/s | level | offered/s | delivered/s "
         "| p50 ms | p99 ms | p99.9 ms | lost | refused / closed | srv CPU µs/msg "
         "| client CPU µs/msg | send late max ms | load avg |",
@@ -334,7 +388,8 @@ def table(data: dict[str, Any]) -> list[str]:
         knee = entry.get("knee")
         for e in entry["levels"]:
             lines.append(
-                f"| {label} | {_n(sat)} | {_n(knee)} | {e['percent']}% of {e.get('basis')} "
+                f"| {label} | {_n(sat)} | {_n(knee)} "
+                f"| {e['percent']}% of {e.get('basis')}, run {e.get('repeat', 1)} "
                 f"| {e['offered_per_s']:,} | {e['delivered_per_s']:,} | {e['p50_ms']} "
                 f"| {e['p99_ms']} | {e['p999_ms']} | {e['lost']} "
                 f"| {e.get('errors', 0)} / {e.get('closed', 0)} | {e['server_cpu_us_per_msg']} "
@@ -343,21 +398,6 @@ def table(data: dict[str, Any]) -> list[str]:
             )
         if "error" in entry:
             lines.append(f"| {label} | failed: {entry['error'][:200]} |" + " |" * 13)
-    mine = results.get("streampod_uvicorn")
-    if mine:
-        at = {(e["percent"], e.get("basis")): e for e in mine["levels"]}
-        for key, entry in results.items():
-            if key == "streampod_uvicorn":
-                continue
-            cells = [
-                f"{e['percent']}% of {e.get('basis')}: "
-                f"{at[(e['percent'], e.get('basis'))]['p99_ms'] / e['p99_ms']:.2f}x"
-                for e in entry["levels"]
-                if (e["percent"], e.get("basis")) in at
-                and e["p99_ms"]
-                and at[(e["percent"], e.get("basis"))]["p99_ms"]
-            ]
-            lines.append(f"\n*Streampod (uvicorn) ÷ {ALL[key].label}, p99*: " + ", ".join(cells))
     lines += [
         "\nThe knee search, step by step (sustained: every message delivered, delivered/s "
         "at least 97% of offered, last quarter's p50 at most twice the first's plus 5 ms; "
@@ -441,13 +481,14 @@ def plot(data: dict[str, Any], path: Path) -> bool:
         axes, [("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9")], strict=True
     ):
         for key, entry in data["results"].items():
-            mine = [e for e in entry["levels"] if e.get("basis", basis) == basis and e.get(metric)]
+            mine = [m for m in medians(entry["levels"]) if m["basis"] == basis and m.get(metric)]
             if mine:
                 ax.plot([e["percent"] for e in mine], [e[metric] for e in mine], "o-",
                         color=COLOURS.get(key, "black"), label=ALL[key].label)  # fmt: skip
         ax.set_yscale("log")
         ax.set_xlabel(f"offered rate, % of the contender's own saturation ({basis})")
-        ax.set_title(f"relay latency {title}, ms (open loop; lower is better)", fontsize=10)
+        ax.set_title(f"relay latency {title}, ms, median of runs (open loop; lower is better)",
+                     fontsize=10)  # fmt: skip
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
     return scale.save(plt, fig, path)
@@ -503,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--basis", choices=("knee", "overload"), default="knee",
                         help="the saturation the levels are fractions of (knee)")  # fmt: skip
     parser.add_argument("--seconds", type=float, default=4.0, help="per level (4)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each level (3)")
     parser.add_argument("--saturation-seconds", type=float, default=3.0)
     parser.add_argument("--search-steps", type=int, default=10, help="knee search levels (10)")
     parser.add_argument("--search-seconds", type=float, default=2.0, help="per search level (2)")
