@@ -108,7 +108,8 @@ bench-quick: setup
 # The curves at scale, each into bench/results/<date>-<name>.{md,json,png} (docs/performance.md):
 # fan-out to 10..10,000 listeners (one server and two sharing Redis), idle authenticated
 # sockets on one uvicorn process up to 19,000 (and where their memory goes, at 2,000),
-# open-loop relay latency at 25/50/75/90% of each contender's saturation, and Streampod
+# open-loop relay latency at 25/50/75/90% of each contender's saturation (the knee of a step
+# search; 75% of the overload figure too), and Streampod
 # on two uvicorn workers against one.
 bench-scale: setup
 	$(BIN)/python -m bench.fanout_curve --profile
