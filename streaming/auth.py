@@ -135,6 +135,9 @@ class StreamingAuthMiddleware(BaseMiddleware):
         return await self.inner(scope, receive, send)
 
 
+_NO_KEY_ATTR = object()  # a session object that is not a Django session: ask get_user
+
+
 async def _authenticate(scope: dict[str, Any]) -> None:
     """Set ``scope["user"]`` (and the ``streaming.*`` auth keys) in ``scope``, in place."""
     header = _header(scope, b"authorization")
@@ -147,7 +150,14 @@ async def _authenticate(scope: dict[str, Any]) -> None:
             scope[AUTH_VIA_KEY] = "token"
             scope[CREDENTIAL_KEY] = credential_digest(token_of(header))
     elif "session" in scope:
-        user = await get_user(scope)
+        if getattr(scope["session"], "session_key", _NO_KEY_ATTR) is None:
+            # No session cookie: a Django session without a key is empty
+            # (SessionBase._get_session), so channels' get_user can only answer
+            # AnonymousUser. Answering here spares every cookie-less handshake its
+            # thread hop (database_sync_to_async): docs/performance.md, "Per connect".
+            user = AnonymousUser()
+        else:
+            user = await get_user(scope)
         if getattr(user, "is_authenticated", False):
             scope[AUTH_VIA_KEY] = "session"
             key = getattr(scope["session"], "session_key", None)

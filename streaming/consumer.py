@@ -85,6 +85,7 @@ from .shutdown import admit, refuse_handshake
 logger = logging.getLogger("streaming.consumer")
 
 _WIRE_CODES = frozenset(code.value for code in ErrorCode)
+_PONG = protocol.encode_command("pong")  # encoded once: one answers every ping
 
 __all__ = ["EndpointStatus", "Lane", "StreamingConsumer"]
 
@@ -355,7 +356,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
     def _command(self, frame: CommandFrame) -> None:
         command = frame.command
         if command == "ping":
-            self.send_text(protocol.encode_command("pong"))
+            self.send_text(_PONG)
         elif command == "auth":
             if self._auth_task is not None:
                 # One at a time: each auth holds the frames after it until answered.
@@ -562,25 +563,17 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         the cluster, within ``PUBLISH_TIMEOUT``; if the broker is unreachable that is
         logged and the socket goes on (local delivery works; the bus keeps joining).
         """
-        if readies:
-            last = readies[-1][1]
+        if readies and not readies[-1][1].is_set():
+            # A timer, not asyncio.timeout: no Timeout and no cancellation per connect,
+            # and the hooks' lanes are woken the same way (docs/performance.md,
+            # "Per connect and per ping").
+            timer = asyncio.get_running_loop().call_later(
+                streaming_settings.OPEN_TIMEOUT, self._open_timed_out, readies
+            )
             try:
-                async with asyncio.timeout(streaming_settings.OPEN_TIMEOUT):
-                    await last.wait()
-            except TimeoutError:
-                # The first one not done holds up the ones after it (registration order).
-                # (None of them, if the last finished while this task waited to resume.)
-                stuck = next(
-                    (slot for slot, ready in readies if not ready.is_set()), readies[-1][0]
-                )
-                logger.warning(
-                    "%s: stream_opened of %s has not returned after %.1fs; not waiting for it",
-                    self.scope.get("client"),
-                    stuck.cls.__qualname__,
-                    streaming_settings.OPEN_TIMEOUT,
-                )
-                for _, ready in readies:
-                    ready.set()
+                await readies[-1][1].wait()
+            finally:
+                timer.cancel()
         if self._torn_down:
             return
         from .messages import get_bus
@@ -596,6 +589,21 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             await bus.wait_joined(channels)
         except MessagingUnavailable as exc:
             logger.warning("%s: %s", self.scope.get("client"), exc.detail)
+
+    def _open_timed_out(self, readies: list[tuple[EndpointSlot, asyncio.Event]]) -> None:
+        """``OPEN_TIMEOUT`` passed: log the hook that holds the handshake up, stop waiting."""
+        if readies[-1][1].is_set():
+            return  # the last finished while the timer fired
+        # The first one not done holds up the ones after it (registration order).
+        stuck = next((slot for slot, ready in readies if not ready.is_set()), readies[-1][0])
+        logger.warning(
+            "%s: stream_opened of %s has not returned after %.1fs; not waiting for it",
+            self.scope.get("client"),
+            stuck.cls.__qualname__,
+            streaming_settings.OPEN_TIMEOUT,
+        )
+        for _, ready in readies:
+            ready.set()
 
     async def _open_endpoint(
         self,

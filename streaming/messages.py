@@ -142,7 +142,9 @@ class ListenerHandle:
         self.listener = listener
 
     def __await__(self) -> Generator[Any, None, ListenerHandle]:
-        yield from self._bus._wait_joined(self.channel).__await__()
+        entry = self._bus._channels.get(self.channel)
+        if entry is not None and not entry.is_joined:  # else no coroutine: joined already
+            yield from self._bus._wait_joined(self.channel).__await__()
         return self
 
 

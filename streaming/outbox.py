@@ -244,10 +244,48 @@ class Outbox:
         if done:
             self._count(message)
             if self._queue and self._task is None:
-                self._spawn(None, None, None)  # frames queued before the accept
+                self._flush()  # frames queued before the accept
             return
         # Suspended (the transport pushes back): a task finishes it, then drains.
         self._spawn(coro, yielded, message)  # type: ignore[arg-type]
+
+    def _flush(self) -> None:
+        """Send what is queued eagerly, in order, as :meth:`_drain` would; the first send
+        that suspends (or a paused flow) hands the rest to a drain task.
+
+        After an eager accept, the frames the endpoints' ``stream_opened`` hooks queued
+        go out without a task per connect (docs/performance.md, "Per connect").
+        """
+        queue = self._queue
+        while queue:
+            flow = self._flow
+            if flow is not None and flow.paused and isinstance(queue[0], str):
+                self._spawn(None, None, None)
+                return
+            item = queue.popleft()
+            if self._room is not None and not self.crowded():
+                self._wake()
+            if isinstance(item, str):
+                self._bytes -= sys.getsizeof(item)
+                message = {"type": "websocket.send", "text": item}
+            elif item is _ACCEPT:
+                message = _ACCEPT_MESSAGE
+            else:
+                queue.clear()
+                self._bytes = 0
+                message = {"type": "websocket.close", "code": int(item)}  # type: ignore[arg-type]
+            coro = self._send(message)
+            try:
+                done, yielded = start(coro)  # type: ignore[arg-type]
+            except Exception:
+                self._failed(message)
+                return
+            if not done:
+                self._spawn(coro, yielded, message)  # type: ignore[arg-type]
+                return
+            self._count(message)
+        if self._queue is queue and not queue:
+            self._queue = None  # drained: an idle outbox holds no deque
 
     def _spawn(
         self,

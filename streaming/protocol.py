@@ -403,7 +403,19 @@ def _data_head(endpoint: str) -> str:
 
 
 def encode_command(command: str, args: dict[str, Any] | None = None) -> str:
+    if not args:
+        text = _BARE_COMMANDS.get(command)
+        if text is not None:
+            return text
     return json.dumps({"command": command, "args": args or {}}, separators=(",", ":"))
+
+
+#: ``encode_command(name)`` of the argument-less commands, made once (a ``pong`` answers
+#: every ``ping``: no JSON encoding per ping).
+_BARE_COMMANDS: dict[str, str] = {
+    name: json.dumps({"command": name, "args": {}}, separators=(",", ":"))
+    for name in ("ping", "pong")
+}
 
 
 def encode_method(command: str, call_id: str, value_json: str | None = None, **fields: Any) -> str:
