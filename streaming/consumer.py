@@ -356,7 +356,9 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
     def _command(self, frame: CommandFrame) -> None:
         command = frame.command
         if command == "ping":
-            self.send_text(_PONG)
+            outbox = self.outbox
+            if outbox is not None:
+                outbox.put(_PONG)  # (send_text's size check: a pong is tiny)
         elif command == "auth":
             if self._auth_task is not None:
                 # One at a time: each auth holds the frames after it until answered.

@@ -142,7 +142,19 @@ class Outbox:
         if self._task is None and self._eager and not self._gated and (
             flow is None or not flow.paused
         ):
-            self._start({"type": "websocket.send", "text": text})
+            # _start inlined for the common case (nothing waits behind no task): every
+            # frame sent takes this path, a pong or a delivery alike.
+            message = {"type": "websocket.send", "text": text}
+            coro = self._send(message)
+            try:
+                yielded = coro.send(None)
+            except StopIteration:
+                self.sent += 1
+                return True
+            except Exception:
+                self._failed(message)
+                return True
+            self._spawn(coro, yielded, message)  # the transport pushes back
             return True
         size = sys.getsizeof(text)
         queue = self._queue

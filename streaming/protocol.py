@@ -188,13 +188,25 @@ def _no_constants(name: str) -> Any:
 
 # Only NaN and Infinity reach parse_constant: no cost for ordinary values.
 _DECODER = json.JSONDecoder(parse_constant=_no_constants)
+_SCAN = _DECODER.scan_once
 
 
 def _loads(text: str) -> Any:
     """Parse strict JSON: no NaN or Infinity, no integer past :data:`MAX_INT_DIGITS`,
     no lone surrogate. Errors speak of the client's text, never of the parser."""
     try:
-        obj = _DECODER.decode(text)
+        # A frame as clients send it (no whitespace around the object) is scanned by the
+        # C scanner directly; anything else goes through decode(), for its checks and
+        # error messages.
+        if text[0] == "{" and text[-1] == "}":
+            try:
+                obj, end = _SCAN(text, 0)
+            except StopIteration:
+                end = -1
+            if end != len(text):
+                obj = _DECODER.decode(text)
+        else:
+            obj = _DECODER.decode(text)
     except RecursionError:
         raise MalformedFrame("JSON nested too deeply.") from None
     except _NotJson as exc:
