@@ -269,8 +269,10 @@ class MessageBus:
         Starts at once, as Serverpod's ``postMessage`` does in Dart: this process's
         listeners are called before it returns, and the cluster publish is on its way.
         The result is a future: awaited, it gives True, or raises
-        ``MessagingUnavailable`` if the cluster publish failed or took longer than
-        ``PUBLISH_TIMEOUT`` (local listeners have had the message regardless). Not
+        ``MessagingUnavailable`` if the cluster publish failed or was not sent within
+        ``PUBLISH_TIMEOUT`` (then it is withdrawn: it will not arrive), or was sent but
+        its round trip took another ``PUBLISH_TIMEOUT`` (then it may still arrive).
+        Local listeners have had the message regardless. Not
         awaited, a failure is logged by asyncio ("exception was never retrieved"), as
         Dart logs an unawaited error. Cancelling it before the publish left withdraws it.
 

@@ -70,6 +70,9 @@ class Publisher:
     def __init__(self, layer: Any) -> None:
         self.layer = layer
         self._pending: list[Item] = []
+        # The futures of posts written to Redis whose round trip is not over (withdraw).
+        self._writing: set[asyncio.Future[None]] = set()
+        self._withdrawn = 0  # withdrawn posts possibly still in _pending
         self._task: asyncio.Task[None] | None = None
         self.batches = 0  # round trips made (tests, metrics)
         self.batching = True  # False once the layer's internals failed: group_send per post
@@ -88,19 +91,25 @@ class Publisher:
         return future
 
     def withdraw(self, future: asyncio.Future[None]) -> bool:
-        """Cancel the post of ``future`` if it has not left for Redis yet; True if so.
+        """Cancel the post of ``future`` unless it is being written to Redis; True if
+        cancelled.
 
-        A post whose batch is being written is not withdrawn (False): Redis may have it
-        already, so only the round trip can tell its outcome. O(pending): meant for
-        timeouts, not for every post.
+        A post whose pipeline is being written (or awaits its reply) is not withdrawn
+        (False): Redis may have it already, so only the round trip can tell its outcome.
+        A post still queued, or in a batch waiting for the shard's lock, is cancelled and
+        will not be published. O(1): a timeout per post under a stalled Redis must not
+        scan the queue.
         """
-        if future.done():
+        if future.done() or future in self._writing:
             return False
-        for item in self._pending:
-            if item[2] is future:
-                future.cancel()
-                return True
-        return False
+        future.cancel()
+        self._withdrawn += 1
+        if self._withdrawn > 64 and self._withdrawn * 2 > len(self._pending):
+            # Mostly withdrawn posts (Redis stalls, posters time out): drop them now, so
+            # the queue holds at most twice the live posts, not every post since the stall.
+            self._pending = [item for item in self._pending if not item[2].done()]
+            self._withdrawn = 0
+        return True
 
     async def _run(self) -> None:
         try:
@@ -133,7 +142,10 @@ class Publisher:
             await self._fall_back(batch, exc)
             return
         shards = list(by_shard)
-        errors = await asyncio.gather(*(_send_shard(shard, by_shard[shard]) for shard in shards))
+        writing = self._writing
+        errors = await asyncio.gather(
+            *(_send_shard(shard, by_shard[shard], writing) for shard in shards)
+        )
         moved = {
             route[2][2]
             for shard, error in zip(shards, errors, strict=True)
@@ -178,9 +190,11 @@ class Publisher:
     async def _send_each(self, items: list[Item]) -> None:
         """``group_send`` each post in turn (in order), each with its own outcome."""
         layer = self.layer
+        writing = self._writing
         for group, message, future in items:
             if future.done():  # withdrawn meanwhile
                 continue
+            writing.add(future)
             try:
                 await layer.group_send(group, message)
             except Exception as exc:
@@ -189,6 +203,8 @@ class Publisher:
             else:
                 if not future.done():
                     future.set_result(None)
+            finally:
+                writing.discard(future)
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
@@ -209,16 +225,24 @@ def _fail(items: list[Item], exc: BaseException) -> None:
             future.set_exception(exc)
 
 
-async def _send_shard(shard: Any, routes: list[Route]) -> BaseException | None:
+async def _send_shard(
+    shard: Any, routes: list[Route], writing: set[asyncio.Future[None]]
+) -> BaseException | None:
     """Publish ``routes`` as one pipeline on ``shard`` and settle their futures.
 
-    Returns the error instead if an internal failed before anything was written, so the
-    caller can resend those posts: they cannot have reached Redis.
+    Posts withdrawn while the batch waited for the shard's lock are left out. The futures
+    of the posts written are in ``writing`` until their round trip is over (they can no
+    longer be withdrawn). Returns the error instead if an internal failed before anything
+    was written, so the caller can resend those posts: they cannot have reached Redis.
     """
-    items = [item for _, _, item in routes]
+    items: list[Item] = []
     written = False
     try:
         async with shard._lock:  # the shard's own lock: its subscribe/publish calls use it too
+            routes = [route for route in routes if not route[2][2].done()]
+            if not routes:
+                return None
+            items = [item for _, _, item in routes]
             shard._ensure_redis()
             client = shard._redis
             pipe = client.pipeline(transaction=False)
@@ -226,6 +250,7 @@ async def _send_shard(shard: Any, routes: list[Route]) -> BaseException | None:
                 pipe.publish(channel, payload)
             round_trip = pipe.execute()
             written = True  # from here Redis may have them: fail, never resend
+            writing.update(item[2] for item in items)
             await round_trip
     except _MOVED as exc:
         if not written:
@@ -237,6 +262,9 @@ async def _send_shard(shard: Any, routes: list[Route]) -> BaseException | None:
         for future in (item[2] for item in items):
             if not future.done():
                 future.set_result(None)
+    finally:
+        if written:
+            writing.difference_update(item[2] for item in items)
     return None
 
 

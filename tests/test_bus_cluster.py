@@ -231,6 +231,7 @@ class DelayingProxy:
         self.delay = delay
         self.keyword = keyword
         self.held = 0  # chunks held back
+        self.holding = asyncio.Event()  # set at the first chunk held back
         self.server: asyncio.Server | None = None
         self.pumps: set[asyncio.Task[None]] = set()
 
@@ -254,6 +255,7 @@ class DelayingProxy:
             while chunk := await reader.read(65536):
                 if hold and self.keyword in chunk.upper():
                     self.held += 1
+                    self.holding.set()
                     await asyncio.sleep(self.delay)  # the fault injected: a late command
                 writer.write(chunk)
                 await writer.drain()
@@ -336,3 +338,25 @@ async def test_a_post_on_its_way_to_redis_is_not_failed_at_the_timeout(settings)
         with pytest.raises(MessagingUnavailable):
             await posting.post_message(name, Tick(n=2))
         assert await inbox.wait_for(2) == [1, 2]  # it did arrive: "may not have reached"
+
+
+async def test_posts_timing_out_behind_a_stalled_redis_leave_no_queue_behind(settings):
+    """Redis takes a batch and never answers (the proxy holds ``PUBLISH`` far beyond the
+    test): every later post times out and fails, and the publisher's queue does not keep
+    them. Before, each withdrawn post stayed queued until the stalled batch returned
+    (never, with ``socket_timeout`` None, as shipped), and each timeout scanned that
+    queue: O(n^2) work on the event loop, unbounded memory."""
+    from streaming.exceptions import MessagingUnavailable
+
+    settings.STREAMING = {"PUBLISH_TIMEOUT": 0.2}
+    proxy = DelayingProxy(require_redis(), delay=3600, keyword=b"PUBLISH")
+    async with proxied_and_direct(proxy) as (posting, _):
+        name = channel()
+        first = posting.post_message(name, Tick(n=0))  # its batch is the one that stalls
+        await asyncio.wait_for(proxy.holding.wait(), 10)
+        posts = [posting.post_message(name, Tick(n=n)) for n in range(1, 2001)]
+        outcomes = await asyncio.gather(first, *posts, return_exceptions=True)
+        assert all(isinstance(o, MessagingUnavailable) for o in outcomes)
+        publisher = posting._publisher
+        assert publisher is not None
+        assert len(publisher._pending) <= 128  # was 2,000: every failed post kept
