@@ -89,15 +89,38 @@ class Lane:
 
     async def join(self) -> None:
         """Wait until the lane is idle (every job submitted so far has ended)."""
-        while self._task is not None:
-            await asyncio.shield(self._task)
+        while (task := self._task) is not None:
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if not task.cancelled() or (current is not None and current.cancelling()):
+                    raise  # the joiner is cancelled, not (only) the lane's task
+                if self._task is task:
+                    self._forget(task)  # its done callback has not run yet
 
     def cancel(self) -> None:
-        """Cancel the job in progress and drop the ones waiting."""
+        """Cancel the job in progress and drop the ones waiting. The lane is usable
+        afterwards: a job submitted later runs once the cancelled one has ended."""
         if self._jobs is not None:
             self._jobs.clear()
-        if self._task is not None:
-            self._task.cancel()
+        task = self._task
+        if task is not None:
+            task.cancel()
+            # A task cancelled before its first step never runs _run's ``finally``
+            # (Python 3.11 starts tasks lazily): forget it when it is done either way.
+            task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        if self._task is not task:
+            return  # its own ``finally`` has let go already
+        self._task = None
+        if self._jobs:  # submitted after the cancel: they run now
+            new = _new_task(self._run(), contextvars.Context() if self._isolated else None)
+            if not new.done():
+                self._task = new
+        else:
+            self._jobs = None
 
     async def _run(self, job: Job | None = None, label: str = "") -> None:
         try:

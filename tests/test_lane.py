@@ -96,3 +96,26 @@ async def test_a_failing_job_is_logged_and_the_lane_goes_on(caplog):
     await lane.join()
     assert ran == ["after"]
     assert "unexpected error in lane t" in caplog.text
+
+
+async def test_a_lane_cancelled_before_its_task_started_runs_later_jobs():
+    """On Python 3.11 a task starts lazily: a lane cancelled right after a submit has a
+    task that never runs a step, so ``_run``'s ``finally`` never frees the lane. Before,
+    it stayed busy for ever: later jobs never ran and ``join()`` raised CancelledError."""
+    ran: list[str] = []
+
+    async def job(name: str) -> None:
+        ran.append(name)
+
+    lane = Lane("cancelled early")
+    lane.submit(lambda: job("first"))
+    lane.cancel()
+    lane.submit(lambda: job("second"))
+    async with asyncio.timeout(5):  # a failure guard, not a synchronisation
+        await lane.join()
+    assert "second" in ran
+    assert not lane.busy
+    lane.submit(lambda: job("third"))
+    async with asyncio.timeout(5):
+        await lane.join()
+    assert ran[-1] == "third"
