@@ -12,12 +12,28 @@ the clients more saturates lower):
   the rate at which the messages come in, until the last one. Under overload servers and
   clients read and write in larger batches, so this can be more than the server keeps
   up with at a steady rate;
-* *knee*: a step search (at most ``--search-steps`` levels of ``--search-seconds``,
-  geometric bisection from the overload figure to within 8%, a failed rate tried twice)
-  for the highest offered rate the contender *sustains*: every message delivered,
-  delivered/s at least 97% of offered, and no growing backlog (the median latency of the
-  messages scheduled in the last quarter of the level at most twice that of the first
-  quarter plus 5 ms).
+* *knee*: the highest offered rate the contender *sustains reliably*, found by a step
+  search. First a *reference*: two levels of ``--search-seconds`` at
+  ``--reference-percent`` (20%) of the overload figure; the lower of their two p99s
+  (the messages scheduled after the first quarter) is the contender's unloaded p99, and
+  the latency *bound* is ``max(--bound-factor (10) x that p99, --bound-floor-ms (10))``.
+  A level of ``--search-seconds`` (3) at a rate passes when
+
+  - every message was delivered (none lost),
+  - delivered/s, counted to the last delivery, is at least 99% of the offered rate (so
+    the last message came in at most 1% of the level's length after the last send), and
+  - the p99 latency of the messages scheduled in the *last quarter* of the level is at
+    most the bound: the first three quarters (and the start-up spike in them) are not
+    judged on latency, but a backlog built in them is still queued in the last quarter.
+
+  A rate is *sustained* when 2 of its tries pass (2 of 2, or 2 of 3 when the first two
+  disagree), and not sustained when 2 fail; a try that delivers under 90% of the offered
+  rate decides "not sustained" at once (plainly overloaded). The search starts at 70% of
+  the overload figure, goes up by 1.4x while sustained, down by 2x while not, then
+  bisects geometrically between the highest sustained rate and the lowest not until
+  they are within 10%; at most ``--search-steps`` (12) tries. The knee is the highest
+  sustained rate, or none when none was found (the levels are then fractions of the
+  overload figure).
 
 Then the clients send at each fraction of the knee (``--basis knee``, the default; or of
 the overload figure) for ``--seconds``, plus one level at 75% of the other figure, all
@@ -25,7 +41,8 @@ of them ``--repeats`` times, interleaved (the tables give the medians): open
 loop, every message stamped with its *scheduled* send time, so a message that waited
 (for the client's loop or a socket's push-back) counts its wait. Figures per level: the
 offered and delivered rates, p50/p99/p99.9 latency, losses, server CPU per message and
-the load clients' CPU per message (one frame sent, one received).
+the load clients' CPU per message (one frame sent, one received), and whether the
+level passed the knee's test (one try, the same bound).
 
 ``--compare-clients R1,R2``: instead, the load client's own cost: each contender at
 these offered rates with the ``websockets`` library's client and with
@@ -66,7 +83,8 @@ async def level(
     drain_timeout: float | None = None,
 ) -> dict[str, Any]:
     """Send at ``rate`` for ``seconds`` (``--seconds``), wait for the stragglers (at most
-    ``drain_timeout``): the level's figures. Delivered/s runs to the last delivery."""
+    ``drain_timeout``): the level's figures. Delivered/s runs to the last delivery. Not
+    judged here: :func:`judge` adds ``sustained`` once the contender's bound is known."""
     seconds = seconds or args.seconds
     uids = [RELAY_UID + i for i in range(len(swarms) * CLIENTS_PER_SWARM)]
     await asyncio.gather(*(s.request(cmd="track", mode="relay") for s in swarms))
@@ -112,7 +130,9 @@ async def level(
         closed += stats["closed"]
         client_cpu += stats["cpu_s"]
         client_sys += stats["sys_s"]
-    first, final = quarters(scheduled, latencies, start, seconds)
+    first = window(scheduled, latencies, start, start + seconds / 4)
+    steady = window(scheduled, latencies, start + seconds / 4, start + seconds)
+    final = window(scheduled, latencies, start + seconds * 3 / 4, start + seconds)
     delivered_per_s = round(len(latencies) / max(last - start, seconds))
     lost = sent - len(latencies)
     return {
@@ -133,30 +153,39 @@ async def level(
         "client_cpu_us_per_msg": round(client_cpu * 1e6 / len(latencies), 1) if latencies else None,
         # of which in the kernel (the sockets' system calls)
         "client_sys_us_per_msg": round(client_sys * 1e6 / len(latencies), 1) if latencies else None,
-        "p50_first_quarter_ms": first,
-        "p50_last_quarter_ms": final,
+        "p50_first_quarter_ms": percentile_ms(first, 0.5),  # the start-up spike, unjudged
+        "p99_steady_ms": percentile_ms(steady, 0.99),  # after the first quarter
+        "p50_last_quarter_ms": percentile_ms(final, 0.5),
+        "p99_last_quarter_ms": percentile_ms(final, 0.99),
         "drain_ms": round((last - start - seconds) * 1000, 1),
-        "sustained": bool(
-            lost == 0
-            and delivered_per_s >= 0.97 * rate
-            and first is not None
-            and final is not None
-            and final <= 2 * first + 5
-        ),
         "loadavg": loadavg(),
     }
 
 
-def quarters(
-    scheduled: list[float], latencies: list[float], start: float, seconds: float
-) -> tuple[float | None, float | None]:
-    """The median latency (ms) of the messages scheduled in the first and in the last
-    quarter of a level: a backlog that grows through the level shows as the second far
-    above the first."""
-    pairs = list(zip(scheduled, latencies, strict=True))
-    early = [lat for t, lat in pairs if t < start + seconds / 4]
-    late = [lat for t, lat in pairs if t >= start + seconds * 3 / 4]
-    return percentile_ms(early, 0.5), percentile_ms(late, 0.5)
+def window(scheduled: list[float], latencies: list[float], t0: float, t1: float) -> list[float]:
+    """The latencies of the messages scheduled in ``[t0, t1)`` (the last window: to ``t1``
+    inclusive)."""
+    return [lat for t, lat in zip(scheduled, latencies, strict=True) if t0 <= t <= t1]
+
+
+def passes(entry: dict[str, Any], bound_ms: float) -> bool:
+    """The knee's test of one level (see the module docstring): nothing lost, delivered/s
+    (to the last delivery) at least 99% of offered, and the last quarter's p99 within
+    ``bound_ms``."""
+    p99 = entry["p99_last_quarter_ms"]
+    return bool(
+        entry["lost"] == 0
+        and entry["delivered_per_s"] >= 0.99 * entry["offered_per_s"]
+        and p99 is not None
+        and p99 <= bound_ms
+    )
+
+
+def judge(entry: dict[str, Any], bound_ms: float | None) -> dict[str, Any]:
+    """``entry`` with ``bound_ms`` and ``sustained`` (:func:`passes`; None without a bound)."""
+    entry["bound_ms"] = bound_ms
+    entry["sustained"] = passes(entry, bound_ms) if bound_ms is not None else None
+    return entry
 
 
 async def open_relay_clients(swarms: list[SwarmProcess], dialect: str, base: str) -> None:
@@ -178,42 +207,81 @@ async def open_relay_clients(swarms: list[SwarmProcess], dialect: str, base: str
         raise RuntimeError(f"connects failed: {replies}")
 
 
+async def reference(
+    target: Target, swarms: list[SwarmProcess], overload: float, args: argparse.Namespace
+) -> tuple[float, list[dict[str, Any]]]:
+    """The contender's latency bound for the knee's test: two levels of
+    ``--search-seconds`` at ``--reference-percent`` of the overload figure; the lower of
+    their p99s after the first quarter (one burst of other work spoils one level, not the
+    reference), times ``--bound-factor``, at least ``--bound-floor-ms``."""
+    tries = []
+    for attempt in (1, 2):
+        await quiesce(target, timeout=5)
+        rate = overload * args.reference_percent / 100
+        entry = await level(target, swarms, rate, args, args.search_seconds, 30.0)
+        entry["attempt"] = attempt
+        tries.append(entry)
+    p99s = [e["p99_steady_ms"] for e in tries if e["p99_steady_ms"] is not None]
+    bound = max(args.bound_factor * min(p99s), args.bound_floor_ms) if p99s else None
+    bound = round(bound, 2) if bound is not None else args.bound_floor_ms
+    for entry in tries:
+        judge(entry, bound)
+    print(
+        f"    reference {tries[0]['offered_per_s']}/s: p99 "
+        f"{' and '.join(str(e['p99_steady_ms']) for e in tries)} ms; bound {bound} ms",
+        flush=True,
+    )
+    return bound, tries
+
+
 async def knee_search(
-    target: Target, swarms: list[SwarmProcess], first: float, args: argparse.Namespace
+    target: Target,
+    swarms: list[SwarmProcess],
+    overload: float,
+    bound_ms: float,
+    args: argparse.Namespace,
 ) -> tuple[float | None, list[dict[str, Any]]]:
-    """The highest offered rate found sustained (:func:`level`'s ``sustained``), by
-    geometric bisection from ``first``: up by 1.5x while sustained, then halving the
-    ratio between the highest sustained and the lowest not, until it is within 8%.
-    A rate that fails is tried once more before it counts as not sustained: on a shared
-    machine one burst of someone else's work can make a single level look backlogged.
-    At most ``--search-steps`` levels. Returns the rate (None when none was sustained)
-    and every level's figures."""
+    """The highest offered rate found sustained (the module docstring's test, 2 of at
+    most 3 tries passing; a try under 90% of the offered rate fails the rate at once),
+    starting at 70% of ``overload``: up by 1.4x while sustained, down by 2x while not,
+    then geometric bisection between the highest sustained and the lowest not until they
+    are within 10%. At most ``--search-steps`` tries; a rate left undecided by the limit
+    counts as not sustained. Returns the rate (None when none was sustained) and every
+    try's figures (``attempt``; ``verdict`` on the try that decided its rate)."""
     lo, hi = 0.0, 0.0
-    rate = first
+    rate = 0.7 * overload
     steps: list[dict[str, Any]] = []
     while len(steps) < args.search_steps:
-        for attempt in (1, 2):
+        results: list[bool] = []
+        verdict = False
+        while len(steps) < args.search_steps:
             await quiesce(target, timeout=5)
-            entry = await level(target, swarms, rate, args, args.search_seconds, 30.0)
-            entry["attempt"] = attempt
+            entry = judge(await level(target, swarms, rate, args, args.search_seconds, 30.0),
+                          bound_ms)  # fmt: skip
+            entry["attempt"] = len(results) + 1
             steps.append(entry)
+            results.append(entry["sustained"])
+            plain = entry["delivered_per_s"] < 0.9 * entry["offered_per_s"]
             print(
-                f"    knee search {entry['offered_per_s']}/s (try {attempt}): delivered "
-                f"{entry['delivered_per_s']}/s, p50 {entry['p50_first_quarter_ms']} -> "
-                f"{entry['p50_last_quarter_ms']} ms, "
-                f"{'sustained' if entry['sustained'] else 'not sustained'} "
-                f"(load {entry['loadavg'][0]})",
+                f"    knee search {entry['offered_per_s']}/s (try {entry['attempt']}): "
+                f"delivered {entry['delivered_per_s']}/s, drain {entry['drain_ms']} ms, "
+                f"last quarter p99 {entry['p99_last_quarter_ms']} ms (bound {bound_ms}), "
+                f"{'pass' if entry['sustained'] else 'fail'} (load {entry['loadavg'][0]})",
                 flush=True,
             )
-            if entry["sustained"] or len(steps) >= args.search_steps:
+            if results.count(True) >= 2 or results.count(False) >= 2 or plain:
+                verdict = results.count(True) >= 2
+                entry["verdict"] = verdict
                 break
-        if entry["sustained"]:
-            lo = rate
+        if "verdict" not in steps[-1]:
+            break  # out of tries with this rate undecided: not counted as sustained
+        if verdict:
+            lo = max(lo, rate)
         else:
-            hi = rate
-        if hi and lo and hi / lo <= 1.08:
+            hi = min(hi, rate) if hi else rate
+        if hi and lo and hi / lo <= 1.10:
             break
-        rate = rate * 1.5 if not hi else hi / 2 if not lo else (lo * hi) ** 0.5
+        rate = rate * 1.4 if not hi else rate / 2 if not lo else (lo * hi) ** 0.5
     return (round(lo) if lo else None), steps
 
 
@@ -267,10 +335,12 @@ async def measure(key: str, args: argparse.Namespace) -> dict[str, Any]:
             f"{probe['offered_per_s']}/s: overload saturation {overload} msgs/s",
             flush=True,
         )
-        knee, steps = await knee_search(target, swarms, overload, args)
+        bound, out["reference"] = await reference(target, swarms, overload, args)
+        out["bound_ms"] = bound
+        knee, steps = await knee_search(target, swarms, overload, bound, args)
         out["knee"] = knee
         out["knee_steps"] = steps
-        print(f"{contender.label:<28} knee {knee} msgs/s", flush=True)
+        print(f"{contender.label:<28} knee {knee} msgs/s (bound {bound} ms)", flush=True)
         bases = {"overload": overload, "knee": knee}
         basis = args.basis if knee else "overload"  # no sustained rate found: the other
         other = "overload" if basis == "knee" else "knee"
@@ -279,6 +349,7 @@ async def measure(key: str, args: argparse.Namespace) -> dict[str, Any]:
             for pct, basis in plan:
                 await quiesce(target, timeout=5)
                 entry = await level(target, swarms, bases[basis] * pct / 100, args)
+                judge(entry, bound)
                 entry.update(percent=pct, basis=basis, repeat=repeat + 1)
                 out["levels"].append(entry)
                 report(contender.label, f"{pct}% of {basis}, run {repeat + 1}", entry)
@@ -399,20 +470,27 @@ def table(data: dict[str, Any]) -> list[str]:
         if "error" in entry:
             lines.append(f"| {label} | failed: {entry['error'][:200]} |" + " |" * 13)
     lines += [
-        "\nThe knee search, step by step (sustained: every message delivered, delivered/s "
-        "at least 97% of offered, last quarter's p50 at most twice the first's plus 5 ms; "
-        "a rate that failed is tried a second time):\n",
-        "| contender | offered/s | delivered/s | p50 first quarter ms | p50 last quarter ms "
-        "| p99 ms | lost | sustained | load avg |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        "\nThe knee search, step by step (a try passes with every message delivered, "
+        "delivered/s to the last delivery at least 99% of offered, and the last quarter's "
+        "p99 within the contender's bound: the reference's p99 times the factor, at least "
+        "the floor; a rate is sustained when 2 of its tries pass, not when 2 fail or one "
+        "delivers under 90%; the reference rows set the bound):\n",
+        "| contender | step | offered/s | delivered/s | drain ms | p50 first quarter ms "
+        "| p99 after first quarter ms | p99 last quarter ms | bound ms | lost | try "
+        "| rate sustained | load avg |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|",
     ]
     for key, entry in results.items():
-        for e in entry.get("knee_steps", []):
+        rows = [("reference", e) for e in entry.get("reference", [])]
+        rows += [("search", e) for e in entry.get("knee_steps", [])]
+        for step, e in rows:
+            verdict = {True: "**yes**", False: "**no**"}.get(e.get("verdict"), "")
             lines.append(
-                f"| {ALL[key].label} | {e['offered_per_s']:,} | {e['delivered_per_s']:,} "
-                f"| {e['p50_first_quarter_ms']} | {e['p50_last_quarter_ms']} | {e['p99_ms']} "
-                f"| {e['lost']} | {'yes' if e['sustained'] else 'no'}"
-                f"{' (2nd try)' if e.get('attempt') == 2 else ''} | {e['loadavg'][0]} |"
+                f"| {ALL[key].label} | {step} | {e['offered_per_s']:,} "
+                f"| {e['delivered_per_s']:,} | {e['drain_ms']} | {e['p50_first_quarter_ms']} "
+                f"| {e['p99_steady_ms']} | {e['p99_last_quarter_ms']} | {e.get('bound_ms')} "
+                f"| {e['lost']} | {e.get('attempt')}: {'pass' if e.get('sustained') else 'fail'} "
+                f"| {verdict} | {e['loadavg'][0]} |"
             )
     lines.append("")
     return lines
@@ -500,7 +578,10 @@ def render(data: dict[str, Any], png: str | None) -> list[str]:
     return [
         f"# {title} {meta['date'][:10]}\n",
         f"Command: `{meta['command']}`, {meta['total_seconds']} s; {meta['clients']} "
-        f"load-client processes, {meta['seconds']} s per level; load average at the "
+        f"load-client processes, {meta['seconds']} s per level; knee search tries of "
+        f"{meta.get('search_seconds')} s, bound {meta.get('bound_factor')} x the p99 at "
+        f"{meta.get('reference_percent')}% of the overload figure, at least "
+        f"{meta.get('bound_floor_ms')} ms; load average at the "
         f"start {meta.get('loadavg_at_start')}, at the end {meta['loadavg_at_end']}; "
         f"commit {meta.get('revision')}.\n",
         (__doc__ or "").split("\n", 2)[2].strip() + "\n",
@@ -527,6 +608,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": args.seconds,
             "levels": args.levels,
             "basis": args.basis,
+            "search_seconds": args.search_seconds,
+            "reference_percent": args.reference_percent,
+            "bound_factor": args.bound_factor,
+            "bound_floor_ms": args.bound_floor_ms,
             "compare_clients": args.compare_clients,
             "loadavg_at_start": at_start,
             "loadavg_at_end": loadavg(),
@@ -543,11 +628,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
     parser.add_argument("--basis", choices=("knee", "overload"), default="knee",
                         help="the saturation the levels are fractions of (knee)")  # fmt: skip
-    parser.add_argument("--seconds", type=float, default=4.0, help="per level (4)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per level (3)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each level (3)")
     parser.add_argument("--saturation-seconds", type=float, default=3.0)
-    parser.add_argument("--search-steps", type=int, default=10, help="knee search levels (10)")
-    parser.add_argument("--search-seconds", type=float, default=2.0, help="per search level (2)")
+    parser.add_argument("--search-steps", type=int, default=12, help="knee search tries (12)")
+    parser.add_argument("--search-seconds", type=float, default=3.0, help="per search try (3)")
+    parser.add_argument("--reference-percent", type=float, default=20.0,
+                        help="the reference rate, %% of the overload figure (20)")  # fmt: skip
+    parser.add_argument("--bound-factor", type=float, default=10.0,
+                        help="the knee's p99 bound: this x the reference's p99 (10)")  # fmt: skip
+    parser.add_argument("--bound-floor-ms", type=float, default=10.0,
+                        help="the knee's p99 bound, at least (10 ms)")  # fmt: skip
     parser.add_argument("--drain-timeout", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=2, help="load-client processes (2)")
     parser.add_argument(

@@ -118,8 +118,9 @@ def test_the_connections_curve_holds_authenticated_sockets_that_answer_pings(
 
 def test_the_open_loop_curve_delivers_every_scheduled_message(tmp_path: Path) -> None:
     """``make bench-scale``'s open-loop latency (bench/open_loop.py): each contender's
-    saturation under overload and its knee (a step search), then fixed rates from two
-    load-client processes, each message of every level delivered."""
+    saturation under overload and its knee (a reference level for the latency bound, then a
+    step search), then fixed rates from two load-client processes, each message of every
+    level delivered."""
     run_bench("bench.open_loop", "--only", "streampod_uvicorn,ceiling", "--levels", "10,20",
               "--seconds", "0.5", "--saturation-seconds", "0.5", "--search-steps", "2",
               "--search-seconds", "0.5", "--repeats", "1", "--out", str(tmp_path))  # fmt: skip
@@ -129,6 +130,9 @@ def test_the_open_loop_curve_delivers_every_scheduled_message(tmp_path: Path) ->
     for key, entry in results.items():
         assert "error" not in entry and entry["server_errors"] == 0, (key, entry)
         assert len(entry["knee_steps"]) == 2, (key, entry)
+        # the knee's latency bound comes from two reference levels at a low rate
+        assert len(entry["reference"]) == 2 and entry["bound_ms"] >= 10, (key, entry)
+        assert all(isinstance(e["sustained"], bool) for e in entry["knee_steps"]), (key, entry)
         levels = [(e["percent"], e["basis"]) for e in entry["levels"]]
         if entry["knee"]:  # the levels are fractions of the knee, plus 75% of the overload
             assert levels == [(10, "knee"), (20, "knee"), (75, "overload")], (key, levels)
