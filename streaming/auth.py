@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from importlib import import_module
 from typing import Any
@@ -228,8 +229,6 @@ def origin_allowed(scope: dict[str, Any]) -> bool:
 def host_allowed(scope: dict[str, Any]) -> bool:
     """Whether the handshake's ``Host`` header is in ``ALLOWED_HOSTS``, as Django checks
     it for HTTP requests (with the same DEBUG defaults when ``ALLOWED_HOSTS`` is empty)."""
-    from django.http.request import split_domain_port, validate_host
-
     host = _header(scope, b"host")
     if host is None:
         # As Django: without a Host header, the server's own name is checked. Only a
@@ -238,11 +237,31 @@ def host_allowed(scope: dict[str, Any]) -> bool:
         if not server:
             return True
         host = str(server[0])
+    allowed_hosts = tuple(settings.ALLOWED_HOSTS)  # read per handshake, as before
+    if len(host) > MAX_CACHED_HOST:
+        return _host_valid(host, allowed_hosts, settings.DEBUG)
+    return _host_valid_cached(host, allowed_hosts, settings.DEBUG)
+
+
+#: Longest ``Host`` value whose check is remembered (a DNS name has at most 253
+#: characters, then a port): the cache holds at most 64 such answers.
+MAX_CACHED_HOST = 270
+
+
+def _host_valid(host: str, allowed_hosts: tuple[str, ...], debug: bool) -> bool:
+    """Django's own check of ``host`` against ``allowed_hosts`` (and DEBUG's defaults)."""
+    from django.http.request import split_domain_port, validate_host
+
     domain, _port = split_domain_port(host)
-    allowed = list(settings.ALLOWED_HOSTS)
-    if settings.DEBUG and not allowed:
+    allowed = list(allowed_hosts)
+    if debug and not allowed:
         allowed = [".localhost", "127.0.0.1", "[::1]"]
     return bool(domain) and validate_host(domain, allowed)
+
+
+# Each handshake of a server names the same few hosts: the matching is done once per
+# (host, settings), not per socket.
+_host_valid_cached = functools.lru_cache(maxsize=64)(_host_valid)
 
 
 class OriginValidator:

@@ -152,10 +152,20 @@ _registries: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Connections] =
 )
 
 
+# The last loop asked for (a weak reference) and its registry: a server has one loop,
+# and a WeakKeyDictionary lookup makes a weak reference per call (several per connect).
+_last: tuple[weakref.ref[asyncio.AbstractEventLoop], Connections] | None = None
+
+
 def get_connections() -> Connections:
     """The running event loop's registry, created on first use."""
+    global _last
     loop = asyncio.get_running_loop()
+    last = _last
+    if last is not None and last[0]() is loop:
+        return last[1]
     registry = _registries.get(loop)
     if registry is None:
         registry = _registries[loop] = Connections()
+    _last = (weakref.ref(loop), registry)
     return registry

@@ -601,18 +601,30 @@ _buses: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MessageBus] = (
 )
 
 
+# The last loop asked for (a weak reference) and its bus: a server has one loop, and a
+# WeakKeyDictionary lookup makes a weak reference per call (every post, every connect).
+_last: tuple[weakref.ref[asyncio.AbstractEventLoop], MessageBus] | None = None
+
+
 def get_bus() -> MessageBus:
     """The running event loop's bus, created on first use."""
+    global _last
     loop = asyncio.get_running_loop()
+    last = _last
+    if last is not None and last[0]() is loop:
+        return last[1]
     bus = _buses.get(loop)
     if bus is None:
         layer = get_channel_layer(streaming_settings.CHANNEL_LAYER)
         bus = _buses[loop] = MessageBus(layer)
+    _last = (weakref.ref(loop), bus)
     return bus
 
 
 def reset_bus() -> None:
     """Forget the running loop's bus (tests that change CHANNEL_LAYERS)."""
+    global _last
+    _last = None
     _buses.pop(asyncio.get_running_loop(), None)
 
 
