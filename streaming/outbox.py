@@ -145,7 +145,7 @@ class Outbox:
             # _start inlined for the common case (nothing waits behind no task): every
             # frame sent takes this path, a pong or a delivery alike.
             message = {"type": "websocket.send", "text": text}
-            coro = self._send(message)
+            coro: Coroutine[Any, Any, None] = self._send(message)  # type: ignore[assignment]
             try:
                 yielded = coro.send(None)
             except StopIteration:
@@ -274,18 +274,7 @@ class Outbox:
             if flow is not None and flow.paused and isinstance(queue[0], str):
                 self._spawn(None, None, None)
                 return
-            item = queue.popleft()
-            if self._room is not None and not self.crowded():
-                self._wake()
-            if isinstance(item, str):
-                self._bytes -= sys.getsizeof(item)
-                message = {"type": "websocket.send", "text": item}
-            elif item is _ACCEPT:
-                message = _ACCEPT_MESSAGE
-            else:
-                queue.clear()
-                self._bytes = 0
-                message = {"type": "websocket.close", "code": int(item)}  # type: ignore[arg-type]
+            message = self._next(queue)
             coro = self._send(message)
             try:
                 done, yielded = start(coro)  # type: ignore[arg-type]
@@ -298,6 +287,21 @@ class Outbox:
             self._count(message)
         if self._queue is queue and not queue:
             self._queue = None  # drained: an idle outbox holds no deque
+
+    def _next(self, queue: deque[str | int | _Accept]) -> dict[str, Any]:
+        """Take the first queued item (the queue is not empty) as the ASGI message to
+        send: a text frame, the accept, or the close (which drops what is behind it)."""
+        item = queue.popleft()
+        if self._room is not None and not self.crowded():
+            self._wake()
+        if isinstance(item, str):
+            self._bytes -= sys.getsizeof(item)
+            return {"type": "websocket.send", "text": item}
+        if item is _ACCEPT:
+            return _ACCEPT_MESSAGE
+        queue.clear()
+        self._bytes = 0
+        return {"type": "websocket.close", "code": int(item)}  # type: ignore[arg-type]
 
     def _spawn(
         self,
@@ -378,18 +382,7 @@ class Outbox:
                 if flow is not None and flow.paused and isinstance(queue[0], str):
                     await flow.wait()
                     continue
-                item = queue.popleft()
-                if self._room is not None and not self.crowded():
-                    self._wake()
-                if isinstance(item, str):
-                    self._bytes -= sys.getsizeof(item)
-                    message = {"type": "websocket.send", "text": item}
-                elif item is _ACCEPT:
-                    message = _ACCEPT_MESSAGE
-                else:
-                    queue.clear()
-                    self._bytes = 0
-                    message = {"type": "websocket.close", "code": int(item)}  # type: ignore[arg-type]
+                message = self._next(queue)
                 coro, yielded = self._send(message), NOT_STARTED  # type: ignore[assignment]
         finally:
             if self._task is asyncio.current_task():

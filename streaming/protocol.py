@@ -188,7 +188,7 @@ def _no_constants(name: str) -> Any:
 
 # Only NaN and Infinity reach parse_constant: no cost for ordinary values.
 _DECODER = json.JSONDecoder(parse_constant=_no_constants)
-_SCAN = _DECODER.scan_once
+_SCAN = _DECODER.scan_once  # type: ignore[attr-defined]  # set by JSONDecoder.__init__ (its C scanner)
 
 
 def _loads(text: str) -> Any:
