@@ -247,19 +247,24 @@ class Outbox:
 
     def _start(self, message: dict[str, Any]) -> None:
         """Run ``send(message)`` now, up to its first suspension (nothing is queued)."""
+        if self._send_now(message) and self._queue and self._task is None:
+            self._flush()  # frames queued before the accept
+
+    def _send_now(self, message: dict[str, Any]) -> bool:
+        """Run ``send(message)`` up to its first suspension. True if it completed; False
+        if it failed (the socket is closing) or suspended (the transport pushes back: a
+        task finishes it, then drains the queue)."""
         coro = self._send(message)
         try:
             done, yielded = start(coro)  # type: ignore[arg-type]
         except Exception:
             self._failed(message)
-            return
-        if done:
-            self._count(message)
-            if self._queue and self._task is None:
-                self._flush()  # frames queued before the accept
-            return
-        # Suspended (the transport pushes back): a task finishes it, then drains.
-        self._spawn(coro, yielded, message)  # type: ignore[arg-type]
+            return False
+        if not done:
+            self._spawn(coro, yielded, message)  # type: ignore[arg-type]
+            return False
+        self._count(message)
+        return True
 
     def _flush(self) -> None:
         """Send what is queued eagerly, in order, as :meth:`_drain` would; the first send
@@ -274,17 +279,8 @@ class Outbox:
             if flow is not None and flow.paused and isinstance(queue[0], str):
                 self._spawn(None, None, None)
                 return
-            message = self._next(queue)
-            coro = self._send(message)
-            try:
-                done, yielded = start(coro)  # type: ignore[arg-type]
-            except Exception:
-                self._failed(message)
+            if not self._send_now(self._next(queue)):
                 return
-            if not done:
-                self._spawn(coro, yielded, message)  # type: ignore[arg-type]
-                return
-            self._count(message)
         if self._queue is queue and not queue:
             self._queue = None  # drained: an idle outbox holds no deque
 
