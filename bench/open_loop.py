@@ -54,10 +54,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import statistics
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -311,20 +313,33 @@ def report(label: str, name: str, entry: dict[str, Any]) -> None:
     )
 
 
-async def measure(key: str, args: argparse.Namespace) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def served(key: str, out: dict[str, Any]) -> AsyncIterator[tuple[Any, Any, Target, list]]:
+    """A fresh, warmed-up server of contender ``key``: ``(contender, process, target,
+    swarms)``. Swarms the caller puts in ``swarms`` are stopped with the server; an
+    exception ends the contender's measurement as a result (``out["error"]``)."""
     contender = ALL[key]
     proc = ServerProcess(contender, {})
     swarms: list[SwarmProcess] = []
-    out: dict[str, Any] = {"levels": []}
     try:
         await asyncio.to_thread(proc.start)
         target = Target(contender.dialect(), [proc.base], proc.rss_kb, proc.cpu_s)
         await warm_up(target)
+        yield contender, proc, target, swarms
+    except Exception as exc:  # a contender that fails is a result
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        await stop_all(out, [proc], swarms)
+
+
+async def measure(key: str, args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"levels": []}
+    async with served(key, out) as (contender, proc, target, swarms):
         from dataclasses import replace
 
         closed = await relay(target, replace(FULL, relay_seconds=args.saturation_seconds))
         out["saturation"] = closed
-        swarms = await start_relay_swarms(target, contender.dialect_name, proc.base, args)
+        swarms += await start_relay_swarms(target, contender.dialect_name, proc.base, args)
         probe = await level(
             target, swarms, 2 * closed["msgs_per_s"], args, args.saturation_seconds, 60.0
         )
@@ -353,26 +368,16 @@ async def measure(key: str, args: argparse.Namespace) -> dict[str, Any]:
                 entry.update(percent=pct, basis=basis, repeat=repeat + 1)
                 out["levels"].append(entry)
                 report(contender.label, f"{pct}% of {basis}, run {repeat + 1}", entry)
-    except Exception as exc:  # a contender that fails is a result
-        out["error"] = f"{type(exc).__name__}: {exc}"
-    finally:
-        await stop_all(out, [proc], swarms)
     return out
 
 
 async def measure_clients(key: str, args: argparse.Namespace) -> dict[str, Any]:
     """``--compare-clients``: the same offered rates from swarms on each WebSocket client."""
-    contender = ALL[key]
-    proc = ServerProcess(contender, {})
-    swarms: list[SwarmProcess] = []
     out: dict[str, Any] = {"levels": []}
-    try:
-        await asyncio.to_thread(proc.start)
-        target = Target(contender.dialect(), [proc.base], proc.rss_kb, proc.cpu_s)
-        await warm_up(target)
+    async with served(key, out) as (contender, proc, target, swarms):
         for _ in range(args.runs):  # interleaved: background load spreads over both
             for client in ("websockets", "raw"):
-                swarms = await start_relay_swarms(
+                swarms += await start_relay_swarms(
                     target, contender.dialect_name, proc.base, args, client
                 )
                 for rate in args.compare_clients:
@@ -382,11 +387,7 @@ async def measure_clients(key: str, args: argparse.Namespace) -> dict[str, Any]:
                     out["levels"].append(entry)
                     report(contender.label, f"{client} client", entry)
                 await asyncio.gather(*(s.stop() for s in swarms))
-                swarms = []
-    except Exception as exc:  # a contender that fails is a result
-        out["error"] = f"{type(exc).__name__}: {exc}"
-    finally:
-        await stop_all(out, [proc], swarms)
+                swarms.clear()
     return out
 
 
