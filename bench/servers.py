@@ -98,6 +98,10 @@ class Contender:
         return [python, "-m", self.app, "--port", str(port)]
 
 
+#: The WebSocket protocol Streampod's uvicorn contenders run (``--ws``, docs/deployment.md);
+#: ``BENCH_STREAMPOD_WS=websockets-sansio`` measures them on uvicorn's own instead.
+STREAMPOD_WS = os.environ.get("BENCH_STREAMPOD_WS", "streaming.uvicorn_ws:WebSocketProtocol")
+
 STREAMPOD = Contender(
     "streampod", "Streampod (daphne)", "streampod", "daphne", "bench.asgi:application",
     "streampod", "relay endpoint on /websocket/ (bench/streampod_relay.py)",
@@ -187,6 +191,9 @@ class ServerProcess:
                 "REDIS_URL": "",
             }
         )
+        if self.contender.role == "streampod" and self.contender.server == "uvicorn":
+            # As docs/deployment.md serves it; UVICORN_WS in ``env`` picks another protocol.
+            env["UVICORN_WS"] = STREAMPOD_WS
         env.update(self.env)
         self.proc = subprocess.Popen(
             self.contender.command(self.port),

@@ -127,7 +127,8 @@ def attach_flow(send: Any) -> SendFlow | None:
 def plain_send(send: Any) -> bool:
     """Whether ``send`` is a server's own ``send``, safe to start in the caller's task.
 
-    daphne's and uvicorn's WebSocket ``send`` hold no timeout or cancel scope, so the
+    daphne's and uvicorn's WebSocket ``send`` (uvicorn's own protocols, and
+    :mod:`streaming.uvicorn_ws`) hold no timeout or cancel scope, so the
     outbox may run them eagerly (a suspended one is finished in a task of its own).
     An unknown ``send``, such as a middleware's wrapper, may bind to the task it runs
     in, so it always runs in the outbox's own task.
@@ -135,7 +136,8 @@ def plain_send(send: Any) -> bool:
     if _daphne_protocol(send) is not None:
         return True
     owner = getattr(send, "__self__", None)
-    return type(owner).__module__.startswith("uvicorn.protocols.websockets.")
+    module = type(owner).__module__
+    return module.startswith("uvicorn.protocols.websockets.") or module == "streaming.uvicorn_ws"
 
 
 def send_limit(send: Any) -> int | None:

@@ -286,6 +286,8 @@ def serve(site: Site, server: str, port: int) -> tuple[subprocess.Popen[str], _O
             str(port),
             "--ws-max-size",
             "66560",
+            "--ws",
+            "streaming.uvicorn_ws:WebSocketProtocol",
             "myproject.asgi:application",
         ]
         ready = f"Uvicorn running on http://127.0.0.1:{port}"

@@ -25,8 +25,6 @@ ROOT = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-
-
 class _Output:
     """Collects a process's output lines in a thread; lets a test wait for one."""
 
@@ -200,6 +198,11 @@ class DaphneServer:
         self.stop()
 
 
+#: The WebSocket protocol the tests' uvicorn runs: Streampod's (docs/deployment.md), or
+#: another ``--ws`` value (``websockets-sansio``, uvicorn's own) from STREAMPOD_TEST_UVICORN_WS.
+UVICORN_WS = os.environ.get("STREAMPOD_TEST_UVICORN_WS", "streaming.uvicorn_ws:WebSocketProtocol")
+
+
 class UvicornServer(DaphneServer):
     """``python -m uvicorn streampod_project.asgi:application``: the production server."""
 
@@ -222,6 +225,8 @@ class UvicornServer(DaphneServer):
             "info",
             "--ws-max-size",
             str(65536 + 1024),
+            "--ws",
+            UVICORN_WS,
             *self.args,
             "streampod_project.asgi:application",
         ]

@@ -1,0 +1,860 @@
+"""A lean WebSocket protocol for uvicorn: RFC 6455 and the ASGI WebSocket spec, per socket in bytes.
+
+uvicorn speaks WebSocket through a protocol class it is given (``uvicorn.Config(ws=...)``,
+``uvicorn.run(..., ws=...)``); its own, on the ``websockets`` library's sans-I/O core,
+holds about 18 KB of Python heap per idle socket (measured at 2,000 sockets with
+``python -m bench.connections --memprobe``): the library's request and response objects
+and header maps kept for the socket's life, an ``asyncio.Queue`` with its three deques, two
+``asyncio.Event``, an instance dict of 40 attributes. That is more than a whole socket of
+the bare ``websockets`` server. :class:`WebSocketProtocol` is the same protocol in a
+fraction of it: ``__slots__``, one timer for keepalive and closing, no queue until a
+frame waits, nothing kept from the handshake but the ASGI scope. Run it with
+``python -m streaming.serve`` (uvicorn's command line, see :mod:`streaming.serve`).
+
+Contract (what a client and the application see):
+
+* Handshake: the app gets ``websocket.connect`` once uvicorn has parsed an upgrade request;
+  a request that is not a valid RFC 6455 handshake gets HTTP 400 (426 with
+  ``Sec-WebSocket-Version: 13`` for another version) and never reaches the app.
+  ``websocket.accept`` (subprotocol, headers), ``websocket.close`` before accepting (HTTP
+  403) and the ``websocket.http.response`` extension (any status and body) as in uvicorn.
+  No extension is negotiated: permessage-deflate would cost each socket zlib's state
+  (tens of KB), and Streampod's frames are small.
+* Frames in: a client frame must be masked, carry no RSV bit, use a defined opcode, and
+  obey the fragmentation and control-frame rules; otherwise close **1002**. A text message
+  that is not UTF-8, or a close reason that is not, closes **1007**. A message (a frame, or
+  the fragments so far) above ``ws_max_size`` closes **1009** as soon as its header says
+  so, before its payload is read. Pings are answered with the same payload.
+* Close: a client's close frame is answered with its code (none for none) and the app gets
+  ``websocket.disconnect`` with that code and reason (1005 for none); a dropped TCP
+  connection gives 1006; ``websocket.close`` from the app sends its code and reason and
+  waits up to 10 s for the client's reply (1005 sends no code; a code that may not be sent,
+  such as 1006 or 2000, sends 1011 and logs a warning); an app that returns without closing closes
+  1000, one that raises closes 1011 (HTTP 500 before accepting). uvicorn's shutdown closes
+  open sockets with 1012.
+* Keepalive: ``ws_ping_interval`` / ``ws_ping_timeout`` as in uvicorn: a ping with a random
+  payload, and close 1011 if its pong does not come in time.
+* Bounded in bytes whatever the client does: reading pauses while the app has more than
+  :data:`INBOX_BYTES` (or ``ws_max_queue`` messages) not yet received, and while the
+  transport's write buffer is above its high-water mark (so a client that sends pings and
+  never reads cannot grow the pongs); an incomplete frame holds at most ``ws_max_size``
+  plus its header; before ``websocket.accept`` at most :data:`INBOX_BYTES` are buffered.
+* ``send`` waits while the transport's write buffer is above its high-water mark, and
+  raises ``ClientDisconnected`` (an ``OSError``) once the connection is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import codecs
+import email.utils
+import hashlib
+import logging
+import random
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import quote, unquote
+
+try:  # websockets' C helper (a dependency of Streampod); the fallback is pure Python.
+    from websockets.speedups import apply_mask as _c_apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    _c_apply_mask = None  # type: ignore[assignment]
+
+try:  # what uvicorn's own protocols raise from ``send`` after a disconnect
+    from uvicorn.protocols.utils import ClientDisconnected
+except ImportError:  # pragma: no cover - uvicorn moved it: an OSError all the same
+
+    class ClientDisconnected(OSError):  # type: ignore[no-redef]
+        """The client is gone: ``send`` after the connection was lost."""
+
+
+__all__ = ["INBOX_BYTES", "ClientDisconnected", "WebSocketProtocol", "apply_mask"]
+
+logger = logging.getLogger("uvicorn.error")
+
+#: Bytes of received messages the app has not read yet before reading pauses; also the
+#: most buffered before ``websocket.accept``.
+INBOX_BYTES = 64 * 1024
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+CLOSE_TIMEOUT = 10.0
+
+# States.
+HEAD, CONNECTING, RESPONDING, OPEN, CLOSING, CLOSED = range(6)
+
+# Opcodes.
+CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+# Close codes a peer may send (RFC 6455 7.4, and IANA's 1012-1014).
+_VALID_CODES = frozenset(range(1000, 1004)) | frozenset(range(1007, 1015))
+
+_PAUSED_INBOX, _PAUSED_WRITE = 1, 2
+
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
+
+
+def _py_apply_mask(data: bytes, mask: bytes) -> bytes:
+    n = len(data)
+    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+    return (int.from_bytes(data, "big") ^ key).to_bytes(n, "big")
+
+
+def apply_mask(data: bytes, mask: bytes) -> bytes:
+    """XOR ``data`` with the 4-byte ``mask`` repeated (RFC 6455 5.3)."""
+    if _c_apply_mask is not None:
+        return bytes(_c_apply_mask(data, mask))
+    return _py_apply_mask(data, mask)
+
+
+def _frame(opcode: int, payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        return bytes((0x80 | opcode, n)) + payload
+    if n < 65536:
+        return bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big") + payload
+
+
+def _close_payload(code: int | None, reason: str = "") -> bytes:
+    if code is None:
+        return b""
+    data = reason.encode()
+    if len(data) > 123:  # a control frame's payload is at most 125 bytes: cut at a character
+        data = data[:123].decode("utf-8", "ignore").encode()
+    return code.to_bytes(2, "big") + data
+
+
+def _http_response(status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes = b"") -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode())]
+    for name, value in headers:
+        if b"\r" in name or b"\n" in name or b"\r" in value or b"\n" in value:
+            raise RuntimeError(f"invalid response header {name!r}: {value!r}")
+        lines.append(name + b": " + value + b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines) + body
+
+
+def _plain(status: int, text: str, extra: Iterable[tuple[bytes, bytes]] = ()) -> bytes:
+    body = text.encode()
+    headers = [
+        (b"date", email.utils.formatdate(usegmt=True).encode()),
+        *extra,
+        (b"connection", b"close"),
+        (b"content-length", str(len(body)).encode()),
+        (b"content-type", b"text/plain; charset=utf-8"),
+    ]
+    return _http_response(status, headers, body)
+
+
+#: What this protocol reads of uvicorn's ``Config`` and ``ServerState`` (uvicorn 0.35 to
+#: 0.54, where ``--ws`` takes an import string). Checked when a socket arrives: if uvicorn
+#: lacks one, :class:`WebSocketProtocol` serves with uvicorn's own protocol instead.
+CONFIG_ATTRS = (
+    "loaded", "loaded_app", "root_path", "asgi_version",
+    "ws_max_size", "ws_max_queue", "ws_ping_interval", "ws_ping_timeout",
+)  # fmt: skip
+SERVER_STATE_ATTRS = ("connections", "tasks", "default_headers")
+
+
+def _missing(config: Any, server_state: Any) -> list[str]:
+    return [f"Config.{a}" for a in CONFIG_ATTRS if not hasattr(config, a)] + [
+        f"ServerState.{a}" for a in SERVER_STATE_ATTRS if not hasattr(server_state, a)
+    ]
+
+
+def _uvicorn_protocol() -> Callable[..., asyncio.Protocol]:
+    """uvicorn's own WebSocket protocol (what ``--ws auto`` picks)."""
+    from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
+
+    if AutoWebSocketsProtocol is None:  # pragma: no cover - websockets is a dependency
+        raise RuntimeError("no WebSocket protocol in uvicorn")
+    return AutoWebSocketsProtocol
+
+
+class _Refused(Exception):
+    def __init__(self, response: bytes) -> None:
+        self.response = response
+
+
+class WebSocketProtocol(asyncio.Protocol):
+    """One WebSocket connection under uvicorn (see the module docstring for the contract).
+
+    uvicorn builds it when an HTTP request asks for an upgrade, with
+    ``(config=, server_state=, app_state=)``, then calls ``connection_made`` and
+    ``data_received`` with the request's head, and hands it the transport.
+    """
+
+    __slots__ = (
+        "_app_closed",
+        "_app_state",
+        "_buf",
+        "_config",
+        "_drain",
+        "_final",
+        "_frag_op",
+        "_frag_parts",
+        "_frag_size",
+        "_frag_text",
+        "_inbox",
+        "_inbox_bytes",
+        "_key",
+        "_loop",
+        "_need",
+        "_paused",
+        "_ping",
+        "_response",
+        "_scope",
+        "_server_state",
+        "_state",
+        "_timer",
+        "_transport",
+        "_waiter",
+    )  # fmt: skip
+
+    #: The (config, server_state) pair last found complete, and whether it was.
+    _checked: tuple[Any, Any, bool] | None = None
+
+    def __new__(
+        cls,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> Any:
+        checked = cls._checked
+        if checked is None or checked[0] is not config or checked[1] is not server_state:
+            missing = _missing(config, server_state)
+            if missing:
+                logger.warning(
+                    "streaming.uvicorn_ws: this uvicorn lacks %s; serving WebSockets with "
+                    "uvicorn's own protocol instead",
+                    ", ".join(missing),
+                )
+            checked = cls._checked = (config, server_state, not missing)
+        if not checked[2]:
+            return _uvicorn_protocol()(
+                config=config, server_state=server_state, app_state=app_state, _loop=_loop
+            )
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if not config.loaded:
+            config.load()  # pragma: no cover - uvicorn loads it before serving
+        self._config = config
+        self._server_state = server_state
+        self._app_state = app_state
+        self._loop = _loop or asyncio.get_running_loop()
+        self._transport: asyncio.Transport = None  # type: ignore[assignment]
+        self._scope: dict[str, Any] | None = None
+        self._state = HEAD
+        self._buf: bytearray | None = None  # an incomplete frame (or head)
+        self._need = 0  # bytes ``_buf`` must hold before it is parsed again
+        self._frag_op = 0  # TEXT or BINARY while a fragmented message is open
+        self._frag_parts: list[Any] | None = None
+        self._frag_size = 0
+        self._frag_text: Any = None  # the incremental UTF-8 decoder of a fragmented text
+        self._inbox: list[tuple[dict[str, Any], int]] = []  # (event, bytes)
+        self._inbox_bytes = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._final: dict[str, Any] | None = None  # the websocket.disconnect event
+        self._paused = 0
+        self._drain: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._ping: bytes | None = None  # the payload of the keepalive ping in flight
+        self._key: bytes | None = None  # Sec-WebSocket-Accept, until accepted
+        self._app_closed = False
+        self._response: list[Any] | None = None  # websocket.http.response: status, headers, body
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._server_state.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server_state.connections.discard(self)
+        self._cancel_timer()
+        self._state = CLOSED
+        self._buf = self._frag_parts = self._frag_text = None
+        self._disconnect(1006)
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def eof_received(self) -> bool | None:
+        return None  # the transport closes itself
+
+    def pause_writing(self) -> None:
+        # Stop reading too: what a client sends (pings) must not grow what it does not read.
+        self._pause(_PAUSED_WRITE)
+
+    def resume_writing(self) -> None:
+        self._resume(_PAUSED_WRITE)
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def shutdown(self) -> None:
+        """uvicorn's shutdown: close an open socket with 1012, refuse a pending handshake."""
+        if self._state == OPEN:
+            self._disconnect(1012)
+            self._write(_frame(CLOSE, _close_payload(1012)))
+            self._state = CLOSING
+        elif self._state in (HEAD, CONNECTING):
+            self._write(_plain(500, "Internal Server Error"))
+            self._state = CLOSING
+        self._cancel_timer()
+        self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        if buf is not None:
+            buf += data
+            if len(buf) < self._need:
+                return
+            data = bytes(buf)
+            self._buf = None
+        state = self._state
+        if state == OPEN or state == CLOSING:
+            self._frames(data)
+        elif state == HEAD:
+            self._head(data)
+        elif state == CONNECTING or state == RESPONDING:
+            # A client must wait for the 101; keep what came early, within a bound.
+            self._keep(data, 0, len(data) + 1)
+            if len(data) > INBOX_BYTES:
+                self._pause(_PAUSED_INBOX)
+
+    # -- handshake ---------------------------------------------------------------------------
+
+    def _head(self, data: bytes) -> None:
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            if len(data) > 65536:
+                self._refuse(_plain(400, "Request head too large"))
+                return
+            self._keep(data, 0, len(data) + 1)
+            return
+        try:
+            self._scope = self._handshake(data[:end])
+        except _Refused as refused:
+            self._refuse(refused.response)
+            return
+        rest = data[end + 4 :]
+        if rest:
+            self._keep(rest, 0, len(rest) + 1)
+        self._state = CONNECTING
+        self._inbox.append(({"type": "websocket.connect"}, 0))
+        task = self._loop.create_task(self._run_asgi())
+        tasks = self._server_state.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def _handshake(self, head: bytes) -> dict[str, Any]:
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ")
+        if len(parts) != 3 or parts[0] != b"GET" or not parts[2].startswith(b"HTTP/1."):
+            raise _Refused(_plain(400, "WebSocket handshake: GET required"))
+        headers: list[tuple[bytes, bytes]] = []
+        key = version = None
+        keys = versions = 0
+        subprotocols: list[str] = []
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep:
+                raise _Refused(_plain(400, "WebSocket handshake: malformed header"))
+            name = name.strip().lower()
+            value = value.strip()
+            headers.append((name, value))
+            if name == b"sec-websocket-key":
+                key, keys = value, keys + 1
+            elif name == b"sec-websocket-version":
+                version, versions = value, versions + 1
+            elif name == b"sec-websocket-protocol":
+                subprotocols.extend(
+                    t.strip() for t in value.decode("latin-1").split(",") if t.strip()
+                )
+        if versions != 1 or version != b"13":
+            raise _Refused(
+                _plain(426, "WebSocket version 13 required", [(b"sec-websocket-version", b"13")])
+            )
+        try:
+            if keys != 1 or key is None or len(base64.b64decode(key, validate=True)) != 16:
+                raise ValueError
+        except (ValueError, binascii.Error):
+            raise _Refused(_plain(400, "WebSocket handshake: invalid Sec-WebSocket-Key")) from None
+        self._key = base64.b64encode(hashlib.sha1(key + GUID).digest())
+        config = self._config
+        root_path = config.root_path
+        raw_path, _, query = parts[1].partition(b"?")
+        transport = self._transport
+        return {
+            "type": "websocket",
+            "asgi": {"version": config.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": "wss" if transport.get_extra_info("sslcontext") else "ws",
+            "server": _address(transport.get_extra_info("sockname")),
+            "client": _address(transport.get_extra_info("peername")),
+            "root_path": root_path,
+            "path": root_path + unquote(raw_path.decode("latin-1")),
+            "raw_path": root_path.encode("ascii") + raw_path,
+            "query_string": query,
+            "headers": headers,
+            "subprotocols": subprotocols,
+            "state": self._app_state.copy(),
+            "extensions": {"websocket.http.response": {}},
+        }
+
+    def _refuse(self, response: bytes) -> None:
+        self._state = CLOSING
+        self._write(response)
+        self._transport.close()
+
+    def _accept(self, message: dict[str, Any]) -> None:
+        accept, self._key = self._key or b"", None
+        headers = [
+            (b"upgrade", b"websocket"),
+            (b"connection", b"Upgrade"),
+            (b"sec-websocket-accept", accept),
+        ]
+        subprotocol = message.get("subprotocol")
+        if subprotocol:
+            headers.append((b"sec-websocket-protocol", subprotocol.encode()))
+        headers += self._server_state.default_headers
+        headers += [(bytes(n).lower(), bytes(v)) for n, v in message.get("headers") or ()]
+        response = _http_response(101, headers)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info('%s - "WebSocket %s" [accepted]', *_log_fields(self._scope))
+        self._state = OPEN
+        self._write(response)
+        self._keepalive()
+        early = self._buf
+        if early is not None:
+            self._buf = None
+            self._resume(_PAUSED_INBOX)
+            self._frames(bytes(early))
+
+    def _respond(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        names = {n.lower() for n, _ in headers}
+        extra = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+        for name, value in (
+            ("date", email.utils.formatdate(usegmt=True)),
+            ("connection", "close"),
+            ("content-length", str(len(body))),
+            ("content-type", "text/plain; charset=utf-8"),
+        ):
+            if name not in names:
+                extra.append((name.encode(), value.encode()))
+        self._write(_http_response(status, extra, body))
+        self._state = CLOSING
+        self._disconnect(1006)
+        self._transport.close()
+
+    # -- frames in ------------------------------------------------------------------------
+
+    def _keep(self, data: bytes, pos: int, need: int) -> None:
+        self._buf = bytearray(data[pos:] if pos else data)
+        self._need = need
+
+    def _frames(self, data: bytes) -> None:
+        n = len(data)
+        pos = 0
+        max_size = self._config.ws_max_size
+        while self._state == OPEN or (self._app_closed and self._timer is not None):
+            left = n - pos
+            if left < 2:
+                if left:
+                    self._keep(data, pos, 2)
+                break
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            opcode = b0 & 0x0F
+            if b0 & 0x70:
+                self._fail(1002, "reserved bits set")
+                return
+            if not b1 & 0x80:
+                self._fail(1002, "unmasked frame")
+                return
+            length = b1 & 0x7F
+            if length < 126:
+                start = pos + 6
+            elif length == 126:
+                if left < 8:
+                    self._keep(data, pos, 8)
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+                start = pos + 8
+            else:
+                if left < 14:
+                    self._keep(data, pos, 14)
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                start = pos + 14
+            if opcode >= 8:
+                if length > 125 or not b0 & 0x80:
+                    self._fail(1002, "invalid control frame")
+                    return
+            elif length + (self._frag_size if opcode == CONT else 0) > max_size:
+                self._fail(1009, "message too big")
+                return
+            end = start + length
+            if end > n:
+                self._keep(data, pos, end - pos)
+                break
+            payload = data[start:end]
+            if length:
+                payload = apply_mask(payload, data[start - 4 : start])
+            pos = end
+            if opcode == TEXT or opcode == BINARY:
+                self._message(opcode, b0 & 0x80, payload)
+            elif opcode == CONT:
+                self._continuation(b0 & 0x80, payload)
+            elif opcode == PING:
+                # Answered until the client's close arrives, ours sent or not (RFC 6455 5.5.2).
+                self._write(_frame(PONG, payload))
+            elif opcode == PONG:
+                if self._state == OPEN and payload == self._ping and self._ping is not None:
+                    self._ping = None
+                    self._keepalive()
+            elif opcode == CLOSE:
+                self._peer_close(payload)
+            else:
+                self._fail(1002, "reserved opcode")
+                return
+        self._after_read()
+
+    def _message(self, opcode: int, fin: int, payload: bytes) -> None:
+        if self._frag_op:
+            self._fail(1002, "new message inside a fragmented one")
+            return
+        if fin:
+            if opcode == TEXT:
+                try:
+                    text = payload.decode()
+                except UnicodeDecodeError:
+                    self._fail(1007, "invalid UTF-8")
+                    return
+                self._deliver({"type": "websocket.receive", "text": text}, len(payload))
+            else:
+                self._deliver({"type": "websocket.receive", "bytes": payload}, len(payload))
+            return
+        self._frag_op = opcode
+        self._frag_size = len(payload)
+        if opcode == TEXT:
+            self._frag_text = _utf8_decoder()
+            self._frag_parts = []
+            self._text_part(payload, False)
+        else:
+            self._frag_parts = [payload]
+
+    def _continuation(self, fin: int, payload: bytes) -> None:
+        if not self._frag_op or self._frag_parts is None:
+            self._fail(1002, "continuation without a message")
+            return
+        self._frag_size += len(payload)
+        if self._frag_text is not None:
+            if not self._text_part(payload, bool(fin)):
+                return
+        else:
+            self._frag_parts.append(payload)
+        if fin:
+            parts, size = self._frag_parts, self._frag_size
+            message: dict[str, Any]
+            if self._frag_op == TEXT:
+                message = {"type": "websocket.receive", "text": "".join(parts)}
+            else:
+                message = {"type": "websocket.receive", "bytes": b"".join(parts)}
+            self._frag_op = self._frag_size = 0
+            self._frag_parts = self._frag_text = None
+            self._deliver(message, size)
+
+    def _text_part(self, payload: bytes, final: bool) -> bool:
+        try:
+            part = self._frag_text.decode(payload, final)
+        except UnicodeDecodeError:
+            self._fail(1007, "invalid UTF-8")
+            return False
+        self._frag_parts.append(part)  # type: ignore[union-attr]
+        return True
+
+    def _peer_close(self, payload: bytes) -> None:
+        code: int | None = None
+        reason = ""
+        if len(payload) == 1:
+            self._fail(1002, "invalid close frame")
+            return
+        if payload:
+            code = int.from_bytes(payload[:2], "big")
+            if code not in _VALID_CODES and not 3000 <= code <= 4999:
+                self._fail(1002, "invalid close code")
+                return
+            try:
+                reason = payload[2:].decode()
+            except UnicodeDecodeError:
+                self._fail(1007, "invalid UTF-8 in close reason")
+                return
+        if self._state == OPEN:
+            self._state = CLOSING
+            self._write(_frame(CLOSE, _close_payload(code)))
+            self._disconnect(1005 if code is None else code, reason)
+        self._cancel_timer()
+        self._transport.close()
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection: send ``code``, tell the app, close the TCP connection."""
+        if self._state == OPEN:
+            self._write(_frame(CLOSE, _close_payload(code, reason)))
+            self._disconnect(code, reason)
+        self._state = CLOSING
+        self._buf = self._frag_parts = self._frag_text = None
+        self._cancel_timer()
+        self._transport.close()
+
+    def _deliver(self, message: dict[str, Any], size: int) -> None:
+        """Queue ``message`` for the app's ``receive`` (dropped once our close frame is out)."""
+        if self._state != OPEN:
+            return  # after our close frame: discarded (RFC 6455 5.5.1)
+        self._inbox.append((message, size))
+        self._inbox_bytes += size
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _after_read(self) -> None:
+        if self._inbox_bytes > INBOX_BYTES or len(self._inbox) > self._config.ws_max_queue:
+            self._pause(_PAUSED_INBOX)
+
+    # -- the ASGI application -------------------------------------------------------------
+
+    def _disconnect(self, code: int, reason: str = "") -> None:
+        if self._final is None:
+            self._final = {"type": "websocket.disconnect", "code": code, "reason": reason}
+            self._inbox.append((self._final, 0))
+            waiter = self._waiter
+            if waiter is not None:
+                self._waiter = None
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def receive(self) -> dict[str, Any]:
+        """The next ASGI event; once ``websocket.disconnect`` came, that event again."""
+        inbox = self._inbox
+        while not inbox:
+            if self._final is not None:
+                return self._final
+            waiter = self._waiter
+            if waiter is None or waiter.done():
+                waiter = self._waiter = self._loop.create_future()
+            await waiter
+        message, size = inbox.pop(0)
+        if size:
+            self._inbox_bytes -= size
+        if (
+            self._paused & _PAUSED_INBOX
+            and self._inbox_bytes <= INBOX_BYTES // 2
+            and len(inbox) <= self._config.ws_max_queue // 2
+        ):
+            self._resume(_PAUSED_INBOX)
+        return message
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Send an ASGI event; waits while the write buffer is full (see the module doc)."""
+        if self._paused & _PAUSED_WRITE and self._state != CLOSED:
+            drain = self._drain
+            if drain is None:
+                drain = self._drain = self._loop.create_future()
+            await asyncio.shield(drain)
+        state = self._state
+        kind = message["type"]
+        if state == CLOSED:
+            raise ClientDisconnected()
+        if state == OPEN:
+            if kind == "websocket.send":
+                data = message.get("bytes")
+                if data is not None:
+                    self._write(_frame(BINARY, data))
+                else:
+                    text = message.get("text")
+                    if text is not None:
+                        self._write(_frame(TEXT, text.encode()))
+            elif kind == "websocket.close":
+                code = message.get("code") or 1000
+                reason = message.get("reason") or ""
+                sent: int | None = code
+                if code not in _VALID_CODES and not 3000 <= code <= 4999:
+                    # 1005 means "no code": a close frame without one. Any other code may
+                    # not go on the wire (RFC 6455 7.4): the close still happens, with 1011.
+                    sent = None if code == 1005 else 1011
+                    if sent:
+                        logger.warning("close code %s may not be sent: closing with 1011", code)
+                self._app_closed = True
+                self._state = CLOSING
+                self._disconnect(code, reason)
+                self._write(_frame(CLOSE, _close_payload(sent, reason)))
+                self._resume(_PAUSED_INBOX)  # read on, for the client's close reply
+                self._cancel_timer()
+                self._timer = self._loop.call_later(CLOSE_TIMEOUT, self._transport.close)
+            else:
+                raise RuntimeError(
+                    "Expected ASGI message 'websocket.send' or 'websocket.close', "
+                    f"but got {kind!r}."
+                )
+        elif state == CONNECTING:
+            if kind == "websocket.accept":
+                self._accept(message)
+            elif kind == "websocket.close":
+                if logger.isEnabledFor(logging.INFO):
+                    logger.info('%s - "WebSocket %s" 403', *_log_fields(self._scope))
+                self._app_closed = True
+                self._respond(403, [], b"")
+            elif kind == "websocket.http.response.start":
+                status = message["status"]
+                if not 100 <= status < 600:
+                    raise RuntimeError(f"Invalid HTTP status code '{status}' in response.")
+                if logger.isEnabledFor(logging.INFO):
+                    fields = _log_fields(self._scope)
+                    logger.info('%s - "WebSocket %s" %d', *fields, status)
+                headers = [
+                    (bytes(n).decode("latin-1"), bytes(v).decode("latin-1"))
+                    for n, v in message.get("headers") or ()
+                ]
+                self._response = [status, headers, []]
+                self._state = RESPONDING
+            else:
+                raise RuntimeError(
+                    "Expected ASGI message 'websocket.accept', 'websocket.close' or "
+                    f"'websocket.http.response.start' but got {kind!r}."
+                )
+        elif state == RESPONDING:
+            if kind != "websocket.http.response.body":
+                raise RuntimeError(
+                    f"Expected ASGI message 'websocket.http.response.body' but got {kind!r}."
+                )
+            response = self._response
+            assert response is not None
+            response[2].append(bytes(message.get("body", b"")))
+            if not message.get("more_body", False):
+                self._response = None
+                self._respond(response[0], response[1], b"".join(response[2]))
+        elif self._app_closed:
+            raise RuntimeError(
+                f"Unexpected ASGI message {kind!r}, after sending 'websocket.close'."
+            )
+        else:  # CLOSING: the client closed, or the connection failed
+            raise ClientDisconnected()
+
+    async def _run_asgi(self) -> None:
+        try:
+            result = await self._config.loaded_app(self._scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            logger.exception("Exception in ASGI application\n")
+            self._end(1011, "internal error")
+        else:
+            if self._state in (CONNECTING, RESPONDING):
+                logger.error("ASGI callable returned without completing handshake.")
+            elif result is not None:
+                logger.error("ASGI callable should return None, but returned '%s'.", result)
+            self._end(1000, "")
+
+    def _end(self, code: int, reason: str) -> None:
+        state = self._state
+        if state in (CONNECTING, RESPONDING):
+            self._state = CLOSING
+            self._write(_plain(500, "Internal Server Error"))
+        elif state == OPEN:
+            self._state = CLOSING
+            self._write(_frame(CLOSE, _close_payload(code, reason)))
+        elif state == CLOSING and self._timer is not None and self._app_closed:
+            return  # waiting for the client's close reply (or CLOSE_TIMEOUT)
+        if state != CLOSED:
+            self._cancel_timer()
+            self._transport.close()
+
+    # -- keepalive, flow, output ------------------------------------------------------------
+
+    def _keepalive(self) -> None:
+        """Schedule the next keepalive ping (after accept, and after each pong)."""
+        self._cancel_timer()
+        interval = self._config.ws_ping_interval
+        if interval and self._state == OPEN:
+            self._timer = self._loop.call_later(interval, self._send_ping)
+
+    def _send_ping(self) -> None:
+        self._timer = None
+        if self._state != OPEN:
+            return
+        self._ping = random.getrandbits(32).to_bytes(4, "big")
+        self._write(_frame(PING, self._ping))
+        timeout = self._config.ws_ping_timeout
+        if timeout:
+            self._timer = self._loop.call_later(timeout, self._ping_timed_out)
+        else:
+            self._ping = None
+            self._keepalive()
+
+    def _ping_timed_out(self) -> None:
+        self._timer = None
+        if self._state == OPEN:
+            self._fail(1011, "keepalive ping timeout")
+
+    def _cancel_timer(self) -> None:
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            timer.cancel()
+
+    def _write(self, data: bytes) -> None:
+        transport = self._transport
+        if not transport.is_closing():
+            transport.write(data)
+
+    def _pause(self, why: int) -> None:
+        if not self._paused and self._state != CLOSED:
+            try:
+                self._transport.pause_reading()
+            except (AttributeError, RuntimeError):  # closing, or a transport without it
+                pass
+        self._paused |= why
+
+    def _resume(self, why: int) -> None:
+        if not self._paused & why:
+            return
+        self._paused &= ~why
+        if not self._paused and self._state != CLOSED:
+            try:
+                self._transport.resume_reading()
+            except (AttributeError, RuntimeError):
+                pass
+
+
+def _address(info: Any) -> tuple[str, int] | None:
+    if isinstance(info, (list, tuple)) and len(info) >= 2:
+        return (str(info[0]), int(info[1]))
+    return None
+
+
+def _log_fields(scope: dict[str, Any] | None) -> tuple[str, str]:
+    if scope is None:
+        return "", ""
+    client = scope.get("client")
+    path = quote(scope["path"])
+    if scope["query_string"]:
+        path += "?" + scope["query_string"].decode("ascii", "replace")
+    return (f"{client[0]}:{client[1]}" if client else ""), path
