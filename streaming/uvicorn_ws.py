@@ -34,13 +34,19 @@ Contract (what a client and the application see):
   open sockets with 1012.
 * Keepalive: ``ws_ping_interval`` / ``ws_ping_timeout`` as in uvicorn: a ping with a random
   payload, and close 1011 if its pong does not come in time.
-* Bounded in bytes whatever the client does: reading pauses while the app has more than
-  :data:`INBOX_BYTES` (or ``ws_max_queue`` messages) not yet received, and while the
-  transport's write buffer is above its high-water mark (so a client that sends pings and
-  never reads cannot grow the pongs); an incomplete frame holds at most ``ws_max_size``
-  plus its header; before ``websocket.accept`` at most :data:`INBOX_BYTES` are buffered.
+* Bounded in bytes whatever the client does: parsing stops, and reading pauses, while the
+  app has :data:`INBOX_BYTES` (each event counting :data:`EVENT_COST` beyond its payload)
+  or ``ws_max_queue`` events not yet received; reading also pauses while the transport's
+  write buffer is above its high-water mark (so a client that sends pings and never reads
+  cannot grow the pongs). A message being assembled is one buffer of at most
+  ``ws_max_size`` bytes, however many fragments it comes in (empty ones cost nothing);
+  before ``websocket.accept`` at most :data:`INBOX_BYTES` plus one read are buffered.
+* Closing never waits on the client for ever: the TCP connection is closed once what is
+  written is sent, and aborted if that takes ``CLOSE_TIMEOUT`` (10 s), after a close frame,
+  a failure (a keepalive timeout included), a refused handshake or uvicorn's shutdown.
 * ``send`` waits while the transport's write buffer is above its high-water mark, and
-  raises ``ClientDisconnected`` (an ``OSError``) once the connection is gone.
+  raises ``ClientDisconnected`` (an ``OSError``) once the connection is gone or closing (a
+  ``send`` waiting for room is woken when it starts to close).
 """
 
 from __future__ import annotations
@@ -83,7 +89,9 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CLOSE_TIMEOUT = 10.0
 
 # States.
-HEAD, CONNECTING, RESPONDING, OPEN, CLOSING, CLOSED = range(6)
+# CLOSE_SENT: the app closed, the client's reply is awaited; CLOSING: the TCP connection is
+# closing (no more frames are read).
+HEAD, CONNECTING, RESPONDING, OPEN, CLOSE_SENT, CLOSING, CLOSED = range(7)
 
 # Opcodes.
 CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -92,6 +100,12 @@ CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 _VALID_CODES = frozenset(range(1000, 1004)) | frozenset(range(1007, 1015))
 
 _PAUSED_INBOX, _PAUSED_WRITE = 1, 2
+_NEVER = 1 << 62  # ``_need`` while frames must wait (before the accept)
+
+#: What a queued event counts beyond its payload towards :data:`INBOX_BYTES`: so that
+#: empty messages, which cost memory but carry no bytes, are bounded too.
+EVENT_COST = 128
+_OPCODES = frozenset((CONT, TEXT, BINARY, CLOSE, PING, PONG))
 
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
@@ -263,7 +277,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._buf: bytearray | None = None  # an incomplete frame (or head)
         self._need = 0  # bytes ``_buf`` must hold before it is parsed again
         self._frag_op = 0  # TEXT or BINARY while a fragmented message is open
-        self._frag_parts: list[Any] | None = None
+        self._frag_parts: bytearray | None = None
         self._frag_size = 0
         self._frag_text: Any = None  # the incremental UTF-8 decoder of a fragmented text
         self._inbox: list[tuple[dict[str, Any], int]] = []  # (event, bytes)
@@ -312,29 +326,29 @@ class WebSocketProtocol(asyncio.Protocol):
         if self._state == OPEN:
             self._disconnect(1012)
             self._write(_frame(CLOSE, _close_payload(1012)))
-            self._state = CLOSING
         elif self._state in (HEAD, CONNECTING):
             self._write(_plain(500, "Internal Server Error"))
-            self._state = CLOSING
-        self._cancel_timer()
-        self._transport.close()
+        if self._state < CLOSING:
+            self._close_transport()
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
         if buf is not None:
             buf += data
             if len(buf) < self._need:
+                if len(buf) > INBOX_BYTES and self._state < OPEN:
+                    self._pause(_PAUSED_INBOX)  # early frames: kept, within a bound
                 return
             data = bytes(buf)
             self._buf = None
         state = self._state
-        if state == OPEN or state == CLOSING:
+        if state == OPEN or state == CLOSE_SENT:
             self._frames(data)
         elif state == HEAD:
             self._head(data)
         elif state == CONNECTING or state == RESPONDING:
-            # A client must wait for the 101; keep what came early, within a bound.
-            self._keep(data, 0, len(data) + 1)
+            # A client must wait for the 101: what came early is parsed after the accept.
+            self._keep(data, 0, _NEVER)
             if len(data) > INBOX_BYTES:
                 self._pause(_PAUSED_INBOX)
 
@@ -355,7 +369,7 @@ class WebSocketProtocol(asyncio.Protocol):
             return
         rest = data[end + 4 :]
         if rest:
-            self._keep(rest, 0, len(rest) + 1)
+            self._keep(rest, 0, _NEVER)
         self._state = CONNECTING
         self._inbox.append(({"type": "websocket.connect"}, 0))
         task = self._loop.create_task(self._run_asgi())
@@ -419,9 +433,8 @@ class WebSocketProtocol(asyncio.Protocol):
         }
 
     def _refuse(self, response: bytes) -> None:
-        self._state = CLOSING
         self._write(response)
-        self._transport.close()
+        self._close_transport()
 
     def _accept(self, message: dict[str, Any]) -> None:
         accept, self._key = self._key or b"", None
@@ -459,9 +472,8 @@ class WebSocketProtocol(asyncio.Protocol):
             if name not in names:
                 extra.append((name.encode(), value.encode()))
         self._write(_http_response(status, extra, body))
-        self._state = CLOSING
         self._disconnect(1006)
-        self._transport.close()
+        self._close_transport()
 
     # -- frames in ------------------------------------------------------------------------
 
@@ -473,17 +485,29 @@ class WebSocketProtocol(asyncio.Protocol):
         n = len(data)
         pos = 0
         max_size = self._config.ws_max_size
-        while self._state == OPEN or (self._app_closed and self._timer is not None):
+        max_queue = self._config.ws_max_queue
+        while self._state == OPEN or self._state == CLOSE_SENT:
             left = n - pos
             if left < 2:
                 if left:
                     self._keep(data, pos, 2)
                 break
+            if self._state == OPEN and (
+                self._inbox_bytes >= INBOX_BYTES or len(self._inbox) >= max_queue
+            ):
+                # The app has enough to read: the rest waits, unparsed, and so does the
+                # socket (``receive`` resumes both).
+                self._keep(data, pos, 0)
+                self._pause(_PAUSED_INBOX)
+                return
             b0 = data[pos]
             b1 = data[pos + 1]
             opcode = b0 & 0x0F
             if b0 & 0x70:
                 self._fail(1002, "reserved bits set")
+                return
+            if opcode not in _OPCODES:
+                self._fail(1002, "reserved opcode")
                 return
             if not b1 & 0x80:
                 self._fail(1002, "unmasked frame")
@@ -529,12 +553,8 @@ class WebSocketProtocol(asyncio.Protocol):
                 if self._state == OPEN and payload == self._ping and self._ping is not None:
                     self._ping = None
                     self._keepalive()
-            elif opcode == CLOSE:
-                self._peer_close(payload)
             else:
-                self._fail(1002, "reserved opcode")
-                return
-        self._after_read()
+                self._peer_close(payload)
 
     def _message(self, opcode: int, fin: int, payload: bytes) -> None:
         if self._frag_op:
@@ -553,41 +573,37 @@ class WebSocketProtocol(asyncio.Protocol):
             return
         self._frag_op = opcode
         self._frag_size = len(payload)
+        self._frag_parts = bytearray(payload)
         if opcode == TEXT:
             self._frag_text = _utf8_decoder()
-            self._frag_parts = []
             self._text_part(payload, False)
-        else:
-            self._frag_parts = [payload]
 
     def _continuation(self, fin: int, payload: bytes) -> None:
         if not self._frag_op or self._frag_parts is None:
             self._fail(1002, "continuation without a message")
             return
         self._frag_size += len(payload)
-        if self._frag_text is not None:
-            if not self._text_part(payload, bool(fin)):
-                return
-        else:
-            self._frag_parts.append(payload)
+        if self._frag_text is not None and not self._text_part(payload, bool(fin)):
+            return
+        self._frag_parts += payload
         if fin:
-            parts, size = self._frag_parts, self._frag_size
+            parts, size = self._frag_parts, len(self._frag_parts)
             message: dict[str, Any]
-            if self._frag_op == TEXT:
-                message = {"type": "websocket.receive", "text": "".join(parts)}
+            if self._frag_op == TEXT:  # valid UTF-8: checked fragment by fragment
+                message = {"type": "websocket.receive", "text": parts.decode()}
             else:
-                message = {"type": "websocket.receive", "bytes": b"".join(parts)}
+                message = {"type": "websocket.receive", "bytes": bytes(parts)}
             self._frag_op = self._frag_size = 0
             self._frag_parts = self._frag_text = None
             self._deliver(message, size)
 
     def _text_part(self, payload: bytes, final: bool) -> bool:
+        """Check a text fragment as UTF-8 (a code point may straddle fragments)."""
         try:
-            part = self._frag_text.decode(payload, final)
+            self._frag_text.decode(payload, final)
         except UnicodeDecodeError:
             self._fail(1007, "invalid UTF-8")
             return False
-        self._frag_parts.append(part)  # type: ignore[union-attr]
         return True
 
     def _peer_close(self, payload: bytes) -> None:
@@ -607,26 +623,23 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._fail(1007, "invalid UTF-8 in close reason")
                 return
         if self._state == OPEN:
-            self._state = CLOSING
             self._write(_frame(CLOSE, _close_payload(code)))
             self._disconnect(1005 if code is None else code, reason)
-        self._cancel_timer()
-        self._transport.close()
+        self._close_transport()
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection: send ``code``, tell the app, close the TCP connection."""
         if self._state == OPEN:
             self._write(_frame(CLOSE, _close_payload(code, reason)))
             self._disconnect(code, reason)
-        self._state = CLOSING
         self._buf = self._frag_parts = self._frag_text = None
-        self._cancel_timer()
-        self._transport.close()
+        self._close_transport()
 
     def _deliver(self, message: dict[str, Any], size: int) -> None:
         """Queue ``message`` for the app's ``receive`` (dropped once our close frame is out)."""
         if self._state != OPEN:
             return  # after our close frame: discarded (RFC 6455 5.5.1)
+        size += EVENT_COST
         self._inbox.append((message, size))
         self._inbox_bytes += size
         waiter = self._waiter
@@ -634,10 +647,6 @@ class WebSocketProtocol(asyncio.Protocol):
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
-
-    def _after_read(self) -> None:
-        if self._inbox_bytes > INBOX_BYTES or len(self._inbox) > self._config.ws_max_queue:
-            self._pause(_PAUSED_INBOX)
 
     # -- the ASGI application -------------------------------------------------------------
 
@@ -666,15 +675,20 @@ class WebSocketProtocol(asyncio.Protocol):
             self._inbox_bytes -= size
         if (
             self._paused & _PAUSED_INBOX
+            and self._state == OPEN
             and self._inbox_bytes <= INBOX_BYTES // 2
             and len(inbox) <= self._config.ws_max_queue // 2
         ):
             self._resume(_PAUSED_INBOX)
+            rest = self._buf
+            if rest is not None and len(rest) >= self._need:
+                self._buf = None
+                self._frames(bytes(rest))  # what was left unparsed when the inbox filled
         return message
 
     async def send(self, message: dict[str, Any]) -> None:
         """Send an ASGI event; waits while the write buffer is full (see the module doc)."""
-        if self._paused & _PAUSED_WRITE and self._state != CLOSED:
+        if self._paused & _PAUSED_WRITE and self._state <= OPEN:
             drain = self._drain
             if drain is None:
                 drain = self._drain = self._loop.create_future()
@@ -703,12 +717,16 @@ class WebSocketProtocol(asyncio.Protocol):
                     if sent:
                         logger.warning("close code %s may not be sent: closing with 1011", code)
                 self._app_closed = True
-                self._state = CLOSING
+                self._state = CLOSE_SENT
                 self._disconnect(code, reason)
                 self._write(_frame(CLOSE, _close_payload(sent, reason)))
-                self._resume(_PAUSED_INBOX)  # read on, for the client's close reply
                 self._cancel_timer()
-                self._timer = self._loop.call_later(CLOSE_TIMEOUT, self._transport.close)
+                self._timer = self._loop.call_later(CLOSE_TIMEOUT, self._close_transport)
+                self._resume(_PAUSED_INBOX)  # read on, for the client's close reply
+                rest = self._buf
+                if rest is not None and len(rest) >= self._need:
+                    self._buf = None
+                    self._frames(bytes(rest))
             else:
                 raise RuntimeError(
                     "Expected ASGI message 'websocket.send' or 'websocket.close', "
@@ -755,7 +773,7 @@ class WebSocketProtocol(asyncio.Protocol):
             raise RuntimeError(
                 f"Unexpected ASGI message {kind!r}, after sending 'websocket.close'."
             )
-        else:  # CLOSING: the client closed, or the connection failed
+        else:  # CLOSING: the client closed, the connection failed, or uvicorn shuts down
             raise ClientDisconnected()
 
     async def _run_asgi(self) -> None:
@@ -776,16 +794,13 @@ class WebSocketProtocol(asyncio.Protocol):
     def _end(self, code: int, reason: str) -> None:
         state = self._state
         if state in (CONNECTING, RESPONDING):
-            self._state = CLOSING
             self._write(_plain(500, "Internal Server Error"))
         elif state == OPEN:
-            self._state = CLOSING
             self._write(_frame(CLOSE, _close_payload(code, reason)))
-        elif state == CLOSING and self._timer is not None and self._app_closed:
+        elif state == CLOSE_SENT:
             return  # waiting for the client's close reply (or CLOSE_TIMEOUT)
-        if state != CLOSED:
-            self._cancel_timer()
-            self._transport.close()
+        if state < CLOSING:
+            self._close_transport()
 
     # -- keepalive, flow, output ------------------------------------------------------------
 
@@ -813,6 +828,19 @@ class WebSocketProtocol(asyncio.Protocol):
         self._timer = None
         if self._state == OPEN:
             self._fail(1011, "keepalive ping timeout")
+
+    def _close_transport(self) -> None:
+        """Close the TCP connection once what is written is sent; abort it if the client has
+        not read that within ``CLOSE_TIMEOUT`` (a client that never reads must not hold it)."""
+        self._cancel_timer()
+        if self._state == CLOSED:
+            return
+        self._state = CLOSING
+        self._transport.close()
+        self._timer = self._loop.call_later(CLOSE_TIMEOUT, self._transport.abort)
+        drain, self._drain = self._drain, None  # a send waiting for room: the socket is gone
+        if drain is not None and not drain.done():
+            drain.set_result(None)
 
     def _cancel_timer(self) -> None:
         timer = self._timer

@@ -6,9 +6,12 @@ module docstring of ``streaming/uvicorn_ws.py`` promises: memory bounded in byte
 the client does (about ``ws_max_size`` per socket), a failed or shut-down connection
 released, a handshake always answered.
 
-Tests named ``test_defect_*`` show a defect of the protocol class as it is today (they
-fail until it is fixed); the others are guards for attacks it already withstands (some of
-which uvicorn's own ``websockets-sansio`` class does not: noted in each docstring).
+Tests named ``test_defect_*`` each showed a defect of the protocol class (they failed on
+its first version; "Seen" in each docstring is what that version did) and guard its fix
+now: fragments accumulate in one buffer, parsing stops while the app has enough unread,
+and a closing connection is aborted when its client does not read. The others are guards
+for attacks it withstood from the start (some of which uvicorn's own
+``websockets-sansio`` class does not: noted in each docstring).
 
 Memory is the server process's VmRSS (``/proc/<pid>/status``). "The server has parsed
 everything sent so far" is learnt from the wire: a ping written after the attack is
@@ -177,7 +180,7 @@ async def test_defect_empty_continuation_frames_grow_the_server_without_bound(se
     ``ws_max_size`` check (payload bytes) never fires, yet every fragment is appended to
     the message's parts list: 8 bytes of heap per 6 bytes on the wire, without limit.
 
-    Seen today: server RSS +9.5 MiB after 10 MiB sent, growing with every byte (by
+    Seen: server RSS +9.5 MiB after 10 MiB sent, growing with every byte (by
     hand: 63 MB sent, +84 MB; ``websockets-sansio``: the same, +86 MB). Expected: the
     server closes the connection (1009, or 1008 for too many fragments) or its memory
     stays within FRAGMENT_BUDGET.
@@ -222,7 +225,7 @@ async def test_defect_one_byte_fragments_cost_fifty_times_ws_max_size_per_socket
     ``ws_max_size``), left open. Each fragment is kept as its own ``bytes`` object in
     a list until the message ends: about 55 bytes of heap per payload byte.
 
-    Seen today: ~3.6 MiB per socket (``websockets-sansio``: the same; text fragments
+    Seen: ~3.6 MiB per socket (``websockets-sansio``: the same; text fragments
     cost ~0.55 MiB, their 1-character strings being cached). Expected: about
     ``ws_max_size`` per socket (PER_SOCKET_BUDGET = 4 x 64 KiB).
     """
@@ -252,7 +255,7 @@ async def test_defect_streampod_app_empty_fragment_flood(django_db_setup, django
     """The same empty-fragment flood against the real Streampod app under uvicorn with
     Streampod's protocol (``--ws-max-size 66560``), from one anonymous socket.
 
-    Seen today: ~1.35 bytes of server memory per byte sent, without limit.
+    Seen: ~1.35 bytes of server memory per byte sent, without limit.
     """
     with SERVERS["uvicorn"]() as srv:
         assert srv.proc is not None
@@ -293,7 +296,7 @@ async def test_defect_a_burst_of_empty_messages_is_not_bounded_by_ws_max_queue(s
     of empty frames becomes tens of thousands of queued events (~250 bytes of heap each
     for 6 bytes on the wire), and empty messages count 0 towards INBOX_BYTES.
 
-    Seen today: +10.8 MiB per socket, i.e. one 256 KiB read turned into 43,690 queued
+    Seen: +10.8 MiB per socket, i.e. one 256 KiB read turned into 43,690 queued
     events (``websockets-sansio``: +9.4 MiB, the same flaw). Expected: at most
     BURST_BUDGET per socket.
     """
@@ -369,7 +372,7 @@ async def test_defect_sigterm_hangs_on_a_client_that_never_reads(server):
     for ``server_state.connections`` to empty (and the app task, blocked in ``send``),
     so the process never exits ("Waiting for connections to close").
 
-    Seen today: still running 15 s after SIGTERM (``websockets-sansio``: the same).
+    Seen: still running 15 s after SIGTERM (``websockets-sansio``: the same).
     Expected: exit within the close timeout (10 s) plus a margin.
     """
     client = await open_not_reading(server.port, "/flood")
@@ -396,7 +399,7 @@ async def test_defect_keepalive_timeout_leaves_the_app_blocked_in_send(pinging_s
     protocol stays in ``server_state.connections``, and the app's pending ``send`` (waiting
     for the buffer to drain) never returns nor raises ``ClientDisconnected``.
 
-    Seen today: the app's send still blocked 15 s later (``websockets-sansio``: the same).
+    Seen: the app's send still blocked 15 s later (``websockets-sansio``: the same).
     Expected: the connection aborted and the send raising within RELEASE_WITHIN.
     """
     port = pinging_server.port
