@@ -9,7 +9,7 @@ and header maps kept for the socket's life, an ``asyncio.Queue`` with its three 
 the bare ``websockets`` server. :class:`WebSocketProtocol` is the same protocol in a
 fraction of it: ``__slots__``, one timer for keepalive and closing, no queue until a
 frame waits, nothing kept from the handshake but the ASGI scope. Run it with
-``python -m streaming.serve`` (uvicorn's command line, see :mod:`streaming.serve`).
+``uvicorn --ws streaming.uvicorn_ws:WebSocketProtocol ...`` (docs/deployment.md).
 
 Contract (what a client and the application see):
 
@@ -39,14 +39,18 @@ Contract (what a client and the application see):
   or ``ws_max_queue`` events not yet received; reading also pauses while the transport's
   write buffer is above its high-water mark (so a client that sends pings and never reads
   cannot grow the pongs). A message being assembled is one buffer of at most
-  ``ws_max_size`` bytes, however many fragments it comes in (empty ones cost nothing);
+  ``ws_max_size`` bytes, however many fragments it comes in (empty ones cost nothing;
+  parsing a frame makes a few transient copies of it);
   before ``websocket.accept`` at most :data:`INBOX_BYTES` plus one read are buffered.
 * Closing never waits on the client for ever: the TCP connection is closed once what is
   written is sent, and aborted if that takes ``CLOSE_TIMEOUT`` (10 s), after a close frame,
   a failure (a keepalive timeout included), a refused handshake or uvicorn's shutdown.
-* ``send`` waits while the transport's write buffer is above its high-water mark, and
-  raises ``ClientDisconnected`` (an ``OSError``) once the connection is gone or closing (a
-  ``send`` waiting for room is woken when it starts to close).
+* ``send`` of data waits while the transport's write buffer is above its high-water mark (a
+  close, an accept or a refusal never waits), and raises ``ClientDisconnected`` (an
+  ``OSError``) once the connection is gone, failed or closed by the client (a ``send``
+  waiting for room is woken when it starts to close); after the app's own close, another
+  ``send`` raises ``RuntimeError``, as in uvicorn. ``receive`` may be awaited by several
+  tasks; cancelling one leaves the others waiting.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ import asyncio
 import base64
 import binascii
 import codecs
+import contextvars
 import email.utils
 import hashlib
 import logging
@@ -100,6 +105,9 @@ CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 _VALID_CODES = frozenset(range(1000, 1004)) | frozenset(range(1007, 1015))
 
 _PAUSED_INBOX, _PAUSED_WRITE = 1, 2
+# Timers run in an empty context: the call that starts one (an eager send, in some task's
+# stack) must not keep that task's context variables alive for the socket's life.
+_NO_CONTEXT = contextvars.Context()
 _NEVER = 1 << 62  # ``_need`` while frames must wait (before the accept)
 
 #: What a queued event counts beyond its payload towards :data:`INBOX_BYTES`: so that
@@ -119,7 +127,7 @@ def _py_apply_mask(data: bytes, mask: bytes) -> bytes:
 def apply_mask(data: bytes, mask: bytes) -> bytes:
     """XOR ``data`` with the 4-byte ``mask`` repeated (RFC 6455 5.3)."""
     if _c_apply_mask is not None:
-        return bytes(_c_apply_mask(data, mask))
+        return _c_apply_mask(data, mask)
     return _py_apply_mask(data, mask)
 
 
@@ -224,6 +232,7 @@ class WebSocketProtocol(asyncio.Protocol):
         "_paused",
         "_ping",
         "_response",
+        "_rest",
         "_scope",
         "_server_state",
         "_state",
@@ -291,18 +300,27 @@ class WebSocketProtocol(asyncio.Protocol):
         self._key: bytes | None = None  # Sec-WebSocket-Accept, until accepted
         self._app_closed = False
         self._response: list[Any] | None = None  # websocket.http.response: status, headers, body
+        self._rest: tuple[bytes, int] | None = None  # a read left unparsed: the inbox was full
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         self._server_state.connections.add(self)
+        # The HTTP protocol may have paused reading (a pipelined request): this one starts
+        # with reading on.
+        resume = getattr(transport, "resume_reading", None)
+        if resume is not None:
+            try:
+                resume()
+            except RuntimeError:  # pragma: no cover - a closing transport
+                pass
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server_state.connections.discard(self)
         self._cancel_timer()
         self._state = CLOSED
-        self._buf = self._frag_parts = self._frag_text = None
+        self._buf = self._frag_parts = self._frag_text = self._rest = None
         self._disconnect(1006)
         drain, self._drain = self._drain, None
         if drain is not None and not drain.done():
@@ -326,12 +344,16 @@ class WebSocketProtocol(asyncio.Protocol):
         if self._state == OPEN:
             self._disconnect(1012)
             self._write(_frame(CLOSE, _close_payload(1012)))
-        elif self._state in (HEAD, CONNECTING):
+        elif self._state in (HEAD, CONNECTING, RESPONDING):
             self._write(_plain(500, "Internal Server Error"))
         if self._state < CLOSING:
             self._close_transport()
 
     def data_received(self, data: bytes) -> None:
+        rest = self._rest
+        if rest is not None:  # reading resumed before the deferred rest was parsed
+            self._rest = None
+            data = rest[0][rest[1] :] + data
         buf = self._buf
         if buf is not None:
             buf += data
@@ -481,11 +503,10 @@ class WebSocketProtocol(asyncio.Protocol):
         self._buf = bytearray(data[pos:] if pos else data)
         self._need = need
 
-    def _frames(self, data: bytes) -> None:
+    def _frames(self, data: bytes, pos: int = 0) -> None:
         n = len(data)
-        pos = 0
         max_size = self._config.ws_max_size
-        max_queue = self._config.ws_max_queue
+        max_queue = max(1, self._config.ws_max_queue)
         while self._state == OPEN or self._state == CLOSE_SENT:
             left = n - pos
             if left < 2:
@@ -497,7 +518,7 @@ class WebSocketProtocol(asyncio.Protocol):
             ):
                 # The app has enough to read: the rest waits, unparsed, and so does the
                 # socket (``receive`` resumes both).
-                self._keep(data, pos, 0)
+                self._rest = (data, pos)
                 self._pause(_PAUSED_INBOX)
                 return
             b0 = data[pos]
@@ -632,7 +653,7 @@ class WebSocketProtocol(asyncio.Protocol):
         if self._state == OPEN:
             self._write(_frame(CLOSE, _close_payload(code, reason)))
             self._disconnect(code, reason)
-        self._buf = self._frag_parts = self._frag_text = None
+        self._buf = self._frag_parts = self._frag_text = self._rest = None
         self._close_transport()
 
     def _deliver(self, message: dict[str, Any], size: int) -> None:
@@ -669,7 +690,13 @@ class WebSocketProtocol(asyncio.Protocol):
             waiter = self._waiter
             if waiter is None or waiter.done():
                 waiter = self._waiter = self._loop.create_future()
-            await waiter
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                # Receivers share the waiter: another one's cancellation cancels it too.
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise
         message, size = inbox.pop(0)
         if size:
             self._inbox_bytes -= size
@@ -680,25 +707,33 @@ class WebSocketProtocol(asyncio.Protocol):
             and len(inbox) <= self._config.ws_max_queue // 2
         ):
             self._resume(_PAUSED_INBOX)
-            rest = self._buf
-            if rest is not None and len(rest) >= self._need:
-                self._buf = None
-                self._frames(bytes(rest))  # what was left unparsed when the inbox filled
+            self._parse_rest()
         return message
+
+    def _parse_rest(self) -> None:
+        """Parse what was left unparsed when the inbox filled."""
+        rest = self._rest
+        if rest is not None:
+            self._rest = None
+            self._frames(*rest)
 
     async def send(self, message: dict[str, Any]) -> None:
         """Send an ASGI event; waits while the write buffer is full (see the module doc)."""
-        if self._paused & _PAUSED_WRITE and self._state <= OPEN:
+        kind = message["type"]
+        if self._paused & _PAUSED_WRITE and self._state <= OPEN and kind == "websocket.send":
+            # Only data waits for room: a close, an accept or a refusal must not wait on a
+            # client that has stopped reading.
             drain = self._drain
             if drain is None:
                 drain = self._drain = self._loop.create_future()
             await asyncio.shield(drain)
         state = self._state
-        kind = message["type"]
         if state == CLOSED:
             raise ClientDisconnected()
         if state == OPEN:
             if kind == "websocket.send":
+                if self._transport.is_closing():  # lost, and connection_lost is on its way
+                    raise ClientDisconnected()
                 data = message.get("bytes")
                 if data is not None:
                     self._write(_frame(BINARY, data))
@@ -721,12 +756,9 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._disconnect(code, reason)
                 self._write(_frame(CLOSE, _close_payload(sent, reason)))
                 self._cancel_timer()
-                self._timer = self._loop.call_later(CLOSE_TIMEOUT, self._close_transport)
+                self._timer = self._call_later(CLOSE_TIMEOUT, self._close_transport)
                 self._resume(_PAUSED_INBOX)  # read on, for the client's close reply
-                rest = self._buf
-                if rest is not None and len(rest) >= self._need:
-                    self._buf = None
-                    self._frames(bytes(rest))
+                self._parse_rest()
             else:
                 raise RuntimeError(
                     "Expected ASGI message 'websocket.send' or 'websocket.close', "
@@ -809,7 +841,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._cancel_timer()
         interval = self._config.ws_ping_interval
         if interval and self._state == OPEN:
-            self._timer = self._loop.call_later(interval, self._send_ping)
+            self._timer = self._call_later(interval, self._send_ping)
 
     def _send_ping(self) -> None:
         self._timer = None
@@ -819,15 +851,20 @@ class WebSocketProtocol(asyncio.Protocol):
         self._write(_frame(PING, self._ping))
         timeout = self._config.ws_ping_timeout
         if timeout:
-            self._timer = self._loop.call_later(timeout, self._ping_timed_out)
+            self._timer = self._call_later(timeout, self._ping_timed_out)
         else:
             self._ping = None
             self._keepalive()
 
     def _ping_timed_out(self) -> None:
         self._timer = None
-        if self._state == OPEN:
-            self._fail(1011, "keepalive ping timeout")
+        if self._state != OPEN:
+            return
+        if self._paused == _PAUSED_INBOX:
+            # Reading waits for the app, not the client: the pong may be there, unread.
+            self._timer = self._call_later(self._config.ws_ping_timeout, self._ping_timed_out)
+            return
+        self._fail(1011, "keepalive ping timeout")
 
     def _close_transport(self) -> None:
         """Close the TCP connection once what is written is sent; abort it if the client has
@@ -837,10 +874,13 @@ class WebSocketProtocol(asyncio.Protocol):
             return
         self._state = CLOSING
         self._transport.close()
-        self._timer = self._loop.call_later(CLOSE_TIMEOUT, self._transport.abort)
+        self._timer = self._call_later(CLOSE_TIMEOUT, self._transport.abort)
         drain, self._drain = self._drain, None  # a send waiting for room: the socket is gone
         if drain is not None and not drain.done():
             drain.set_result(None)
+
+    def _call_later(self, delay: float, callback: Any) -> asyncio.TimerHandle:
+        return self._loop.call_later(delay, callback, context=_NO_CONTEXT)
 
     def _cancel_timer(self) -> None:
         timer = self._timer

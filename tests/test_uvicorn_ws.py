@@ -86,3 +86,53 @@ def test_a_close_reason_is_cut_at_a_character_within_125_bytes():
     assert len(payload) <= 125
     assert payload[:2] == (4002).to_bytes(2, "big")
     assert payload[2:].decode() == "é" * 61
+
+
+async def test_cancelling_one_receive_leaves_another_waiting(fresh_check):
+    """Two tasks await ``receive``; one is cancelled; the other still gets the next message.
+    A real socket pair carries a real handshake and frame to the protocol."""
+    import asyncio
+    import socket
+
+    from streaming.uvicorn_ws import BINARY, _frame
+
+    received: asyncio.Future = asyncio.get_running_loop().create_future()
+    accepted = asyncio.Event()
+    waiting: list[asyncio.Task] = []
+
+    async def two_receivers(scope, receive, send):
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        waiting.extend([asyncio.create_task(receive()), asyncio.create_task(receive())])
+        accepted.set()
+        received.set_result(await waiting[1])
+
+    config = Config(two_receivers, ws="streaming.uvicorn_ws:WebSocketProtocol")
+    config.load()
+    server_side, client_side = socket.socketpair()
+    loop = asyncio.get_running_loop()
+    await loop.connect_accepted_socket(
+        lambda: WebSocketProtocol(config=config, server_state=ServerState(), app_state={}),
+        server_side,
+    )
+    reader, writer = await asyncio.open_connection(sock=client_side)
+    try:
+        writer.write(
+            b"GET / HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
+            b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+        )
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(
+            b"HTTP/1.1 101"
+        )
+        await asyncio.wait_for(accepted.wait(), 5)
+        # Both receive tasks ran before the event's waiter (FIFO): both wait on the protocol.
+        assert all(t.get_coro().cr_await is not None for t in waiting)
+        waiting[0].cancel()
+        masked = bytearray(_frame(BINARY, b"hi"))
+        masked[1] |= 0x80
+        writer.write(bytes(masked[:2]) + b"\0\0\0\0" + bytes(masked[2:]))  # zero mask
+        message = await asyncio.wait_for(received, 5)
+        assert message == {"type": "websocket.receive", "bytes": b"hi"}
+        assert waiting[0].cancelled()
+    finally:
+        writer.close()
