@@ -42,9 +42,11 @@ Contract (what a client and the application see):
   ``ws_max_size`` bytes, however many fragments it comes in (empty ones cost nothing;
   parsing a frame makes a few transient copies of it);
   before ``websocket.accept`` at most :data:`INBOX_BYTES` plus one read are buffered.
-* Closing never waits on the client for ever: the TCP connection is closed once what is
-  written is sent, and aborted if that takes ``CLOSE_TIMEOUT`` (10 s), after a close frame,
-  a failure (a keepalive timeout included), a refused handshake or uvicorn's shutdown.
+* Closing never waits on the client for ever: over TCP the server half-closes once what is
+  written is sent (so unread client data cannot make the kernel reset the connection and
+  drop the close frame), reads on and discards until the client closes its side, and aborts
+  if that takes ``CLOSE_TIMEOUT`` (10 s): after a close frame, a failure (a keepalive timeout
+  included), a refused handshake or uvicorn's shutdown.
 * ``send`` of data waits while the transport's write buffer is above its high-water mark (a
   close, an accept or a refusal never waits), and raises ``ClientDisconnected`` (an
   ``OSError``) once the connection is gone, failed or closed by the client (a ``send``
@@ -327,7 +329,7 @@ class WebSocketProtocol(asyncio.Protocol):
             drain.set_result(None)
 
     def eof_received(self) -> bool | None:
-        return None  # the transport closes itself
+        return None  # the client closed its side: the transport closes (ours too, if open)
 
     def pause_writing(self) -> None:
         # Stop reading too: what a client sends (pings) must not grow what it does not read.
@@ -350,6 +352,8 @@ class WebSocketProtocol(asyncio.Protocol):
             self._close_transport()
 
     def data_received(self, data: bytes) -> None:
+        if self._state >= CLOSING:
+            return  # read only to drain the socket until the client closes its side
         rest = self._rest
         if rest is not None:  # reading resumed before the deferred rest was parsed
             self._rest = None
@@ -867,14 +871,36 @@ class WebSocketProtocol(asyncio.Protocol):
         self._fail(1011, "keepalive ping timeout")
 
     def _close_transport(self) -> None:
-        """Close the TCP connection once what is written is sent; abort it if the client has
-        not read that within ``CLOSE_TIMEOUT`` (a client that never reads must not hold it)."""
+        """End the TCP connection once what is written is sent; abort it if the client has
+        not read that and closed its side within ``CLOSE_TIMEOUT`` (a client that never
+        reads must not hold it).
+
+        Over TCP the end is a half-close (``write_eof``), then reading on, discarding, until
+        the client closes its side: closing a socket with unread data would make the kernel
+        reset the connection and drop the close frame still queued (the client would see
+        1006 instead of, say, 1009 for a frame it is still sending).
+        """
         self._cancel_timer()
         if self._state == CLOSED:
             return
         self._state = CLOSING
-        self._transport.close()
-        self._timer = self._call_later(CLOSE_TIMEOUT, self._transport.abort)
+        self._buf = self._rest = None
+        transport = self._transport
+        try:
+            half_close = transport.can_write_eof()
+        except (AttributeError, NotImplementedError):  # pragma: no cover - not a socket
+            half_close = False
+        if half_close and not transport.is_closing():
+            transport.write_eof()
+            if self._paused:
+                self._paused = 0
+                try:
+                    transport.resume_reading()
+                except RuntimeError:  # pragma: no cover - closing already
+                    pass
+        else:
+            transport.close()
+        self._timer = self._call_later(CLOSE_TIMEOUT, transport.abort)
         drain, self._drain = self._drain, None  # a send waiting for room: the socket is gone
         if drain is not None and not drain.done():
             drain.set_result(None)
@@ -890,11 +916,13 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def _write(self, data: bytes) -> None:
         transport = self._transport
-        if not transport.is_closing():
+        if self._state < CLOSING and not transport.is_closing():
             transport.write(data)
 
     def _pause(self, why: int) -> None:
-        if not self._paused and self._state != CLOSED:
+        if self._state >= CLOSING:
+            return  # closing reads on to the client's end, whatever it does not read
+        if not self._paused:
             try:
                 self._transport.pause_reading()
             except (AttributeError, RuntimeError):  # closing, or a transport without it

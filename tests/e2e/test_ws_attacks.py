@@ -563,3 +563,39 @@ async def test_pongs_with_the_wrong_payload_do_not_keep_a_socket_alive(pinging_s
             elif got.opcode == CLOSE:
                 assert got.close_code == 1011, got
                 break
+
+
+async def test_a_client_that_stops_reading_still_gets_the_close_frame_before_the_end():
+    """A client that stops reading while the server floods it, and keeps sending: the
+    keepalive times out (1011) with the close frame queued behind the flood and the
+    client's frames unread. Closing such a socket outright makes Linux reset the
+    connection and drop what is still queued, close frame included; the protocol
+    half-closes instead and reads on, so once the client reads again it gets every frame
+    queued, then the close frame, then the end of the stream.
+
+    Seen (before the half-close): the stream ended in a reset, without the close frame.
+    """
+    with ConformanceServer(
+        STREAMING, "--ws-ping-interval", "0.2", "--ws-ping-timeout", "0.5"
+    ) as srv:
+        client, response = await open_ws(srv.port, "/flood")
+        try:
+            assert response.status == 101, response
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 6 * GUARD
+            # The server's sends stall (nothing read); the client's frames stay unread.
+            while (record := await app_record(srv.port, client.ident)) is None or not record[
+                "send_errors"
+            ]:
+                with contextlib.suppress(TimeoutError, BlockingIOError):
+                    client.sock.send(frame(PING, b"unread"))
+                assert loop.time() < deadline, f"the keepalive never timed out: {record}"
+                await asyncio.sleep(0.05)  # between polls of the condition above
+            frames = []
+            while (got := await client.recv_frame(timeout=3 * GUARD)) is not None:
+                frames.append(got)
+            assert frames, "nothing arrived"
+            last = frames[-1]
+            assert last.opcode == CLOSE and last.close_code == 1011, frames[-3:]
+        finally:
+            client.close()
