@@ -6,7 +6,8 @@ when the server process gets SIGTERM (a rolling restart, ``docker stop``, Kubern
 1. The process *drains*: it stops listening where it can (daphne: Twisted's listening
    ports; uvicorn: its listening sockets), and a WebSocket handshake that still arrives
    is refused: HTTP 503 where the server lets an application answer a handshake with a
-   response (uvicorn), a refused handshake (HTTP 403) under daphne.
+   response (uvicorn); under daphne, whose only refusal (HTTP 403) clients take as final,
+   it is accepted and closed at once with 1012.
 2. Every open socket is closed with **1012** (service restart) after the frames already
    queued for it. Both Streampod clients reconnect at once on 1012, with no backoff, to
    whichever server the address leads to now.
@@ -296,8 +297,13 @@ async def refuse_handshake(scope: dict[str, Any], send: Any) -> None:
     """Refuse a WebSocket handshake because the process is draining.
 
     HTTP 503 (``Retry-After: 0``) where the server offers ASGI's
-    ``websocket.http.response`` extension (uvicorn); otherwise a refused handshake
-    (daphne answers HTTP 403).
+    ``websocket.http.response`` extension (uvicorn). Otherwise (daphne) the handshake is
+    accepted and the socket closed at once with 1012, so that the client reconnects at
+    once, elsewhere: daphne's only refusal is HTTP 403, which clients (Streampod's
+    included) take as final (a foreign Origin, revoked credentials), and which left a
+    client that reconnected into a draining daphne behind a proxy offline for good.
+    Where daphne's protocol is hidden (a middleware wraps ``send``), 1012 cannot be sent:
+    the close is 1000, after which clients reconnect with their backoff.
     """
     if "websocket.http.response" in scope.get("extensions", {}):
         await send(
@@ -309,4 +315,13 @@ async def refuse_handshake(scope: dict[str, Any], send: Any) -> None:
         )
         await send({"type": "websocket.http.response.body", "body": b"Server restarting.\n"})
     else:
-        await send({"type": "websocket.close", "code": int(CloseCode.NORMAL)})
+        await send({"type": "websocket.accept"})
+        protocol = _daphne_protocol(send)
+        if (
+            protocol is not None
+            and hasattr(protocol, "sendCloseFrame")
+            and getattr(protocol, "state", None) == getattr(protocol, "STATE_OPEN", object())
+        ):
+            protocol.sendCloseFrame(code=int(SERVICE_RESTART))
+        else:
+            await send({"type": "websocket.close", "code": int(CloseCode.NORMAL)})
