@@ -38,7 +38,7 @@ from urllib.parse import quote
 import pytest
 
 from bench.ports import free_port
-from tests.support.servers import ROOT, _Output, close_output, wait_or_kill
+from tests.support.servers import _Output, close_output, spawn_logged, wait_or_kill
 
 SANSIO = "websockets-sansio"
 STREAMING = "streaming.uvicorn_ws:WebSocketProtocol"
@@ -76,7 +76,7 @@ class ConformanceServer:
 
     def __enter__(self) -> ConformanceServer:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
+        self.proc, self.output = spawn_logged(
             [
                 sys.executable,
                 "-m",
@@ -87,13 +87,8 @@ class ConformanceServer:
                 str(self.port),
                 *self.args,
             ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+            env,
         )
-        self.output = _Output(self.proc.stdout)
         if not self.output.wait_for(f"Uvicorn running on http://127.0.0.1:{self.port}", 30):
             logs = self.logs()
             self.__exit__()

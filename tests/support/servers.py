@@ -91,6 +91,19 @@ def wait_or_kill(proc: subprocess.Popen[str], timeout: float) -> None:
         proc.wait(5)
 
 
+def spawn_logged(command: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], _Output]:
+    """Start ``command`` in the project's root, its stdout and stderr read by an ``_Output``."""
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return proc, _Output(proc.stdout)
+
+
 class DaphneServer:
     """``python -m daphne streampod_project.asgi:application`` on a free port."""
 
@@ -130,15 +143,7 @@ class DaphneServer:
             }
         )
         env.update(self.env)
-        self.proc = subprocess.Popen(
-            self.command(),
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.output = _Output(self.proc.stdout)
+        self.proc, self.output = spawn_logged(self.command(), env)
         if not self.output.wait_for(self.ready_line, timeout):
             out = self.output.text()
             self.stop()
