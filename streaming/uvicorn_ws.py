@@ -224,7 +224,6 @@ class WebSocketProtocol(asyncio.Protocol):
         "_final",
         "_frag_op",
         "_frag_parts",
-        "_frag_size",
         "_frag_text",
         "_inbox",
         "_inbox_bytes",
@@ -289,7 +288,6 @@ class WebSocketProtocol(asyncio.Protocol):
         self._need = 0  # bytes ``_buf`` must hold before it is parsed again
         self._frag_op = 0  # TEXT or BINARY while a fragmented message is open
         self._frag_parts: bytearray | None = None
-        self._frag_size = 0
         self._frag_text: Any = None  # the incremental UTF-8 decoder of a fragmented text
         self._inbox: list[tuple[dict[str, Any], int]] = []  # (event, bytes)
         self._inbox_bytes = 0
@@ -556,9 +554,11 @@ class WebSocketProtocol(asyncio.Protocol):
                 if length > 125 or not b0 & 0x80:
                     self._fail(1002, "invalid control frame")
                     return
-            elif length + (self._frag_size if opcode == CONT else 0) > max_size:
-                self._fail(1009, "message too big")
-                return
+            else:
+                held = self._frag_parts  # a continuation adds to the message so far
+                if length + (len(held) if opcode == CONT and held is not None else 0) > max_size:
+                    self._fail(1009, "message too big")
+                    return
             end = start + length
             if end > n:
                 self._keep(data, pos, end - pos)
@@ -597,7 +597,6 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._deliver({"type": "websocket.receive", "bytes": payload}, len(payload))
             return
         self._frag_op = opcode
-        self._frag_size = len(payload)
         self._frag_parts = bytearray(payload)
         if opcode == TEXT:
             self._frag_text = _utf8_decoder()
@@ -607,7 +606,6 @@ class WebSocketProtocol(asyncio.Protocol):
         if not self._frag_op or self._frag_parts is None:
             self._fail(1002, "continuation without a message")
             return
-        self._frag_size += len(payload)
         if self._frag_text is not None and not self._text_part(payload, bool(fin)):
             return
         self._frag_parts += payload
@@ -618,7 +616,7 @@ class WebSocketProtocol(asyncio.Protocol):
                 message = {"type": "websocket.receive", "text": parts.decode()}
             else:
                 message = {"type": "websocket.receive", "bytes": bytes(parts)}
-            self._frag_op = self._frag_size = 0
+            self._frag_op = 0
             self._frag_parts = self._frag_text = None
             self._deliver(message, size)
 
@@ -667,6 +665,10 @@ class WebSocketProtocol(asyncio.Protocol):
         size += EVENT_COST
         self._inbox.append((message, size))
         self._inbox_bytes += size
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake the ``receive`` waiting for the inbox, if one is."""
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -679,11 +681,7 @@ class WebSocketProtocol(asyncio.Protocol):
         if self._final is None:
             self._final = {"type": "websocket.disconnect", "code": code, "reason": reason}
             self._inbox.append((self._final, 0))
-            waiter = self._waiter
-            if waiter is not None:
-                self._waiter = None
-                if not waiter.done():
-                    waiter.set_result(None)
+            self._wake()
 
     async def receive(self) -> dict[str, Any]:
         """The next ASGI event; once ``websocket.disconnect`` came, that event again."""
