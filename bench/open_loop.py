@@ -44,6 +44,11 @@ offered and delivered rates, p50/p99/p99.9 latency, losses, server CPU per messa
 the load clients' CPU per message (one frame sent, one received), and whether the
 level passed the knee's test (one try, the same bound).
 
+``--same-load`` (on; ``--no-same-load``): then each contender again, on a fresh server,
+at every contender's 75%-of-knee rate (the same offered load for all, where the levels
+above give each its own), ``--repeats`` times interleaved; a rate above a contender's own
+knee is not run. ``--same-load-rates R1,R2``: at these rates instead, for everyone.
+
 ``--compare-clients R1,R2``: instead, the load client's own cost: each contender at
 these offered rates with the ``websockets`` library's client and with
 :mod:`bench.rawws` (``BENCH_CLIENT``), the swarms' CPU per message side by side
@@ -391,6 +396,118 @@ async def measure_clients(key: str, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def same_load_rates(results: dict[str, Any], fixed: list[float]) -> dict[str, float]:
+    """``--same-load``'s offered rates by name: 75% of each contender's knee (named by the
+    contender's key), or ``--same-load-rates`` (named ``fixed:<rate>``) when given."""
+    if fixed:
+        return {f"fixed:{rate:g}": rate for rate in fixed}
+    return {key: 0.75 * e["knee"] for key, e in results.items() if e.get("knee")}
+
+
+def rate_label(name: str) -> str:
+    """A :func:`same_load_rates` name as the tables print it."""
+    return f"75% of {ALL[name].label}'s knee" if name in ALL else "fixed"
+
+
+async def measure_same_load(
+    key: str, rates: dict[str, float], knee: float | None, args: argparse.Namespace
+) -> dict[str, Any]:
+    """``--same-load``: contender ``key``, on a fresh server, at each of ``rates``
+    (:func:`same_load_rates`), ``--repeats`` times interleaved, each level judged by the
+    knee's test with the contender's own bound. A contender's-knee rate above this
+    contender's own knee is not run (it would only measure a backlog): its entry says
+    ``beyond_knee``; fixed rates always run. Returns ``levels`` (and ``server_errors``,
+    ``error`` as :func:`measure` does)."""
+    levels: list[dict[str, Any]] = []
+    out: dict[str, Any] = {"levels": levels, "server_errors": 0}
+    runnable = {
+        name: rate
+        for name, rate in rates.items()
+        if name not in ALL or (knee and rate <= knee)
+    }
+    levels += [
+        {"rate_of": name, "offered_per_s": round(rate), "beyond_knee": True}
+        for name, rate in rates.items()
+        if name not in runnable
+    ]
+    if not runnable:
+        return out
+    async with served(key, out) as (contender, proc, target, swarms):
+        swarms += await start_relay_swarms(target, contender.dialect_name, proc.base, args)
+        for repeat in range(args.repeats):
+            for name, rate in sorted(runnable.items(), key=lambda kv: kv[1]):
+                await quiesce(target, timeout=5)
+                entry = judge(await level(target, swarms, rate, args), args.bounds.get(key))
+                entry.update(rate_of=name, repeat=repeat + 1)
+                levels.append(entry)
+                report(contender.label, f"{rate_label(name)}, run {repeat + 1}", entry)
+    return out
+
+
+def same_load_table(data: dict[str, Any]) -> list[str]:
+    """``--same-load``: median p99 (and p50, ms) of every contender at each same-load
+    rate; then Streampod's p99 over each peer's at that peer's own 75%-of-knee rate."""
+    results = data["results"]
+    rates: dict[str, float] = data["meta"].get("same_load_rates") or {}
+    if not rates:
+        return []
+    order = sorted(rates, key=rates.__getitem__)
+    runs = max(
+        (sum(1 for e in r.get("same_load", {}).get("levels", [])
+             if e.get("rate_of") == name and "repeat" in e)
+         for r in results.values() for name in order),
+        default=0,
+    )  # fmt: skip
+
+    def cell(entries: list[dict[str, Any]], name: str) -> tuple[str, float | None]:
+        mine = [e for e in entries if e.get("rate_of") == name]
+        if not mine:
+            return "-", None
+        if mine[0].get("beyond_knee"):
+            return "beyond its knee", None
+        p99s = [e["p99_ms"] for e in mine if e.get("p99_ms") is not None]
+        p50s = [e["p50_ms"] for e in mine if e.get("p50_ms") is not None]
+        if not p99s:
+            return "no deliveries", None
+        failed = sum(1 for e in mine if e.get("sustained") is False)
+        note = f"; {len(mine) - failed} of {len(mine)} sustained" if failed else ""
+        p99 = statistics.median(p99s)
+        return f"{p99:.1f} (p50 {statistics.median(p50s):.1f}{note})", p99
+
+    lines = [
+        "\nThe same offered rate for every contender (`--same-load`, fresh servers, "
+        f"{runs} interleaved runs, medians): p99 ms (p50 ms); a contender's 75%-of-knee rate "
+        "above another's own knee is not run for it:\n",
+        "| contender | "
+        + " | ".join(f"{rate_label(name)}: {round(rates[name]):,}/s" for name in order)
+        + " |",
+        "|---|" + "---|" * len(order),
+    ]
+    p99_at: dict[tuple[str, str], float] = {}
+    for key, entry in results.items():
+        same = entry.get("same_load", {})
+        cells = []
+        for name in order:
+            text, p99 = cell(same.get("levels", []), name)
+            if p99:
+                p99_at[(key, name)] = p99
+            cells.append(text)
+        if "error" in same:
+            cells[-1] += f" (failed: {same['error'][:120]})"
+        lines.append(f"| {ALL[key].label} | " + " | ".join(cells) + " |")
+    mine = "streampod_uvicorn"
+    ratios = [
+        f"at {ALL[name].label}'s ({round(rates[name]):,}/s): "
+        f"{p99_at[(mine, name)] / p99_at[(name, name)]:.2f}x"
+        for name in order
+        if name != mine and (mine, name) in p99_at and (name, name) in p99_at
+    ]
+    if ratios:
+        lines.append("\n*Streampod (uvicorn) ÷ the peer, median p99 at the peer's own "
+                     "75%-of-knee rate*: " + ", ".join(ratios))  # fmt: skip
+    return lines
+
+
 def medians(levels: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (percent, basis): the median of its repeats' figures, losses summed,
     how many repeats were sustained."""
@@ -447,6 +564,7 @@ def table(data: dict[str, Any]) -> list[str]:
             lines.append(
                 f"\n*Streampod (uvicorn) ÷ {ALL[key].label}, median p99*: " + ", ".join(cells)
             )
+    lines += same_load_table(data)
     lines += [
         "\nEvery run:\n",
         "| contender | overload sat. msgs/s | knee msgs/s | level | offered/s | delivered/s "
@@ -601,6 +719,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results[key] = await measure_clients(key, args)
         else:
             results[key] = await measure(key, args)
+    rates: dict[str, float] = {}
+    if args.same_load and not args.compare_clients:
+        rates = same_load_rates(results, args.same_load_rates)
+        args.bounds = {key: e.get("bound_ms") for key, e in results.items()}
+        for key in results:
+            results[key]["same_load"] = await measure_same_load(
+                key, rates, results[key].get("knee"), args
+            )
     return {
         "meta": {
             "date": dt.datetime.now().isoformat(timespec="seconds"),
@@ -614,6 +740,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "bound_factor": args.bound_factor,
             "bound_floor_ms": args.bound_floor_ms,
             "compare_clients": args.compare_clients,
+            "same_load_rates": rates,
             "loadavg_at_start": at_start,
             "loadavg_at_end": loadavg(),
             "revision": rev0 if scale.revision() == rev0 else f"{rev0} -> {scale.revision()}",
@@ -648,10 +775,19 @@ def main(argv: list[str] | None = None) -> int:
         "with the websockets library's client against bench.rawws, nothing else",
     )  # fmt: skip
     parser.add_argument("--runs", type=int, default=3, help="--compare-clients runs (3)")
+    parser.add_argument(
+        "--same-load", action=argparse.BooleanOptionalAction, default=True,
+        help="then every contender again at each contender's 75%%-of-knee rate (on)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--same-load-rates", default="", metavar="RATES",
+        help="--same-load at these offered rates (msgs/s, comma-separated) instead",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.levels = [int(x) for x in args.levels.split(",")]
     args.compare_clients = [float(x) for x in args.compare_clients.split(",") if x]
+    args.same_load_rates = [float(x) for x in args.same_load_rates.split(",") if x]
     name = "open-loop-clients" if args.compare_clients else "open-loop"
     return scale.execute(name, args, run, plot, render, table)
 

@@ -119,11 +119,12 @@ def test_the_connections_curve_holds_authenticated_sockets_that_answer_pings(
 def test_the_open_loop_curve_delivers_every_scheduled_message(tmp_path: Path) -> None:
     """``make bench-scale``'s open-loop latency (bench/open_loop.py): each contender's
     saturation under overload and its knee (a reference level for the latency bound, then a
-    step search), then fixed rates from two load-client processes, each message of every
-    level delivered."""
+    step search), then fixed rates from two load-client processes, then every contender at
+    each one's 75%-of-knee rate (--same-load), each message of every level delivered."""
     run_bench("bench.open_loop", "--only", "streampod_uvicorn,ceiling", "--levels", "10,20",
               "--seconds", "0.5", "--saturation-seconds", "0.5", "--search-steps", "2",
-              "--search-seconds", "0.5", "--repeats", "1", "--out", str(tmp_path))  # fmt: skip
+              "--search-seconds", "0.5", "--repeats", "1", "--same-load-rates", "150",
+              "--out", str(tmp_path))  # fmt: skip
     [results_json] = tmp_path.glob("*-open-loop.json")
     results = json.loads(results_json.read_text())["results"]
     assert set(results) == {"streampod_uvicorn", "ceiling"}
@@ -143,9 +144,16 @@ def test_the_open_loop_curve_delivers_every_scheduled_message(tmp_path: Path) ->
             assert level["lost"] == 0 and level["duplicates"] == 0, (key, level)
             assert level["errors"] == 0 and level["closed"] == 0, (key, level)
             assert level["client_cpu_us_per_msg"] > 0, (key, level)
+        # --same-load (at a fixed rate here: a 2-step search may find no knee): everyone
+        [same] = entry["same_load"]["levels"]
+        assert same["rate_of"] == "fixed:150" and same["offered_per_s"] == 150, (key, same)
+        assert same["sent"] > 0 and same["delivered"] == same["sent"], (key, same)
+        assert entry["same_load"]["server_errors"] == 0, (key, entry["same_load"])
     text = next(tmp_path.glob("*-open-loop.md")).read_text()
     assert "*Streampod (uvicorn) ÷ bare websockets (ceiling), median p99*" in text
     assert "The knee search, step by step" in text
+    assert "The same offered rate for every contender" in text
+    assert "| fixed: 150/s |" in text
 
 
 def test_the_load_client_comparison_runs_both_clients(tmp_path: Path) -> None:
