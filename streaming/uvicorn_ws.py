@@ -753,10 +753,12 @@ class WebSocketProtocol(asyncio.Protocol):
                     sent = None if code == 1005 else 1011
                     if sent:
                         logger.warning("close code %s may not be sent: closing with 1011", code)
+                # Encoded first: a reason that cannot be raises while the socket is still open.
+                payload = _close_payload(sent, reason)
                 self._app_closed = True
                 self._state = CLOSE_SENT
                 self._disconnect(code, reason)
-                self._write(_frame(CLOSE, _close_payload(sent, reason)))
+                self._write(_frame(CLOSE, payload))
                 self._cancel_timer()
                 self._timer = self._call_later(CLOSE_TIMEOUT, self._close_transport)
                 self._resume(_PAUSED_INBOX)  # read on, for the client's close reply

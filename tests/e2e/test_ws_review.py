@@ -1,0 +1,152 @@
+"""Review of ``streaming.uvicorn_ws:WebSocketProtocol``: defects the conformance and attack
+suites missed, each shown by a client over a raw socket against a real uvicorn.
+
+The server is ``python -m uvicorn tests.e2e.test_ws_review:app --ws streaming.uvicorn_ws:...``;
+``app`` (below) routes each path to an endpoint defined beside the test that uses it. What
+the app does is learnt from lines it prints (``review id=X ...``), waited for on the
+server's output, never guessed with a sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+
+from bench.ports import free_port
+from tests.e2e.test_ws_conformance import (
+    GUARD,
+    STREAMING,
+    Client,
+    connected,
+)
+from tests.support.servers import _Output, close_output, spawn_logged, wait_or_kill
+
+pytestmark = pytest.mark.timeout(120)
+
+KiB, MiB = 1024, 1024 * 1024
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def report(ident: str, what: str) -> None:
+    print(f"review id={ident} {what}", flush=True)
+
+
+# --- the server -----------------------------------------------------------------------------
+
+
+class ReviewServer:
+    """uvicorn serving ``app`` with Streampod's protocol, on a free port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: Any = None
+        self.output: _Output | None = None
+
+    def __enter__(self) -> ReviewServer:
+        self.proc, self.output = spawn_logged(
+            [
+                sys.executable, "-m", "uvicorn", "tests.e2e.test_ws_review:app",
+                "--ws", STREAMING, "--host", "127.0.0.1", "--port", str(self.port),
+                "--lifespan", "off",
+            ],
+            dict(os.environ, PYTHONUNBUFFERED="1"),
+        )  # fmt: skip
+        if not self.output.wait_for(f"Uvicorn running on http://127.0.0.1:{self.port}", 30):
+            logs = self.logs()
+            self.__exit__()
+            raise RuntimeError(f"uvicorn did not start:\n{logs}")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            wait_or_kill(self.proc, 15)
+        close_output(self.proc, self.output)
+
+    def logs(self) -> str:
+        return self.output.text() if self.output else ""
+
+    async def wait_for(self, needle: str, timeout: float = GUARD) -> str:
+        """The first output line holding ``needle`` (bounded)."""
+        assert self.output is not None
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(None, self.output.wait_for, needle, timeout):
+            raise AssertionError(f"the server never printed {needle!r}:\n{self.logs()[-2000:]}")
+        return next(line for line in self.output.lines if needle in line)
+
+
+@pytest.fixture
+def server() -> Any:
+    with ReviewServer() as srv:
+        yield srv
+
+
+async def frames_until_eof(client: Client) -> list[Any]:
+    frames = []
+    while (got := await client.recv_frame()) is not None:
+        frames.append(got)
+    return frames
+
+
+# --- 1. a close whose reason cannot be encoded -------------------------------------------------
+
+
+async def close_with_unencodable_reason(ident: str, receive: Receive, send: Send) -> None:
+    await send({"type": "websocket.accept"})
+    # A lone surrogate: what json.loads makes of "\ud800" in a client's message.
+    await send({"type": "websocket.close", "code": 4000, "reason": "unknown topic \ud800"})
+
+
+async def test_an_app_close_with_an_unencodable_reason_still_ends_in_a_close(server):
+    """The app's ``websocket.close`` carries a reason that is not encodable (a lone
+    surrogate): ``send`` raises, the app dies.
+
+    Seen: the protocol had switched to "close sent" before encoding the reason, so no
+    close frame went out, no close timer ran, and the app's failure was taken for a close
+    in progress: the client got nothing, and the socket stayed open for as long as the
+    client kept it (uvicorn's own protocol closes the TCP connection).
+    Expected: a defined close: 1011, as for any app that raises, then the end of TCP.
+    """
+    async with connected(server.port, "/close-unencodable") as client:
+        frames = await frames_until_eof(client)
+    assert [(f.opcode, f.close_code) for f in frames] == [(0x8, 1011)], frames
+
+
+# --- the app ---------------------------------------------------------------------------------
+
+ROUTES: dict[str, Callable[[str, Receive, Send], Awaitable[None]]] = {
+    "/close-unencodable": close_with_unencodable_reason,
+}
+
+
+async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    if scope["type"] == "http":
+        while (await receive()).get("more_body"):
+            pass
+        body = b""
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200 if body else 404,
+                "headers": [(b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        return
+    if scope["type"] != "websocket":
+        return
+    ident = parse_qs(scope["query_string"].decode("latin-1")).get("id", [""])[0]
+    assert (await receive())["type"] == "websocket.connect"
+    handler = ROUTES.get(scope["path"])
+    if handler is None:
+        await send({"type": "websocket.close"})
+        return
+    await handler(ident, receive, send)
