@@ -816,7 +816,10 @@ class WebSocketProtocol(asyncio.Protocol):
         try:
             result = await self._config.loaded_app(self._scope, self.receive, self.send)
         except ClientDisconnected:
-            pass
+            if self._state < CLOSING and not self._transport.is_closing():
+                # Not this socket's: another one's (a broadcast to a gone client) escaped.
+                logger.exception("Exception in ASGI application\n")
+                self._end(1011, "internal error")
         except BaseException:
             logger.exception("Exception in ASGI application\n")
             self._end(1011, "internal error")

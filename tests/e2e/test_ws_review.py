@@ -22,6 +22,7 @@ from bench.ports import free_port
 from tests.e2e.test_ws_conformance import (
     GUARD,
     STREAMING,
+    TEXT,
     Client,
     connected,
 )
@@ -120,10 +121,47 @@ async def test_an_app_close_with_an_unencodable_reason_still_ends_in_a_close(ser
     assert [(f.opcode, f.close_code) for f in frames] == [(0x8, 1011)], frames
 
 
+# --- 2. another socket's ClientDisconnected escaping the app ----------------------------------
+
+#: /broadcast: the ``send`` of every socket that joined (never removed: a naive chat).
+ROOM: dict[str, Send] = {}
+
+
+async def broadcast(ident: str, receive: Receive, send: Send) -> None:
+    await send({"type": "websocket.accept"})
+    ROOM[ident] = send
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            report(ident, f"disconnect code={message['code']}")
+            return
+        for member in list(ROOM.values()):  # a gone member's send raises ClientDisconnected
+            await member({"type": "websocket.send", "text": message.get("text") or ""})
+
+
+async def test_an_app_that_lets_another_sockets_disconnect_escape_closes_its_own(server):
+    """A naive broadcast: A's app sends to every member, B among them, whose client has
+    gone: B's ``send`` raises ``ClientDisconnected``, which escapes A's app.
+
+    Seen: the protocol took that for its own socket's end and did nothing; A's socket
+    stayed open with no app behind it: its frames unanswered, its pings answered, for ever
+    (uvicorn's own protocol closes the TCP connection).
+    Expected: A's client gets a defined close (1011: the app raised) and the end of TCP.
+    """
+    async with connected(server.port, "/broadcast") as gone:
+        pass
+    await server.wait_for(f"review id={gone.ident} disconnect")
+    async with connected(server.port, "/broadcast") as client:
+        await client.send_frame(TEXT, b"hello")
+        frames = await frames_until_eof(client)
+    assert frames and (frames[-1].opcode, frames[-1].close_code) == (0x8, 1011), frames
+
+
 # --- the app ---------------------------------------------------------------------------------
 
 ROUTES: dict[str, Callable[[str, Receive, Send], Awaitable[None]]] = {
     "/close-unencodable": close_with_unencodable_reason,
+    "/broadcast": broadcast,
 }
 
 
