@@ -315,6 +315,12 @@ class WebSocketProtocol(asyncio.Protocol):
                 resume()
             except RuntimeError:  # pragma: no cover - a closing transport
                 pass
+        # The HTTP protocol (still the transport's) may have been told to pause writing: a
+        # response before the upgrade, unread. The transport will not tell this one again
+        # until it has drained: without this, sends would not wait for a client that never reads.
+        flow = getattr(transport.get_protocol(), "flow", None)
+        if getattr(flow, "write_paused", False):
+            self._pause(_PAUSED_WRITE)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server_state.connections.discard(self)

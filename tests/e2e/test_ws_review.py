@@ -10,8 +10,11 @@ server's output, never guessed with a sleep.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
+import socket
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -157,11 +160,74 @@ async def test_an_app_that_lets_another_sockets_disconnect_escape_closes_its_own
     assert frames and (frames[-1].opcode, frames[-1].close_code) == (0x8, 1011), frames
 
 
+# --- 3. an upgrade on a connection whose writing uvicorn has paused ----------------------------
+
+BIG_BODY = 8 * MiB
+FLOOD_CHUNK = b"\x00" * (64 * KiB)
+FLOOD_CAP = 64 * MiB  # the endpoint stops there (the defect would go on without limit)
+FLOOD_BUDGET = 8 * MiB  # what a socket's sends may queue before they must wait
+BLOCKED_AFTER = 2.0  # seconds: a send that waits this long waits for the client
+
+
+async def flood(ident: str, receive: Receive, send: Send) -> None:
+    await send({"type": "websocket.accept"})
+    sent = 0
+    while sent < FLOOD_CAP:
+        try:
+            await asyncio.wait_for(
+                send({"type": "websocket.send", "bytes": FLOOD_CHUNK}), BLOCKED_AFTER
+            )
+        except TimeoutError:
+            report(ident, f"flood blocked sent={sent}")
+            break
+        sent += len(FLOOD_CHUNK)
+    else:
+        report(ident, f"flood unbounded sent={sent}")
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def test_an_upgrade_behind_an_unread_http_response_keeps_sends_bounded(server):
+    """A client pipelines a GET of a large page and a WebSocket upgrade on one keep-alive
+    connection, and reads nothing. When the upgrade is handled, the transport has told the
+    HTTP protocol to pause writing; it will not tell the WebSocket protocol again until it
+    has drained, which is never.
+
+    Seen: the WebSocket protocol took the transport as writable: every ``send`` returned at
+    once, and the app queued 64 MiB (its cap; without one, all it had) on a socket
+    that reads nothing (uvicorn's own protocol: the same).
+    Expected: ``send`` waits for the client from the start, as on any full socket.
+    """
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    client = Client(sock, server.port, uuid.uuid4().hex)
+    try:
+        loop = asyncio.get_running_loop()
+        await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", server.port)), GUARD)
+        key = base64.b64encode(os.urandom(16)).decode()
+        await client.send(
+            b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            + f"GET /flood?id={client.ident} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        line = await server.wait_for(f"review id={client.ident} flood", 3 * GUARD)
+        sent = int(line.rsplit("sent=", 1)[1])
+        assert "blocked" in line and sent <= FLOOD_BUDGET, (
+            f"the app's sends went on ({sent / MiB:.0f} MiB queued) on a socket that "
+            f"reads nothing: {line}"
+        )
+    finally:
+        sock.close()
+
+
 # --- the app ---------------------------------------------------------------------------------
 
 ROUTES: dict[str, Callable[[str, Receive, Send], Awaitable[None]]] = {
     "/close-unencodable": close_with_unencodable_reason,
     "/broadcast": broadcast,
+    "/flood": flood,
 }
 
 
@@ -169,7 +235,7 @@ async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     if scope["type"] == "http":
         while (await receive()).get("more_body"):
             pass
-        body = b""
+        body = b"x" * BIG_BODY if scope["path"] == "/big" else b""
         await send(
             {
                 "type": "http.response.start",
