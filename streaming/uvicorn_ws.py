@@ -46,12 +46,16 @@ Contract (what a client and the application see):
   written is sent (so unread client data cannot make the kernel reset the connection and
   drop the close frame), reads on and discards until the client closes its side, and aborts
   if that takes ``CLOSE_TIMEOUT`` (10 s): after a close frame, a failure (a keepalive timeout
-  included), a refused handshake or uvicorn's shutdown.
+  included), a refused handshake or uvicorn's shutdown. A client that answers nothing holds
+  its socket at most twice that after the app's close: 10 s for its close reply, then 10 s
+  for its side of TCP.
 * ``send`` of data waits while the transport's write buffer is above its high-water mark (a
   close, an accept or a refusal never waits), and raises ``ClientDisconnected`` (an
   ``OSError``) once the connection is gone, failed or closed by the client (a ``send``
   waiting for room is woken when it starts to close); after the app's own close, another
-  ``send`` raises ``RuntimeError``, as in uvicorn. ``receive`` may be awaited by several
+  ``send`` raises ``RuntimeError``, as in uvicorn; a ``websocket.close`` after the client's close
+  or the connection's end does nothing (uvicorn's protocols: the same), so an app's cleanup
+  that closes need not race the client. ``receive`` may be awaited by several
   tasks; cancelling one leaves the others waiting.
 """
 
@@ -185,6 +189,10 @@ CONFIG_ATTRS = (
     "ws_max_size", "ws_max_queue", "ws_ping_interval", "ws_ping_timeout",
 )  # fmt: skip
 SERVER_STATE_ATTRS = ("connections", "tasks", "default_headers")
+#: Read, where it exists, of the HTTP protocol the socket is upgraded from (uvicorn's h11
+#: and httptools protocols: their ``FlowControl``): whether its writing was paused. Where
+#: it does not exist the socket starts writable, as uvicorn's own protocols do.
+HTTP_FLOW_ATTRS = ("flow", "write_paused")
 
 
 def _missing(config: Any, server_state: Any) -> list[str]:
@@ -318,8 +326,8 @@ class WebSocketProtocol(asyncio.Protocol):
         # The HTTP protocol (still the transport's) may have been told to pause writing: a
         # response before the upgrade, unread. The transport will not tell this one again
         # until it has drained: without this, sends would not wait for a client that never reads.
-        flow = getattr(transport.get_protocol(), "flow", None)
-        if getattr(flow, "write_paused", False):
+        flow = getattr(transport.get_protocol(), HTTP_FLOW_ATTRS[0], None)
+        if getattr(flow, HTTP_FLOW_ATTRS[1], False):
             self._pause(_PAUSED_WRITE)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -526,7 +534,9 @@ class WebSocketProtocol(asyncio.Protocol):
             ):
                 # The app has enough to read: the rest waits, unparsed, and so does the
                 # socket (``receive`` resumes both).
-                self._rest = (data, pos)
+                # Kept whole only while what is left is most of it: ``data`` may be a large
+                # frame already delivered (the copy is amortised: it at least halves ``data``).
+                self._rest = (data[pos:], 0) if pos > len(data) - pos else (data, pos)
                 self._pause(_PAUSED_INBOX)
                 return
             b0 = data[pos]
@@ -728,7 +738,7 @@ class WebSocketProtocol(asyncio.Protocol):
     async def send(self, message: dict[str, Any]) -> None:
         """Send an ASGI event; waits while the write buffer is full (see the module doc)."""
         kind = message["type"]
-        if self._paused & _PAUSED_WRITE and self._state <= OPEN and kind == "websocket.send":
+        if self._paused & _PAUSED_WRITE and self._state == OPEN and kind == "websocket.send":
             # Only data waits for room: a close, an accept or a refusal must not wait on a
             # client that has stopped reading.
             drain = self._drain
@@ -737,6 +747,8 @@ class WebSocketProtocol(asyncio.Protocol):
             await asyncio.shield(drain)
         state = self._state
         if state == CLOSED:
+            if kind == "websocket.close":
+                return  # the connection is over already (uvicorn's protocols: the same)
             raise ClientDisconnected()
         if state == OPEN:
             if kind == "websocket.send":
@@ -815,8 +827,9 @@ class WebSocketProtocol(asyncio.Protocol):
             raise RuntimeError(
                 f"Unexpected ASGI message {kind!r}, after sending 'websocket.close'."
             )
-        else:  # CLOSING: the client closed, the connection failed, or uvicorn shuts down
-            raise ClientDisconnected()
+        elif kind != "websocket.close":  # CLOSING: the client closed, the connection
+            raise ClientDisconnected()  # failed, or uvicorn shuts down
+        # else: closing what is already closing or closed does nothing (as in uvicorn)
 
     async def _run_asgi(self) -> None:
         try:

@@ -4,9 +4,12 @@ end-to-end suite (tests/support/servers.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import re
+import socket
 
 import pytest
 from uvicorn.config import Config
@@ -14,7 +17,7 @@ from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 from uvicorn.server import ServerState
 
 from streaming import uvicorn_ws
-from streaming.uvicorn_ws import WebSocketProtocol
+from streaming.uvicorn_ws import BINARY, WebSocketProtocol
 
 
 async def app(scope, receive, send):  # pragma: no cover - never called here
@@ -73,6 +76,28 @@ def test_every_attribute_it_reads_is_checked():
     assert read_state == set(uvicorn_ws.SERVER_STATE_ATTRS)
 
 
+@pytest.mark.parametrize("impl", ["h11_impl", "httptools_impl"])
+def test_the_http_protocols_pause_flag_it_reads_is_there(impl):
+    """What the protocol reads of the HTTP protocol it is upgraded from (a socket that
+    starts behind an unread response must start with writing paused): both of uvicorn's
+    HTTP protocols keep a ``FlowControl`` as ``flow``, which has ``write_paused``. If uvicorn
+    renames either, the protocol starts writable (as uvicorn's own do) and this fails."""
+    import importlib.util
+
+    from uvicorn.protocols.http.flow_control import FlowControl
+
+    flow_attr, paused_attr = uvicorn_ws.HTTP_FLOW_ATTRS
+    spec = importlib.util.find_spec(f"uvicorn.protocols.http.{impl}")  # httptools: optional
+    assert spec is not None and spec.origin is not None
+    with open(spec.origin) as f:
+        assert f"self.{flow_attr} = FlowControl(transport)" in f.read()
+
+    class Transport:  # FlowControl only keeps it
+        pass
+
+    assert getattr(FlowControl(Transport()), paused_attr) is False
+
+
 @pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 7, 8, 125, 126, 65535, 65536, 1 << 20])
 def test_the_pure_python_mask_matches_websockets_c_one(size):
     assert uvicorn_ws._c_apply_mask is not None, "websockets' C extension is a dependency"
@@ -88,14 +113,49 @@ def test_a_close_reason_is_cut_at_a_character_within_125_bytes():
     assert payload[2:].decode() == "é" * 61
 
 
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """A client's frame: FIN, masked with a zero mask (the payload goes as is)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x80 | opcode, 0x80 | n])
+    elif n < 65536:
+        head = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+@contextlib.asynccontextmanager
+async def upgraded(app_):
+    """``app_`` served by this protocol over a real socket pair, upgraded: ``(protocol,
+    reader, writer)``, the client's side a stream."""
+    config = Config(app_, ws="streaming.uvicorn_ws:WebSocketProtocol")
+    config.load()
+    server_side, client_side = socket.socketpair()
+    protocols: list[WebSocketProtocol] = []
+
+    def factory() -> WebSocketProtocol:
+        protocols.append(WebSocketProtocol(config=config, server_state=ServerState(), app_state={}))
+        return protocols[-1]
+
+    await asyncio.get_running_loop().connect_accepted_socket(factory, server_side)
+    reader, writer = await asyncio.open_connection(sock=client_side)
+    try:
+        writer.write(
+            b"GET / HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
+            b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+        )
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(
+            b"HTTP/1.1 101"
+        )
+        yield protocols[0], reader, writer
+    finally:
+        writer.close()
+
+
 async def test_cancelling_one_receive_leaves_another_waiting(fresh_check):
     """Two tasks await ``receive``; one is cancelled; the other still gets the next message.
     A real socket pair carries a real handshake and frame to the protocol."""
-    import asyncio
-    import socket
-
-    from streaming.uvicorn_ws import BINARY, _frame
-
     received: asyncio.Future = asyncio.get_running_loop().create_future()
     accepted = asyncio.Event()
     waiting: list[asyncio.Task] = []
@@ -107,32 +167,46 @@ async def test_cancelling_one_receive_leaves_another_waiting(fresh_check):
         accepted.set()
         received.set_result(await waiting[1])
 
-    config = Config(two_receivers, ws="streaming.uvicorn_ws:WebSocketProtocol")
-    config.load()
-    server_side, client_side = socket.socketpair()
-    loop = asyncio.get_running_loop()
-    await loop.connect_accepted_socket(
-        lambda: WebSocketProtocol(config=config, server_state=ServerState(), app_state={}),
-        server_side,
-    )
-    reader, writer = await asyncio.open_connection(sock=client_side)
-    try:
-        writer.write(
-            b"GET / HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
-            b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
-        )
-        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(
-            b"HTTP/1.1 101"
-        )
+    async with upgraded(two_receivers) as (_, _reader, writer):
         await asyncio.wait_for(accepted.wait(), 5)
         # Both receive tasks ran before the event's waiter (FIFO): both wait on the protocol.
         assert all(t.get_coro().cr_await is not None for t in waiting)
         waiting[0].cancel()
-        masked = bytearray(_frame(BINARY, b"hi"))
-        masked[1] |= 0x80
-        writer.write(bytes(masked[:2]) + b"\0\0\0\0" + bytes(masked[2:]))  # zero mask
+        writer.write(client_frame(BINARY, b"hi"))
         message = await asyncio.wait_for(received, 5)
         assert message == {"type": "websocket.receive", "bytes": b"hi"}
         assert waiting[0].cancelled()
-    finally:
-        writer.close()
+
+
+async def test_a_full_inbox_keeps_only_the_unparsed_rest_of_a_large_read(fresh_check):
+    """A 4 MiB message fills the inbox; a small frame came in the same read behind it and
+    must wait, unparsed, until the app reads. What waits is that frame's bytes, not the
+    4 MiB buffer it came in (which the inbox holds a copy of already): a socket holds one
+    large message, not two. The message is then delivered whole, the frame after it."""
+    big = os.urandom(4 * 1024 * 1024)
+    go: asyncio.Future = asyncio.get_running_loop().create_future()
+    done = asyncio.Event()
+    got: list[dict] = []
+
+    async def slow_reader(scope, receive, send):
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        await go  # reads nothing until told
+        got.extend([await receive(), await receive()])
+        done.set()
+
+    async with upgraded(slow_reader) as (protocol, _reader, _writer):
+        after = client_frame(BINARY, b"after")
+        # One read holding the large frame and the small one (as a transport delivers a
+        # frame assembled over several reads, with what followed it in the last).
+        protocol.data_received(client_frame(BINARY, big) + after)
+        assert protocol._rest is not None, "the small frame was parsed into a full inbox"
+        data, pos = protocol._rest
+        assert bytes(data[pos:]) == after
+        assert len(data) < 64 * 1024, f"the deferred rest keeps a {len(data)}-byte buffer"
+        go.set_result(None)
+        await asyncio.wait_for(done.wait(), 10)
+        assert got == [
+            {"type": "websocket.receive", "bytes": big},
+            {"type": "websocket.receive", "bytes": b"after"},
+        ]

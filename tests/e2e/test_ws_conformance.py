@@ -74,21 +74,16 @@ class ConformanceServer:
         self.proc: subprocess.Popen[str] | None = None
         self.output: _Output | None = None
 
+    def command(self) -> list[str]:
+        """The server's command line (a subclass serves another app)."""
+        return [
+            sys.executable, "-m", "tests.support.ws_conformance_server",
+            "--ws", self.impl, "--port", str(self.port), *self.args,
+        ]  # fmt: skip
+
     def __enter__(self) -> ConformanceServer:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc, self.output = spawn_logged(
-            [
-                sys.executable,
-                "-m",
-                "tests.support.ws_conformance_server",
-                "--ws",
-                self.impl,
-                "--port",
-                str(self.port),
-                *self.args,
-            ],
-            env,
-        )
+        self.proc, self.output = spawn_logged(self.command(), env)
         if not self.output.wait_for(f"Uvicorn running on http://127.0.0.1:{self.port}", 30):
             logs = self.logs()
             self.__exit__()

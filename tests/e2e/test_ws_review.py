@@ -11,25 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import socket
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
 
-from bench.ports import free_port
 from tests.e2e.test_ws_conformance import (
     GUARD,
     STREAMING,
     TEXT,
     Client,
+    ConformanceServer,
     connected,
 )
-from tests.support.servers import _Output, close_output, spawn_logged, wait_or_kill
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,37 +46,18 @@ def report(ident: str, what: str) -> None:
 # --- the server -----------------------------------------------------------------------------
 
 
-class ReviewServer:
-    """uvicorn serving ``app`` with Streampod's protocol, on a free port."""
+class ReviewServer(ConformanceServer):
+    """uvicorn serving ``app`` (below) with Streampod's protocol, on a free port."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: Any = None
-        self.output: _Output | None = None
+        super().__init__(STREAMING)
 
-    def __enter__(self) -> ReviewServer:
-        self.proc, self.output = spawn_logged(
-            [
-                sys.executable, "-m", "uvicorn", "tests.e2e.test_ws_review:app",
-                "--ws", STREAMING, "--host", "127.0.0.1", "--port", str(self.port),
-                "--lifespan", "off",
-            ],
-            dict(os.environ, PYTHONUNBUFFERED="1"),
-        )  # fmt: skip
-        if not self.output.wait_for(f"Uvicorn running on http://127.0.0.1:{self.port}", 30):
-            logs = self.logs()
-            self.__exit__()
-            raise RuntimeError(f"uvicorn did not start:\n{logs}")
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            wait_or_kill(self.proc, 15)
-        close_output(self.proc, self.output)
-
-    def logs(self) -> str:
-        return self.output.text() if self.output else ""
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "uvicorn", "tests.e2e.test_ws_review:app",
+            "--ws", STREAMING, "--host", "127.0.0.1", "--port", str(self.port),
+            "--lifespan", "off",
+        ]  # fmt: skip
 
     async def wait_for(self, needle: str, timeout: float = GUARD) -> str:
         """The first output line holding ``needle`` (bounded)."""
@@ -169,6 +150,29 @@ FLOOD_BUDGET = 8 * MiB  # what a socket's sends may queue before they must wait
 BLOCKED_AFTER = 2.0  # seconds: a send that waits this long waits for the client
 
 
+@contextlib.asynccontextmanager
+async def unread_upgrade(server: ReviewServer, path: str) -> AsyncIterator[str]:
+    """A client that sends a GET of the large page and then an upgrade to ``path`` on one
+    connection, and reads nothing (a 4 KiB receive buffer): yields the socket's id."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    client = Client(sock, server.port, uuid.uuid4().hex)
+    key = base64.b64encode(os.urandom(16)).decode()
+    try:
+        loop = asyncio.get_running_loop()
+        await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", server.port)), GUARD)
+        await client.send(
+            b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            + f"GET {path}?id={client.ident} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        yield client.ident
+    finally:
+        sock.close()
+
+
 async def flood(ident: str, receive: Receive, send: Send) -> None:
     await send({"type": "websocket.accept"})
     sent = 0
@@ -198,28 +202,68 @@ async def test_an_upgrade_behind_an_unread_http_response_keeps_sends_bounded(ser
     that reads nothing (uvicorn's own protocol: the same).
     Expected: ``send`` waits for the client from the start, as on any full socket.
     """
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    client = Client(sock, server.port, uuid.uuid4().hex)
-    try:
-        loop = asyncio.get_running_loop()
-        await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", server.port)), GUARD)
-        key = base64.b64encode(os.urandom(16)).decode()
-        await client.send(
-            b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-            + f"GET /flood?id={client.ident} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        line = await server.wait_for(f"review id={client.ident} flood", 3 * GUARD)
-        sent = int(line.rsplit("sent=", 1)[1])
-        assert "blocked" in line and sent <= FLOOD_BUDGET, (
-            f"the app's sends went on ({sent / MiB:.0f} MiB queued) on a socket that "
-            f"reads nothing: {line}"
-        )
-    finally:
-        sock.close()
+    async with unread_upgrade(server, "/flood") as ident:
+        line = await server.wait_for(f"review id={ident} flood", 3 * GUARD)
+    sent = int(line.rsplit("sent=", 1)[1])
+    assert "blocked" in line and sent <= FLOOD_BUDGET, (
+        f"the app's sends went on ({sent / MiB:.0f} MiB queued) on a socket that "
+        f"reads nothing: {line}"
+    )
+
+
+# --- 4. a send before the accept, on a connection whose writing is paused -------------------
+
+
+async def send_early(ident: str, receive: Receive, send: Send) -> None:
+    try:  # an app bug: data before the accept
+        await asyncio.wait_for(send({"type": "websocket.send", "text": "early"}), BLOCKED_AFTER)
+    except TimeoutError:
+        report(ident, "send-early blocked")
+    except RuntimeError:
+        report(ident, "send-early raised RuntimeError")
+
+
+async def test_a_send_before_the_accept_fails_at_once_even_when_writing_is_paused(server):
+    """The app sends data before accepting (a bug), on an upgrade pipelined behind an
+    unread HTTP response, so writing is paused from the start.
+
+    Seen: the send waited for room like an open socket's, for a client that never reads:
+    the buggy app hung instead of failing.
+    Expected: ``RuntimeError`` at once, as on any connection not yet accepted.
+    """
+    async with unread_upgrade(server, "/send-early") as ident:
+        line = await server.wait_for(f"review id={ident} send-early", 3 * GUARD)
+    assert "raised RuntimeError" in line, line
+
+
+# --- 5. the app closes after the client has ---------------------------------------------------
+
+
+async def close_after_client(ident: str, receive: Receive, send: Send) -> None:
+    await send({"type": "websocket.accept"})
+    while (message := await receive())["type"] != "websocket.disconnect":
+        pass
+    try:  # an app's cleanup that closes, racing the client's close
+        await send({"type": "websocket.close", "code": 1000})
+    except Exception as exc:
+        report(ident, f"late close raised {type(exc).__name__}")
+    else:
+        report(ident, f"late close returned after code={message['code']}")
+
+
+async def test_a_close_after_the_clients_close_does_nothing(server):
+    """The client closes; the app, told so, closes too (as cleanup code does).
+
+    Seen: the close raised ``ClientDisconnected``, where uvicorn's protocols return; an
+    app written for them then skipped whatever followed its close.
+    Expected: it returns; the client got its close reply and the end of TCP.
+    """
+    async with connected(server.port, "/close-after-client") as client:
+        await client.send_frame(0x8, (1000).to_bytes(2, "big"))
+        frames = await frames_until_eof(client)
+        line = await server.wait_for(f"review id={client.ident} late close", GUARD)
+    assert "returned after code=1000" in line, line
+    assert [(f.opcode, f.close_code) for f in frames] == [(0x8, 1000)], frames
 
 
 # --- the app ---------------------------------------------------------------------------------
@@ -228,6 +272,8 @@ ROUTES: dict[str, Callable[[str, Receive, Send], Awaitable[None]]] = {
     "/close-unencodable": close_with_unencodable_reason,
     "/broadcast": broadcast,
     "/flood": flood,
+    "/send-early": send_early,
+    "/close-after-client": close_after_client,
 }
 
 
