@@ -49,6 +49,9 @@ Contract (what a client and the application see):
   included), a refused handshake or uvicorn's shutdown. A client that answers nothing holds
   its socket at most twice that after the app's close: 10 s for its close reply, then 10 s
   for its side of TCP.
+* Fair: a data ``send`` yields to the event loop when no data send of the process has
+  for :data:`FAIR_SLICE` (5 ms), so an app sending in a loop to a client that reads as
+  fast as it sends cannot hold every other socket of the process waiting.
 * ``send`` of data waits while the transport's write buffer is above its high-water mark (a
   close, an accept or a refusal never waits), and raises ``ClientDisconnected`` (an
   ``OSError``) once the connection is gone, failed or closed by the client (a ``send``
@@ -115,6 +118,13 @@ _PAUSED_INBOX, _PAUSED_WRITE = 1, 2
 # stack) must not keep that task's context variables alive for the socket's life.
 _NO_CONTEXT = contextvars.Context()
 _NEVER = 1 << 62  # ``_need`` while frames must wait (before the accept)
+
+#: Seconds an app's data sends may go on without suspending before one of them yields to
+#: the event loop: a ``send`` with room in the buffer returns without suspending, so an app
+#: sending in a loop to a client that reads as fast would otherwise hold the loop, and
+#: every other socket of the process waits (measured: a ping on another socket answered
+#: after 14 to 34 s, with uvicorn's own protocol 16 s).
+FAIR_SLICE = 0.005
 
 #: What a queued event counts beyond its payload towards :data:`INBOX_BYTES`: so that
 #: empty messages, which cost memory but carry no bytes, are bounded too.
@@ -252,6 +262,8 @@ class WebSocketProtocol(asyncio.Protocol):
 
     #: The (config, server_state) pair last found complete, and whether it was.
     _checked: tuple[Any, Any, bool] | None = None
+    #: The loop time by which some data send yields (:data:`FAIR_SLICE`), for the process.
+    _yield_at = 0.0
 
     def __new__(
         cls,
@@ -738,6 +750,11 @@ class WebSocketProtocol(asyncio.Protocol):
     async def send(self, message: dict[str, Any]) -> None:
         """Send an ASGI event; waits while the write buffer is full (see the module doc)."""
         kind = message["type"]
+        if kind == "websocket.send":
+            now = self._loop.time()
+            if now >= WebSocketProtocol._yield_at:  # the other sockets' turn (FAIR_SLICE)
+                WebSocketProtocol._yield_at = now + FAIR_SLICE
+                await asyncio.sleep(0)
         if self._paused & _PAUSED_WRITE and self._state == OPEN and kind == "websocket.send":
             # Only data waits for room: a close, an accept or a refusal must not wait on a
             # client that has stopped reading.

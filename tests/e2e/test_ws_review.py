@@ -266,6 +266,63 @@ async def test_a_close_after_the_clients_close_does_nothing(server):
     assert [(f.opcode, f.close_code) for f in frames] == [(0x8, 1000)], frames
 
 
+# --- 6. an app sending in a loop to a client that reads as fast ------------------------------
+
+
+async def spin(ident: str, receive: Receive, send: Send) -> None:
+    """Sends small messages for as long as the client is there, never awaiting anything
+    else (a stream of values from a generator): the client reads them faster than they
+    come, so each ``send`` finds room in the buffer and returns without suspending."""
+    await send({"type": "websocket.accept"})
+    report(ident, "spinning")
+    with contextlib.suppress(OSError):  # ClientDisconnected: the client went
+        while True:
+            await send({"type": "websocket.send", "text": '{"value": 42}'})
+
+
+async def idle(ident: str, receive: Receive, send: Send) -> None:
+    await send({"type": "websocket.accept"})
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def test_an_app_sending_to_a_fast_reader_does_not_hold_the_other_sockets(server):
+    """One socket's app sends small messages in a loop; its client reads them faster than
+    they come, so the server's buffer never fills and no ``send`` suspends. Another socket
+    pings.
+
+    Seen: the app held the event loop for as long as it sent: the other socket's
+    handshake was never answered (uvicorn's own protocol: the same), nor anything else of
+    the process.
+    Expected: the pings answered while the app spins (each within the guard, 5 s; a few
+    ms on an idle machine).
+    """
+    async with connected(server.port, "/spin") as spinner:
+        spinner.sock.setblocking(True)  # read by a thread of its own, at full speed
+        reading = asyncio.create_task(asyncio.to_thread(read_all, spinner.sock))
+        try:
+            await server.wait_for(f"review id={spinner.ident} spinning")
+            async with connected(server.port, "/idle") as probe:
+                for n in range(20):
+                    payload = b"probe %d" % n
+                    await probe.send_frame(0x9, payload)
+                    pong = await probe.recv_frame(timeout=GUARD)
+                    assert pong is not None and (pong.opcode, pong.payload) == (0xA, payload), (
+                        f"ping {n} not answered within {GUARD} s while another socket's "
+                        f"app sends: {pong}"
+                    )
+        finally:
+            spinner.sock.shutdown(socket.SHUT_RDWR)  # ends the thread's read
+            await asyncio.wait_for(reading, GUARD)
+
+
+def read_all(sock: socket.socket) -> None:
+    """Read and drop everything as fast as it comes, until the socket ends."""
+    with contextlib.suppress(OSError):
+        while sock.recv(1 << 18):
+            pass
+
+
 # --- the app ---------------------------------------------------------------------------------
 
 ROUTES: dict[str, Callable[[str, Receive, Send], Awaitable[None]]] = {
@@ -274,6 +331,8 @@ ROUTES: dict[str, Callable[[str, Receive, Send], Awaitable[None]]] = {
     "/flood": flood,
     "/send-early": send_early,
     "/close-after-client": close_after_client,
+    "/spin": spin,
+    "/idle": idle,
 }
 
 
