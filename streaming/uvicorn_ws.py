@@ -31,7 +31,8 @@ Contract (what a client and the application see):
   waits up to 10 s for the client's reply (1005 sends no code; a code that may not be sent,
   such as 1006 or 2000, sends 1011 and logs a warning); an app that returns without closing closes
   1000, one that raises closes 1011 (HTTP 500 before accepting). uvicorn's shutdown closes
-  open sockets with 1012.
+  open sockets with 1012, and answers a handshake still waiting for the app with HTTP 500
+  (the app gets ``websocket.disconnect`` 1012 at once).
 * Keepalive: ``ws_ping_interval`` / ``ws_ping_timeout`` as in uvicorn: a ping with a random
   payload, and close 1011 if its pong does not come in time.
 * Bounded in bytes whatever the client does: parsing stops, and reading pauses, while the
@@ -372,6 +373,8 @@ class WebSocketProtocol(asyncio.Protocol):
             self._write(_frame(CLOSE, _close_payload(1012)))
         elif self._state in (HEAD, CONNECTING, RESPONDING):
             self._write(_plain(500, "Internal Server Error"))
+            if self._state != HEAD:  # an app holds the handshake: it hears now, not at TCP's end
+                self._disconnect(1012)
         if self._state < CLOSING:
             self._close_transport()
 

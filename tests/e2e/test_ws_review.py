@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import signal
 import socket
 import sys
 import uuid
@@ -323,6 +324,43 @@ def read_all(sock: socket.socket) -> None:
             pass
 
 
+# --- 7. uvicorn's shutdown while a handshake waits for the app --------------------------------
+
+
+async def pending(ident: str, receive: Receive, send: Send) -> None:
+    """Neither accepts nor refuses (an authentication still running): waits for news."""
+    report(ident, "pending")
+    message = await receive()
+    report(ident, f"pending got {message['type']} code={message.get('code')}")
+
+
+async def test_shutdown_tells_an_app_whose_handshake_is_pending(server):
+    """uvicorn shuts down while an app holds a handshake without answering it (awaiting
+    ``receive``, as a consumer still authenticating does); the client keeps its socket.
+
+    Seen: the client got its 500, but the app heard nothing until the client closed or
+    the protocol aborted the socket 10 s later, and uvicorn's shutdown waited for it.
+    Expected: the app gets ``websocket.disconnect`` (1012, the server restarting) at once.
+    """
+    sock = socket.socket()
+    sock.setblocking(False)
+    client = Client(sock, server.port, uuid.uuid4().hex)
+    try:
+        loop = asyncio.get_running_loop()
+        await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", server.port)), GUARD)
+        key = base64.b64encode(os.urandom(16)).decode()
+        await client.send(
+            f"GET /pending?id={client.ident} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        await server.wait_for(f"review id={client.ident} pending")
+        server.proc.send_signal(signal.SIGTERM)
+        line = await server.wait_for(f"review id={client.ident} pending got", GUARD)
+        assert "websocket.disconnect code=1012" in line, line
+    finally:
+        sock.close()
+
 # --- the app ---------------------------------------------------------------------------------
 
 ROUTES: dict[str, Callable[[str, Receive, Send], Awaitable[None]]] = {
@@ -333,6 +371,7 @@ ROUTES: dict[str, Callable[[str, Receive, Send], Awaitable[None]]] = {
     "/close-after-client": close_after_client,
     "/spin": spin,
     "/idle": idle,
+    "/pending": pending,
 }
 
 
