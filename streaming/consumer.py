@@ -23,6 +23,9 @@ Guarantees:
 * A hook that raises is logged with its traceback; the client gets
   ``internal_error`` and the connection goes on.
 * Bad input gets an ``error`` frame and never reaches a hook.
+* Fair: the frame loop yields to the event loop once every ``FAIR_SLICE`` (5 ms) of frames
+  handled in the process, so a client that keeps frames waiting (its server's ``receive``
+  then never suspends) cannot hold the other sockets of the process waiting.
 * Memory is bounded per connection: frames waiting for hooks or for an ``auth``
   (``MAX_PENDING_FRAMES`` per endpoint, ``MAX_PENDING_BYTES`` in all, each frame's
   parsed size bounded by ``MAX_FRAME_VALUES``/``MAX_FRAME_DEPTH``), and frames
@@ -87,6 +90,12 @@ logger = logging.getLogger("streaming.consumer")
 _WIRE_CODES = frozenset(code.value for code in ErrorCode)
 _PONG = protocol.encode_command("pong")  # encoded once: one answers every ping
 
+#: Seconds of frames handled, by the sockets of the process, after which a frame loop yields
+#: to the event loop. A server's ``receive`` returns without suspending while frames wait
+#: (uvicorn's, daphne's), so a client flooding frames held every other socket of the process
+#: (tests/e2e/test_fairness.py).
+FAIR_SLICE = 0.005
+
 __all__ = ["EndpointStatus", "Lane", "StreamingConsumer"]
 
 
@@ -136,6 +145,9 @@ class TokenBucket:
 class StreamingConsumer(AsyncJsonWebsocketConsumer):
     """Serves every registered endpoint (or ``endpoints=[...]``) over one socket."""
 
+    #: The loop time by which the frame loop of some socket yields (:data:`FAIR_SLICE`).
+    _yield_at = 0.0
+
     def __init__(self, endpoints: Sequence[type[Endpoint]] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._endpoint_classes = list(endpoints) if endpoints is not None else None
@@ -165,12 +177,17 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         self.channel_layer = None  # the bus carries messages; no channel per socket
         self.channel_name = None
         self.base_send = send
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 message = await receive()
                 kind = message["type"]
                 if kind == "websocket.receive":
                     self.websocket_receive_frame(message)
+                    now = loop.time()
+                    if now >= StreamingConsumer._yield_at:  # the other sockets' turn
+                        StreamingConsumer._yield_at = now + FAIR_SLICE
+                        await asyncio.sleep(0)
                 elif kind == "websocket.connect":
                     await self.websocket_connect(message)
                 elif kind == "websocket.disconnect":
