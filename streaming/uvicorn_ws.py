@@ -24,7 +24,11 @@ Contract (what a client and the application see):
   obey the fragmentation and control-frame rules; otherwise close **1002**. A text message
   that is not UTF-8, or a close reason that is not, closes **1007**. A message (a frame, or
   the fragments so far) above ``ws_max_size`` closes **1009** as soon as its header says
-  so, before its payload is read. Pings are answered with the same payload.
+  so, before its payload is read. Pings are answered with the same payload; the pings of
+  one read with one pong, for the last of them (RFC 6455 5.5.3). A read's frames are
+  parsed :data:`FRAMES_PER_TURN` at a turn of the event loop, so a client flooding small
+  frames cannot hold the process; data frames after the server's close frame are skipped
+  unread.
 * Close: a client's close frame is answered with its code (none for none) and the app gets
   ``websocket.disconnect`` with that code and reason (1005 for none); a dropped TCP
   connection gives 1006; ``websocket.close`` from the app sends its code and reason and
@@ -114,7 +118,7 @@ CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 # Close codes a peer may send (RFC 6455 7.4, and IANA's 1012-1014).
 _VALID_CODES = frozenset(range(1000, 1004)) | frozenset(range(1007, 1015))
 
-_PAUSED_INBOX, _PAUSED_WRITE = 1, 2
+_PAUSED_INBOX, _PAUSED_WRITE, _PAUSED_TURN = 1, 2, 4
 # Timers run in an empty context: the call that starts one (an eager send, in some task's
 # stack) must not keep that task's context variables alive for the socket's life.
 _NO_CONTEXT = contextvars.Context()
@@ -126,6 +130,11 @@ _NEVER = 1 << 62  # ``_need`` while frames must wait (before the accept)
 #: every other socket of the process waits (measured: a ping on another socket answered
 #: after 14 to 34 s, with uvicorn's own protocol 16 s).
 FAIR_SLICE = 0.005
+
+#: Frames parsed in one turn of the event loop; the rest of the read waits for the next
+#: turn (reading paused meanwhile), so that a client flooding small frames (pings, say: a
+#: 256 KiB read holds 43,690 of them) cannot hold the other sockets of the process.
+FRAMES_PER_TURN = 256
 
 #: What a queued event counts beyond its payload towards :data:`INBOX_BYTES`: so that
 #: empty messages, which cost memory but carry no bytes, are bounded too.
@@ -535,9 +544,33 @@ class WebSocketProtocol(asyncio.Protocol):
         self._need = need
 
     def _frames(self, data: bytes, pos: int = 0) -> None:
+        """Parse the frames of ``data`` from ``pos``; pings of one call are answered once,
+        for the last of them (RFC 6455 5.5.3), at its end."""
+        pong = self._parse(data, pos)
+        if pong is not None and (self._state == OPEN or self._state == CLOSE_SENT):
+            # Answered until the client's close arrives, ours sent or not (RFC 6455 5.5.2).
+            self._write(_frame(PONG, pong))
+
+    def _defer(self, data: bytes, pos: int, why: int) -> None:
+        """Leave ``data[pos:]`` unparsed, reading paused, until ``why`` is over."""
+        # Kept whole only while what is left is most of it: ``data`` may be a large frame
+        # already delivered (the copy is amortised: it at least halves ``data``).
+        self._rest = (data[pos:], 0) if pos > len(data) - pos else (data, pos)
+        self._pause(why)
+
+    def _next_turn(self) -> None:
+        """The rest of a read deferred by :data:`FRAMES_PER_TURN`, a loop turn later."""
+        self._resume(_PAUSED_TURN)
+        if not self._paused & _PAUSED_INBOX:
+            self._parse_rest()
+
+    def _parse(self, data: bytes, pos: int) -> bytes | None:
+        """:meth:`_frames`' loop: returns the payload of the last ping parsed, if any."""
         n = len(data)
         max_size = self._config.ws_max_size
         max_queue = max(1, self._config.ws_max_queue)
+        pong: bytes | None = None
+        budget = FRAMES_PER_TURN
         while self._state == OPEN or self._state == CLOSE_SENT:
             left = n - pos
             if left < 2:
@@ -549,23 +582,25 @@ class WebSocketProtocol(asyncio.Protocol):
             ):
                 # The app has enough to read: the rest waits, unparsed, and so does the
                 # socket (``receive`` resumes both).
-                # Kept whole only while what is left is most of it: ``data`` may be a large
-                # frame already delivered (the copy is amortised: it at least halves ``data``).
-                self._rest = (data[pos:], 0) if pos > len(data) - pos else (data, pos)
-                self._pause(_PAUSED_INBOX)
-                return
+                self._defer(data, pos, _PAUSED_INBOX)
+                return pong
+            if not budget:  # the other sockets' turn: the rest at the next one
+                self._defer(data, pos, _PAUSED_TURN)
+                self._loop.call_soon(self._next_turn)
+                return pong
+            budget -= 1
             b0 = data[pos]
             b1 = data[pos + 1]
             opcode = b0 & 0x0F
             if b0 & 0x70:
                 self._fail(1002, "reserved bits set")
-                return
+                return None
             if opcode not in _OPCODES:
                 self._fail(1002, "reserved opcode")
-                return
+                return None
             if not b1 & 0x80:
                 self._fail(1002, "unmasked frame")
-                return
+                return None
             length = b1 & 0x7F
             if length < 126:
                 start = pos + 6
@@ -584,16 +619,19 @@ class WebSocketProtocol(asyncio.Protocol):
             if opcode >= 8:
                 if length > 125 or not b0 & 0x80:
                     self._fail(1002, "invalid control frame")
-                    return
+                    return None
             else:
                 held = self._frag_parts  # a continuation adds to the message so far
                 if length + (len(held) if opcode == CONT and held is not None else 0) > max_size:
                     self._fail(1009, "message too big")
-                    return
+                    return None
             end = start + length
             if end > n:
                 self._keep(data, pos, end - pos)
                 break
+            if opcode < 8 and self._state == CLOSE_SENT:
+                pos = end  # data after our close frame: discarded unread (RFC 6455 5.5.1)
+                continue
             payload = data[start:end]
             if length:
                 payload = apply_mask(payload, data[start - 4 : start])
@@ -603,14 +641,17 @@ class WebSocketProtocol(asyncio.Protocol):
             elif opcode == CONT:
                 self._continuation(b0 & 0x80, payload)
             elif opcode == PING:
-                # Answered until the client's close arrives, ours sent or not (RFC 6455 5.5.2).
-                self._write(_frame(PONG, payload))
+                pong = payload  # answered at the end of the read (:meth:`_frames`)
             elif opcode == PONG:
                 if self._state == OPEN and payload == self._ping and self._ping is not None:
                     self._ping = None
                     self._keepalive()
             else:
+                if pong is not None:  # the pings before it, before the close reply
+                    self._write(_frame(PONG, pong))
+                    pong = None
                 self._peer_close(payload)
+        return pong
 
     def _message(self, opcode: int, fin: int, payload: bytes) -> None:
         if self._frag_op:

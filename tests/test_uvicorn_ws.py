@@ -210,3 +210,58 @@ async def test_a_full_inbox_keeps_only_the_unparsed_rest_of_a_large_read(fresh_c
             {"type": "websocket.receive", "bytes": big},
             {"type": "websocket.receive", "bytes": b"after"},
         ]
+
+
+async def test_the_pings_of_one_read_get_one_pong_for_the_last(fresh_check):
+    """RFC 6455 5.5.3: pings not yet answered may get one pong, for the most recent. One
+    read of three pings and a text frame: one pong (the third ping's payload), the text
+    delivered; a flood of pings costs one write a read, not one a ping."""
+    from streaming.uvicorn_ws import PING, PONG, TEXT
+
+    got: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def reader(scope, receive, send):
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        got.set_result(await receive())
+        await receive()  # open until the test ends
+
+    async with upgraded(reader) as (protocol, reader_, _writer):
+        protocol.data_received(
+            client_frame(PING, b"one") + client_frame(PING, b"two") + client_frame(PING, b"three")
+            + client_frame(TEXT, b"hi")
+        )  # fmt: skip
+        assert await asyncio.wait_for(got, 5) == {"type": "websocket.receive", "text": "hi"}
+        head = await asyncio.wait_for(reader_.readexactly(2), 5)
+        assert head == bytes([0x80 | PONG, 5])
+        assert await asyncio.wait_for(reader_.readexactly(5), 5) == b"three"
+        protocol.data_received(client_frame(PING, b"four"))  # the next read: its own pong
+        pong = await asyncio.wait_for(reader_.readexactly(6), 5)
+        assert pong == bytes([0x80 | PONG, 4]) + b"four"
+
+
+async def test_a_read_of_many_frames_is_parsed_over_several_loop_turns(fresh_check):
+    """FRAMES_PER_TURN frames are parsed at a turn of the event loop; the rest of the read
+    waits, reading paused, for the next turn (a ping flood cannot hold the process). A read
+    of 3 turns' worth of pings and then a text frame: a pong a turn, the last for the last
+    ping, and the text delivered after them."""
+    from streaming.uvicorn_ws import _PAUSED_TURN, FRAMES_PER_TURN, PING, PONG, TEXT
+
+    count = FRAMES_PER_TURN * 3 + 7
+    got: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def reader(scope, receive, send):
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        got.set_result(await receive())
+
+    async with upgraded(reader) as (protocol, reader_, _writer):
+        pings = b"".join(client_frame(PING, b"%04d" % i) for i in range(count))
+        protocol.data_received(pings + client_frame(TEXT, b"end"))
+        assert protocol._paused & _PAUSED_TURN and protocol._rest is not None
+        assert await asyncio.wait_for(got, 5) == {"type": "websocket.receive", "text": "end"}
+        pongs = [await asyncio.wait_for(reader_.readexactly(6), 5) for _ in range(4)]
+    assert all(p[:2] == bytes([0x80 | PONG, 4]) for p in pongs), pongs
+    assert [p[2:] for p in pongs] == [
+        b"%04d" % (FRAMES_PER_TURN * k - 1) for k in (1, 2, 3)
+    ] + [b"%04d" % (count - 1)]

@@ -433,8 +433,10 @@ PING_FLOOD_BUDGET = 16 * MiB
 
 
 async def test_a_ping_flood_from_a_client_that_never_reads_stays_bounded(server):
-    """Guard. 125-byte pings as fast as they go, pongs never read: reading pauses with
-    the write buffer (``websockets-sansio``: +100 MB in 4 s, without limit)."""
+    """Guard. 125-byte pings as fast as they go, pongs never read: memory stays bounded
+    (``websockets-sansio``: +100 MB in 4 s, without limit). The pings of one read are
+    answered by one pong, for the last (RFC 6455 5.5.3), so the unread pongs grow by one
+    per read, and reading pauses with the write buffer once they fill it."""
     client = await open_not_reading(server.port, "/echo")
     try:
         baseline = server.rss_bytes()
@@ -449,7 +451,6 @@ async def test_a_ping_flood_from_a_client_that_never_reads_stays_bounded(server)
         assert growth < PING_FLOOD_BUDGET, (
             f"server RSS +{growth / MiB:.1f} MiB after {sent / MiB:.1f} MiB of pings"
         )
-        assert sent < 32 * MiB, f"the server read {sent / MiB:.0f} MiB of pings it cannot answer"
     finally:
         client.close()
 
