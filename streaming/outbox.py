@@ -40,6 +40,13 @@ logger = logging.getLogger("streaming.outbox")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
+#: Marks the ASGI messages an outbox sends (servers ignore keys they do not know).
+#: Streampod's uvicorn protocol does not make them yield for fairness (its FAIR_SLICE):
+#: an outbox's bursts are bounded by its queue already, and a yield would turn a frame put
+#: eagerly into a queued one, so that a hook's burst of more than ``SEND_QUEUE_LIMIT``
+#: frames to a client reading fast would overflow the queue (4013).
+OUTBOX_KEY = "streaming.outbox"
+
 #: Close code after a send the server refused (WebSocket "internal error").
 SEND_FAILED_CLOSE = 1011
 
@@ -144,7 +151,7 @@ class Outbox:
         ):
             # _start inlined for the common case (nothing waits behind no task): every
             # frame sent takes this path, a pong or a delivery alike.
-            message = {"type": "websocket.send", "text": text}
+            message = {"type": "websocket.send", "text": text, OUTBOX_KEY: True}
             coro: Coroutine[Any, Any, None] = self._send(message)  # type: ignore[assignment]
             try:
                 yielded = coro.send(None)
@@ -292,7 +299,7 @@ class Outbox:
             self._wake()
         if isinstance(item, str):
             self._bytes -= sys.getsizeof(item)
-            return {"type": "websocket.send", "text": item}
+            return {"type": "websocket.send", "text": item, OUTBOX_KEY: True}
         if item is _ACCEPT:
             return _ACCEPT_MESSAGE
         queue.clear()

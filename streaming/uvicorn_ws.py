@@ -56,7 +56,8 @@ Contract (what a client and the application see):
   for its side of TCP.
 * Fair: a data ``send`` yields to the event loop when no data send of the process has
   for :data:`FAIR_SLICE` (5 ms), so an app sending in a loop to a client that reads as
-  fast as it sends cannot hold every other socket of the process waiting.
+  fast as it sends cannot hold every other socket of the process waiting (but for
+  Streampod's outbox, whose queue bounds its bursts).
 * ``send`` of data waits while the transport's write buffer is above its high-water mark (a
   close, an accept or a refusal never waits), and raises ``ClientDisconnected`` (an
   ``OSError``) once the connection is gone, failed or closed by the client (a ``send``
@@ -135,6 +136,11 @@ FAIR_SLICE = 0.005
 #: turn (reading paused meanwhile), so that a client flooding small frames (pings, say: a
 #: 256 KiB read holds 43,690 of them) cannot hold the other sockets of the process.
 FRAMES_PER_TURN = 256
+
+#: Sends Streampod's outbox marks (``streaming.outbox.OUTBOX_KEY``; not imported: this
+#: module imports nothing of Django's): they never yield for :data:`FAIR_SLICE`, the
+#: outbox's queue bounds their bursts.
+_OUTBOX_KEY = "streaming.outbox"
 
 #: What a queued event counts beyond its payload towards :data:`INBOX_BYTES`: so that
 #: empty messages, which cost memory but carry no bytes, are bounded too.
@@ -794,7 +800,7 @@ class WebSocketProtocol(asyncio.Protocol):
     async def send(self, message: dict[str, Any]) -> None:
         """Send an ASGI event; waits while the write buffer is full (see the module doc)."""
         kind = message["type"]
-        if kind == "websocket.send":
+        if kind == "websocket.send" and _OUTBOX_KEY not in message:
             now = self._loop.time()
             if now >= WebSocketProtocol._yield_at:  # the other sockets' turn (FAIR_SLICE)
                 WebSocketProtocol._yield_at = now + FAIR_SLICE

@@ -600,7 +600,7 @@ ENDPOINTS: dict[str, EndpointModel] = {
     "chat": EndpointModel(login_required=True, handler="chat"),
 }
 #: Served by the e2e server but never fuzzed: they post to other users or flood.
-UNMODELLED = frozenset({"room", "example_chat", "flood"})
+UNMODELLED = frozenset({"room", "example_chat", "flood", "burst"})
 KNOWN_ENDPOINTS = frozenset(ENDPOINTS) | UNMODELLED
 
 REQUIRED: Any = object()

@@ -265,3 +265,11 @@ async def test_a_read_of_many_frames_is_parsed_over_several_loop_turns(fresh_che
     assert [p[2:] for p in pongs] == [
         b"%04d" % (FRAMES_PER_TURN * k - 1) for k in (1, 2, 3)
     ] + [b"%04d" % (count - 1)]
+
+
+def test_it_knows_the_outboxs_mark():
+    """The protocol does not import Streampod's outbox (it imports nothing of Django's):
+    the key the outbox marks its sends with is spelt twice, and must agree."""
+    from streaming import outbox
+
+    assert uvicorn_ws._OUTBOX_KEY == outbox.OUTBOX_KEY

@@ -100,6 +100,17 @@ class ExampleChatEndpoint(Endpoint):
             await session.messages.post_message(f"user_{message.recipient_id}", message)
 
 
+class BurstEndpoint(Endpoint):
+    """On a ``Flood``, sends its ``count`` frames at once, without yielding between them
+    (a history replayed when a stream opens, say)."""
+
+    async def handle_stream_message(self, session, message):
+        if isinstance(message, Flood):
+            text = "x" * message.size
+            for n in range(message.count):
+                self.send_stream_message(session, Echo(text=text, n=n))
+
+
 class FloodEndpoint(Endpoint):
     """Sends as fast as the server takes frames; reports how many were accepted.
 
