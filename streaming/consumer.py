@@ -23,8 +23,8 @@ Guarantees:
 * A hook that raises is logged with its traceback; the client gets
   ``internal_error`` and the connection goes on.
 * Bad input gets an ``error`` frame and never reaches a hook.
-* Fair: the frame loop yields to the event loop once every ``FAIR_SLICE`` (5 ms) of frames
-  handled in the process, so a client that keeps frames waiting (its server's ``receive``
+* Fair: the frame loop yields to the event loop once every ``FAIR_SLICE`` (5 ms) of busy
+  time in the process (``streaming.fairness``: one clock for the process), so a client that keeps frames waiting (its server's ``receive``
   then never suspends) cannot hold the other sockets of the process waiting.
 * Memory is bounded per connection: frames waiting for hooks or for an ``auth``
   (``MAX_PENDING_FRAMES`` per endpoint, ``MAX_PENDING_BYTES`` in all, each frame's
@@ -77,6 +77,7 @@ from .exceptions import (
     SerializationError,
     StreamingError,
 )
+from .fairness import FAIR_SLICE, turn_due
 from .flow import attach_flow, plain_send, send_limit
 from .lane import Lane
 from .outbox import Outbox
@@ -90,13 +91,8 @@ logger = logging.getLogger("streaming.consumer")
 _WIRE_CODES = frozenset(code.value for code in ErrorCode)
 _PONG = protocol.encode_command("pong")  # encoded once: one answers every ping
 
-#: Seconds of frames handled, by the sockets of the process, after which a frame loop yields
-#: to the event loop. A server's ``receive`` returns without suspending while frames wait
-#: (uvicorn's, daphne's), so a client flooding frames held every other socket of the process
-#: (tests/e2e/test_fairness.py).
-FAIR_SLICE = 0.005
 
-__all__ = ["EndpointStatus", "Lane", "StreamingConsumer"]
+__all__ = ["FAIR_SLICE", "EndpointStatus", "Lane", "StreamingConsumer"]
 
 
 class EndpointStatus(enum.Enum):
@@ -145,9 +141,6 @@ class TokenBucket:
 class StreamingConsumer(AsyncJsonWebsocketConsumer):
     """Serves every registered endpoint (or ``endpoints=[...]``) over one socket."""
 
-    #: The loop time by which the frame loop of some socket yields (:data:`FAIR_SLICE`).
-    _yield_at = 0.0
-
     def __init__(self, endpoints: Sequence[type[Endpoint]] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._endpoint_classes = list(endpoints) if endpoints is not None else None
@@ -184,9 +177,10 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
                 kind = message["type"]
                 if kind == "websocket.receive":
                     self.websocket_receive_frame(message)
-                    now = loop.time()
-                    if now >= StreamingConsumer._yield_at:  # the other sockets' turn
-                        StreamingConsumer._yield_at = now + FAIR_SLICE
+                    # A server's receive returns without suspending while frames wait
+                    # (uvicorn's, daphne's): a client flooding frames held every other
+                    # socket of the process (tests/e2e/test_fairness.py).
+                    if turn_due(loop.time()):  # the other sockets' turn (FAIR_SLICE)
                         await asyncio.sleep(0)
                 elif kind == "websocket.connect":
                     await self.websocket_connect(message)

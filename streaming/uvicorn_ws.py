@@ -54,10 +54,11 @@ Contract (what a client and the application see):
   included), a refused handshake or uvicorn's shutdown. A client that answers nothing holds
   its socket at most twice that after the app's close: 10 s for its close reply, then 10 s
   for its side of TCP.
-* Fair: a data ``send`` yields to the event loop when no data send of the process has
-  for :data:`FAIR_SLICE` (5 ms), so an app sending in a loop to a client that reads as
-  fast as it sends cannot hold every other socket of the process waiting (but for
-  Streampod's outbox, whose queue bounds its bursts).
+* Fair: a data ``send`` yields to the event loop when nothing of the process has for
+  :data:`FAIR_SLICE` (5 ms; one clock for the process, ``streaming.fairness``), so an app
+  sending in a loop to a client that reads as fast as it sends cannot hold every other
+  socket of the process waiting (but for Streampod's outbox, whose queue bounds its
+  bursts).
 * ``send`` of data waits while the transport's write buffer is above its high-water mark (a
   close, an accept or a refusal never waits), and raises ``ClientDisconnected`` (an
   ``OSError``) once the connection is gone, failed or closed by the client (a ``send``
@@ -84,6 +85,8 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote, unquote
 
+from .fairness import FAIR_SLICE, turn_due
+
 try:  # websockets' C helper (a dependency of Streampod); the fallback is pure Python.
     from websockets.speedups import apply_mask as _c_apply_mask
 except ImportError:  # pragma: no cover - websockets built without its C extension
@@ -97,7 +100,13 @@ except ImportError:  # pragma: no cover - uvicorn moved it: an OSError all the s
         """The client is gone: ``send`` after the connection was lost."""
 
 
-__all__ = ["INBOX_BYTES", "ClientDisconnected", "WebSocketProtocol", "apply_mask"]
+__all__ = [
+    "FAIR_SLICE",
+    "INBOX_BYTES",
+    "ClientDisconnected",
+    "WebSocketProtocol",
+    "apply_mask",
+]
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -124,13 +133,6 @@ _PAUSED_INBOX, _PAUSED_WRITE, _PAUSED_TURN = 1, 2, 4
 # stack) must not keep that task's context variables alive for the socket's life.
 _NO_CONTEXT = contextvars.Context()
 _NEVER = 1 << 62  # ``_need`` while frames must wait (before the accept)
-
-#: Seconds an app's data sends may go on without suspending before one of them yields to
-#: the event loop: a ``send`` with room in the buffer returns without suspending, so an app
-#: sending in a loop to a client that reads as fast would otherwise hold the loop, and
-#: every other socket of the process waits (measured: a ping on another socket answered
-#: after 14 to 34 s, with uvicorn's own protocol 16 s).
-FAIR_SLICE = 0.005
 
 #: Frames parsed in one turn of the event loop; the rest of the read waits for the next
 #: turn (reading paused meanwhile), so that a client flooding small frames (pings, say: a
@@ -278,8 +280,6 @@ class WebSocketProtocol(asyncio.Protocol):
 
     #: The (config, server_state) pair last found complete, and whether it was.
     _checked: tuple[Any, Any, bool] | None = None
-    #: The loop time by which some data send yields (:data:`FAIR_SLICE`), for the process.
-    _yield_at = 0.0
 
     def __new__(
         cls,
@@ -801,9 +801,11 @@ class WebSocketProtocol(asyncio.Protocol):
         """Send an ASGI event; waits while the write buffer is full (see the module doc)."""
         kind = message["type"]
         if kind == "websocket.send" and _OUTBOX_KEY not in message:
-            now = self._loop.time()
-            if now >= WebSocketProtocol._yield_at:  # the other sockets' turn (FAIR_SLICE)
-                WebSocketProtocol._yield_at = now + FAIR_SLICE
+            # A send with room in the buffer returns without suspending: an app sending in
+            # a loop to a client that reads as fast held every other socket of the process
+            # (a ping on another socket answered after 14 to 34 s; uvicorn's own protocol:
+            # 16 s). One clock for the process (streaming.fairness).
+            if turn_due(self._loop.time()):  # the other sockets' turn (FAIR_SLICE)
                 await asyncio.sleep(0)
         if self._paused & _PAUSED_WRITE and self._state == OPEN and kind == "websocket.send":
             # Only data waits for room: a close, an accept or a refusal must not wait on a

@@ -99,3 +99,21 @@ def test_the_blocker_catches_a_django_import():
     result = run("import streaming.conf\n")
     assert result.returncode != 0
     assert "django is blocked" in result.stderr
+
+
+def test_the_uvicorn_protocol_imports_without_django():
+    """``--ws streaming.uvicorn_ws:WebSocketProtocol`` loads in uvicorn's process before any
+    app: it and its fair-turn clock (streaming.fairness) need no Django."""
+    result = run(
+        """
+        from streaming import fairness, uvicorn_ws
+
+        assert uvicorn_ws.FAIR_SLICE is fairness.FAIR_SLICE
+        import sys
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("django", "channels"))
+        assert not loaded, loaded
+        print("ok")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
