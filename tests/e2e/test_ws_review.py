@@ -152,11 +152,14 @@ BLOCKED_AFTER = 2.0  # seconds: a send that waits this long waits for the client
 
 
 @contextlib.asynccontextmanager
-async def unread_upgrade(server: ReviewServer, path: str) -> AsyncIterator[str]:
-    """A client that sends a GET of the large page and then an upgrade to ``path`` on one
-    connection, and reads nothing (a 4 KiB receive buffer): yields the socket's id."""
+async def upgraded(
+    server: ReviewServer, path: str, *, first: bytes = b"", rcvbuf: int | None = None
+) -> AsyncIterator[str]:
+    """A raw client that sends ``first`` (whole HTTP requests, if any) and then an upgrade to
+    ``path`` on one connection, and reads nothing: yields the socket's id (``?id=``)."""
     sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.setblocking(False)
     client = Client(sock, server.port, uuid.uuid4().hex)
     key = base64.b64encode(os.urandom(16)).decode()
@@ -164,7 +167,7 @@ async def unread_upgrade(server: ReviewServer, path: str) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", server.port)), GUARD)
         await client.send(
-            b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            first
             + f"GET {path}?id={client.ident} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n".encode()
@@ -172,6 +175,13 @@ async def unread_upgrade(server: ReviewServer, path: str) -> AsyncIterator[str]:
         yield client.ident
     finally:
         sock.close()
+
+
+def unread_upgrade(server: ReviewServer, path: str) -> contextlib.AbstractAsyncContextManager[str]:
+    """A client that sends a GET of the large page and then an upgrade to ``path`` on one
+    connection, and reads nothing (a 4 KiB receive buffer): yields the socket's id."""
+    first = b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    return upgraded(server, path, first=first, rcvbuf=4096)
 
 
 async def flood(ident: str, receive: Receive, send: Send) -> None:
@@ -342,24 +352,12 @@ async def test_shutdown_tells_an_app_whose_handshake_is_pending(server):
     the protocol aborted the socket 10 s later, and uvicorn's shutdown waited for it.
     Expected: the app gets ``websocket.disconnect`` (1012, the server restarting) at once.
     """
-    sock = socket.socket()
-    sock.setblocking(False)
-    client = Client(sock, server.port, uuid.uuid4().hex)
-    try:
-        loop = asyncio.get_running_loop()
-        await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", server.port)), GUARD)
-        key = base64.b64encode(os.urandom(16)).decode()
-        await client.send(
-            f"GET /pending?id={client.ident} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        await server.wait_for(f"review id={client.ident} pending")
+    async with upgraded(server, "/pending") as ident:
+        await server.wait_for(f"review id={ident} pending")
         server.proc.send_signal(signal.SIGTERM)
-        line = await server.wait_for(f"review id={client.ident} pending got", GUARD)
+        line = await server.wait_for(f"review id={ident} pending got", GUARD)
         assert "websocket.disconnect code=1012" in line, line
-    finally:
-        sock.close()
+
 
 # --- the app ---------------------------------------------------------------------------------
 
