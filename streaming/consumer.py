@@ -24,8 +24,9 @@ Guarantees:
   ``internal_error`` and the connection goes on.
 * Bad input gets an ``error`` frame and never reaches a hook.
 * Fair: the frame loop yields to the event loop once every ``FAIR_SLICE`` (5 ms) of busy
-  time in the process (``streaming.fairness``: one clock for the process), so a client that keeps frames waiting (its server's ``receive``
-  then never suspends) cannot hold the other sockets of the process waiting.
+  time in the process (``streaming.fairness``: one clock for the process), so a client
+  that keeps frames waiting (its server's ``receive`` then never suspends) cannot hold the
+  other sockets of the process waiting.
 * Memory is bounded per connection: frames waiting for hooks or for an ``auth``
   (``MAX_PENDING_FRAMES`` per endpoint, ``MAX_PENDING_BYTES`` in all, each frame's
   parsed size bounded by ``MAX_FRAME_VALUES``/``MAX_FRAME_DEPTH``), and frames

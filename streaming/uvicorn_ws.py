@@ -25,10 +25,10 @@ Contract (what a client and the application see):
   that is not UTF-8, or a close reason that is not, closes **1007**. A message (a frame, or
   the fragments so far) above ``ws_max_size`` closes **1009** as soon as its header says
   so, before its payload is read. Pings are answered with the same payload; the pings of
-  one read with one pong, for the last of them (RFC 6455 5.5.3). A read's frames are
-  parsed :data:`FRAMES_PER_TURN` at a turn of the event loop, so a client flooding small
-  frames cannot hold the process; data frames after the server's close frame are skipped
-  unread.
+  one read with one pong, for the last of them (RFC 6455 5.5.3). A socket's frames are
+  parsed at most :data:`FRAMES_PER_TURN` at a turn of the event loop, however its app
+  reads (``receive`` in a loop included), so a client flooding small frames cannot hold
+  the process; data frames after the server's close frame are skipped unread.
 * Close: a client's close frame is answered with its code (none for none) and the app gets
   ``websocket.disconnect`` with that code and reason (1005 for none); a dropped TCP
   connection gives 1006; ``websocket.close`` from the app sends its code and reason and
@@ -134,8 +134,9 @@ _PAUSED_INBOX, _PAUSED_WRITE, _PAUSED_TURN = 1, 2, 4
 _NO_CONTEXT = contextvars.Context()
 _NEVER = 1 << 62  # ``_need`` while frames must wait (before the accept)
 
-#: Frames parsed in one turn of the event loop; the rest of the read waits for the next
-#: turn (reading paused meanwhile), so that a client flooding small frames (pings, say: a
+#: Frames of a socket parsed between two turns of the event loop (by reads and by the app's
+#: ``receive`` alike); the rest of the read waits for the next turn (reading paused
+#: meanwhile), so that a client flooding small frames (pings, say: a
 #: 256 KiB read holds 43,690 of them) cannot hold the other sockets of the process.
 FRAMES_PER_TURN = 256
 
@@ -254,6 +255,7 @@ class WebSocketProtocol(asyncio.Protocol):
     __slots__ = (
         "_app_closed",
         "_app_state",
+        "_budget",
         "_buf",
         "_config",
         "_drain",
@@ -337,6 +339,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._app_closed = False
         self._response: list[Any] | None = None  # websocket.http.response: status, headers, body
         self._rest: tuple[bytes, int] | None = None  # a read left unparsed: the inbox was full
+        self._budget = FRAMES_PER_TURN  # frames left to parse before the next turn's
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -396,6 +399,12 @@ class WebSocketProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._state >= CLOSING:
             return  # read only to drain the socket until the client closes its side
+        if self._paused:
+            # Reading was resumed behind this protocol's back: uvicorn's HTTP protocol does
+            # at the end of a response to a request pipelined before the upgrade (its
+            # ``FlowControl``, paused by the request after it, resumes the transport). Pause
+            # it again; this read is handled as usual (a full inbox defers it, unparsed).
+            self._pause_transport()
         rest = self._rest
         if rest is not None:  # reading resumed before the deferred rest was parsed
             self._rest = None
@@ -566,6 +575,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def _next_turn(self) -> None:
         """The rest of a read deferred by :data:`FRAMES_PER_TURN`, a loop turn later."""
+        self._budget = FRAMES_PER_TURN
         self._resume(_PAUSED_TURN)
         if not self._paused & _PAUSED_INBOX:
             self._parse_rest()
@@ -576,7 +586,9 @@ class WebSocketProtocol(asyncio.Protocol):
         max_size = self._config.ws_max_size
         max_queue = max(1, self._config.ws_max_queue)
         pong: bytes | None = None
-        budget = FRAMES_PER_TURN
+        # The budget is the socket's, not the call's: an app's ``receive`` parses the rest
+        # of a read each time the inbox drains to half, within the same turn.
+        budget = self._budget
         while self._state == OPEN or self._state == CLOSE_SENT:
             left = n - pos
             if left < 2:
@@ -588,9 +600,11 @@ class WebSocketProtocol(asyncio.Protocol):
             ):
                 # The app has enough to read: the rest waits, unparsed, and so does the
                 # socket (``receive`` resumes both).
+                self._budget = budget
                 self._defer(data, pos, _PAUSED_INBOX)
                 return pong
             if not budget:  # the other sockets' turn: the rest at the next one
+                self._budget = 0
                 self._defer(data, pos, _PAUSED_TURN)
                 self._loop.call_soon(self._next_turn)
                 return pong
@@ -657,6 +671,7 @@ class WebSocketProtocol(asyncio.Protocol):
                     self._write(_frame(PONG, pong))
                     pong = None
                 self._peer_close(payload)
+        self._budget = budget
         return pong
 
     def _message(self, opcode: int, fin: int, payload: bytes) -> None:
@@ -1014,11 +1029,14 @@ class WebSocketProtocol(asyncio.Protocol):
         if self._state >= CLOSING:
             return  # closing reads on to the client's end, whatever it does not read
         if not self._paused:
-            try:
-                self._transport.pause_reading()
-            except (AttributeError, RuntimeError):  # closing, or a transport without it
-                pass
+            self._pause_transport()
         self._paused |= why
+
+    def _pause_transport(self) -> None:
+        try:
+            self._transport.pause_reading()
+        except (AttributeError, RuntimeError):  # closing, or a transport without it
+            pass
 
     def _resume(self, why: int) -> None:
         if not self._paused & why:

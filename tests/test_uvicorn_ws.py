@@ -267,6 +267,74 @@ async def test_a_read_of_many_frames_is_parsed_over_several_loop_turns(fresh_che
     ] + [b"%04d" % (count - 1)]
 
 
+async def test_an_app_receiving_in_a_loop_gets_a_reads_frames_over_several_turns(fresh_check):
+    """An app that calls ``receive`` in a loop (each returns without suspending while frames
+    wait) and a read of many small frames: the frames still reach it at most
+    FRAMES_PER_TURN a turn of the event loop, so the other sockets get theirs.
+
+    Seen: ``receive`` parsed the rest of the read each time the inbox drained to half, with
+    a fresh budget each time: all 2,048 frames reached the app in one turn (43,690 for a
+    256 KiB read of empty frames; another client's pings waited 20 to 50 ms a flood).
+    Expected: at most FRAMES_PER_TURN before a callback scheduled after the read; all
+    delivered, in order."""
+    from streaming.uvicorn_ws import FRAMES_PER_TURN, TEXT
+
+    count = FRAMES_PER_TURN * 8
+    got: list[str] = []
+    accepted = asyncio.Event()
+    done = asyncio.Event()
+
+    async def loop_reader(scope, receive, send):
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        accepted.set()
+        while len(got) < count:
+            got.append((await receive())["text"])
+        done.set()
+        await receive()  # open until the test ends
+
+    async with upgraded(loop_reader) as (protocol, _reader, _writer):
+        await asyncio.wait_for(accepted.wait(), 5)
+        seen: asyncio.Future = asyncio.get_running_loop().create_future()
+        protocol.data_received(b"".join(client_frame(TEXT, b"%d" % i) for i in range(count)))
+        asyncio.get_running_loop().call_soon(lambda: seen.set_result(len(got)))
+        assert await asyncio.wait_for(seen, 5) <= FRAMES_PER_TURN
+        await asyncio.wait_for(done.wait(), 5)
+    assert got == [str(i) for i in range(count)]
+
+
+async def test_reading_resumed_behind_its_back_is_paused_again(fresh_check):
+    """uvicorn's HTTP protocol resumes the transport at the end of a response to a request
+    pipelined before the upgrade (its ``FlowControl`` was paused by the request after it),
+    while the socket has paused reading for an app that does not read.
+
+    Seen (uvicorn --http httptools, a client flooding 60 KB frames): reading stayed on, the
+    unparsed rest grew 10 MB/s (74 MiB in 6.6 s) and was copied whole at every read.
+    Expected: the next read pauses reading again; what it brought waits unparsed."""
+    from streaming.uvicorn_ws import _PAUSED_INBOX, BINARY
+
+    accepted = asyncio.Event()
+
+    async def deaf(scope, receive, send):
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        accepted.set()
+        await asyncio.Event().wait()  # reads nothing more
+
+    async with upgraded(deaf) as (protocol, _reader, _writer):
+        await asyncio.wait_for(accepted.wait(), 5)
+        frame = client_frame(BINARY, b"x" * 60_000)
+        while not protocol._paused & _PAUSED_INBOX:
+            protocol.data_received(frame)
+        transport = protocol._transport
+        assert not transport.is_reading()
+        transport.resume_reading()  # what uvicorn's FlowControl.resume_reading() does
+        protocol.data_received(frame)
+        assert not transport.is_reading(), "reading stays on for a client the app does not read"
+        data, pos = protocol._rest
+        assert len(data) - pos <= 2 * len(frame)
+
+
 def test_it_knows_the_outboxs_mark():
     """The protocol does not import Streampod's outbox (it imports nothing of Django's):
     the key the outbox marks its sends with is spelt twice, and must agree."""
