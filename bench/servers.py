@@ -94,6 +94,7 @@ class Contender:
                 "--host", "127.0.0.1", "--port", str(port),
                 "--backlog", str(BACKLOG),
                 "--log-level", "warning", "--no-access-log",
+                "--http", "h11",  # as docs/deployment.md serves it
             ]  # fmt: skip
         return [python, "-m", self.app, "--port", str(port)]
 

@@ -230,6 +230,8 @@ class UvicornServer(DaphneServer):
             "info",
             "--ws-max-size",
             str(65536 + 1024),
+            "--http",
+            "h11",
             "--ws",
             UVICORN_WS,
             *self.args,
