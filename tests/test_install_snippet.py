@@ -305,6 +305,19 @@ def serve(site: Site, server: str, port: int) -> tuple[subprocess.Popen[str], _O
     return proc, _Output(proc.stdout), ready
 
 
+def stop(proc: subprocess.Popen[str], output: _Output) -> None:
+    """End a server from :func:`serve` and its output reader."""
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    if proc.stdout is not None:
+        output._thread.join(5)
+        proc.stdout.close()
+
+
 def get_when_listening(
     url: str, proc: subprocess.Popen[str], output: _Output, timeout: float = 30
 ) -> httpx.Response:
@@ -356,15 +369,7 @@ def test_the_documented_uvicorn_bounds_a_request_head(site):
         assert sent < 1 << 20, f"{sent} bytes of one request head were taken"
         assert answer.startswith(b"HTTP/1.1 400") or not answer, answer[:200]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        if proc.stdout is not None:
-            output._thread.join(5)
-            proc.stdout.close()
+        stop(proc, output)
 
 
 @pytest.mark.parametrize("server", ["uvicorn", "runserver"])
@@ -386,12 +391,4 @@ def test_the_endpoint_answers_the_python_client(site, server):
         )
         assert f"GOT MyChatMessage {site.user_id} Hi" in out, out
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        if proc.stdout is not None:
-            output._thread.join(5)
-            proc.stdout.close()
+        stop(proc, output)
