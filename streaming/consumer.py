@@ -148,7 +148,8 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         self._slots: dict[str, EndpointSlot] = {}
         self.user: Any = AnonymousUser()
         self.outbox: Outbox | None = None
-        self._held: list[DataFrame] | None = None  # frames waiting for an auth command
+        # Data and method frames waiting for the answer to an auth command.
+        self._held: list[DataFrame | protocol.MethodFrame] | None = None
         self._auth_task: asyncio.Task[None] | None = None
         self._pending_bytes = 0  # estimated memory of the frames held or waiting in lanes
         self._bucket: TokenBucket | None = None
@@ -255,28 +256,36 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         outbox = self.outbox
         if outbox is None:
             return False
-        if len(text) * 4 > self._max_send:  # only then can it be over the limit
-            size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-            if size > self._max_send:
-                logger.warning(
-                    "%s: not sending a %d-byte frame of endpoint %s (limit %d bytes)",
-                    self.scope.get("client"),
-                    size,
-                    endpoint,
-                    self._max_send,
-                )
-                self.send_error(
-                    ErrorCode.MESSAGE_TOO_LARGE,
-                    f"A message of {size} bytes is larger than the server may send "
-                    f"({self._max_send} bytes); it was not sent.",
-                    endpoint=endpoint,
-                )
-                return False
+        size = self.oversize(text)
+        if size:
+            logger.warning(
+                "%s: not sending a %d-byte frame of endpoint %s (limit %d bytes)",
+                self.scope.get("client"),
+                size,
+                endpoint,
+                self._max_send,
+            )
+            self.send_error(
+                ErrorCode.MESSAGE_TOO_LARGE,
+                f"A message of {size} bytes is larger than the server may send "
+                f"({self._max_send} bytes); it was not sent.",
+                endpoint=endpoint,
+            )
+            return False
         if not outbox.put(text):
             return False
         if endpoint is not None:
             metrics.frame_sent(endpoint)
         return True
+
+    def oversize(self, text: str) -> int:
+        """The size in bytes of frame ``text`` if it is larger than the server may send
+        (``MAX_SEND_BYTES``, or the server's own limit), else 0."""
+        if len(text) * 4 > self._max_send:  # only then can it be over the limit
+            size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+            if size > self._max_send:
+                return size
+        return 0
 
     def send_error(
         self,
@@ -348,7 +357,10 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             else:
                 self._route(frame)  # type: ignore[arg-type]
         elif type(frame) is protocol.MethodFrame:
-            methods.receive(self, frame)  # type: ignore[arg-type]
+            if self._held is not None:  # after an auth: run under its answer's identity
+                self._hold(frame)  # type: ignore[arg-type]
+            else:
+                methods.receive(self, frame)  # type: ignore[arg-type]
         else:
             self._command(frame)  # type: ignore[arg-type]
 
@@ -389,10 +401,10 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         else:
             self._refuse(ErrorCode.UNKNOWN_COMMAND, f"Unknown command {echo(command)!r}.", None)
 
-    def _over_budget(self, frame: DataFrame) -> bool:
+    def _over_budget(self, frame: DataFrame | protocol.MethodFrame) -> bool:
         return self._pending_bytes + frame.size > self._max_pending_bytes
 
-    def _hold(self, frame: DataFrame) -> None:
+    def _hold(self, frame: DataFrame | protocol.MethodFrame) -> None:
         """Keep ``frame`` until the pending ``auth`` is answered (bounded like a lane)."""
         held = self._held
         assert held is not None
@@ -725,7 +737,11 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
                 self._pending_bytes = 0
             else:
                 for frame in held:
-                    self._route(frame, counted=True)
+                    if type(frame) is DataFrame:
+                        self._route(frame, counted=True)
+                    else:
+                        self._pending_bytes -= frame.size
+                        methods.receive(self, frame)  # type: ignore[arg-type]
 
     def _watch_revocation(self, user: Any) -> None:
         from .messages import get_bus

@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .exceptions import InvalidMessage, StreamingError, UnknownClass
+from .fairness import turn_due
 from .lane import Lane
 from .protocol import ErrorCode, MethodFrame, echo, encode_method
 from .serialization import MAX_ERRORS, SerializableEntity, decode_object, encode_object
@@ -604,9 +605,29 @@ class Call:
         self.invalid: list[dict[str, Any]] | None = None
 
     def send(self, text: str) -> bool:
+        """Queue one of the call's frames; False if it was not (the call ended, the socket
+        is closing). A frame larger than the server may send fails the call instead,
+        ``message_too_large`` with its id, and ends it: a stream stops at that value."""
         if self.ended:
             return False
-        return self.calls.consumer.send_text(text, self.endpoint)
+        consumer = self.calls.consumer
+        size = consumer.oversize(text)
+        if size:
+            limit = consumer._max_send
+            logger.warning(
+                "%s.%s: a %d-byte frame is larger than the server may send (%d bytes); "
+                "the call fails",
+                self.slot.cls.__qualname__,
+                self.spec.name,
+                size,
+                limit,
+            )
+            self.fail(
+                ErrorCode.MESSAGE_TOO_LARGE,
+                f"A frame of {size} bytes is larger than the server may send ({limit} bytes).",
+            )
+            return False
+        return consumer.send_text(text, self.endpoint)
 
     def fail(
         self,
@@ -714,7 +735,12 @@ class Call:
         except asyncio.CancelledError:
             raise
         except SerializableException as exc:
-            self.fail(ErrorCode.EXCEPTION, exc.message, exception=exc.to_wire())
+            try:
+                wire = exc.to_wire()
+            except Exception:  # a field that is no wire value: a bug of the method's
+                self._internal_error()
+            else:
+                self.fail(ErrorCode.EXCEPTION, exc.message, exception=wire)
         except StreamingError as exc:
             if exc.code in _WIRE_CODES:  # on purpose: InvalidMessage, Forbidden, ...
                 self.fail(exc.code, exc.detail, errors=getattr(exc, "errors", None))
@@ -732,7 +758,12 @@ class Call:
 
     async def _stream(self, iterator: Any) -> None:
         """Send the iterator's values, never past the client's credit: without credit the
-        iterator is not advanced. The iterator is closed however this ends."""
+        iterator is not advanced. The iterator is closed however this ends.
+
+        Fair: with credit, a generator that does not await and a send that does not wait
+        (a client reading as fast) never suspend; the loop yields to the event loop every
+        ``FAIR_SLICE`` of busy time in the process (``streaming.fairness``)."""
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 while self.credit <= 0:
@@ -749,7 +780,9 @@ class Call:
                     return
                 self.credit -= 1
                 if not self.send(encode_method("value", self.id, value_json(value))):
-                    return  # the socket is closing
+                    return  # the socket is closing, or the call failed
+                if turn_due(loop.time()):  # the other sockets' turn (FAIR_SLICE)
+                    await asyncio.sleep(0)
         finally:
             aclose = getattr(iterator, "aclose", None)
             if aclose is not None:

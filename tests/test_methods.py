@@ -598,3 +598,114 @@ async def test_a_value_that_cannot_be_sent_is_an_internal_error(caplog):
             await call(comm, "odd", "o", endpoint="unsendable")
             await failure(comm, "o", "internal_error")
         assert "Unsendable.odd raised" in caplog.text
+
+
+# -- what cannot be sent, and fairness (an attacker's review, 2026-11-30) ---------------------
+
+
+class Oversized(Endpoint):
+    @streaming_method
+    async def big(self, session, size: int) -> str:
+        return "x" * size
+
+    @streaming_method
+    async def big_stream(self, session, size: int) -> AsyncIterator[str]:
+        try:
+            yield "first"
+            yield "x" * size
+            Probe.produced += 1  # never: the stream ended at the value it could not send
+            yield "third"
+        finally:
+            Probe.finished.set()
+
+    @streaming_method
+    async def big_failure(self, session, size: int) -> str:
+        raise OutOfInk("Too much ink.", color="x" * size, left=0, last=Note(text="bye"))
+
+    @streaming_method
+    async def odd_failure(self, session) -> str:
+        raise OutOfInk("Odd ink.", color="red", left=0, last={"not": {1, 2}})
+
+
+async def test_a_value_too_large_to_send_fails_the_call_with_its_id():
+    """Seen: a result, a stream's value or an exception's fields larger than the server may
+    send (MAX_SEND_BYTES) got an ``error message_too_large`` without the call's id and then
+    nothing: the client's call waited for ever; a stream went on to ``done``, its values
+    after the large one produced and lost without a word.
+    Expected: ``fail message_too_large`` for that call; a stream ends there."""
+    from streaming.conf import streaming_settings
+
+    size = streaming_settings.MAX_SEND_BYTES + 1
+    async with socket(endpoints=[Oversized]) as comm:
+        await call(comm, "big", "b", {"size": size}, endpoint="oversized")
+        args = await failure(comm, "b", "message_too_large")
+        assert str(streaming_settings.MAX_SEND_BYTES) in args["message"].replace(",", "")
+        await call(comm, "big_stream", "s", {"size": size}, endpoint="oversized")
+        frame = await reply(comm)
+        assert (frame.command, frame.id, frame.args["value"]) == ("value", "s", "first")
+        await failure(comm, "s", "message_too_large")
+        async with asyncio.timeout(10):
+            await Probe.finished.wait()  # the generator was closed there
+        assert Probe.produced == 0
+        await call(comm, "big_failure", "f", {"size": size}, endpoint="oversized")
+        await failure(comm, "f", "message_too_large")
+        await call(comm, "big", "small", {"size": 10}, endpoint="oversized")
+        assert await result(comm, "small") == "x" * 10
+
+
+async def test_an_exception_whose_fields_cannot_be_sent_is_an_internal_error(caplog):
+    """Seen: a SerializableException with a field that is no wire value (a set): its
+    ``to_wire`` raised inside the handler and the call got no answer at all.
+    Expected: ``fail internal_error``, logged with the traceback."""
+    async with socket(endpoints=[Oversized]) as comm:
+        with caplog.at_level(logging.ERROR, logger="streaming.methods"):
+            await call(comm, "odd_failure", "o", endpoint="oversized")
+            await failure(comm, "o", "internal_error")
+        assert "Oversized.odd_failure raised" in caplog.text
+
+
+async def test_many_streams_of_one_socket_give_the_event_loop_its_turns(settings):
+    """Seen (uvicorn and daphne, a client reading as fast as values come and granting
+    credit): each stream with credit sent values without suspending (the generator, the
+    credit and the server's send all ready), every ready stream in the same turn of the
+    event loop: 16 streams with credit 1,024 held the process for their 16,384 values
+    (another socket's pings waited 146 ms on uvicorn; 627 ms with 256 streams). Here the
+    send queue is made too large to fill, as a fast reader keeps it.
+    Expected: the streams yield to the event loop every FAIR_SLICE: a callback scheduled
+    as they start runs long before they have produced their credit."""
+    from streaming.methods import MAX_CREDIT
+
+    settings.STREAMING = {"SEND_QUEUE_LIMIT": 10**6, "SEND_QUEUE_BYTES": 1 << 30}
+    streams = 16
+    async with socket() as comm:
+        loop = asyncio.get_running_loop()
+        for i in range(streams):
+            await call(comm, "endless", f"e{i}", credit=MAX_CREDIT)
+        await asyncio.wait_for(Probe.started.wait(), 10)
+        produced: asyncio.Future = loop.create_future()
+        loop.call_soon(lambda: produced.set_result(Probe.produced))
+        before = await asyncio.wait_for(produced, 10)
+    assert before < streams * MAX_CREDIT // 2, f"{before} values before another task's turn"
+
+
+class Whoami(Endpoint):
+    @streaming_method
+    async def whoami(self, session) -> int | None:
+        return session.auth.authenticated_user_id
+
+
+async def test_a_call_after_an_auth_waits_for_its_answer(make_user):
+    """Seen: data frames after an ``auth`` wait for its answer, but calls did not: a call
+    sent right after signing in ran as the anonymous user (``not_authenticated``), one
+    sent right after signing out ran as the user who signed out.
+    Expected: a call after ``auth`` runs under the identity the ``auth`` answered."""
+    alice, alice_key = await make_user("alice", password=None)
+    async with socket(endpoints=[Whoami]) as comm:
+        await comm.send_command("auth", {"key": alice_key})
+        await call(comm, "whoami", "w", endpoint="whoami")
+        assert (await comm.receive_command("auth"))["user_id"] == alice.pk
+        assert await result(comm, "w") == alice.pk
+        await comm.send_command("auth", {"key": None})
+        await call(comm, "whoami", "x", endpoint="whoami")
+        assert (await comm.receive_command("auth"))["user_id"] is None
+        assert await result(comm, "x") is None
