@@ -81,6 +81,13 @@ DEFAULTS: dict[str, Any] = {
     "HEALTH_TIMEOUT": 2.0,
 }
 
+#: Lower bounds beyond "positive", and why.
+_MINIMUMS = {"MAX_SEND_BYTES": 4096}
+_MINIMUM_WHY = {
+    "MAX_SEND_BYTES": "The answer to a frame too large to send (message_too_large, with an "
+    "id of up to 128 characters) must itself fit.",
+}
+
 _TYPES: dict[str, tuple[type, ...]] = {
     "ENDPOINTS": (list, tuple),
     "MAX_MESSAGE_BYTES": (int,),
@@ -150,6 +157,14 @@ def problems() -> list[tuple[str, str, str]]:
                     "streaming.E002",
                     "STREAMING['ENDPOINTS'] must list dotted paths (strings).",
                     'For example ["myapp.endpoints.ChatEndpoint"].',
+                )
+            )
+        elif key in _MINIMUMS and isinstance(value, int) and value < _MINIMUMS[key]:
+            found.append(
+                (
+                    "streaming.E002",
+                    f"STREAMING[{key!r}] must be at least {_MINIMUMS[key]}.",
+                    _MINIMUM_WHY[key],
                 )
             )
         elif isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:

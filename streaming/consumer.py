@@ -163,6 +163,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         self._max_pending = 0
         self._max_pending_bytes = 0
         self._max_send = 0
+        self._refusing = False  # answering a frame too large to send (send_text)
         self._calls: methods.Calls | None = None  # streaming-method calls (streaming.methods)
 
     # -- ASGI plumbing ------------------------------------------------------------------
@@ -258,6 +259,15 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             return False
         size = self.oversize(text)
         if size:
+            if self._refusing:  # the answer below is itself too large: not answered again
+                logger.error(
+                    "%s: even the message_too_large answer (%d bytes) is larger than the "
+                    "server may send (%d bytes); raise daphne's --websocket-max-message-size",
+                    self.scope.get("client"),
+                    size,
+                    self._max_send,
+                )
+                return False
             logger.warning(
                 "%s: not sending a %d-byte frame of endpoint %s (limit %d bytes)",
                 self.scope.get("client"),
@@ -265,12 +275,16 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
                 endpoint,
                 self._max_send,
             )
-            self.send_error(
-                ErrorCode.MESSAGE_TOO_LARGE,
-                f"A message of {size} bytes is larger than the server may send "
-                f"({self._max_send} bytes); it was not sent.",
-                endpoint=endpoint,
-            )
+            self._refusing = True
+            try:
+                self.send_error(
+                    ErrorCode.MESSAGE_TOO_LARGE,
+                    f"A message of {size} bytes is larger than the server may send "
+                    f"({self._max_send} bytes); it was not sent.",
+                    endpoint=endpoint,
+                )
+            finally:
+                self._refusing = False
             return False
         if not outbox.put(text):
             return False

@@ -622,9 +622,16 @@ class Call:
                 size,
                 limit,
             )
-            self.fail(
-                ErrorCode.MESSAGE_TOO_LARGE,
-                f"A frame of {size} bytes is larger than the server may send ({limit} bytes).",
+            self.end()  # first: the answer below is sent once, whatever its own size
+            consumer.send_text(
+                encode_method(
+                    "fail",
+                    self.id,
+                    code=str(ErrorCode.MESSAGE_TOO_LARGE),
+                    message=f"A frame of {size} bytes is larger than the server may send "
+                    f"({limit} bytes).",
+                ),
+                self.endpoint,
             )
             return False
         return consumer.send_text(text, self.endpoint)

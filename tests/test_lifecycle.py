@@ -273,11 +273,11 @@ async def test_error_frames_repeat_at_most_a_short_prefix_of_client_values():
 
 
 async def test_a_message_too_large_to_send_gets_an_error_that_fits(settings):
-    settings.STREAMING = {"MAX_SEND_BYTES": 1000}
+    settings.STREAMING = {"MAX_SEND_BYTES": 4096}
 
     class BigEndpoint(Endpoint):
         async def handle_stream_message(self, session, message):
-            sent = await self.send_stream_message(session, Note(text="é" * 600))
+            sent = await self.send_stream_message(session, Note(text="é" * 2100))
             await self.send_stream_message(session, Note(text=f"sent={sent}"))
 
     async with StreamingCommunicator(endpoints=[BigEndpoint]) as comm:
@@ -286,6 +286,30 @@ async def test_a_message_too_large_to_send_gets_an_error_that_fits(settings):
         assert error["endpoint"] == "big"
         assert await comm.receive_message("big") == Note(text="sent=False")
         await comm.assert_nothing_received()
+
+
+async def test_an_answer_too_large_to_send_is_not_answered_again(settings, caplog):
+    """The server's own limit (daphne's --websocket-max-message-size) may be below what the
+    ``message_too_large`` answer takes. Seen: the answer, too large itself, was answered
+    again, a thousand times, until a RecursionError: the client got nothing and the log a
+    thousand warnings. Expected: one warning, one error naming the limit to raise, and the
+    socket goes on (it answers a ping)."""
+    settings.STREAMING = {"MAX_SEND_BYTES": 4096}
+
+    class BigEndpoint(Endpoint):
+        async def handle_stream_message(self, session, message):
+            await self.send_stream_message(session, Note(text="x" * 200))
+
+    async with StreamingCommunicator(endpoints=[BigEndpoint]) as comm:
+        from streaming.connections import get_connections
+
+        (consumer,) = get_connections().live()
+        consumer._max_send = 100  # as daphne's own limit would set it
+        with caplog.at_level(logging.WARNING, logger="streaming.consumer"):
+            await comm.send_message("big", Note(text="go"))
+            await comm.ping()
+        assert caplog.text.count("not sending") == 1, caplog.text[:500]
+        assert "--websocket-max-message-size" in caplog.text
 
 
 # -- streaming.testing -----------------------------------------------------------------

@@ -606,6 +606,7 @@ async def test_a_value_that_cannot_be_sent_is_an_internal_error(caplog):
 class Oversized(Endpoint):
     @streaming_method
     async def big(self, session, size: int) -> str:
+        Probe.started.set()  # the call's task sends its answer before the test runs again
         return "x" * size
 
     @streaming_method
@@ -709,3 +710,21 @@ async def test_a_call_after_an_auth_waits_for_its_answer(make_user):
         await call(comm, "whoami", "x", endpoint="whoami")
         assert (await comm.receive_command("auth"))["user_id"] is None
         assert await result(comm, "x") is None
+
+
+async def test_a_fail_too_large_to_send_is_not_answered_again(caplog):
+    """Under a server limit below what the ``message_too_large`` answer takes (daphne's own
+    --websocket-max-message-size), that answer was answered again, a thousand times, until
+    a RecursionError. Expected: the call ends, the socket goes on."""
+    from streaming.connections import get_connections
+
+    async with socket(endpoints=[Oversized]) as comm:
+        (consumer,) = get_connections().live()
+        consumer._max_send = 100
+        with caplog.at_level(logging.WARNING):
+            await call(comm, "big", "b" * 100, {"size": 200}, endpoint="oversized")
+            await asyncio.wait_for(Probe.started.wait(), 10)
+            await comm.ping()
+        assert "RecursionError" not in caplog.text
+        assert caplog.text.count("the call fails") == 1, caplog.text[:500]
+        assert not consumer._calls.live

@@ -83,6 +83,7 @@ def test_every_unknown_key_is_reported():
         {"MAX_MESSAGE_BYTES": True},
         {"MAX_MESSAGE_BYTES": 0},
         {"SEND_QUEUE_LIMIT": -1},
+        {"MAX_SEND_BYTES": 4095},  # the answer to a frame too large to send must fit
         {"RATE_LIMIT_PER_SECOND": "fast"},
         {"RATE_LIMIT_BURST": None},
         {"PUBLISH_TIMEOUT": "2"},
