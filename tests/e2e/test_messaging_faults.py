@@ -1,6 +1,8 @@
 """Redis stops and comes back: local messaging goes on, cross-server posts fail fast
 with a clear error, sockets stay up, subscriptions return by themselves."""
 
+import json
+
 import pytest
 
 from tests.e2e.redis_support import (
@@ -8,6 +10,7 @@ from tests.e2e.redis_support import (
     connect,
     join,
     recv_endpoint,
+    recv_json,
     room_post,
     wait_numsub,
 )
@@ -97,3 +100,50 @@ async def test_post_outside_a_session_raises_messaging_unavailable(settings):
         await bus.aclose()
     finally:
         messages.reset_bus()
+
+
+@pytest.mark.xfail(
+    reason="known defect, not fixed (docs/reliability.md, 'Redis restarted mid-run'): a post "
+    "published while another server's subscription is not yet back reaches no one, and the "
+    "poster is not told",
+    strict=False,  # which side of the return a post lands on is the machine's timing
+)
+async def test_a_post_while_a_subscription_returns_arrives_or_its_poster_is_told(
+    django_db_setup,
+):
+    """Redis restarts; right after it is back, a socket on server B posts to a room a socket
+    on server A listens to, then, once both servers are subscribed again, posts once more.
+
+    Seen (an attacker's review, 200 posts/s across the restart): about one second of posts
+    (206 and 221 of 1,200 in two runs) reached no listener, and the poster was told of none:
+    B's publish succeeds as soon as Redis is back, while A's subscription returns only about
+    1 s later (channels-redis' receive task waits 1 s after its connection fails), and a
+    Redis PUBLISH with no subscriber is not an error.
+    Expected: the first post reaches A's socket, or B's socket gets an error for it."""
+    from tests.support.servers import UvicornServer
+
+    rs = RedisServer().start()
+    try:
+        env = {"REDIS_URL": rs.url}
+        with UvicornServer(env=env) as a, UvicornServer(env=env) as b:
+            async with connect(a.ws_url) as listener, connect(b.ws_url) as poster:
+                await join(listener, "gap")
+                rs.stop()
+                rs = RedisServer(port=rs.port).start()
+                await poster.send(room_post("gap", "during the return"))
+                await wait_numsub(rs.url, "room:gap", 1, timeout=30)
+                await poster.send(room_post("gap", "after the return"))
+                frame = await recv_endpoint(listener, "room")
+                if frame["object"]["data"]["text"] == "during the return":
+                    return
+                assert frame["object"]["data"]["text"] == "after the return", frame
+                # The first post never came: its poster must have been told. Its outcome
+                # was settled before the second post's (publishes go out in order).
+                await poster.send(json.dumps({"command": "ping", "args": {}}))
+                told = []
+                while (frame := await recv_json(poster)).get("command") != "pong":
+                    if frame.get("command") == "error":
+                        told.append(frame)
+                assert told, "a post reached no one, and its poster was not told"
+    finally:
+        rs.stop()
