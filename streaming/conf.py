@@ -68,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "PUBLISH_TIMEOUT": 2.0,
     # Messages buffered per `session.messages.listen()` iterator.
     "LISTEN_QUEUE_LIMIT": 1024,
+    "MAX_LISTENERS_PER_SOCKET": 1024,
     # Alias in CHANNEL_LAYERS that carries messages between servers.
     "CHANNEL_LAYER": "default",
     # Seconds between re-joins of the bus's groups (channel-layer memberships expire).
@@ -111,6 +112,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "USER_RECHECK_INTERVAL": (int, float, type(None)),
     "PUBLISH_TIMEOUT": (int, float),
     "LISTEN_QUEUE_LIMIT": (int,),
+    "MAX_LISTENERS_PER_SOCKET": (int, type(None)),
     "CHANNEL_LAYER": (str,),
     "GROUP_REFRESH_INTERVAL": (int, float),
     "METRICS": (bool,),

@@ -292,6 +292,22 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             metrics.frame_sent(endpoint)
         return True
 
+    def listener_count(self) -> int:
+        """The bus listeners of this socket: its own, its endpoints' sessions', its calls'
+        sessions' (bounded by ``MAX_LISTENERS_PER_SOCKET``)."""
+        from .messages import get_bus
+
+        bus = get_bus()
+        count = bus.listeners_of(self)
+        for slot in self._slots.values():
+            if slot.session is not None:
+                count += bus.listeners_of(slot.session)
+        if self._calls is not None:
+            for call in self._calls.live:
+                if call.session is not None:
+                    count += bus.listeners_of(call.session)
+        return count
+
     def oversize(self, text: str) -> int:
         """The size in bytes of frame ``text`` if it is larger than the server may send
         (``MAX_SEND_BYTES``, or the server's own limit), else 0."""

@@ -50,7 +50,12 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from . import metrics, sparse
 from .conf import streaming_settings
 from .eager import Done
-from .exceptions import InvalidChannelName, MessagingNotGlobal, MessagingUnavailable
+from .exceptions import (
+    InvalidChannelName,
+    MessagingNotGlobal,
+    MessagingUnavailable,
+    RateLimited,
+)
 from .lane import Lane
 from .publish import Publisher, publisher_for
 from .serialization import SerializableEntity, cache_wire, decode_object_json, encode_object
@@ -235,6 +240,10 @@ class MessageBus:
     def channels_of(self, owner: Any) -> set[str]:
         """The channels ``owner`` listens on."""
         return {channel for channel, _ in self._pairs(id(owner))}
+
+    def listeners_of(self, owner: Any) -> int:
+        """How many listeners ``owner`` has added (and not removed)."""
+        return len(self._pairs(id(owner)))
 
     async def wait_joined(self, channels: set[str] | list[str]) -> None:
         """Return once every one of ``channels`` (that still has listeners) is joined.
@@ -690,6 +699,19 @@ class _Inbox:
         return item
 
 
+def _check_room(session: StreamingSession) -> None:
+    """Refuse a listener past ``MAX_LISTENERS_PER_SOCKET`` for ``session``'s socket: what a
+    client can make its server listen to (Redis subscriptions, memory) stays bounded."""
+    limit = streaming_settings.MAX_LISTENERS_PER_SOCKET
+    connection = session._connection
+    if limit is None or connection is None:
+        return
+    if connection.listener_count() >= limit:
+        raise RateLimited(
+            f"This connection already has {limit} listeners (MAX_LISTENERS_PER_SOCKET)."
+        )
+
+
 class SessionMessages:
     """``session.messages``: the bus, with listeners owned by one session."""
 
@@ -706,8 +728,13 @@ class SessionMessages:
         return session
 
     def add_listener(self, channel: str, listener: Listener) -> ListenerHandle:
-        """Call ``listener(message)`` for each post to ``channel`` until the session closes."""
-        return get_bus().add_listener(channel, listener, owner=self._owner())
+        """Call ``listener(message)`` for each post to ``channel`` until the session closes.
+
+        Raises :class:`~streaming.exceptions.RateLimited` when the socket already holds
+        ``MAX_LISTENERS_PER_SOCKET`` listeners (its endpoints' sessions and its calls')."""
+        session = self._owner()
+        _check_room(session)
+        return get_bus().add_listener(channel, listener, owner=session)
 
     def remove_listener(self, channel: str, listener: Listener) -> None:
         session = self._session()
@@ -729,6 +756,7 @@ class SessionMessages:
         ``MessagingUnavailable`` from the iterator instead of silent loss.
         """
         session = self._owner()
+        _check_room(session)
         queue = _Inbox()
         limit = streaming_settings.LISTEN_QUEUE_LIMIT
         if self._queues is None:

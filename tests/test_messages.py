@@ -215,3 +215,44 @@ async def test_listeners_die_with_their_session(bus):
     assert len(refs) == 5
     assert bus.channels() == []
     assert all(ref() is None for ref in refs)
+
+
+class Join(SerializableEntity):
+    room: str
+
+
+async def test_the_listeners_of_one_socket_are_bounded(bus, settings):
+    """An endpoint that listens to whatever channel its client names (a room to join):
+    an attacker's review had one anonymous socket join 5,000 channels (5,000 Redis
+    subscriptions, 10 MB of server memory), without end. Expected: past
+    MAX_LISTENERS_PER_SOCKET, counted across the socket's sessions (its endpoints' and its
+    calls'), add_listener and listen raise RateLimited, which the client gets as
+    ``rate_limited``; the listeners go with the socket, and a new socket starts afresh."""
+    settings.STREAMING = {"MAX_LISTENERS_PER_SOCKET": 3}
+
+    class Rooms(Endpoint):
+        async def handle_stream_message(self, session, message):
+            if message.room.startswith("listen:"):
+                session.messages.listen(message.room)
+            else:
+                session.messages.add_listener(message.room, lambda message: None)
+            await self.send_stream_message(session, message)
+
+    class Other(Endpoint):
+        async def stream_opened(self, session):
+            session.messages.add_listener("other", lambda message: None)
+
+    async with StreamingCommunicator(endpoints=[Rooms, Other]) as comm:
+        await comm.sync("rooms")
+        for room in ("a", "listen:b"):  # with Other's, 3
+            await comm.send_message("rooms", Join(room=room))
+            assert (await comm.receive_message("rooms")).room == room
+        for room in ("c", "listen:d"):
+            await comm.send_message("rooms", Join(room=room))
+            error = await comm.receive_error("rate_limited")
+            assert "MAX_LISTENERS_PER_SOCKET" in error["message"]
+        assert bus.listener_count("c") == bus.listener_count("listen:d") == 0
+    assert bus.channels() == []
+    async with StreamingCommunicator(endpoints=[Rooms]) as comm:
+        await comm.send_message("rooms", Join(room="c"))
+        assert (await comm.receive_message("rooms")).room == "c"
