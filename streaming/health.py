@@ -40,7 +40,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_safe
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import REGISTRY
 
@@ -53,14 +53,14 @@ __all__ = ["ProbeMiddleware", "healthz", "metrics_view", "readyz", "redis_urls"]
 _PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP", "HTTP_FORWARDED")
 
 
-@require_GET
+@require_safe  # GET and HEAD: load balancers probe with either
 @never_cache
 async def healthz(request: HttpRequest) -> HttpResponse:
     """Liveness: the process serves."""
     return JsonResponse({"status": "ok"})
 
 
-@require_GET
+@require_safe
 @never_cache
 async def readyz(request: HttpRequest) -> HttpResponse:
     """Readiness: 200 if every check passed, else 503 with the failures named."""

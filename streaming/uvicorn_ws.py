@@ -51,9 +51,10 @@ Contract (what a client and the application see):
   written is sent (so unread client data cannot make the kernel reset the connection and
   drop the close frame), reads on and discards until the client closes its side, and aborts
   if that takes ``CLOSE_TIMEOUT`` (10 s): after a close frame, a failure (a keepalive timeout
-  included), a refused handshake or uvicorn's shutdown. A client that answers nothing holds
-  its socket at most twice that after the app's close: 10 s for its close reply, then 10 s
-  for its side of TCP.
+  included) or a refused handshake. A client that answers nothing holds its socket at most
+  twice that after the app's close: 10 s for its close reply, then 10 s for its side of
+  TCP. At uvicorn's shutdown every close, new or under way, waits at most
+  ``SHUTDOWN_CLOSE_TIMEOUT`` (1 s) more, so such a client cannot hold the process's exit.
 * Fair: a data ``send`` yields to the event loop when nothing of the process has for
   :data:`FAIR_SLICE` (5 ms; one clock for the process, ``streaming.fairness``), so an app
   sending in a loop to a client that reads as fast as it sends cannot hold every other
@@ -116,6 +117,9 @@ INBOX_BYTES = 64 * 1024
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CLOSE_TIMEOUT = 10.0
+#: What a close waits for the client at uvicorn's shutdown (the process is going: a client
+#: that neither reads nor closes must not hold its exit CLOSE_TIMEOUT longer).
+SHUTDOWN_CLOSE_TIMEOUT = 1.0
 
 # States.
 # CLOSE_SENT: the app closed, the client's reply is awaited; CLOSING: the TCP connection is
@@ -394,7 +398,11 @@ class WebSocketProtocol(asyncio.Protocol):
             if self._state != HEAD:  # an app holds the handshake: it hears now, not at TCP's end
                 self._disconnect(1012)
         if self._state < CLOSING:
-            self._close_transport()
+            self._close_transport(SHUTDOWN_CLOSE_TIMEOUT)
+        elif self._state == CLOSING and self._timer is not None:
+            # Already closing (the app's close, a drain's 1012): shorten what is left.
+            self._cancel_timer()
+            self._timer = self._call_later(SHUTDOWN_CLOSE_TIMEOUT, self._transport.abort)
 
     def data_received(self, data: bytes) -> None:
         if self._state >= CLOSING:
@@ -976,10 +984,10 @@ class WebSocketProtocol(asyncio.Protocol):
             return
         self._fail(1011, "keepalive ping timeout")
 
-    def _close_transport(self) -> None:
+    def _close_transport(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """End the TCP connection once what is written is sent; abort it if the client has
-        not read that and closed its side within ``CLOSE_TIMEOUT`` (a client that never
-        reads must not hold it).
+        not read that and closed its side within ``timeout`` (a client that never reads
+        must not hold it).
 
         Over TCP the end is a half-close (``write_eof``), then reading on, discarding, until
         the client closes its side: closing a socket with unread data would make the kernel
@@ -1006,7 +1014,7 @@ class WebSocketProtocol(asyncio.Protocol):
                     pass
         else:
             transport.close()
-        self._timer = self._call_later(CLOSE_TIMEOUT, transport.abort)
+        self._timer = self._call_later(timeout, transport.abort)
         drain, self._drain = self._drain, None  # a send waiting for room: the socket is gone
         if drain is not None and not drain.done():
             drain.set_result(None)

@@ -43,6 +43,16 @@ async def test_healthz():
 
 
 @pytest.mark.django_db
+async def test_the_probes_answer_head_as_get():
+    """Load balancers often probe with HEAD: it was 405 (the views took GET only), so every
+    server looked down to them (an operator's try). Expected: the status a GET gets."""
+    for path in ("/healthz", "/readyz"):
+        response = await AsyncClient().head(path)
+        assert response.status_code == 200, (path, response.status_code)
+    assert (await AsyncClient().post("/healthz")).status_code == 405
+
+
+@pytest.mark.django_db
 async def test_readyz_with_the_database_and_no_redis():
     response = await AsyncClient().get("/readyz")
     assert response.status_code == 200
