@@ -64,3 +64,38 @@ def test_1012_is_described_as_a_restart_and_is_not_an_auth_failure():
     assert reason.is_service_restart
     assert not reason.is_auth_failure
     assert not DisconnectReason.from_close(1001).is_service_restart
+
+
+async def test_a_1012_before_the_connection_is_up_is_backed_off():
+    """A draining server may accept a handshake and close it at once with 1012 (daphne's,
+    streaming/shutdown.py). Seen (a client robustness review): every such close was retried
+    at once, 5,849 attempts in 4 s against a server doing that for its whole drain.
+    Expected: a 1012 before the first pong is a failed attempt, backed off like any other;
+    only a 1012 on a connection that was up is retried at once."""
+    accepted = 0
+    backing_off = asyncio.Event()
+    delays: list[float | None] = []
+
+    async def refusing(ws):
+        nonlocal accepted
+        accepted += 1
+        await ws.close(1012)  # before any pong
+
+    async with serve(refusing, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        client = Client(f"http://127.0.0.1:{port}/")
+
+        def record(status):
+            if status is S.waiting_to_retry:
+                delays.append(client.retry_in_seconds)
+                backing_off.set()
+
+        client.add_streaming_connection_status_listener(record)
+        handler = StreamingConnectionHandler(client, min_delay=60, max_delay=120, jitter=0)
+        handler.start()
+        await asyncio.wait_for(backing_off.wait(), WAIT)
+        assert accepted == 1
+        assert client.disconnect_reason.code == 1012
+        assert delays[0] > 30  # the first failure's backoff, not an immediate retry
+        await handler.close()
+        await client.close()

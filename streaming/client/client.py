@@ -229,11 +229,16 @@ class Client:
             except Exception:
                 logger.exception("status listener %r raised", listener)
 
-    def _settle(self, reason: DisconnectReason) -> None:
-        """A link or an attempt ended: disconnected, or waiting_to_retry if a handler retries."""
+    def _settle(self, reason: DisconnectReason, *, connected: bool = False) -> None:
+        """A link or an attempt ended (``connected``: a link that was up): disconnected, or
+        waiting_to_retry if a handler retries."""
         self._disconnect_reason = reason
         handler = self._handler
-        delay = handler._after_loss(reason) if handler is not None and not self._closed else None
+        delay = (
+            handler._after_loss(reason, connected=connected)
+            if handler is not None and not self._closed
+            else None
+        )
         if delay is None:
             self._retry_at = None
             self._set_status(Status.disconnected)
@@ -543,6 +548,7 @@ class Client:
                 logger.exception("on_error callback %r raised", self.on_error)
 
     def _on_link_closed(self, link: _Link) -> None:
+        was_connected = link.first_pong.done() and not link.first_pong.cancelled()
         if self._link is link:
             self._link = None
         if link.heartbeat is not None:
@@ -560,7 +566,7 @@ class Client:
             link.ws.close_code, link.ws.close_reason or ""
         )
         logger.info("streaming connection to %s ended: %s", self.websocket_url, reason.message)
-        self._settle(reason)
+        self._settle(reason, connected=was_connected)
 
     # -- sending and the heartbeat ----------------------------------------------------------
 

@@ -173,13 +173,17 @@ class StreamingConnectionHandler:
 
     # -- called by the client ---------------------------------------------------------------
 
-    def _after_loss(self, reason: DisconnectReason) -> float | None:
-        """The delay before the next attempt, or None to stop (set when a link ends)."""
+    def _after_loss(self, reason: DisconnectReason, *, connected: bool = False) -> float | None:
+        """The delay before the next attempt, or None to stop (set when a link ends;
+        ``connected``: the link was up)."""
         if self._stopping or reason.by_client or reason.is_auth_failure:
             self._next_delay = None
             return None
-        if reason.is_service_restart:
-            self._next_delay = 0.0  # retry now: the server is restarting, others are up
+        if reason.is_service_restart and connected:
+            # Retry now: the server is restarting, others are up. A 1012 before the link
+            # was up is a failed attempt (a draining server refusing it): backed off, or
+            # the client would retry at once for as long as the drain lasts.
+            self._next_delay = 0.0
             return 0.0
         self._failures += 1
         self._next_delay = self.delay_for(self._failures)

@@ -55,6 +55,29 @@ async def test_a_1012_close_reconnects_at_once_and_1001_still_backs_off(server, 
         await page.evaluate("window.client.closeStreamingConnection()")
 
 
+async def test_a_1012_before_the_connection_is_up_is_backed_off(server, open_page):
+    """A draining server may accept a handshake and close it at once with 1012 (daphne's,
+    streaming/shutdown.py). Seen (a client robustness review): Chromium retried every such
+    close at once, 256 attempts in 3 s. Expected: a 1012 before the first pong is a failed
+    attempt, backed off like any other."""
+    accepted = 0
+
+    async def refusing(ws):
+        nonlocal accepted
+        accepted += 1
+        await ws.close(1012)  # before any pong
+
+    async with ws_server(refusing) as base_url:
+        page = await open_page(server.http_url)
+        await page.evaluate(f"(url) => window.start({{retry: {SLOW_RETRY}}}, url)", base_url)
+        await wait_states(page, "waitingToRetry")
+        log = await page.evaluate("window.statusLog")
+        waits = [(s["code"], s["retryInSeconds"]) for s in log if s["state"] == "waitingToRetry"]
+        assert waits == [(1012, 60)]
+        assert accepted == 1
+        await page.evaluate("window.client.closeStreamingConnection()")
+
+
 async def test_a_server_shut_down_by_sigterm_closes_the_page_with_1012(own_daphne, open_page):
     srv = await asyncio.to_thread(own_daphne)
     page = await open_page(srv.http_url)

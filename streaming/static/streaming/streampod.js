@@ -1544,8 +1544,11 @@ export class Client {
       return;
     }
     this._disconnectReason = new DisconnectReason(code, why);
-    // 1012: this server is restarting, others are up: come back now (not a failure).
-    const restart = code === CloseCode.SERVICE_RESTART;
+    // 1012 on a connection that was up: this server is restarting, others are up: come
+    // back now (not a failure). A 1012 before the connection was up is a failed attempt (a
+    // draining server refusing it): the backoff applies, or a client would retry it at once
+    // for as long as the drain lasts (thousands of times a second).
+    const restart = code === CloseCode.SERVICE_RESTART && conn.connected;
     const delay = restart ? 0 : backoffDelay(this._attempt, retry);
     if (!restart) this._attempt += 1;
     this._retryAt = performance.now() + delay * 1000;
