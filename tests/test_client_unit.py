@@ -516,3 +516,44 @@ async def test_close_while_waiting_to_retry_stops_the_handler():
     assert client.disconnect_reason.by_client
     assert client.retry_in_seconds is None
     await client.close()
+
+
+async def test_values_past_the_credit_fail_the_call_instead_of_filling_memory():
+    """A server that ignores the credit the client granted. Seen (a client robustness
+    review): with credit 64 and a reader that stopped after one value, 199,999 values
+    (32.7 MB) waited in the client. Expected: the call fails (``rate_limited``) at the
+    first value past the credit, and the client sends ``cancel``."""
+    from websockets.asyncio.server import serve
+
+    from streaming.client import CallFailed, Client
+
+    cancelled = asyncio.get_running_loop().create_future()
+
+    async def flooding(ws):
+        async for text in ws:
+            frame = json.loads(text)
+            if frame["command"] == "ping":
+                await ws.send(json.dumps({"command": "pong", "args": {}}))
+            elif frame["command"] == "call":
+                call_id = frame["args"]["id"]
+                for i in range(1000):
+                    value = {"command": "value", "args": {"id": call_id, "value": i}}
+                    await ws.send(json.dumps(value))
+            elif frame["command"] == "cancel" and not cancelled.done():
+                cancelled.set_result(frame["args"]["id"])
+
+    async with serve(flooding, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with Client(f"http://127.0.0.1:{port}/") as client:
+            await client.open_streaming_connection()
+            call = client.endpoint("numbers").count(credit=64)
+            stream = aiter(call)
+            assert await anext(stream) == 0  # then reads nothing more
+            while call._outcome is None:
+                call._changed.clear()
+                await asyncio.wait_for(call._changed.wait(), 10)
+            kind, error = call._outcome
+            assert kind == "error" and isinstance(error, CallFailed), call._outcome
+            assert error.code == "rate_limited"
+            assert await asyncio.wait_for(cancelled, 10) == call.id
+            assert len(call._values) <= 64

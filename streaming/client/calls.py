@@ -22,9 +22,11 @@ Contract:
   :meth:`Call.cancel`. The server then closes its generator.
 * Flow control: at most ``credit`` values (64) wait in the client for a stream's
   reader; the client grants the server more as the reader takes them, so a slow reader
-  slows the server's generator down instead of filling memory. Keyword arguments that are
-  async iterables are input streams: they are read only as fast as the server grants
-  credit, and their end (or exception) ends (fails) the stream on the server.
+  slows the server's generator down instead of filling memory. A value past the credit
+  (a server that does not keep to it) fails the call with ``rate_limited`` and cancels
+  it. Keyword arguments that are async iterables are input streams: they are read only as
+  fast as the server grants credit, and their end (or exception) ends (fails) the stream
+  on the server.
 """
 
 from __future__ import annotations
@@ -252,6 +254,25 @@ class Call:
             return
         command, args = frame.command, frame.args
         if command == "value":
+            if len(self._values) >= self.credit:
+                # Past the credit granted (what waits here is at most the credit when the
+                # server keeps to it): a server that does not must not fill this process.
+                self._end(
+                    (
+                        "error",
+                        CallFailed(
+                            "rate_limited",
+                            f"The server sent more than the {self.credit} values of credit "
+                            "granted; the call was cancelled.",
+                            endpoint=self.endpoint,
+                            id=frame.id,
+                        ),
+                    )
+                )
+                link = self._link
+                if link is not None:
+                    self._client._send_soon(link, encode_method("cancel", frame.id))
+                return
             try:
                 self._values.append(from_wire(args["value"]))
             except StreamingError as exc:

@@ -94,3 +94,47 @@ async def test_a_server_shut_down_by_sigterm_closes_the_page_with_1012(own_daphn
     )
     assert reason == ["the server is restarting (close code 1012)", True]
     await page.evaluate("window.client.closeStreamingConnection()")
+
+
+async def test_values_past_the_credit_fail_the_call_instead_of_filling_memory(server, open_page):
+    """A server that ignores the credit the page granted. Seen (a client robustness
+    review): 100,000 values waited in the page for a reader that had stopped. Expected:
+    the call rejects with CallFailed ``rate_limited`` at the first value past the credit,
+    the page sends ``cancel``, and at most the credit waits."""
+    cancelled = asyncio.get_running_loop().create_future()
+
+    async def flooding(ws):
+        async for text in ws:
+            frame = json.loads(text)
+            if frame["command"] == "ping":
+                await ws.send(PONG)
+            elif frame["command"] == "call":
+                call_id = frame["args"]["id"]
+                for i in range(1000):
+                    value = {"command": "value", "args": {"id": call_id, "value": i}}
+                    await ws.send(json.dumps(value))
+            elif frame["command"] == "cancel" and not cancelled.done():
+                cancelled.set_result(frame["args"]["id"])
+
+    async with ws_server(flooding) as base_url:
+        page = await open_page(server.http_url)
+        await page.evaluate("(url) => window.start({}, url)", base_url)
+        await wait_states(page, "connected")
+        await page.evaluate(
+            """async () => {
+                window.theCall = window.client.endpoint('numbers').call('count', {}, {credit: 64});
+                const iterator = window.theCall[Symbol.asyncIterator]();
+                window.first = (await iterator.next()).value;  // then reads nothing more
+            }"""
+        )
+        await page.wait_for_function("window.theCall._outcome !== null", timeout=20_000)
+        first, name, code, call_id, waiting = await page.evaluate(
+            """() => {
+                const error = window.theCall._outcome.error;
+                return [window.first, error && error.name, error && error.code,
+                        window.theCall.id, window.theCall._values.length];
+            }"""
+        )
+        assert (first, name, code) == (0, "CallFailed", "rate_limited")
+        assert await asyncio.wait_for(cancelled, 20) == call_id
+        assert waiting <= 64

@@ -1099,6 +1099,16 @@ export class MethodCall {
   _receive(command, args) {
     if (this._outcome !== null) return;
     if (command === "value") {
+      if (this._values.length >= this.credit) {
+        // Past the credit granted (what waits here is at most the credit when the server
+        // keeps to it): a server that does not must not fill the page's memory.
+        this._refused({
+          code: "rate_limited",
+          message: `The server sent more than the ${this.credit} values of credit granted; ` +
+            "the call was cancelled.",
+        });
+        return;
+      }
       try {
         this._values.push(callValue(args.value));
       } catch (error) {
