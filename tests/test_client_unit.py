@@ -526,21 +526,11 @@ async def test_values_past_the_credit_fail_the_call_instead_of_filling_memory():
     from websockets.asyncio.server import serve
 
     from streaming.client import CallFailed, Client
+    from tests.support.fake_servers import credit_ignoring
 
     cancelled = asyncio.get_running_loop().create_future()
 
-    async def flooding(ws):
-        async for text in ws:
-            frame = json.loads(text)
-            if frame["command"] == "ping":
-                await ws.send(json.dumps({"command": "pong", "args": {}}))
-            elif frame["command"] == "call":
-                call_id = frame["args"]["id"]
-                for i in range(1000):
-                    value = {"command": "value", "args": {"id": call_id, "value": i}}
-                    await ws.send(json.dumps(value))
-            elif frame["command"] == "cancel" and not cancelled.done():
-                cancelled.set_result(frame["args"]["id"])
+    flooding = credit_ignoring(cancelled)
 
     async with serve(flooding, "127.0.0.1", 0) as server:
         port = next(iter(server.sockets)).getsockname()[1]

@@ -6,6 +6,8 @@ import asyncio
 import json
 import signal
 
+from tests.support.fake_servers import credit_ignoring
+
 from .support import wait_states, ws_server
 
 #: A minimum delay far beyond the test's waits: only "no backoff" reconnects in time.
@@ -103,18 +105,7 @@ async def test_values_past_the_credit_fail_the_call_instead_of_filling_memory(se
     the page sends ``cancel``, and at most the credit waits."""
     cancelled = asyncio.get_running_loop().create_future()
 
-    async def flooding(ws):
-        async for text in ws:
-            frame = json.loads(text)
-            if frame["command"] == "ping":
-                await ws.send(PONG)
-            elif frame["command"] == "call":
-                call_id = frame["args"]["id"]
-                for i in range(1000):
-                    value = {"command": "value", "args": {"id": call_id, "value": i}}
-                    await ws.send(json.dumps(value))
-            elif frame["command"] == "cancel" and not cancelled.done():
-                cancelled.set_result(frame["args"]["id"])
+    flooding = credit_ignoring(cancelled)
 
     async with ws_server(flooding) as base_url:
         page = await open_page(server.http_url)
