@@ -333,7 +333,20 @@ class Outbox:
             self.discard()  # closed: nothing more goes out
 
     def _failed(self, message: dict[str, Any]) -> None:
-        """The server refused ``message``: close the socket (1011), never leave it mute."""
+        """The server refused ``message``: close the socket (1011), never leave it mute.
+
+        Called while the server's exception is handled. An ``OSError`` (uvicorn's
+        ``ClientDisconnected``, a reset) means the client is gone: an everyday event,
+        logged quietly and counted as the dropped connection it is (1006), nothing sent."""
+        closing = not self._closed  # else the close code is counted already
+        if isinstance(sys.exc_info()[1], OSError):
+            logger.info(
+                "send of %s failed: the client is gone (%r)", message["type"], sys.exc_info()[1]
+            )
+            self.discard()
+            if closing:
+                metrics.socket_close(1006)
+            return
         logger.warning(
             "send of %s failed; closing with %d and discarding %d queued frames",
             message["type"],
@@ -341,7 +354,6 @@ class Outbox:
             len(self),
             exc_info=True,
         )
-        closing = not self._closed  # else the close code is counted already
         self.discard()
         if message["type"] != "websocket.send":
             return  # the accept or the close itself failed: the transport is gone

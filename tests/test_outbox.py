@@ -233,3 +233,32 @@ async def test_an_unknown_send_runs_in_the_outboxs_own_task():
     assert not outbox.put("c") and overflows == [1]  # queued within one turn
     await outbox.wait_sent()
     assert len(seen) == 2 and caller not in seen
+
+
+def closes(code: str) -> float:
+    from streaming import metrics
+
+    count = metrics._closes.get(code)
+    return count.value if count is not None else 0
+
+
+async def test_a_client_gone_before_its_accept_is_a_1006_close_not_a_warning(caplog):
+    """Clients that vanish right after sending the upgrade request (a reconnect storm):
+    the server's send of the accept raises (uvicorn: ClientDisconnected, an OSError).
+    Seen (an operator's try, 50 such clients): 50 warnings with tracebacks saying
+    "closing with 1011", nothing closed with 1011, and no close counted at all. Expected:
+    one quiet line each, and the close counted as what it was, 1006 (the connection
+    dropped)."""
+    import logging
+
+    async def gone(message):
+        raise ConnectionResetError("the client is gone")
+
+    before = closes("1006")
+    outbox = Outbox(gone, 8, lambda: None, eager=True, gated=True)
+    with caplog.at_level(logging.INFO, logger="streaming.outbox"):
+        outbox.open()
+    assert outbox.closed
+    assert closes("1006") == before + 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert "the client is gone" in caplog.text
