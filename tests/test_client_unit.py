@@ -547,3 +547,26 @@ async def test_values_past_the_credit_fail_the_call_instead_of_filling_memory():
             assert error.code == "rate_limited"
             assert await asyncio.wait_for(cancelled, 10) == call.id
             assert len(call._values) <= 64
+
+
+async def test_messages_for_ever_new_endpoint_names_do_not_fill_the_client():
+    """A server that sends each message to another endpoint name. Seen (a client robustness
+    review): 100,000 names made 100,001 streams (227 MB), whatever ``buffer_size``.
+    Expected: past MAX_ENDPOINTS streams, a message for a new name is dropped and reported
+    on ``errors`` (``unknown_endpoint``)."""
+    from streaming.client import Client
+    from streaming.client.client import MAX_ENDPOINTS
+    from tests.support.fake_servers import many_endpoints
+
+    async with serve(many_endpoints(MAX_ENDPOINTS + 100), "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with Client(f"http://127.0.0.1:{port}/", raw=True) as client:
+            await client.open_streaming_connection()
+            stream = aiter(client.endpoint("e0").stream)
+            while (await asyncio.wait_for(anext(stream), 10)).data["n"] != -1:
+                pass
+            assert len(client._refs) == MAX_ENDPOINTS
+            errors = []
+            while len(errors) < 100:
+                errors.append(await asyncio.wait_for(anext(aiter(client.errors)), 10))
+            assert {error.code for error in errors} == {"unknown_endpoint"}

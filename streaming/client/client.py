@@ -67,6 +67,12 @@ _CLOSED_BY_CLIENT = DisconnectReason(1000, "closed by the client", by_client=Tru
 _CLOSE_TIMEOUT = 5.0
 
 
+
+#: Endpoint streams a client holds (the app's own included) past which a message for a new
+#: endpoint name is dropped and reported (``unknown_endpoint`` on ``errors``): else a server
+#: could fill the process with a stream per name.
+MAX_ENDPOINTS = 256
+
 class _Aborted(Exception):
     """close_streaming_connection() interrupted an opening handshake."""
 
@@ -536,6 +542,17 @@ class Client:
                     )
                 )
                 return
+        if frame.endpoint not in self._refs and len(self._refs) >= MAX_ENDPOINTS:
+            # A stream for each name the server sends would let a server fill this process.
+            self._report(
+                UndecodableMessage(
+                    "unknown_endpoint",
+                    f"A message for a new endpoint past the first {MAX_ENDPOINTS}; "
+                    "it was dropped.",
+                    endpoint=frame.endpoint[:64],
+                )
+            )
+            return
         self.endpoint(frame.endpoint).stream._put(obj)
 
     def _report(self, error: ReportedError) -> None:

@@ -200,3 +200,29 @@ async def test_socket_urls_backoff_and_option_checks(server, open_page):
         "shortest": [0.25, 0.5, 1, 15, 15],
         "refused": ["TypeError", "TypeError", "TypeError", "accepted"],
     }
+
+
+async def test_messages_for_ever_new_endpoint_names_do_not_fill_the_page(server, open_page):
+    """A server that sends each message to another endpoint name. Seen (a client robustness
+    review): 50,000 names made 50,001 endpoint streams in the page. Expected: past
+    MAX_ENDPOINTS streams, a message for a new name is dropped and reported on ``errors``
+    (``unknown_endpoint``)."""
+    from tests.support.fake_servers import many_endpoints
+
+    from .support import ws_server
+
+    async with ws_server(many_endpoints(356)) as base_url:
+        page = await open_page(server.http_url)
+        await page.evaluate("(url) => window.start({}, url)", base_url)
+        result = await page.evaluate(
+            """async () => {
+                for await (const message of window.client.endpoint('e0').stream) {
+                    if (message.data.n === -1) break;
+                }
+                return [window.client._endpoints.size, window.streampod.MAX_ENDPOINTS];
+            }"""
+        )
+        assert result == [256, 256]
+        await page.wait_for_function("window.errorsLog.length >= 100", timeout=20_000)
+        codes = await page.evaluate("window.errorsLog.map((e) => e.code)")
+        assert set(codes) == {"unknown_endpoint"}

@@ -31,3 +31,23 @@ def credit_ignoring(
                 cancelled.set_result(frame["args"]["id"])
 
     return handler
+
+
+def many_endpoints(count: int) -> Callable[[Any], Awaitable[None]]:
+    """A ``websockets`` handler that answers pings and, after the first, sends a data frame
+    for each of ``count`` endpoint names (``e0``, ``e1``...: ``{"n": i}``), then one more on
+    ``e0`` (``{"n": -1}``): once a client has that, it has handled every frame before it."""
+
+    async def handler(ws: Any) -> None:
+        first = True
+        async for text in ws:
+            if json.loads(text)["command"] != "ping":
+                continue
+            await ws.send(PONG)
+            if first:
+                first = False
+                for i, n in [*((i, i) for i in range(count)), (0, -1)]:
+                    data = {"endpoint": f"e{i}", "object": {"className": "Nx", "data": {"n": n}}}
+                    await ws.send(json.dumps(data))
+
+    return handler

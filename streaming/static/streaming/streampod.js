@@ -922,6 +922,9 @@ export class EndpointRef {
 
 /** Values a stream may have waiting in the page before the page grants more. */
 const DEFAULT_CREDIT = 64;
+/** Endpoint streams a client holds (the app's own included) past which a message for a
+ * new endpoint name is dropped and reported: else a server could fill the page. */
+export const MAX_ENDPOINTS = 256;
 const CALL_REPLIES = new Set(["value", "done", "fail", "credit"]);
 let lastCallId = 0;
 
@@ -1658,6 +1661,13 @@ export class Client {
         typeof object.className !== "string" || !isPlainObject(object.data)) {
       this._reportError(new MalformedFrame("The server sent a data frame without " +
         "endpoint, object.className and object.data."));
+      return;
+    }
+    if (!this._endpoints.has(endpoint) && this._endpoints.size >= MAX_ENDPOINTS) {
+      // A stream for each name the server sends would let a server fill the page.
+      this._reportError(new UndecodableMessage("unknown_endpoint",
+        `A message for a new endpoint past the first ${MAX_ENDPOINTS}; it was dropped.`,
+        {endpoint: endpoint.slice(0, 64)}));
       return;
     }
     let message;
