@@ -128,9 +128,17 @@ class Outbox:
             room.set()
 
     def __len__(self) -> int:
-        """Frames waiting (not counting one whose send is in progress)."""
+        """Data frames waiting (not counting one whose send is in progress, nor a queued
+        accept or close: the ``streampod_send_queue_frames`` gauge reads this)."""
         queue = self._queue
-        return len(queue) if queue is not None else 0
+        if not queue:
+            return 0
+        n = len(queue)
+        if type(queue[-1]) is int:  # the close, queued last
+            n -= 1
+        if queue[0] is _ACCEPT:  # the accept, queued first
+            n -= 1
+        return max(n, 0)
 
     @property
     def queued_bytes(self) -> int:

@@ -262,3 +262,19 @@ async def test_a_client_gone_before_its_accept_is_a_1006_close_not_a_warning(cap
     assert closes("1006") == before + 1
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     assert "the client is gone" in caplog.text
+
+
+async def test_a_queued_close_is_not_counted_as_a_frame():
+    """Seen (an operator's try): five sockets closed with 4013 for not reading showed
+    ``streampod_send_queue_frames 5`` with 0 bytes queued: the close markers counted as
+    frames. Expected: only data frames count."""
+    server, outbox, _ = make()
+    server.writable.clear()
+    assert outbox.put("a")  # in flight, suspended
+    assert outbox.put("b")
+    assert len(outbox) == 1
+    outbox.close(4013, discard_pending=True)
+    assert len(outbox) == 0 and outbox.queued_bytes == 0
+    server.writable.set()
+    await outbox.wait_sent()
+    assert server.texts() == ["a", "close 4013"]
