@@ -150,8 +150,17 @@ async def test_own_long_messages_stay_in_view_whatever_the_box_height(
         await page.screenshot(path=ARTIFACTS / f"chat-long-messages-{width_name(viewport)}.png")
 
         # Scrolled up on purpose, the conversation stays put when something arrives...
-        await page.locator("#messages").evaluate("(list) => { list.scrollTop = 0; }")
-        await page.wait_for_function("document.getElementById('messages').scrollTop === 0")
+        # The page decides to stop following in its scroll listener, which runs at the
+        # next frame, not when scrollTop is set: wait for the scroll event itself (this
+        # listener comes after the page's). Waiting for scrollTop alone let a message
+        # arrive first on a loaded machine (CI: scrolled back down, 279 px).
+        await page.locator("#messages").evaluate(
+            """(list) => new Promise((scrolled) => {
+                list.addEventListener("scroll", () => scrolled(), {once: true});
+                list.scrollTop = 0;
+            })"""
+        )
+        assert await page.locator("#messages").evaluate("(list) => list.scrollTop") == 0
         await say_over_socket(server, bob_key, alice.pk, "Are you reading?")
         await wait_bubbles(page, [*sent, "Got it, " + long_text(5, 200), "Are you reading?"])
         assert await page.locator("#messages").evaluate("(list) => list.scrollTop") == 0
