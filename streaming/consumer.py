@@ -286,7 +286,12 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             finally:
                 self._refusing = False
             return False
-        if not outbox.put(text):
+        return self.queue_text(text, endpoint)
+
+    def queue_text(self, text: str, endpoint: str | None = None) -> bool:
+        """:meth:`send_text` for a frame whose size is checked already (:meth:`oversize`)."""
+        outbox = self.outbox
+        if outbox is None or not outbox.put(text):
             return False
         if endpoint is not None:
             metrics.frame_sent(endpoint)

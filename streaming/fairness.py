@@ -6,8 +6,8 @@ while frames wait (a client flooding frames: the consumer's frame loop); a ``sen
 room in the buffer returns without suspending (an app sending in a loop to a client that
 reads as fast: Streampod's uvicorn protocol); a streaming method's generator with credit
 (``streaming.methods``: values that need no wait, to a client that reads and grants as
-fast). Each asks :func:`turn_due` after its
-work and, when it answers True, awaits ``asyncio.sleep(0)``.
+fast). Each asks :func:`turn_due` after its work and, when it answers True, awaits
+``asyncio.sleep(0)``.
 
 The clock is the process's, not a path's or a socket's. A slice is a stretch of one turn
 of the event loop (an iteration: the ready callbacks, then a poll for I/O): once a slice

@@ -634,7 +634,7 @@ class Call:
                 self.endpoint,
             )
             return False
-        return consumer.send_text(text, self.endpoint)
+        return consumer.queue_text(text, self.endpoint)  # its size checked just above
 
     def fail(
         self,

@@ -347,10 +347,9 @@ class Outbox:
         ``ClientDisconnected``, a reset) means the client is gone: an everyday event,
         logged quietly and counted as the dropped connection it is (1006), nothing sent."""
         closing = not self._closed  # else the close code is counted already
-        if isinstance(sys.exc_info()[1], OSError):
-            logger.info(
-                "send of %s failed: the client is gone (%r)", message["type"], sys.exc_info()[1]
-            )
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            logger.info("send of %s failed: the client is gone (%r)", message["type"], error)
             self.discard()
             if closing:
                 metrics.socket_close(1006)

@@ -66,12 +66,11 @@ _CLOSED_BY_CLIENT = DisconnectReason(1000, "closed by the client", by_client=Tru
 #: How long a closing handshake may take before the socket is simply dropped.
 _CLOSE_TIMEOUT = 5.0
 
-
-
 #: Endpoint streams a client holds (the app's own included) past which a message for a new
 #: endpoint name is dropped and reported (``unknown_endpoint`` on ``errors``): else a server
 #: could fill the process with a stream per name.
 MAX_ENDPOINTS = 256
+
 
 class _Aborted(Exception):
     """close_streaming_connection() interrupted an opening handshake."""
