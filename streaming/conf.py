@@ -73,6 +73,9 @@ DEFAULTS: dict[str, Any] = {
     "CHANNEL_LAYER": "default",
     # Seconds between re-joins of the bus's groups (channel-layer memberships expire).
     "GROUP_REFRESH_INTERVAL": 3600.0,
+    # Seconds between the bus's heartbeats to itself, where it cannot watch its Redis
+    # subscriber connections (streaming/watch.py): the core Redis layer, other layers.
+    "BUS_HEARTBEAT_INTERVAL": 1.0,
     # Prometheus metrics (streaming/metrics.py) recorded, and served on /metrics.
     "METRICS": True,
     # Bearer token that lets a non-loopback client read /metrics; None: the
@@ -115,6 +118,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "MAX_LISTENERS_PER_SOCKET": (int, type(None)),
     "CHANNEL_LAYER": (str,),
     "GROUP_REFRESH_INTERVAL": (int, float),
+    "BUS_HEARTBEAT_INTERVAL": (int, float),
     "METRICS": (bool,),
     "METRICS_TOKEN": (str, type(None)),
     "HEALTH_TIMEOUT": (int, float),

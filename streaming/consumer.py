@@ -49,7 +49,7 @@ import enum
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from channels.exceptions import StopConsumer
@@ -297,21 +297,35 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             metrics.frame_sent(endpoint)
         return True
 
+    def _listener_owners(self) -> Iterator[Any]:
+        """Whoever adds bus listeners for this socket: the socket itself (its revocation
+        listener), its scope (an ops socket's), its endpoints' and its calls' sessions."""
+        yield self
+        yield self.scope
+        for slot in self._slots.values():
+            if slot.session is not None:
+                yield slot.session
+        if self._calls is not None:
+            for call in self._calls.live:
+                if call.session is not None:
+                    yield call.session
+
     def listener_count(self) -> int:
         """The bus listeners of this socket: its own, its endpoints' sessions', its calls'
         sessions' (bounded by ``MAX_LISTENERS_PER_SOCKET``)."""
         from .messages import get_bus
 
         bus = get_bus()
-        count = bus.listeners_of(self)
-        for slot in self._slots.values():
-            if slot.session is not None:
-                count += bus.listeners_of(slot.session)
-        if self._calls is not None:
-            for call in self._calls.live:
-                if call.session is not None:
-                    count += bus.listeners_of(call.session)
-        return count
+        return sum(bus.listeners_of(owner) for owner in self._listener_owners())
+
+    def listens_to(self, channels: set[str]) -> bool:
+        """Whether this socket has a bus listener on one of ``channels``."""
+        from .messages import get_bus
+
+        bus = get_bus()
+        return any(
+            not channels.isdisjoint(bus.channels_of(owner)) for owner in self._listener_owners()
+        )
 
     def oversize(self, text: str) -> int:
         """The size in bytes of frame ``text`` if it is larger than the server may send

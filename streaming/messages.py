@@ -27,6 +27,11 @@ Contracts:
 * Posts from one sender to one channel arrive in order.
 * The bus's receiver and refresher are supervised: one that fails is logged and
   restarted.
+* A post lost because this server's subscription was down (Redis restarted, the
+  subscriber connection was cut) is never lost without a word: the bus's watch
+  (:mod:`streaming.watch`) sees the gap, and :meth:`MessageBus.subscription_lost`
+  closes every socket that listens with 1012, so that its client reconnects and reads
+  what it missed, and proves every join again.
 * Listeners are owned (by a session, or a connection): ``remove_owner`` drops all of
   an owner's listeners and leaves no group membership behind.
 """
@@ -59,6 +64,7 @@ from .exceptions import (
 from .lane import Lane
 from .publish import Publisher, publisher_for
 from .serialization import SerializableEntity, cache_wire, decode_object_json, encode_object
+from .watch import HEARTBEAT_TYPE, Watch, watch_for
 
 if TYPE_CHECKING:
     from .session import StreamingSession
@@ -121,11 +127,16 @@ class _Channel:
         self._waiter: asyncio.Event | None = None
 
     def set_joined(self) -> None:
-        """Joined in the cluster (or in-process only): wake whoever waits. One-way."""
+        """Joined in the cluster (or in-process only): wake whoever waits."""
         self.is_joined = True
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
             waiter.set()
+
+    def unjoin(self) -> None:
+        """No longer known to be joined (the subscription was down): joined again once
+        a probe comes back."""
+        self.is_joined = False
 
     async def wait_joined(self) -> None:
         """Return once :meth:`set_joined` has been called."""
@@ -172,6 +183,9 @@ class MessageBus:
         self._refresher: asyncio.Task[None] | None = None
         self._probes: dict[str, asyncio.Future[None]] = {}
         self.restarts = 0  # supervised loops restarted after a failure (tests, metrics)
+        self._watch: Watch | None = None  # made with the receiver: it needs the running loop
+        self._supervised: set[asyncio.Task[None]] = set()  # receiver, refresher, heartbeat
+        self.gaps = 0  # times the subscription was lost (subscription_lost)
         # Batched publishes (one round trip per loop turn) where the layer allows it.
         self._publisher: Publisher | None = publisher_for(layer) if self.cross_process else None
         self.posts_published = 0
@@ -432,6 +446,8 @@ class MessageBus:
                                 await self.layer.group_add(group_name(channel), self._channel_name)
                                 await self._probe(channel)
                                 self._joined.add(channel)
+                                if self._watch is not None:
+                                    self._watch.attach()  # the shard may be new
                             else:
                                 await self.layer.group_discard(
                                     group_name(channel), self._channel_name
@@ -498,10 +514,12 @@ class MessageBus:
             if self._channel_name is None:
                 self._channel_name = await self.layer.new_channel("streaming.bus.")
         if self._receiver is None:
-            self._receiver = self._supervise("receiver", self._receive_loop)
-            self._refresher = self._supervise("refresher", self._refresh_loop)
+            self._receiver = self.supervise("receiver", self._receive_loop)
+            self._refresher = self.supervise("refresher", self._refresh_loop)
+        if self._watch is None:
+            self.use_watch(watch_for(self, self.layer))
 
-    def _supervise(self, name: str, body: Callable[[], Any]) -> asyncio.Task[None]:
+    def supervise(self, name: str, body: Callable[[], Any]) -> asyncio.Task[None]:
         """Run ``body`` in a task that restarts it (logged) whenever it ends or fails."""
 
         async def supervisor() -> None:
@@ -524,7 +542,10 @@ class MessageBus:
                 self.restarts += 1
                 delay = 0.05
 
-        return asyncio.get_running_loop().create_task(supervisor())
+        task = asyncio.get_running_loop().create_task(supervisor())
+        self._supervised.add(task)
+        task.add_done_callback(self._supervised.discard)
+        return task
 
     async def _receive_loop(self) -> None:
         delay = 0.05
@@ -541,9 +562,63 @@ class MessageBus:
                 continue
             self._received(event)
 
+    # -- the subscription's gaps (streaming/watch.py) -----------------------------------------
+
+    def use_watch(self, watch: Watch) -> None:
+        """Watch the subscription with ``watch`` from now on (the bus's own choice, or a
+        watch's fallback); the watch it replaces stops telling the bus anything."""
+        old, self._watch = self._watch, watch
+        watch.start()
+        if old is not None:
+            old.stop()
+
+    def is_watched_by(self, watch: Watch) -> bool:
+        return self._watch is watch
+
+    async def send_to_self(self, event: dict[str, Any]) -> bool:
+        """Send ``event`` to this bus's own channel through the broker (a heartbeat);
+        False if that failed. A failure is not raised: the event is lost, which the
+        watch sees when a later one arrives."""
+        try:
+            async with asyncio.timeout(streaming_settings.PUBLISH_TIMEOUT):
+                await self.layer.send(self._channel_name, event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.debug("bus heartbeat not sent: %r", exc)
+            return False
+        return True
+
+    def subscription_lost(self, why: str) -> None:
+        """The subscription may have been down: posts from other servers may have reached
+        no listener here. Every socket that listens is closed with 1012 (its client
+        reconnects and reads what it missed), and every join is proven again by a probe
+        (``await handle`` and a new socket's handshake wait for it)."""
+        from .shutdown import close_listeners
+
+        channels = set(self._channels)
+        self.gaps += 1
+        metrics.bus_gap()
+        for channel in channels:
+            self._joined.discard(channel)
+            self._channels[channel].unjoin()
+            self._reconcile_soon(channel)
+        closed = close_listeners(channels)
+        logger.warning(
+            "bus: %s; posts from other servers may have been lost: %d socket(s) "
+            "listening to %d channel(s) closed with 1012",
+            why,
+            closed,
+            len(channels),
+        )
+
     def _received(self, event: dict[str, Any]) -> None:
         """Handle one event from the channel layer. Never raises, never waits."""
         kind = event.get("type")
+        if kind == HEARTBEAT_TYPE:
+            if event.get("origin") == self.id and self._watch is not None:
+                self._watch.heartbeat(event)
+            return
         if kind == PROBE_TYPE:
             if event.get("origin") == self.id:
                 future = self._probes.get(event.get("token"))  # type: ignore[arg-type]
@@ -583,15 +658,17 @@ class MessageBus:
         """Stop the bus's tasks (tests, shutdown)."""
         if self._publisher is not None:
             await self._publisher.aclose()
-        for task in (self._receiver, self._refresher, *self._reconcilers):
-            if task is not None:
-                task.cancel()
-        for task in (self._receiver, self._refresher, *self._reconcilers):
-            if task is not None:
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):
-                    pass
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()
+        tasks = (*self._supervised, *self._reconcilers)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
         self._receiver = self._refresher = None
 
 

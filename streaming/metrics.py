@@ -111,6 +111,7 @@ _deliveries = _Count()
 _bus_received = _Count()
 _publish_failures = _Count()
 _publish_batches = _Count()
+_bus_gaps = _Count()
 _publish_seconds = _Histogram()
 
 # The counts each label value (or close code) is bound to: the ones above, or _IDLE
@@ -188,6 +189,11 @@ def bus_published(seconds: float) -> None:
 def bus_publish_failed() -> None:
     if enabled():
         _publish_failures.value += 1
+
+
+def bus_gap() -> None:
+    if enabled():
+        _bus_gaps.value += 1
 
 
 def bus_publish_batch() -> None:
@@ -306,6 +312,9 @@ class _Collector(Collector):
              _publish_failures),
             ("streampod_bus_publish_batches",
              "Round trips of the batched publisher (one pipeline each).", _publish_batches),
+            ("streampod_bus_gaps",
+             "Times this process's bus subscription was lost (Redis restarted, the "
+             "connection was cut): its sockets that listen were closed with 1012.", _bus_gaps),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=count.value)
         cumulative, buckets = 0, []

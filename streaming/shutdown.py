@@ -63,7 +63,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("streaming.shutdown")
 
-__all__ = ["SERVICE_RESTART", "admit", "drain", "install_graceful_shutdown", "refuse_handshake"]
+__all__ = [
+    "SERVICE_RESTART",
+    "admit",
+    "close_listeners",
+    "drain",
+    "install_graceful_shutdown",
+    "refuse_handshake",
+]
 
 #: The close code of a graceful shutdown: "retry now, elsewhere".
 SERVICE_RESTART = CloseCode.SERVICE_RESTART
@@ -276,6 +283,27 @@ def close_for_restart(
         consumer.close_with(CloseCode.NORMAL if server == "daphne" else SERVICE_RESTART)
         return None
     return asyncio.get_running_loop().create_task(_daphne_close(consumer, protocol))
+
+
+# Closes under way (daphne's), referenced until done.
+_closing: set[asyncio.Task[None]] = set()
+
+
+def close_listeners(channels: set[str]) -> int:
+    """Close with 1012, after their queued frames, the open sockets that listen to any of
+    ``channels`` on the bus (the bus's subscription was down: they may have missed posts,
+    and their clients reconnect at once and read what they missed). Returns how many."""
+    if not channels:
+        return 0
+    closed = 0
+    for consumer in get_connections().live():
+        if consumer.listens_to(channels):
+            task = close_for_restart(consumer)
+            if task is not None:
+                _closing.add(task)
+                task.add_done_callback(_closing.discard)
+            closed += 1
+    return closed
 
 
 async def _daphne_close(consumer: StreamingConsumer, protocol: Any) -> None:

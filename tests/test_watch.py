@@ -1,0 +1,233 @@
+"""The bus's watch (streaming/watch.py): a lost subscription is seen, on a real Redis.
+
+Two buses on one private redis-server, as two servers: "b" listens, "a" posts. Cutting
+b's subscriber connection (``CLIENT KILL TYPE pubsub``) makes it miss posts for about a
+second while channels-redis reconnects; the watch must tell b's bus, which proves its
+join again. The socket side (closing with 1012) is tests/e2e/test_messaging_faults.py's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+import pytest
+import redis
+from channels_redis.core import RedisChannelLayer
+from channels_redis.pubsub import RedisPubSubChannelLayer, RedisSingleShardConnection
+from redis.asyncio.connection import AbstractConnection
+
+from streaming import watch
+from streaming.messages import MessageBus
+from streaming.watch import HeartbeatWatch, ReconnectWatch, watch_for
+from tests.support.servers import RedisServer
+from tests.test_bus_cluster import Inbox, Owner, Tick
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+def pubsub_layer(url: str, prefix: str) -> RedisPubSubChannelLayer:
+    return RedisPubSubChannelLayer(hosts=[{"address": url, "socket_timeout": None}], prefix=prefix)
+
+
+@pytest.fixture
+async def pair(redis_server):
+    prefix = f"w{uuid.uuid4().hex[:8]}"
+    layers = [pubsub_layer(redis_server.url, prefix) for _ in range(2)]
+    buses = [Watched(layer) for layer in layers]
+    yield buses
+    for bus in buses:
+        await bus.aclose()
+    for layer in layers:
+        await layer.flush()
+
+
+class Watched(MessageBus):
+    """A bus whose test can wait for its next lost subscription."""
+
+    def __init__(self, layer) -> None:
+        super().__init__(layer)
+        self.lost: list[str] = []
+        self._lost = asyncio.Event()
+        self.sent_ok = 0
+        self._sent = asyncio.Event()
+
+    async def send_to_self(self, event: dict) -> bool:
+        sent = await super().send_to_self(event)
+        self.sent_ok += sent
+        self._sent.set()
+        return sent
+
+    async def wait_sent_ok(self, count: int) -> None:
+        """Wait until ``count`` more heartbeats were published."""
+        until = self.sent_ok + count
+        async with asyncio.timeout(15):  # a failure guard
+            while self.sent_ok < until:
+                self._sent.clear()
+                await self._sent.wait()
+
+    def subscription_lost(self, why: str) -> None:
+        super().subscription_lost(why)
+        self.lost.append(why)
+        self._lost.set()
+
+    async def wait_lost(self) -> str:
+        async with asyncio.timeout(15):  # a failure guard, not a synchronisation
+            await self._lost.wait()
+        return self.lost[-1]
+
+
+async def wait_unsubscribed(url: str, channel: str) -> None:
+    """Wait until Redis has no subscriber to ``channel`` (a state, polled)."""
+    async with asyncio.timeout(15):  # a failure guard
+        while True:
+            with redis.Redis.from_url(url) as client:
+                if not dict(client.pubsub_numsub(channel))[channel.encode()]:
+                    return
+            await asyncio.sleep(0.01)
+
+
+def kill_subscribers(url: str) -> int:
+    with redis.Redis.from_url(url) as client:
+        return client.client_kill_filter(_type="pubsub")
+
+
+async def listen_and_cut(pair, url: str) -> tuple[Inbox, str]:
+    """b listens to a channel (joined: proven by its probe), then its subscriber
+    connection is cut."""
+    a, b = pair
+    inbox, name = Inbox(), f"user_{uuid.uuid4().hex[:8]}"
+    await b.add_listener(name, inbox, owner=Owner())
+    await a.post_message(name, Tick(n=1))
+    await inbox.wait_for(1)
+    assert b.lost == []  # joining is not a gap: the first connect is not a reconnect
+    assert kill_subscribers(url) >= 1
+    return inbox, name
+
+
+async def test_a_cut_subscriber_connection_is_seen_and_the_join_proven_again(
+    pair, redis_server
+):
+    a, b = pair
+    inbox, name = await listen_and_cut(pair, redis_server.url)
+    why = await b.wait_lost()
+    assert "reconnected" in why
+    assert b.gaps == 1
+    assert isinstance(b._watch, ReconnectWatch)
+    # The join is proven again (a probe came back), then posts arrive as before.
+    await b.wait_joined([name])
+    await a.post_message(name, Tick(n=2))
+    await inbox.wait_for(2)
+    assert b.gaps == 1  # one cut, one gap
+
+
+class CountedBeats(HeartbeatWatch):
+    """The heartbeat watch, with a way to wait for the heartbeats that came back."""
+
+    def __init__(self, bus: MessageBus) -> None:
+        super().__init__(bus)
+        self.changed = asyncio.Event()
+
+    def heartbeat(self, event: dict) -> None:
+        super().heartbeat(event)
+        self.changed.set()
+
+    async def wait_seen(self, count: int) -> None:
+        async with asyncio.timeout(15):  # a failure guard
+            while self._seen < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def test_the_heartbeat_sees_a_subscription_that_was_down(pair, redis_server, settings):
+    """The fallback, on the same real Redis: b watches with heartbeats instead, and its
+    subscription to its own channel is dropped (through channels-redis' own shard) until
+    a heartbeat has been published to no one, then taken again."""
+    settings.STREAMING = {"BUS_HEARTBEAT_INTERVAL": 0.05}
+    a, b = pair
+    inbox, name = Inbox(), f"user_{uuid.uuid4().hex[:8]}"
+    await b.add_listener(name, inbox, owner=Owner())
+    beats = CountedBeats(b)
+    b.use_watch(beats)
+    await beats.wait_seen(3)
+    assert b.lost == []  # heartbeats that all come back are no gap
+    shard = b.layer._get_layer()._get_shard(b._channel_name)
+    await shard.unsubscribe(b._channel_name)
+    await wait_unsubscribed(redis_server.url, b._channel_name)
+    await b.wait_sent_ok(1)  # published to no subscriber: lost
+    await shard.subscribe(b._channel_name)
+    why = await b.wait_lost()
+    assert "heartbeat" in why
+    assert b.gaps == 1
+    await b.wait_joined([name])
+    await a.post_message(name, Tick(n=2))
+    assert await inbox.wait_for(1) == [2]
+
+
+async def test_the_core_layer_is_watched_with_heartbeats(redis_server):
+    bus = MessageBus(RedisChannelLayer(hosts=[redis_server.url]))
+    assert isinstance(watch_for(bus, bus.layer), HeartbeatWatch)
+
+
+async def test_the_pubsub_layer_is_watched_at_its_connections(redis_server):
+    bus = MessageBus(pubsub_layer(redis_server.url, "w"))
+    assert isinstance(watch_for(bus, bus.layer), ReconnectWatch)
+
+
+# Where each internal of watch.USES is looked up (deleted from there to simulate a
+# release that renamed it).
+_OWNERS = {
+    "layer": RedisPubSubChannelLayer,
+    "shard": RedisSingleShardConnection,
+    "connection": AbstractConnection,
+}
+
+
+@pytest.mark.parametrize(
+    "role,attribute", [use for use in watch.USES if use[0] in _OWNERS], ids="{0[0]}.{0[1]}".format
+)
+async def test_a_missing_internal_falls_back_to_heartbeats(
+    role, attribute, redis_server, monkeypatch, caplog
+):
+    """Checked before a watch is handed out: the heartbeat, and one warning naming it."""
+    layer = pubsub_layer(redis_server.url, "w")
+    layer._get_layer()  # made before the internal goes (a shard sets _pubsub in __init__)
+    owner = _OWNERS[role]
+    if role == "shard":
+        for shard in layer._get_layer()._shards:
+            monkeypatch.delattr(shard, attribute)
+    else:
+        monkeypatch.delattr(owner, attribute)
+    bus = MessageBus(layer)
+    with caplog.at_level(logging.WARNING, logger="streaming.watch"):
+        chosen = watch_for(bus, layer)
+    assert isinstance(chosen, HeartbeatWatch)
+    assert attribute in caplog.text
+
+
+async def test_a_subscriber_connection_without_its_hook_falls_back_at_run_time(
+    pair, monkeypatch, caplog
+):
+    """A shard's PubSub exists only once it subscribed, so its internal is checked when
+    the watch attaches (after the bus's first join). One that is missing (a later
+    release's name stands in for it here) turns the bus to heartbeats, with one error."""
+    _, b = pair
+    renamed = tuple(
+        (role, "connection_of_a_later_release") if (role, attr) == ("pubsub", "connection")
+        else (role, attr)
+        for role, attr in watch.USES
+    )  # fmt: skip
+    monkeypatch.setattr(watch, "USES", renamed)
+    with caplog.at_level(logging.ERROR, logger="streaming.watch"):
+        await b.add_listener(f"user_{uuid.uuid4().hex[:8]}", Inbox(), owner=Owner())
+    assert isinstance(b._watch, HeartbeatWatch)
+    assert "connection_of_a_later_release" in caplog.text
+    assert "heartbeats instead" in caplog.text
