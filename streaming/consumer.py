@@ -299,9 +299,8 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
 
     def _listener_owners(self) -> Iterator[Any]:
         """Whoever adds bus listeners for this socket: the socket itself (its revocation
-        listener), its scope (an ops socket's), its endpoints' and its calls' sessions."""
+        listener), its endpoints' and its calls' sessions."""
         yield self
-        yield self.scope
         for slot in self._slots.values():
             if slot.session is not None:
                 yield slot.session
@@ -323,9 +322,8 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         from .messages import get_bus
 
         bus = get_bus()
-        return any(
-            not channels.isdisjoint(bus.channels_of(owner)) for owner in self._listener_owners()
-        )
+        owners = (*self._listener_owners(), self.scope)  # the scope: an ops socket's
+        return any(not channels.isdisjoint(bus.channels_of(owner)) for owner in owners)
 
     def oversize(self, text: str) -> int:
         """The size in bytes of frame ``text`` if it is larger than the server may send

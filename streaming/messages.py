@@ -39,6 +39,7 @@ Contracts:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -177,6 +178,7 @@ class MessageBus:
         self._joined: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._reconcilers: set[asyncio.Task[None]] = set()
+        self._waiting: set[str] = set()  # channels whose reconciler waits for the lock
         self._channel_name: str | None = None
         self._receiver_lock = asyncio.Lock()
         self._receiver: asyncio.Task[None] | None = None
@@ -422,6 +424,12 @@ class MessageBus:
             ) from None
 
     def _reconcile_soon(self, channel: str) -> None:
+        # One task per channel waits for its lock at most: it reads the state once it has
+        # the lock, so it covers every change made meanwhile (a flapping subscription
+        # would otherwise pile up a task per channel per gap: 181,866 in a review).
+        if channel in self._waiting:
+            return
+        self._waiting.add(channel)
         task = asyncio.get_running_loop().create_task(self._reconcile(channel))
         self._reconcilers.add(task)
         task.add_done_callback(self._reconcilers.discard)
@@ -430,7 +438,11 @@ class MessageBus:
         """Make group membership match whether ``channel`` has local listeners."""
         lock = self._locks.setdefault(channel, asyncio.Lock())
         try:
-            async with lock:
+            try:
+                await lock.acquire()
+            finally:
+                self._waiting.discard(channel)
+            async with _held(lock):
                 delay = 0.05
                 while True:
                     want = channel in self._channels
@@ -670,6 +682,15 @@ class MessageBus:
             except (asyncio.CancelledError, Exception):
                 pass
         self._receiver = self._refresher = None
+
+
+@contextlib.asynccontextmanager
+async def _held(lock: asyncio.Lock) -> AsyncIterator[None]:
+    """Release ``lock``, acquired already, on the way out."""
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 async def _wait(awaitable: Awaitable[Any]) -> None:

@@ -69,6 +69,7 @@ class Outbox:
         "_on_overflow",
         "_queue",
         "_room",
+        "_sealed",
         "_send",
         "_task",
         "byte_limit",
@@ -100,6 +101,7 @@ class Outbox:
         self._bytes = 0  # sys.getsizeof of the queued strings
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._sealed = False  # closed by seal(): a close may still be queued
         self._gated = gated
         self.sent = 0
         self._room: asyncio.Event | None = None  # see wait_room
@@ -214,9 +216,10 @@ class Outbox:
         Before :meth:`open`, the close still follows the accept: a client always sees
         the handshake complete, then the close code.
         """
-        if self._closed:
+        if self._closed and not self._sealed:
             return
         self._closed = True
+        self._sealed = False
         self._wake()
         metrics.socket_close(int(code))
         if discard_pending:
@@ -240,6 +243,14 @@ class Outbox:
             if head is _ACCEPT:
                 queue.append(_ACCEPT)
         self._bytes = 0
+
+    def seal(self) -> None:
+        """Take no more frames; what is queued still goes out. For a close frame the
+        caller sends itself once :meth:`wait_sent` returns (daphne's 1012): a frame put
+        after the decision to close never goes before it. :meth:`close` still works."""
+        if not self._closed:
+            self._closed = self._sealed = True
+            self._wake()
 
     def discard(self) -> None:
         """Drop everything: the socket is gone (or closed)."""

@@ -297,6 +297,9 @@ def close_listeners(channels: set[str]) -> int:
         return 0
     closed = 0
     for consumer in get_connections().live():
+        outbox = consumer.outbox
+        if outbox is None or outbox.closed:
+            continue  # closing already (an earlier gap's 1012, a 4013...)
         if consumer.listens_to(channels):
             task = close_for_restart(consumer)
             if task is not None:
@@ -308,9 +311,17 @@ def close_listeners(channels: set[str]) -> int:
 
 async def _daphne_close(consumer: StreamingConsumer, protocol: Any) -> None:
     outbox = consumer.outbox
-    if outbox is None:
-        return
-    await outbox.wait_sent()
+    if outbox is None or outbox.closed:
+        return  # closing already
+    # Nothing put from now on goes out before the 1012: a client that reconnects on it
+    # and reads what it missed "after the last message it got" must not have been sent
+    # newer ones first. A client that does not read gets the close anyway, after
+    # SHUTDOWN_GRACE_PERIOD, without what was still queued.
+    outbox.seal()
+    try:
+        await asyncio.wait_for(outbox.wait_sent(), streaming_settings.SHUTDOWN_GRACE_PERIOD)
+    except TimeoutError:
+        pass
     if consumer.outbox is not outbox or protocol.state != protocol.STATE_OPEN:
         # Torn down meanwhile, or still in its handshake (stream_opened running): a
         # refused close code would fail there, so the ASGI close (1000) goes instead.

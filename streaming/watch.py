@@ -108,12 +108,22 @@ class ReconnectWatch:
         """redis-py's connect callback: ``connection`` has just (re)connected. Never raises
         (an exception would fail redis-py's connect)."""
         try:
-            if not self._bus.is_watched_by(self):
+            if not self._bus.is_watched_by(self) or not self._subscribes(connection):
+                # Replaced, or no longer a subscriber's (a flushed layer's PubSub gives its
+                # connection back to the pool, where a publish may reconnect it).
                 connection.deregister_connect_callback(self._connected)
                 return
             self._bus.subscription_lost("a Redis subscriber connection reconnected")
         except Exception:
             logger.exception("handling a Redis reconnect failed")
+
+    def _subscribes(self, connection: Any) -> bool:
+        """Whether ``connection`` is a shard's subscriber connection now."""
+        loop_layer = self._layer._get_layer()
+        return any(
+            shard._pubsub is not None and shard._pubsub.connection is connection
+            for shard in loop_layer._shards
+        )
 
     def heartbeat(self, event: dict[str, Any]) -> None:
         pass

@@ -278,3 +278,24 @@ async def test_a_queued_close_is_not_counted_as_a_frame():
     server.writable.set()
     await outbox.wait_sent()
     assert server.texts() == ["a", "close 4013"]
+
+
+async def test_a_sealed_outbox_sends_what_was_queued_and_nothing_put_after():
+    """daphne's 1012 (shutdown.close_listeners, the graceful drain) waits for the queue,
+    then sends the close frame itself: a frame put meanwhile must not go before it (an
+    attacker's review: a backlogged listener got 100+ newer posts before its 1012, so
+    the posts it had missed were skipped for good by a client reading "after the last
+    one it got")."""
+    server, outbox, _ = make()
+    server.writable.clear()
+    outbox.put("a")
+    outbox.put("b")
+    outbox.seal()
+    assert outbox.closed
+    assert not outbox.put("newer")
+    server.writable.set()
+    await outbox.wait_sent()
+    assert server.texts() == ["a", "b"]
+    outbox.close(1000)  # still possible after a seal (a socket still in its handshake)
+    await outbox.wait_sent()
+    assert server.texts() == ["a", "b", "close 1000"]
