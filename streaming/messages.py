@@ -587,17 +587,21 @@ class MessageBus:
     def is_watched_by(self, watch: Watch) -> bool:
         return self._watch is watch
 
-    async def send_to_self(self, event: dict[str, Any]) -> bool:
-        """Send ``event`` to this bus's own channel through the broker (a heartbeat);
-        False if that failed. A failure is not raised: the event is lost, which the
-        watch sees when a later one arrives."""
+    @property
+    def channel_name(self) -> str | None:
+        """The bus's channel in the layer (None until its first join)."""
+        return self._channel_name
+
+    async def try_broker(self, call: Awaitable[Any]) -> bool:
+        """Await a channel-layer ``call`` within ``PUBLISH_TIMEOUT``; False if it failed
+        (not raised: a heartbeat that failed is lost, which the watch sees later)."""
         try:
             async with asyncio.timeout(streaming_settings.PUBLISH_TIMEOUT):
-                await self.layer.send(self._channel_name, event)
+                await call
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            logger.debug("bus heartbeat not sent: %r", exc)
+            logger.debug("bus heartbeat: %r", exc)
             return False
         return True
 

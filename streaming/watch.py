@@ -22,7 +22,8 @@ clients reconnect and read what they missed (docs/reliability.md, "Redis restart
   one later, when it attaches to a shard.
 * :class:`HeartbeatWatch`, for any other layer (the core Redis layer, a third-party one)
   and as that fallback: the bus sends itself a numbered heartbeat every
-  ``BUS_HEARTBEAT_INTERVAL`` seconds through the layer's public ``send``. A number that
+  ``BUS_HEARTBEAT_INTERVAL`` seconds through a group of its own, with the layer's public
+  API (``group_add``, ``group_send``), so that it goes the way posts go. A number that
   never arrives (published to no subscription, or not at all) is a gap, seen when a
   later one arrives. Coarser: it sees a gap only if a heartbeat falls into it, and
   redis-py's retries hold a heartbeat back during a short outage (a restart, a cut
@@ -132,14 +133,29 @@ class ReconnectWatch:
         pass  # its callbacks ask the bus first (is_watched_by)
 
 
+#: Heartbeats sent and not come back before the watch joins its group again (a Redis
+#: restarted with no heartbeat failing has forgotten the core layer's memberships).
+REJOIN_AFTER = 3
+
+
 class HeartbeatWatch:
-    """Sends ``bus`` a numbered heartbeat every ``BUS_HEARTBEAT_INTERVAL`` seconds through
-    the layer's ``send`` and tells it of a number that did not arrive."""
+    """Sends ``bus`` a numbered heartbeat every ``BUS_HEARTBEAT_INTERVAL`` seconds and
+    tells it of a number that did not arrive.
+
+    Heartbeats travel through a group of their own (``streaming.heartbeat.<bus id>``), as
+    posts do, not to the bus's own channel: the core layer keeps group memberships in
+    Redis, and a Redis restarted between two heartbeats has forgotten them, so posts and
+    heartbeats alike reach no one. After ``REJOIN_AFTER`` heartbeats in a row that did
+    not come back, the watch joins its group again; the next heartbeat then arrives with
+    a gap in the numbers, and the bus joins every channel again and closes its listening
+    sockets. A heartbeat that is only late (a busy event loop) costs one extra join."""
 
     def __init__(self, bus: MessageBus) -> None:
         self._bus = bus
+        self._group = f"streaming.heartbeat.{bus.id}"
         self._sent = 0  # the last number sent (or tried)
         self._seen = 0  # the highest number received
+        self._unanswered = REJOIN_AFTER  # sent since the last one came back: join first
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -150,18 +166,24 @@ class HeartbeatWatch:
         pass
 
     async def _beat(self) -> None:
+        bus = self._bus
         while True:
+            if self._unanswered >= REJOIN_AFTER and await bus.try_broker(
+                bus.layer.group_add(self._group, bus.channel_name)
+            ):
+                self._unanswered = 0
             await asyncio.sleep(streaming_settings.BUS_HEARTBEAT_INTERVAL)
             self._sent += 1
-            await self._bus.send_to_self(
-                {"type": HEARTBEAT_TYPE, "origin": self._bus.id, "seq": self._sent}
-            )
+            event = {"type": HEARTBEAT_TYPE, "origin": bus.id, "seq": self._sent}
+            if await bus.try_broker(bus.layer.group_send(self._group, event)):
+                self._unanswered += 1
 
     def heartbeat(self, event: dict[str, Any]) -> None:
         """A heartbeat of this bus came back."""
         seq = event.get("seq")
         if type(seq) is not int or seq <= self._seen:
             return
+        self._unanswered = 0
         lost = seq - self._seen - 1
         self._seen = seq
         if lost:
