@@ -6,7 +6,11 @@ Screenshots go to test-artifacts/ (chat-alice-desktop.png, chat-bob-phone.png...
 
 import asyncio
 
+import websockets
+
 from tests.conftest import ARTIFACTS
+from tests.e2e.test_chat_e2e import chat_frame, ready, recv_chat
+from tests.support.servers import RedisServer, UvicornServer
 
 PASSWORD = "secret-pass-1"  # make_user's default
 DESKTOP = {"width": 1200, "height": 780}
@@ -129,3 +133,62 @@ async def test_alice_and_bob_chat_live_and_bob_catches_up_after_being_offline(
     finally:
         await alice_ctx.close()
         await bob_ctx.close()
+
+
+
+async def test_bob_sees_a_message_sent_as_redis_came_back(browser, page_errors, make_user):
+    """Two servers on one private redis-server, restarted. alice (on server A) writes the
+    moment Redis is back, before server B has subscribed again: B does not hear of it
+    live (a PUBLISH to no subscriber), and before 2026-11-30 bob's page (on B) stayed
+    open and never showed it. Now B sees that its subscription was down and closes bob's
+    socket with 1012; the page reconnects at once and fetches what it missed."""
+    alice, alice_key = await make_user("alice", first_name="Alice")
+    bob_user, _ = await make_user("bob", first_name="Bob")
+    rs = RedisServer().start()
+    redis_servers = [rs]
+    a, b = UvicornServer(env={"REDIS_URL": rs.url}), UvicornServer(env={"REDIS_URL": rs.url})
+    bob_ctx = None
+    try:
+        await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
+        bob_ctx, bob = await sign_in(browser, page_errors, b.http_url, "bob", PHONE)
+        await bob.click(".person[data-username=alice]")
+        async with alices_socket(a, alice_key) as alices:
+            await ready(alices, alice.pk)
+            await alices.send(chat_frame(bob_user.pk, "Before the restart"))
+            assert (await recv_chat(alices))["object"]["data"]["text"] == "Before the restart"
+            await wait_bubbles(bob, ["Before the restart"])
+
+            await asyncio.to_thread(rs.stop)
+            rs = RedisServer(port=rs.port)
+            redis_servers.append(rs)
+            await asyncio.to_thread(rs.start)
+            await alices.send(chat_frame(bob_user.pk, "As Redis came back"))
+            ack = await recv_chat(alices, timeout=30)
+            assert ack["object"]["data"]["text"] == "As Redis came back", ack  # saved
+        await wait_bubbles(bob, ["Before the restart", "As Redis came back"])
+        await bob.wait_for_selector(".status[data-status=connected]", timeout=30_000)
+
+        # Live again, both ways (alice on a new socket: A closed hers with 1012 too).
+        async with alices_socket(a, alice_key) as alices:
+            await ready(alices, alice.pk)
+            await alices.send(chat_frame(bob_user.pk, "And after"))
+            await wait_bubbles(bob, ["Before the restart", "As Redis came back", "And after"])
+            await say(bob, "Got all three")
+            while (await recv_chat(alices, timeout=30))["object"]["data"]["text"] != (
+                "Got all three"
+            ):
+                pass
+        await bob.screenshot(path=ARTIFACTS / "chat-bob-after-redis-restart.png")
+        assert page_errors == []
+    finally:
+        if bob_ctx is not None:
+            await bob_ctx.close()
+        await asyncio.gather(asyncio.to_thread(a.stop), asyncio.to_thread(b.stop))
+        for each in redis_servers:
+            each.__exit__(None, None, None)  # stopped, its directory removed
+
+
+def alices_socket(server, key):
+    return websockets.connect(
+        server.ws_url, additional_headers={"Authorization": key}, open_timeout=30
+    )
