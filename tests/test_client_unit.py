@@ -570,3 +570,26 @@ async def test_messages_for_ever_new_endpoint_names_do_not_fill_the_client():
             while len(errors) < 100:
                 errors.append(await asyncio.wait_for(anext(aiter(client.errors)), 10))
             assert {error.code for error in errors} == {"unknown_endpoint"}
+
+
+async def test_a_server_that_talks_but_never_reads_is_dropped_and_a_blocked_send_fails():
+    """A review found a send that waited for ever while the status stayed ``connected``:
+    the server kept sending (so the heartbeat, which counted any frame as life, was
+    content) but read nothing, so the client's frames filled the TCP buffers. Expected:
+    an unanswered ping drops the link within ``silence_timeout``, and the waiting send
+    raises NotConnected."""
+    from tests.support.fake_servers import deaf_chatter
+
+    async with await deaf_chatter() as server:
+        port = server.sockets[0].getsockname()[1]
+        async with Client(
+            f"http://127.0.0.1:{port}/", raw=True, ping_interval=0.2, silence_timeout=1.0
+        ) as client:
+            await client.open_streaming_connection()
+            big = RawObject("Nx", {"text": "x" * 60_000})
+            with pytest.raises(NotConnected):
+                async with asyncio.timeout(30):  # a failure guard: it hung for ever
+                    while True:
+                        await client.endpoint("chat").send_stream_message(big)
+            assert client.disconnect_reason is not None
+            assert "pong" in client.disconnect_reason.message

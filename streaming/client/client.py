@@ -83,6 +83,7 @@ class _Link:
     ws: ClientConnection
     first_pong: asyncio.Future[None]
     last_seen: float  # loop time of the last frame received: the heartbeat's clock
+    unanswered: float | None = None  # loop time of the oldest ping not answered yet
     reader: asyncio.Task[None] | None = None
     heartbeat: asyncio.Task[None] | None = None
     connected: bool = False
@@ -115,7 +116,9 @@ class Client:
     Options: ``buffer_size`` bounds each endpoint stream and ``errors`` (see
     :class:`MessageStream`: the oldest item is dropped and the gap reported);
     ``ping_interval`` is how often the client pings, ``silence_timeout`` how long
-    without any frame from the server before the connection counts as dead;
+    without any frame from the server, or without the answer to a ping (a server that
+    sends but no longer reads: the client's sends would wait for ever), before the
+    connection counts as dead;
     ``connect_timeout`` bounds one attempt, handshake and first pong together;
     ``on_error`` is called with each :class:`ServerError` or
     :class:`UndecodableMessage` (they also go on ``errors``); ``raw=True`` makes
@@ -508,6 +511,7 @@ class Client:
             return
         command = frame.command
         if command == "pong":
+            link.unanswered = None
             if not link.first_pong.done():
                 link.first_pong.set_result(None)
         elif command == "error":
@@ -622,16 +626,20 @@ class Client:
         task.add_done_callback(self._background.discard)
 
     async def _heartbeat(self, link: _Link) -> None:
-        """Ping every ``ping_interval``; no frame for ``silence_timeout`` -> drop the link."""
+        """Ping every ``ping_interval``; no frame, or no pong to a ping, for
+        ``silence_timeout`` -> drop the link. Frames alone do not prove the link: a server
+        that sends but no longer reads never answers, and the client's sends wait."""
         loop = asyncio.get_running_loop()
         next_ping = loop.time() + self.ping_interval
         while True:
             now = loop.time()
             deadline = link.last_seen + self.silence_timeout
+            if link.unanswered is not None:
+                deadline = min(deadline, link.unanswered + self.silence_timeout)
             if now >= deadline:
+                what = "frame" if now >= link.last_seen + self.silence_timeout else "pong"
                 link.reason = DisconnectReason(
-                    1006,
-                    f"no frame from the server for {self.silence_timeout:g} s (heartbeat)",
+                    1006, f"no {what} from the server for {self.silence_timeout:g} s (heartbeat)"
                 )
                 logger.warning("streaming connection to %s is dead", self.websocket_url)
                 # No closing handshake: the peer is not answering anyway.
@@ -639,6 +647,8 @@ class Client:
                 return
             if now >= next_ping:
                 next_ping = now + self.ping_interval
+                if link.unanswered is None:
+                    link.unanswered = now  # from when it is tried: the send may wait
                 try:
                     # A send may wait on a full socket buffer; never past the deadline.
                     await asyncio.wait_for(link.ws.send(_PING), deadline - now)

@@ -160,3 +160,23 @@ async def test_without_retry_a_lost_connection_is_final(own_daphne, open_page):
     log = await page.evaluate("window.statusLog")
     assert [s["state"] for s in log] == ["connecting", "connected", "disconnected"]
     assert log[-1]["reason"] == "lost"
+
+
+async def test_a_server_that_talks_but_never_reads_is_dropped_and_retried(server, open_page):
+    """A server that keeps sending frames but reads nothing (its loop stuck on reading, a
+    proxy forwarding one way only) never answers a ping. Before 2026-11-30 any frame
+    counted as life: the page stayed "connected" for ever while what it sent went
+    nowhere. Now a ping unanswered for `silenceTimeout` drops the link."""
+    from tests.support.fake_servers import deaf_chatter
+
+    async with await deaf_chatter() as chatter:
+        base_url = f"http://127.0.0.1:{chatter.sockets[0].getsockname()[1]}"
+        page = await open_page(server.http_url)
+        await page.evaluate(
+            "(url) => window.start({pingInterval: 0.2, silenceTimeout: 1, retry: {min: 5}},"
+            " url)",
+            base_url,
+        )
+        await wait_states(page, "waitingToRetry", timeout=15_000)  # a guard: it never came
+        assert (await states(page))[:3] == ["connecting", "connected", "waitingToRetry"]
+        await page.evaluate("window.client.closeStreamingConnection()")

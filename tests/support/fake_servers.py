@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -51,3 +53,50 @@ def many_endpoints(count: int) -> Callable[[Any], Awaitable[None]]:
                     await ws.send(json.dumps(data))
 
     return handler
+
+
+
+async def deaf_chatter(every: float = 0.02) -> asyncio.Server:
+    """A raw TCP server that completes the WebSocket handshake, answers the first frame
+    (the client's ping) with a pong, then never reads again while it sends a data frame
+    (endpoint ``chat``, ``{"n": i}``) every ``every`` seconds: a server whose loop is stuck
+    on reading, or a proxy that stopped forwarding one way. Once its StreamReader's
+    buffer is full (64 KiB), asyncio stops reading the socket: the client's frames fill
+    the TCP buffers and its sends wait. (``websockets`` servers keep reading.)"""
+
+    def frame(text: str) -> bytes:
+        payload = text.encode()
+        n = len(payload)
+        head = bytes([0x81, n]) if n < 126 else bytes([0x81, 126]) + n.to_bytes(2, "big")
+        return head + payload
+
+    async def chat(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in request.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest()).decode()
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept.encode() + b"\r\n\r\n"
+        )
+        head = await reader.readexactly(2)  # the ping: short, masked
+        await reader.readexactly(4 + (head[1] & 0x7F))
+        writer.write(frame(PONG))
+        i = 0
+        try:
+            while True:
+                data = {"endpoint": "chat", "object": {"className": "Nx", "data": {"n": i}}}
+                writer.write(frame(json.dumps(data)))
+                await writer.drain()
+                i += 1
+                await asyncio.sleep(every)  # the chatter's pace, not a synchronisation
+        except ConnectionError:
+            writer.close()
+
+    return await asyncio.start_server(chat, "127.0.0.1", 0)
+
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"

@@ -29,7 +29,8 @@
  *   the `auth` command when one was sent) -> "waitingToRetry" (with `retryInSeconds`)
  *   -> ... or "disconnected" (with `code` and `reason`). Listeners fire only on a change.
  * - Heartbeat: a ping every `pingInterval` seconds; `silenceTimeout` seconds without any
- *   frame means the connection is dead: it is dropped and retried.
+ *   frame, or without the answer to a ping (a server that sends but no longer reads),
+ *   means the connection is dead: it is dropped and retried.
  * - Reconnects: exponential backoff with jitter (`retry: {min, max, factor, jitter}`),
  *   reset after a successful connection. Close codes 4401 and 4403 (credentials
  *   refused, forbidden) stop retrying: status "disconnected", reason "unauthorized" or
@@ -1167,6 +1168,7 @@ class Connection {
     this.connected = false; // ... and every auth command sent was answered
     this.pingedAt = -Infinity; // performance.now() of the last ping
     this.heardAt = -Infinity; // ... and of the last frame received
+    this.unansweredSince = null; // ... and of the oldest ping not answered yet
     this.pingTimer = null;
     this.silenceTimer = null;
     this.connectTimer = null;
@@ -1478,8 +1480,8 @@ export class Client {
     };
     ws.onmessage = (event) => {
       if (this._conn !== conn) return;
-      this._heardFrom(conn);
-      this._receive(conn, event.data);
+      this._receive(conn, event.data); // a pong first: then the silence timer counts from it
+      if (this._conn === conn) this._heardFrom(conn);
     };
     ws.onclose = (event) => {
       if (this._conn !== conn) return;
@@ -1494,11 +1496,14 @@ export class Client {
     if (conn.ws.readyState !== WebSocket.OPEN) return;
     conn.ws.send(PING);
     conn.pingedAt = performance.now();
+    if (conn.unansweredSince === null) conn.unansweredSince = conn.pingedAt;
   }
 
   _heardFrom(conn) {
     conn.heardAt = performance.now();
-    this._armSilence(conn, this.options.silenceTimeout);
+    // Frames alone do not prove the link: a ping unanswered for silenceTimeout drops it.
+    const waited = conn.unansweredSince === null ? 0 : (conn.heardAt - conn.unansweredSince) / 1000;
+    this._armSilence(conn, Math.max(0, this.options.silenceTimeout - waited));
   }
 
   _armSilence(conn, seconds) {
@@ -1507,7 +1512,9 @@ export class Client {
   }
 
   _silent(conn) {
-    if (conn.pingedAt <= conn.heardAt) {
+    const unanswered = conn.unansweredSince !== null
+      && performance.now() - conn.unansweredSince >= this.options.silenceTimeout * 1000;
+    if (conn.pingedAt <= conn.heardAt && !unanswered) {
       // No ping went out since the last frame: the page's timers were throttled (a
       // background tab), so the silence proves nothing yet. Ask now, then judge.
       this._ping(conn);
@@ -1641,6 +1648,7 @@ export class Client {
       }
       if (frame.command === "pong") {
         conn.ponged = true;
+        conn.unansweredSince = null;
         this._maybeConnected(conn);
       } else if (frame.command === "auth") {
         this._authAnswered(conn, args);
