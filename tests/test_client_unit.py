@@ -593,3 +593,22 @@ async def test_a_server_that_talks_but_never_reads_is_dropped_and_a_blocked_send
                         await client.endpoint("chat").send_stream_message(big)
             assert client.disconnect_reason is not None
             assert "pong" in client.disconnect_reason.message
+
+
+async def test_a_frame_too_large_for_the_client_is_reported_as_1009():
+    """websockets fails the connection with 1009 when the server sends more than its
+    ``max_size`` (1 MiB); the client reported it as 1006, "the connection was lost"."""
+    from tests.support.fake_servers import oversize_frame
+
+    async with serve(oversize_frame(2**20 + 1), "127.0.0.1", 0, max_size=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with Client(f"http://127.0.0.1:{port}/", raw=True) as client:
+            ended = asyncio.Event()
+            client.add_streaming_connection_status_listener(
+                lambda status: status is StreamingConnectionStatus.disconnected and ended.set()
+            )
+            await client.open_streaming_connection()
+            async with asyncio.timeout(10):  # a failure guard
+                await ended.wait()
+            assert client.disconnect_reason.code == 1009, client.disconnect_reason
+            assert "max_size" in client.disconnect_reason.message

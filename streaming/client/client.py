@@ -92,6 +92,20 @@ class _Link:
     calls: dict[str, Any] = field(default_factory=dict)  # streaming-method calls (calls.py)
 
 
+#: Close codes with which the client itself fails a connection (websockets does): the
+#: server's fault, reported as such rather than as the 1006 of a close it never answered.
+_CLIENT_FAILURES = frozenset({1002, 1007, 1009})
+
+
+def _close_reason(ws: ClientConnection) -> DisconnectReason:
+    """Why ``ws`` closed: the server's close code, or the client's own when the client
+    failed the connection (a frame too large, not UTF-8, a protocol error)."""
+    sent = ws.protocol.close_sent
+    if sent is not None and sent.code in _CLIENT_FAILURES:
+        return DisconnectReason.from_close(sent.code, sent.reason)
+    return DisconnectReason.from_close(ws.close_code, ws.close_reason or "")
+
+
 def _derive_urls(url: str) -> tuple[str, str]:
     """``http(s)://host[/prefix]/`` -> (that base with a trailing slash, ``ws(s)://.../websocket/``)."""
     parts = urlsplit(url)
@@ -582,9 +596,7 @@ class Client:
                 waiter.set_exception(
                     NotConnected("The connection closed before the server answered 'auth'.")
                 )
-        reason = link.reason or DisconnectReason.from_close(
-            link.ws.close_code, link.ws.close_reason or ""
-        )
+        reason = link.reason or _close_reason(link.ws)
         logger.info("streaming connection to %s ended: %s", self.websocket_url, reason.message)
         self._settle(reason, connected=was_connected)
 

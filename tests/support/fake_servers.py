@@ -100,3 +100,18 @@ async def deaf_chatter(every: float = 0.02) -> asyncio.Server:
 
 
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def oversize_frame(size: int) -> Callable[[Any], Awaitable[None]]:
+    """A ``websockets`` handler that answers the first ping, then sends one text frame of
+    ``size`` bytes (past a client's ``max_size``) and waits for the close."""
+
+    async def handler(ws: Any) -> None:
+        async for text in ws:
+            if json.loads(text)["command"] == "ping":
+                await ws.send(PONG)
+                await ws.send("x" * size)
+                break
+        await ws.wait_closed()
+
+    return handler
