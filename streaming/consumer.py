@@ -322,8 +322,11 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         from .messages import get_bus
 
         bus = get_bus()
-        owners = (*self._listener_owners(), self.scope)  # the scope: an ops socket's
-        return any(not channels.isdisjoint(bus.channels_of(owner)) for owner in owners)
+        # Not the scope's listener (streaming.ops, on every socket while METRICS is on): a
+        # missed metrics request only times out at its requester.
+        return any(
+            not channels.isdisjoint(bus.channels_of(owner)) for owner in self._listener_owners()
+        )
 
     def oversize(self, text: str) -> int:
         """The size in bytes of frame ``text`` if it is larger than the server may send

@@ -65,7 +65,7 @@ from .exceptions import (
 from .lane import Lane
 from .publish import Publisher, publisher_for
 from .serialization import SerializableEntity, cache_wire, decode_object_json, encode_object
-from .watch import HEARTBEAT_TYPE, Watch, watch_for
+from .watch import HEARTBEAT_TYPE, Watch, stopping, watch_for
 
 if TYPE_CHECKING:
     from .session import StreamingSession
@@ -84,6 +84,8 @@ PROBE_TYPE = "streaming.probe"
 #: lost, which is the race probes detect; it is not a failure of the join.
 PROBE_RESEND_FIRST = 0.05
 PROBE_RESEND_MAX = 0.4
+#: Seconds ``aclose`` waits for the bus's tasks to stop.
+ACLOSE_TIMEOUT = 5.0
 MAX_CHANNEL_LENGTH = 200
 _PLAIN_GROUP = re.compile(r"^[A-Za-z0-9_\-]{1,90}$")
 
@@ -536,7 +538,7 @@ class MessageBus:
 
         async def supervisor() -> None:
             delay = 0.05
-            while True:
+            while not stopping():  # a cancel the body swallowed still stops it
                 try:
                     await body()
                     logger.error("bus %s ended by itself; restarting it", name)
@@ -546,6 +548,8 @@ class MessageBus:
                         raise  # aclose(): stop for real
                     logger.error("bus %s got a stray cancellation; restarting it", name)
                 except Exception:
+                    if stopping():
+                        raise asyncio.CancelledError from None  # aclose() met a failure
                     logger.exception("bus %s failed; restarting it in %.2fs", name, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
@@ -554,7 +558,7 @@ class MessageBus:
                 self.restarts += 1
                 delay = 0.05
 
-        task = asyncio.get_running_loop().create_task(supervisor())
+        task = asyncio.get_running_loop().create_task(supervisor(), name=f"streaming-bus-{name}")
         self._supervised.add(task)
         task.add_done_callback(self._supervised.discard)
         return task
@@ -568,6 +572,8 @@ class MessageBus:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if stopping():
+                    raise asyncio.CancelledError from None
                 logger.warning("bus receive failed (%r); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -601,6 +607,8 @@ class MessageBus:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if stopping():  # a cancel the timeout (or the layer) turned into an error
+                raise asyncio.CancelledError from None
             logger.debug("bus heartbeat: %r", exc)
             return False
         return True
@@ -668,6 +676,8 @@ class MessageBus:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    if stopping():
+                        raise asyncio.CancelledError from None
                     logger.warning("refreshing group of %r failed: %r", channel, exc)
 
     async def aclose(self) -> None:
@@ -680,11 +690,17 @@ class MessageBus:
         tasks = (*self._supervised, *self._reconcilers)
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        if tasks:
+            # Bounded: a channel layer may swallow a cancellation (channels-redis' core
+            # layer waiting for a pooled connection); shutdown must not hang on it.
+            _, pending = await asyncio.wait(tasks, timeout=ACLOSE_TIMEOUT)
+            for task in pending:
+                logger.warning(
+                    "bus task %s did not stop within %.0fs", task.get_name(), ACLOSE_TIMEOUT
+                )
+            for task in tasks:
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved: no "never retrieved" warning
         self._receiver = self._refresher = None
 
 

@@ -61,6 +61,13 @@ USES: tuple[tuple[str, str], ...] = (
 )
 
 
+def stopping() -> bool:
+    """Whether the current task was asked to stop: ``Task.cancel`` was called, even if a
+    channel layer swallowed the ``CancelledError`` (channels-redis' core layer can)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def _missing(role: str, target: Any) -> str | None:
     for used_role, attribute in USES:
         if used_role == role and not hasattr(target, attribute):
@@ -167,11 +174,15 @@ class HeartbeatWatch:
 
     async def _beat(self) -> None:
         bus = self._bus
-        while True:
-            if self._unanswered >= REJOIN_AFTER and await bus.try_broker(
-                bus.layer.group_add(self._group, bus.channel_name)
-            ):
+        loop = asyncio.get_running_loop()
+        rejoin_at = loop.time()
+        while not stopping():
+            # Joined again as the bus's channels are (GROUP_REFRESH_INTERVAL: the core
+            # layer expires memberships), and when heartbeats stop coming back.
+            due = self._unanswered >= REJOIN_AFTER or loop.time() >= rejoin_at
+            if due and await bus.try_broker(bus.layer.group_add(self._group, bus.channel_name)):
                 self._unanswered = 0
+                rejoin_at = loop.time() + streaming_settings.GROUP_REFRESH_INTERVAL
             await asyncio.sleep(streaming_settings.BUS_HEARTBEAT_INTERVAL)
             self._sent += 1
             event = {"type": HEARTBEAT_TYPE, "origin": bus.id, "seq": self._sent}

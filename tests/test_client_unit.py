@@ -576,8 +576,7 @@ async def test_a_server_that_talks_but_never_reads_is_dropped_and_a_blocked_send
     """A review found a send that waited for ever while the status stayed ``connected``:
     the server kept sending (so the heartbeat, which counted any frame as life, was
     content) but read nothing, so the client's frames filled the TCP buffers. Expected:
-    an unanswered ping drops the link within ``silence_timeout``, and the waiting send
-    raises NotConnected."""
+    a send stuck for ``silence_timeout`` drops the link and raises NotConnected."""
     from tests.support.fake_servers import deaf_chatter
 
     async with await deaf_chatter() as server:
@@ -585,14 +584,20 @@ async def test_a_server_that_talks_but_never_reads_is_dropped_and_a_blocked_send
         async with Client(
             f"http://127.0.0.1:{port}/", raw=True, ping_interval=0.2, silence_timeout=1.0
         ) as client:
+            ended = asyncio.Event()
+            client.add_streaming_connection_status_listener(
+                lambda status: status is StreamingConnectionStatus.disconnected and ended.set()
+            )
             await client.open_streaming_connection()
             big = RawObject("Nx", {"text": "x" * 60_000})
             with pytest.raises(NotConnected):
                 async with asyncio.timeout(30):  # a failure guard: it hung for ever
                     while True:
                         await client.endpoint("chat").send_stream_message(big)
+            async with asyncio.timeout(10):  # a failure guard
+                await ended.wait()
             assert client.disconnect_reason is not None
-            assert "pong" in client.disconnect_reason.message
+            assert "read nothing" in client.disconnect_reason.message
 
 
 async def test_a_frame_too_large_for_the_client_is_reported_as_1009():
@@ -612,3 +617,23 @@ async def test_a_frame_too_large_for_the_client_is_reported_as_1009():
                 await ended.wait()
             assert client.disconnect_reason.code == 1009, client.disconnect_reason
             assert "max_size" in client.disconnect_reason.message
+
+
+async def test_frames_keep_a_link_alive_while_its_pongs_are_late():
+    """A review of the first fix for the stuck send (dropping a link whose ping went
+    unanswered for ``silence_timeout``): the server's pong waits behind every frame it
+    queued, so a burst over a slow link dropped healthy connections (697 of 900
+    frames, at the defaults). Frames arriving keep the link; only a stuck send drops it."""
+    from tests.support.fake_servers import late_ponger
+
+    async with serve(late_ponger(), "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with Client(
+            f"http://127.0.0.1:{port}/", raw=True, ping_interval=0.2, silence_timeout=1.0
+        ) as client:
+            await client.open_streaming_connection()
+            stream = aiter(client.endpoint("chat").stream)
+            while (await asyncio.wait_for(anext(stream), 10)).data["n"] < 150:  # 3 s
+                pass
+            assert client.streaming_connection_status is StreamingConnectionStatus.connected
+            assert client.disconnect_reason is None

@@ -259,3 +259,21 @@ async def test_gaps_in_a_row_leave_one_reconciler_per_channel(pair):
     assert sum(not task.done() for task in b._reconcilers) <= len(names)  # was 5,000
     await b.wait_joined(names)
     assert b.gaps == 50
+
+
+async def test_the_heartbeat_group_outlives_the_core_layers_group_expiry(redis_server, settings):
+    """The core layer forgets a member after ``group_expiry`` (a day by default): the
+    heartbeat's own group must be joined again as the bus's channels are, or after a day
+    its heartbeats stop coming back and the bus closes every listening socket for nothing
+    (a review, scaled down: 2 false gaps in 10 s with a 3 s expiry)."""
+    settings.STREAMING = {"BUS_HEARTBEAT_INTERVAL": 0.05, "GROUP_REFRESH_INTERVAL": 0.5}
+    layer = RedisChannelLayer(hosts=[redis_server.url], prefix="wx", group_expiry=2)
+    bus = Watched(layer)
+    try:
+        await bus.add_listener(f"user_{uuid.uuid4().hex[:8]}", Inbox(), owner=Owner())
+        beats = CountedBeats(bus)
+        bus.use_watch(beats)
+        await beats.wait_seen(80)  # 4 s: twice the expiry
+        assert bus.lost == []
+    finally:
+        await bus.aclose()

@@ -183,7 +183,7 @@ class Call:
             credit=self.credit,
         )
         try:
-            await link.ws.send(text)
+            await link.send(text)
         except ConnectionClosed as exc:
             self._end(("error", NotConnected(f"The connection closed ({exc}).")))
             return
@@ -215,7 +215,7 @@ class Call:
         if link is None:
             return
         try:
-            await link.ws.send(text)
+            await link.send(text)
         except ConnectionClosed:
             pass  # the reader fails the call
 

@@ -29,7 +29,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    InvalidStatus,
+    WebSocketException,
+)
 
 from .. import __version__
 from ..exceptions import ProtocolError, SerializationError
@@ -83,7 +88,7 @@ class _Link:
     ws: ClientConnection
     first_pong: asyncio.Future[None]
     last_seen: float  # loop time of the last frame received: the heartbeat's clock
-    unanswered: float | None = None  # loop time of the oldest ping not answered yet
+    write_timeout: float = 40.0  # the client's silence_timeout: see send()
     reader: asyncio.Task[None] | None = None
     heartbeat: asyncio.Task[None] | None = None
     connected: bool = False
@@ -91,18 +96,40 @@ class _Link:
     auth_waiters: deque[asyncio.Future[int | None]] = field(default_factory=deque)
     calls: dict[str, Any] = field(default_factory=dict)  # streaming-method calls (calls.py)
 
+    async def send(self, text: str) -> None:
+        """``ws.send``, bounded: a frame the server has not let through for
+        ``write_timeout`` (it stopped reading, so the TCP buffers are full) drops the link
+        and raises ``ConnectionClosed``, as a lost link does. Frames arriving do not prove
+        a link whose other direction is stuck; a slow one drains and never waits that long."""
+        try:
+            await asyncio.wait_for(self.ws.send(text), self.write_timeout)
+        except TimeoutError:
+            self.reason = self.reason or DisconnectReason(
+                1006, f"the server read nothing for {self.write_timeout:g} s (a send was stuck)"
+            )
+            self.ws.transport.abort()
+            raise ConnectionClosedError(None, None) from None
 
-#: Close codes with which the client itself fails a connection (websockets does): the
-#: server's fault, reported as such rather than as the 1006 of a close it never answered.
-_CLIENT_FAILURES = frozenset({1002, 1007, 1009})
+
+#: Close codes with which the client itself fails a connection (websockets does), and
+#: what they mean then: the server's fault, not the 1006 of a close it never answered.
+_CLIENT_FAILURES = {
+    1002: "the server broke the WebSocket protocol",
+    1007: "the server sent text that is not UTF-8",
+    1009: "the server sent a frame larger than the client accepts (max_size)",
+}
 
 
 def _close_reason(ws: ClientConnection) -> DisconnectReason:
     """Why ``ws`` closed: the server's close code, or the client's own when the client
-    failed the connection (a frame too large, not UTF-8, a protocol error)."""
-    sent = ws.protocol.close_sent
-    if sent is not None and sent.code in _CLIENT_FAILURES:
-        return DisconnectReason.from_close(sent.code, sent.reason)
+    failed the connection first (a frame too large, not UTF-8, a protocol error)."""
+    protocol = ws.protocol
+    sent, rcvd = protocol.close_sent, protocol.close_rcvd
+    client_first = sent is not None and (rcvd is None or not protocol.close_rcvd_then_sent)
+    if client_first and sent is not None and sent.code in _CLIENT_FAILURES:
+        return DisconnectReason(
+            sent.code, f"{_CLIENT_FAILURES[sent.code]} (close code {sent.code})"
+        )
     return DisconnectReason.from_close(ws.close_code, ws.close_reason or "")
 
 
@@ -130,9 +157,8 @@ class Client:
     Options: ``buffer_size`` bounds each endpoint stream and ``errors`` (see
     :class:`MessageStream`: the oldest item is dropped and the gap reported);
     ``ping_interval`` is how often the client pings, ``silence_timeout`` how long
-    without any frame from the server, or without the answer to a ping (a server that
-    sends but no longer reads: the client's sends would wait for ever), before the
-    connection counts as dead;
+    without any frame from the server, or with a send the server does not let through
+    (it stopped reading), before the connection counts as dead;
     ``connect_timeout`` bounds one attempt, handshake and first pong together;
     ``on_error`` is called with each :class:`ServerError` or
     :class:`UndecodableMessage` (they also go on ``errors``); ``raw=True`` makes
@@ -321,7 +347,7 @@ class Client:
             waiter: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
             link.auth_waiters.append(waiter)
             try:
-                await link.ws.send(encode_command("auth", {"key": auth_key}))
+                await link.send(encode_command("auth", {"key": auth_key}))
             except ConnectionClosed as exc:
                 waiter.cancel()
                 raise NotConnected(
@@ -459,7 +485,7 @@ class Client:
 
     async def _start_link(self, ws: ClientConnection, started: float) -> None:
         loop = asyncio.get_running_loop()
-        link = _Link(ws, loop.create_future(), loop.time())
+        link = _Link(ws, loop.create_future(), loop.time(), write_timeout=self.silence_timeout)
         self._link = link
         reader = link.reader = loop.create_task(self._read(link), name="streampod-client-reader")
         try:
@@ -525,7 +551,6 @@ class Client:
             return
         command = frame.command
         if command == "pong":
-            link.unanswered = None
             if not link.first_pong.done():
                 link.first_pong.set_result(None)
         elif command == "error":
@@ -620,7 +645,7 @@ class Client:
                 f"not {type(message).__name__}"
             )
         try:
-            await link.ws.send(encode_data(endpoint, object_json, frame_id))
+            await link.send(encode_data(endpoint, object_json, frame_id))
         except ConnectionClosed as exc:
             raise NotConnected(
                 f"Cannot send to {endpoint!r}: the connection closed ({exc})."
@@ -631,27 +656,23 @@ class Client:
 
         async def send() -> None:
             with suppress(ConnectionClosed):
-                await link.ws.send(text)
+                await link.send(text)
 
         task = asyncio.ensure_future(send())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def _heartbeat(self, link: _Link) -> None:
-        """Ping every ``ping_interval``; no frame, or no pong to a ping, for
-        ``silence_timeout`` -> drop the link. Frames alone do not prove the link: a server
-        that sends but no longer reads never answers, and the client's sends wait."""
+        """Ping every ``ping_interval``; no frame for ``silence_timeout`` -> drop the link."""
         loop = asyncio.get_running_loop()
         next_ping = loop.time() + self.ping_interval
         while True:
             now = loop.time()
             deadline = link.last_seen + self.silence_timeout
-            if link.unanswered is not None:
-                deadline = min(deadline, link.unanswered + self.silence_timeout)
             if now >= deadline:
-                what = "frame" if now >= link.last_seen + self.silence_timeout else "pong"
                 link.reason = DisconnectReason(
-                    1006, f"no {what} from the server for {self.silence_timeout:g} s (heartbeat)"
+                    1006,
+                    f"no frame from the server for {self.silence_timeout:g} s (heartbeat)",
                 )
                 logger.warning("streaming connection to %s is dead", self.websocket_url)
                 # No closing handshake: the peer is not answering anyway.
@@ -659,8 +680,6 @@ class Client:
                 return
             if now >= next_ping:
                 next_ping = now + self.ping_interval
-                if link.unanswered is None:
-                    link.unanswered = now  # from when it is tried: the send may wait
                 try:
                     # A send may wait on a full socket buffer; never past the deadline.
                     await asyncio.wait_for(link.ws.send(_PING), deadline - now)

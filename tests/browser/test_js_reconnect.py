@@ -164,9 +164,10 @@ async def test_without_retry_a_lost_connection_is_final(own_daphne, open_page):
 
 async def test_a_server_that_talks_but_never_reads_is_dropped_and_retried(server, open_page):
     """A server that keeps sending frames but reads nothing (its loop stuck on reading, a
-    proxy forwarding one way only) never answers a ping. Before 2026-11-30 any frame
-    counted as life: the page stayed "connected" for ever while what it sent went
-    nowhere. Now a ping unanswered for `silenceTimeout` drops the link."""
+    proxy forwarding one way only). Before 2026-11-30 any frame counted as life: the page
+    stayed "connected" for ever while what it sent piled up in the browser
+    (`bufferedAmount`) and went nowhere. Now a page whose frames have not left the
+    browser for `silenceTimeout` drops the link and retries."""
     from tests.support.fake_servers import deaf_chatter
 
     async with await deaf_chatter() as chatter:
@@ -177,6 +178,13 @@ async def test_a_server_that_talks_but_never_reads_is_dropped_and_retried(server
             " url)",
             base_url,
         )
+        await wait_states(page, "connected")
+        # 16 MB: more than the socket buffers on both sides hold.
+        await page.evaluate(
+            "() => { for (let i = 0; i < 256; i++)"
+            " window.send('chat', 'Nx', {text: 'x'.repeat(65000)}); }"
+        )
         await wait_states(page, "waitingToRetry", timeout=15_000)  # a guard: it never came
         assert (await states(page))[:3] == ["connecting", "connected", "waitingToRetry"]
         await page.evaluate("window.client.closeStreamingConnection()")
+

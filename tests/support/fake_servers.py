@@ -115,3 +115,28 @@ def oversize_frame(size: int) -> Callable[[Any], Awaitable[None]]:
         await ws.wait_closed()
 
     return handler
+
+
+def late_ponger(every: float = 0.02) -> Callable[[Any], Awaitable[None]]:
+    """A ``websockets`` handler that reads everything, answers only the first ping, and
+    sends a data frame (endpoint ``chat``, ``{"n": i}``) every ``every`` seconds: a busy
+    server whose pongs wait behind a backlog of frames on a slow link."""
+
+    async def handler(ws: Any) -> None:
+        async def chatter() -> None:
+            i = 0
+            while True:
+                data = {"endpoint": "chat", "object": {"className": "Nx", "data": {"n": i}}}
+                await ws.send(json.dumps(data))
+                i += 1
+                await asyncio.sleep(every)  # the chatter's pace, not a synchronisation
+
+        task = None
+        async for text in ws:
+            if json.loads(text)["command"] == "ping" and task is None:
+                await ws.send(PONG)
+                task = asyncio.ensure_future(chatter())
+        if task is not None:
+            task.cancel()
+
+    return handler

@@ -29,8 +29,8 @@
  *   the `auth` command when one was sent) -> "waitingToRetry" (with `retryInSeconds`)
  *   -> ... or "disconnected" (with `code` and `reason`). Listeners fire only on a change.
  * - Heartbeat: a ping every `pingInterval` seconds; `silenceTimeout` seconds without any
- *   frame, or without the answer to a ping (a server that sends but no longer reads),
- *   means the connection is dead: it is dropped and retried.
+ *   frame, or with frames sent and none of them leaving the browser (a server that no
+ *   longer reads), means the connection is dead: it is dropped and retried.
  * - Reconnects: exponential backoff with jitter (`retry: {min, max, factor, jitter}`),
  *   reset after a successful connection. Close codes 4401 and 4403 (credentials
  *   refused, forbidden) stop retrying: status "disconnected", reason "unauthorized" or
@@ -1160,6 +1160,16 @@ export class MethodCall {
 
 // -- the client -------------------------------------------------------------------------
 
+/** The UTF-8 length of `text` (what `bufferedAmount` counts), without encoding it. */
+function utf8Length(text) {
+  let bytes = text.length;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c >= 0x80) bytes += c < 0x800 || (c >= 0xd800 && c <= 0xdfff) ? 1 : 2;
+  }
+  return bytes;
+}
+
 /** One live socket, its timers and its `auth` commands. */
 class Connection {
   constructor(ws) {
@@ -1168,7 +1178,11 @@ class Connection {
     this.connected = false; // ... and every auth command sent was answered
     this.pingedAt = -Infinity; // performance.now() of the last ping
     this.heardAt = -Infinity; // ... and of the last frame received
-    this.unansweredSince = null; // ... and of the oldest ping not answered yet
+    // Whether what the page sends leaves the browser (see _stalled): bufferedAmount at the
+    // last ping, UTF-8 bytes sent since, and since when nothing left while some waited.
+    this.buffered = 0;
+    this.sentBytes = 0;
+    this.stalledSince = null;
     this.pingTimer = null;
     this.silenceTimer = null;
     this.connectTimer = null;
@@ -1379,7 +1393,7 @@ export class Client {
 
   _sendAuth(conn) {
     if (conn.authSent || !conn.auths.length || conn.ws.readyState !== WebSocket.OPEN) return;
-    conn.ws.send(JSON.stringify({command: "auth", args: {key: conn.auths[0].key}}));
+    this._write(conn, JSON.stringify({command: "auth", args: {key: conn.auths[0].key}}));
     conn.authSent = true;
   }
 
@@ -1480,8 +1494,8 @@ export class Client {
     };
     ws.onmessage = (event) => {
       if (this._conn !== conn) return;
-      this._receive(conn, event.data); // a pong first: then the silence timer counts from it
-      if (this._conn === conn) this._heardFrom(conn);
+      this._heardFrom(conn);
+      this._receive(conn, event.data);
     };
     ws.onclose = (event) => {
       if (this._conn !== conn) return;
@@ -1494,16 +1508,42 @@ export class Client {
 
   _ping(conn) {
     if (conn.ws.readyState !== WebSocket.OPEN) return;
-    conn.ws.send(PING);
+    if (this._stalled(conn)) {
+      this._drop(conn, "stalled");
+      return;
+    }
+    this._write(conn, PING);
     conn.pingedAt = performance.now();
-    if (conn.unansweredSince === null) conn.unansweredSince = conn.pingedAt;
+  }
+
+  /** Send `text` on `conn`, counting its bytes for _stalled. */
+  _write(conn, text) {
+    conn.ws.send(text);
+    conn.sentBytes += utf8Length(text);
+  }
+
+  /**
+   * Whether nothing the page sent has left the browser for `silenceTimeout` while some
+   * waited: the server stopped reading (frames still arriving prove nothing about this
+   * direction). Judged at each ping from `bufferedAmount`, the bytes not yet handed to
+   * the network, against the bytes sent since the last ping: a slow link drains, a
+   * stuck one does not.
+   */
+  _stalled(conn) {
+    const now = performance.now();
+    const buffered = conn.ws.bufferedAmount;
+    const drained = conn.buffered + conn.sentBytes - buffered;
+    if (buffered > 0 && drained <= 0) conn.stalledSince ??= now;
+    else conn.stalledSince = null;
+    conn.buffered = buffered;
+    conn.sentBytes = 0;
+    return conn.stalledSince !== null
+      && now - conn.stalledSince >= this.options.silenceTimeout * 1000;
   }
 
   _heardFrom(conn) {
     conn.heardAt = performance.now();
-    // Frames alone do not prove the link: a ping unanswered for silenceTimeout drops it.
-    const waited = conn.unansweredSince === null ? 0 : (conn.heardAt - conn.unansweredSince) / 1000;
-    this._armSilence(conn, Math.max(0, this.options.silenceTimeout - waited));
+    this._armSilence(conn, this.options.silenceTimeout);
   }
 
   _armSilence(conn, seconds) {
@@ -1512,9 +1552,7 @@ export class Client {
   }
 
   _silent(conn) {
-    const unanswered = conn.unansweredSince !== null
-      && performance.now() - conn.unansweredSince >= this.options.silenceTimeout * 1000;
-    if (conn.pingedAt <= conn.heardAt && !unanswered) {
+    if (conn.pingedAt <= conn.heardAt) {
       // No ping went out since the last frame: the page's timers were throttled (a
       // background tab), so the silence proves nothing yet. Ask now, then judge.
       this._ping(conn);
@@ -1624,7 +1662,7 @@ export class Client {
         conn.ws.readyState !== WebSocket.OPEN) {
       throw new NotConnected();
     }
-    conn.ws.send(text);
+    this._write(conn, text);
   }
 
   _receive(conn, raw) {
@@ -1648,7 +1686,6 @@ export class Client {
       }
       if (frame.command === "pong") {
         conn.ponged = true;
-        conn.unansweredSince = null;
         this._maybeConnected(conn);
       } else if (frame.command === "auth") {
         this._authAnswered(conn, args);
