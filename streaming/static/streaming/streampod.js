@@ -256,7 +256,7 @@ export class AuthenticationFailed extends StreampodError {
 /**
  * Why the last connection (or attempt) ended, as `client.disconnectReason` holds it:
  * `code` (close code, or null when the client dropped the socket itself), `reason` (as
- * `status.reason`: "lost", "silent", "unauthorized"...), `message` (for people),
+ * `status.reason`: "lost", "silent", "stalled", "unauthorized"...), `message` (for people),
  * `byClient` (closed on purpose by the page), `isAuthFailure` (4401 or 4403: retrying
  * with the same credentials is pointless), `isServiceRestart` (1012: the server is
  * restarting; retried at once). `httpStatus` is always null: browsers do not
