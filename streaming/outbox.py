@@ -253,8 +253,10 @@ class Outbox:
             self._wake()
 
     def discard(self) -> None:
-        """Drop everything: the socket is gone (or closed)."""
+        """Drop everything: the socket is gone (or closed). A later :meth:`close` does
+        nothing, even after a :meth:`seal`."""
         self._closed = True
+        self._sealed = False
         self._gated = False
         if self._queue is not None:
             self._queue.clear()

@@ -299,3 +299,18 @@ async def test_a_sealed_outbox_sends_what_was_queued_and_nothing_put_after():
     outbox.close(1000)  # still possible after a seal (a socket still in its handshake)
     await outbox.wait_sent()
     assert server.texts() == ["a", "b", "close 1000"]
+
+
+async def test_a_discarded_outbox_sends_no_close_even_after_a_seal():
+    """daphne's 1012 seals, waits, discards, then sends the close frame itself: a close
+    the consumer's teardown asks for afterwards must not send (or count) a second one."""
+    server, outbox, _ = make()
+    outbox.put("a")
+    outbox.seal()
+    await outbox.wait_sent()
+    outbox.discard()
+    before = closes("1000")
+    outbox.close(1000)
+    await outbox.wait_sent()
+    assert server.texts() == ["a"]
+    assert closes("1000") == before
