@@ -102,7 +102,10 @@ class _Link:
         and raises ``ConnectionClosed``, as a lost link does. Frames arriving do not prove
         a link whose other direction is stuck; a slow one drains and never waits that long."""
         try:
-            await asyncio.wait_for(self.ws.send(text), self.write_timeout)
+            # Not wait_for: on 3.11 it runs the send in a task of its own, which starts a
+            # loop turn later, so frames sent one after the other could go out of order.
+            async with asyncio.timeout(self.write_timeout):
+                await self.ws.send(text)
         except TimeoutError:
             self.reason = self.reason or DisconnectReason(
                 1006, f"the server read nothing for {self.write_timeout:g} s (a send was stuck)"
