@@ -5,6 +5,9 @@ Counters are process-wide, so each test reads a metric before and after what it 
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+
 import httpx
 import pytest
 from django.core.handlers.asgi import ASGIHandler
@@ -258,3 +261,36 @@ async def test_the_cluster_endpoint_refuses_others():
         async with StreamingCommunicator(endpoints=[ClusterMetricsEndpoint], user=user) as comm:
             await comm.send_message(name, StreampodMetricsRequest(request_id="x"))
             await comm.receive_error(code)
+
+
+
+@pytest.mark.redis
+def test_publish_seconds_are_timed_finer_than_uvloops_clock(monkeypatch):
+    """uvloop's ``loop.time()`` counts whole milliseconds: a publish to a local Redis
+    shorter than one was observed as 0 s, and ``streampod_bus_publish_seconds_sum``
+    stayed 0 after five posts (CI, tests/e2e/test_metrics_e2e.py under uvicorn)."""
+    import uvloop
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    from streaming.messages import MessageBus
+    from tests.support.servers import require_redis
+
+    observed: list[float] = []
+    record = metrics.bus_published
+    monkeypatch.setattr(metrics, "bus_published", lambda s: (observed.append(s), record(s)))
+
+    async def post_twenty() -> None:
+        host = {"address": require_redis(), "socket_timeout": None}
+        layer = RedisPubSubChannelLayer(hosts=[host], prefix=f"t{uuid.uuid4().hex[:10]}")
+        bus = MessageBus(layer)
+        try:
+            for n in range(20):
+                await bus.post_message("metrics_clock", MetricsNote(text=str(n)), global_=True)
+        finally:
+            await bus.aclose()
+            await layer.flush()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(post_twenty())
+    assert len(observed) == 20
+    assert all(seconds > 0 for seconds in observed), observed
