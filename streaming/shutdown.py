@@ -9,7 +9,8 @@ when the server process gets SIGTERM (a rolling restart, ``docker stop``, Kubern
    response (uvicorn); under daphne, whose only refusal (HTTP 403) clients take as final,
    it is accepted and closed at once with 1012.
 2. Every open socket is closed with **1012** (service restart) after the frames already
-   queued for it. Both Streampod clients reconnect at once on 1012, with no backoff, to
+   queued for it. Both Streampod clients reconnect on 1012 with no backoff (within a random
+   ``restart_spread``, so that they do not all return in one instant), to
    whichever server the address leads to now.
 3. Each socket's teardown runs as on any close: ``stream_closed`` hooks get
    ``CLOSE_GRACE_PERIOD`` seconds. The drain waits at most ``SHUTDOWN_GRACE_PERIOD``
@@ -292,7 +293,7 @@ _closing: set[asyncio.Task[None]] = set()
 def close_listeners(channels: set[str]) -> int:
     """Close with 1012, after their queued frames, the open sockets that listen to any of
     ``channels`` on the bus (the bus's subscription was down: they may have missed posts,
-    and their clients reconnect at once and read what they missed). Returns how many."""
+    and their clients reconnect and read what they missed). Returns how many."""
     if not channels:
         return 0
     closed = 0

@@ -1,5 +1,7 @@
-"""The Python client on a graceful shutdown: close code 1012 means "retry now", with no
-backoff delay and no failure counted; other codes keep the backoff. Against a tiny real
+"""The Python client on a graceful shutdown: close code 1012 means "retry soon": after a
+random wait of up to ``restart_spread`` (so that one server's clients do not all return
+in the same instant), with no backoff delay and no failure counted; other codes keep the
+backoff. Against a tiny real
 ``websockets`` server (as tests/test_client_unit.py); against real servers being
 restarted: tests/e2e/test_graceful.py.
 """
@@ -7,6 +9,7 @@ restarted: tests/e2e/test_graceful.py.
 import asyncio
 import json
 
+import pytest
 from websockets.asyncio.server import serve
 
 from streaming.client import Client, StreamingConnectionHandler, StreamingConnectionStatus
@@ -17,7 +20,7 @@ PONG = json.dumps({"command": "pong", "args": {}})
 WAIT = 20  # seconds: a safety net for awaits, never a measurement
 
 
-async def test_1012_reconnects_without_backoff_and_1001_still_backs_off():
+async def test_1012_reconnects_within_the_restart_spread_and_1001_still_backs_off():
     codes = iter([1012, 1012, 1001])
     accepted = 0
     delays: list[tuple[int | None, float | None]] = []  # (close code, retry_in_seconds)
@@ -46,14 +49,49 @@ async def test_1012_reconnects_without_backoff_and_1001_still_backs_off():
 
         client.add_streaming_connection_status_listener(record)
         # A minimum delay far beyond the test's wait: only "no backoff" can reconnect.
-        handler = StreamingConnectionHandler(client, min_delay=60, max_delay=120, jitter=0)
+        # The draw (0.25) places each 1012's wait at a quarter of the spread.
+        handler = StreamingConnectionHandler(
+            client, min_delay=60, max_delay=120, jitter=0, restart_spread=0.4, rng=lambda: 0.25
+        )
         handler.start()
         await asyncio.wait_for(backing_off.wait(), WAIT)
-        assert accepted == 3  # two 1012 closes, each followed at once by a new connection
+        assert accepted == 3  # two 1012 closes, each followed soon by a new connection
         assert [code for code, _ in delays] == [1012, 1012, 1001]
-        assert delays[0][1] == delays[1][1] == 0.0
+        # retry_in_seconds counts down from the draw: read a moment after it was set
+        assert delays[0][1] == pytest.approx(0.1, abs=0.01)
+        assert delays[1][1] == pytest.approx(0.1, abs=0.01)
         assert delays[2][1] > 30  # the first failure's backoff, not shortened by the 1012s
         assert client.disconnect_reason.code == 1001
+        await handler.close()
+        await client.close()
+
+
+async def test_a_1012_with_no_restart_spread_reconnects_at_once():
+    accepted = 0
+    back = asyncio.Event()
+
+    async def server_handler(ws):
+        nonlocal accepted
+        accepted += 1
+        await ws.recv()
+        await ws.send(PONG)
+        if accepted == 1:
+            await ws.close(1012)
+            return
+        back.set()
+        await ws.wait_closed()
+
+    async with serve(server_handler, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        client = Client(f"http://127.0.0.1:{port}/")
+        waits: list[float | None] = []
+        client.add_streaming_connection_status_listener(
+            lambda status: status is S.waiting_to_retry and waits.append(client.retry_in_seconds)
+        )
+        handler = StreamingConnectionHandler(client, restart_spread=0, rng=lambda: 1.0)
+        handler.start()
+        await asyncio.wait_for(back.wait(), WAIT)
+        assert waits == [0.0]
         await handler.close()
         await client.close()
 

@@ -41,9 +41,12 @@ class StreamingConnectionHandler:
     reached ``connected`` resets the count. While waiting the client's status is
     ``waiting_to_retry`` and ``client.retry_in_seconds`` counts down.
 
-    A close with 1012 (the server is restarting: a graceful shutdown, see
-    docs/deployment.md) is retried at once, with no delay, and is not counted as a
-    failure: other servers are up. If that attempt fails, the backoff applies as usual.
+    A close with 1012 on a connection that was up (the server is restarting: a graceful
+    shutdown, see docs/deployment.md; or its message-bus subscription was lost) is not
+    counted as a failure: other servers are up. It is retried after a random wait of up
+    to ``restart_spread`` seconds (uniform; 0: at once), so that the thousands of clients
+    one server closes together do not all connect again in the same instant. If that
+    attempt fails, the backoff applies as usual.
 
     It stops, leaving the client ``disconnected``, when the server closes with 4401
     or 4403 (or refuses the handshake with HTTP 401/403): the same credentials would
@@ -69,6 +72,7 @@ class StreamingConnectionHandler:
         max_delay: float = 30.0,
         factor: float = 2.0,
         jitter: float = 0.5,
+        restart_spread: float = 1.0,
         rng: Callable[[], float] = random.random,
         listener: HandlerListener | None = None,
     ) -> None:
@@ -78,11 +82,14 @@ class StreamingConnectionHandler:
             raise ValueError("factor must be at least 1")
         if not 0 <= jitter <= 1:
             raise ValueError("jitter must be between 0 and 1")
+        if not 0 <= restart_spread:
+            raise ValueError("restart_spread must be at least 0")
         self.client = client
         self.min_delay = min_delay
         self.max_delay = max_delay
         self.factor = factor
         self.jitter = jitter
+        self.restart_spread = restart_spread
         self._rng = rng
         self._failures = 0
         self._next_delay: float | None = None
@@ -180,11 +187,13 @@ class StreamingConnectionHandler:
             self._next_delay = None
             return None
         if reason.is_service_restart and connected:
-            # Retry now: the server is restarting, others are up. A 1012 before the link
-            # was up is a failed attempt (a draining server refusing it): backed off, or
-            # the client would retry at once for as long as the drain lasts.
-            self._next_delay = 0.0
-            return 0.0
+            # Not a failure: the server is restarting, others are up. Spread at random
+            # over restart_spread, or every client of that server would connect again in
+            # the same instant. A 1012 before the link was up is a failed attempt (a
+            # draining server refusing it): backed off, or the client would retry at
+            # once for as long as the drain lasts.
+            self._next_delay = self.restart_spread * self._rng()
+            return self._next_delay
         self._failures += 1
         self._next_delay = self.delay_for(self._failures)
         return self._next_delay

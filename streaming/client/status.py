@@ -64,7 +64,7 @@ class DisconnectReason:
 
     @property
     def is_service_restart(self) -> bool:
-        """True for 1012: the server shut down gracefully; reconnect at once, elsewhere."""
+        """True for 1012: the server shut down gracefully; reconnect soon, elsewhere."""
         return self.code == CloseCode.SERVICE_RESTART
 
     @classmethod

@@ -185,7 +185,9 @@ async def test_socket_urls_backoff_and_option_checks(server, open_page):
                 longest: [0, 1, 2, 6, 7].map((n) => backoffDelay(n, policy, () => 0)),
                 shortest: [0, 1, 2, 6, 7].map((n) => backoffDelay(n, policy, () => 1)),
                 refused: [refused({pingIntervall: 1}), refused({retry: {minimum: 1}}),
-                          refused({pingInterval: 50}), refused({retry: false})],
+                          refused({pingInterval: 50}), refused({retry: false}),
+                          refused({retry: {restartSpread: -1}}),
+                          refused({retry: {restartSpread: 0}})],
             };
         }"""
     )
@@ -198,7 +200,7 @@ async def test_socket_urls_backoff_and_option_checks(server, open_page):
         ],
         "longest": [0.5, 1, 2, 30, 30],
         "shortest": [0.25, 0.5, 1, 15, 15],
-        "refused": ["TypeError", "TypeError", "TypeError", "accepted"],
+        "refused": ["TypeError", "TypeError", "TypeError", "accepted", "TypeError", "accepted"],
     }
 
 

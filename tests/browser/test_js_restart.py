@@ -1,6 +1,8 @@
-"""streampod.js on a graceful restart: close code 1012 means "retry now", with no backoff
-delay and no failure counted; other codes keep the backoff. The Python client's twin
-is tests/test_client_restart.py; the servers' side, tests/e2e/test_graceful.py."""
+"""streampod.js on a graceful restart: close code 1012 means "retry soon", at a random
+moment of ``retry.restartSpread`` (so that one server's clients do not all return in the
+same instant), with no backoff delay and no failure counted; other codes keep the backoff.
+The Python client's twin is tests/test_client_restart.py; the servers' side,
+tests/e2e/test_graceful.py."""
 
 import asyncio
 import json
@@ -11,11 +13,13 @@ from tests.support.fake_servers import credit_ignoring
 from .support import wait_states, ws_server
 
 #: A minimum delay far beyond the test's waits: only "no backoff" reconnects in time.
-SLOW_RETRY = "{min: 60, max: 120, factor: 2, jitter: 0}"
+SLOW_RETRY = "{min: 60, max: 120, factor: 2, jitter: 0, restartSpread: 0}"
 PONG = json.dumps({"command": "pong", "args": {}})
 
 
-async def test_a_1012_close_reconnects_at_once_and_1001_still_backs_off(server, open_page):
+async def test_a_1012_close_reconnects_within_the_spread_and_1001_still_backs_off(
+    server, open_page
+):
     codes = iter([1012, 1012, 1001])
     accepted = 0
 
@@ -32,11 +36,14 @@ async def test_a_1012_close_reconnects_at_once_and_1001_still_backs_off(server, 
 
     async with ws_server(handler) as base_url:
         page = await open_page(server.http_url)
-        await page.evaluate(f"(url) => window.start({{retry: {SLOW_RETRY}}}, url)", base_url)
+        # The page's random draws are fixed at a quarter: each 1012 waits 0.1 s of 0.4.
+        await page.evaluate("Math.random = () => 0.25")
+        retry = "{min: 60, max: 120, factor: 2, jitter: 0, restartSpread: 0.4}"
+        await page.evaluate(f"(url) => window.start({{retry: {retry}}}, url)", base_url)
         await wait_states(page, "waitingToRetry", 3)
         log = await page.evaluate("window.statusLog")
         waits = [(s["code"], s["retryInSeconds"]) for s in log if s["state"] == "waitingToRetry"]
-        assert waits == [(1012, 0), (1012, 0), (1001, 60)]  # no failure counted for 1012
+        assert waits == [(1012, 0.1), (1012, 0.1), (1001, 60)]  # no failure counted for 1012
         assert accepted == 3
         assert [s["state"] for s in log] == [
             "connecting",

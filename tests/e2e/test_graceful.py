@@ -201,10 +201,16 @@ class Timeline:
         return None if back is None else back - lost
 
     async def wait_connected(self, since: float = 0.0) -> None:
-        async with asyncio.timeout(WAIT):
-            while not any(e[0] >= since and e[1].value == "connected" for e in self.events):
-                self.changed.clear()
-                await self.changed.wait()
+        try:
+            async with asyncio.timeout(WAIT):
+                while not any(e[0] >= since and e[1].value == "connected" for e in self.events):
+                    self.changed.clear()
+                    await self.changed.wait()
+        except TimeoutError:
+            # What the client went through, for the failure's story.
+            raise AssertionError(
+                f"not connected within {WAIT} s after {since:.3f}: {self.events} {self.reasons}"
+            ) from None
 
 
 async def test_a_rolling_restart_loses_no_saved_message_and_clients_return_at_once(

@@ -31,11 +31,13 @@
  * - Heartbeat: a ping every `pingInterval` seconds; `silenceTimeout` seconds without any
  *   frame, or with frames sent and none of them leaving the browser (a server that no
  *   longer reads), means the connection is dead: it is dropped and retried.
- * - Reconnects: exponential backoff with jitter (`retry: {min, max, factor, jitter}`),
- *   reset after a successful connection. Close codes 4401 and 4403 (credentials
- *   refused, forbidden) stop retrying: status "disconnected", reason "unauthorized" or
- *   "forbidden". Close code 1012 (the server is restarting: a graceful shutdown)
- *   retries at once, with no backoff delay, and does not count as a failure.
+ * - Reconnects: exponential backoff with jitter (`retry: {min, max, factor, jitter,
+ *   restartSpread}`), reset after a successful connection. Close codes 4401 and 4403
+ *   (credentials refused, forbidden) stop retrying: status "disconnected", reason
+ *   "unauthorized" or "forbidden". Close code 1012 on a connection that was up (the
+ *   server is restarting, or lost its message-bus subscription) does not count as a
+ *   failure: it retries after a random wait of up to `restartSpread` seconds (uniform;
+ *   0: at once), so that one server's thousands of clients do not return in one instant.
  *   `StreamingConnectionHandler` gives the same the Python client's (and
  *   Serverpod's) shape: `listener(state)`, `connect()`, `dispose()`.
  * - Every data frame is buffered from the moment the socket opens, per endpoint, so
@@ -110,7 +112,7 @@ export const CLASS_NAME_KEY = "__className__";
 
 const PING = JSON.stringify({command: "ping", args: {}});
 
-const DEFAULT_RETRY = Object.freeze({min: 0.5, max: 30, factor: 2, jitter: 0.5});
+const DEFAULT_RETRY = Object.freeze({min: 0.5, max: 30, factor: 2, jitter: 0.5, restartSpread: 1});
 
 /** Every option of `new Client(baseUrl, options)` with its default. Times in seconds. */
 export const DEFAULTS = Object.freeze({
@@ -279,7 +281,7 @@ export class DisconnectReason {
     return FINAL_CLOSE_CODES.has(this.code);
   }
 
-  /** 1012: the server shut down gracefully; the client reconnects at once. */
+  /** 1012: the server shut down gracefully; the client reconnects soon (no backoff). */
   get isServiceRestart() {
     return this.code === CloseCode.SERVICE_RESTART;
   }
@@ -320,7 +322,7 @@ function checkRetry(retry) {
   if (retry === false || retry === null) return null;
   if (retry === true || retry === undefined) return DEFAULT_RETRY;
   if (!isPlainObject(retry)) {
-    throw new TypeError("retry must be false or {min, max, factor, jitter}");
+    throw new TypeError("retry must be false or {min, max, factor, jitter, restartSpread}");
   }
   for (const key of Object.keys(retry)) {
     if (!(key in DEFAULT_RETRY)) throw new TypeError(`Unknown retry option ${JSON.stringify(key)}`);
@@ -334,6 +336,9 @@ function checkRetry(retry) {
   }
   if (typeof merged.jitter !== "number" || !(merged.jitter >= 0 && merged.jitter <= 1)) {
     throw new TypeError("retry.jitter must be a number from 0 to 1");
+  }
+  if (typeof merged.restartSpread !== "number" || !(merged.restartSpread >= 0)) {
+    throw new TypeError("retry.restartSpread must be a number >= 0");
   }
   return Object.freeze(merged);
 }
@@ -1603,11 +1608,13 @@ export class Client {
     }
     this._disconnectReason = new DisconnectReason(code, why);
     // 1012 on a connection that was up: this server is restarting, others are up: come
-    // back now (not a failure). A 1012 before the connection was up is a failed attempt (a
-    // draining server refusing it): the backoff applies, or a client would retry it at once
-    // for as long as the drain lasts (thousands of times a second).
+    // back soon (not a failure), at a random moment of restartSpread, or all of that
+    // server's clients would connect again in the same instant. A 1012 before the
+    // connection was up is a failed attempt (a draining server refusing it): the backoff
+    // applies, or a client would retry it at once for as long as the drain lasts
+    // (thousands of times a second).
     const restart = code === CloseCode.SERVICE_RESTART && conn.connected;
-    const delay = restart ? 0 : backoffDelay(this._attempt, retry);
+    const delay = restart ? retry.restartSpread * Math.random() : backoffDelay(this._attempt, retry);
     if (!restart) this._attempt += 1;
     this._retryAt = performance.now() + delay * 1000;
     this._retryTimer = setTimeout(() => {
@@ -1759,7 +1766,14 @@ export class StreamingConnectionHandlerState {
   }
 }
 
-const HANDLER_OPTIONS = new Set(["listener", "minDelay", "maxDelay", "factor", "jitter"]);
+const HANDLER_OPTIONS = new Set([
+  "listener",
+  "minDelay",
+  "maxDelay",
+  "factor",
+  "jitter",
+  "restartSpread",
+]);
 
 /**
  * The Python client's (and Serverpod's) shape for keeping the connection up:
@@ -1772,7 +1786,7 @@ const HANDLER_OPTIONS = new Set(["listener", "minDelay", "maxDelay", "factor", "
  * `listener(state)` (a `StreamingConnectionHandlerState`) is called on every change of
  * status and once a second while waiting to retry (`retryInSeconds` counts down: 3, 2,
  * 1). The client already reconnects by itself; the handler opens it, makes it retry
- * with `minDelay`, `maxDelay`, `factor`, `jitter` (default: the client's `retry`
+ * with `minDelay`, `maxDelay`, `factor`, `jitter`, `restartSpread` (default: the client's `retry`
  * option, or its defaults when that is false), and stops on `dispose()` or when the
  * client gives up (4401, 4403). `start()`/`close()` are the same as `connect()`/`dispose()`.
  */
@@ -1783,7 +1797,7 @@ export class StreamingConnectionHandler {
     for (const key of Object.keys(options)) {
       if (!HANDLER_OPTIONS.has(key)) throw new TypeError(`Unknown option ${JSON.stringify(key)}`);
     }
-    const {listener = null, minDelay, maxDelay, factor, jitter} = options;
+    const {listener = null, minDelay, maxDelay, factor, jitter, restartSpread} = options;
     if (listener !== null && typeof listener !== "function") {
       throw new TypeError("listener must be a function or null");
     }
@@ -1795,6 +1809,7 @@ export class StreamingConnectionHandler {
       max: maxDelay ?? Math.max(base.max, minDelay ?? 0),
       factor: factor ?? base.factor,
       jitter: jitter ?? base.jitter,
+      restartSpread: restartSpread ?? base.restartSpread,
     });
     this._started = false;
     this._finished = false;
