@@ -221,7 +221,7 @@ async def test_a_rolling_restart_loses_no_saved_message_and_clients_return_at_on
     from chat.models import Message
     from chat.protocol import ChatMessage
     from streaming.client import Client, ClientError, StreamingConnectionHandler
-    from tests.support.nginx import count_lines
+    from tests.support.nginx import count_lines, wait_lines
 
     nginx, a, b = behind_nginx
     receivers = [await make_user(f"receiver{i}") for i in range(2)]
@@ -268,13 +268,22 @@ async def test_a_rolling_restart_loses_no_saved_message_and_clients_return_at_on
     for user, key in receivers:
         await start(b.http_url, key, user.pk, only_from_me=False)
     # Senders through nginx; the server each lands on is read from the servers' logs.
+    # The servers' output is read by threads of their own, so a handshake's line can come
+    # after its client saw "connected": each count waits until every handshake so far is
+    # in. (Counting at once put a client of B among A's under load: it never saw the 1012
+    # the test waited for.)
     on_a: list[tuple] = []
     on_b: list[tuple] = []
+    needle, outputs = ACCEPTED[a.name], [a.output, b.output]
+    accepted = len(receivers)  # their sockets, straight to B
     for user, key in senders:
-        before = count_lines(a.output, ACCEPTED[a.name])
+        assert await asyncio.to_thread(wait_lines, outputs, needle, accepted, WAIT)
+        before = count_lines(a.output, needle)
         client, timeline = await start(nginx.http_url, key, user.pk, only_from_me=True)
+        accepted += 1
+        assert await asyncio.to_thread(wait_lines, outputs, needle, accepted, WAIT)
         entry = (user, client, timeline)
-        (on_a if count_lines(a.output, ACCEPTED[a.name]) > before else on_b).append(entry)
+        (on_a if count_lines(a.output, needle) > before else on_b).append(entry)
         tasks.append(asyncio.create_task(send_loop(client, user.username)))
     assert on_a and on_b, (len(on_a), len(on_b))
 

@@ -508,7 +508,11 @@ async def test_a_browser_through_nginx_chats_with_a_python_client_on_the_other_u
                 context, page = await sign_in(
                     chromium, page_errors, nginx.http_url, "alice", DESKTOP
                 )
-                # The page's socket went through nginx to one of the two upstreams.
+                # The page's socket went through nginx to one of the two upstreams (the
+                # servers' output is read by threads of their own: wait for its line).
+                assert await asyncio.to_thread(
+                    wait_lines, [a.output, b.output], ACCEPTED, sum(before.values()) + 1, 30
+                )
                 landed = [srv for srv in (a, b) if _accepted(srv) > before[srv.port]]
                 assert len(landed) == 1, (before, [_accepted(a), _accepted(b)])
                 other = b if landed[0] is a else a
