@@ -243,8 +243,10 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             outbox.open(attach_flow(self.base_send))  # daphne: Twisted's buffer pushes back
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
-        if self.outbox is not None and not self.outbox.closed:
-            metrics.socket_close(message.get("code") or 1005)  # the client closed first
+        outbox = self.outbox
+        if outbox is not None and (not outbox.closed or outbox.sealed):
+            # The client closed first (or while a sealed queue waited for its 1012).
+            metrics.socket_close(message.get("code") or 1005)
         await self._teardown()
         raise StopConsumer()
 

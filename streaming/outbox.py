@@ -151,6 +151,12 @@ class Outbox:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def sealed(self) -> bool:
+        """Closed by :meth:`seal`: no close frame counted or sent yet (the caller's
+        comes once the queue is out)."""
+        return self._sealed
+
     def put(self, text: str) -> bool:
         """Queue a text frame. False when closed, or when full (``on_overflow`` is called)."""
         if self._closed:

@@ -294,3 +294,17 @@ def test_publish_seconds_are_timed_finer_than_uvloops_clock(monkeypatch):
         runner.run(post_twenty())
     assert len(observed) == 20
     assert all(seconds > 0 for seconds in observed), observed
+
+
+async def test_a_client_closing_while_a_restart_close_waits_is_counted():
+    """daphne's 1012 seals the socket's queue and waits for it to drain. Seen: a client
+    that closed meanwhile was counted nowhere in ``streampod_closes_total``."""
+    from streaming.connections import get_connections
+
+    closes = value("streampod_closes_total", code="1001")
+    comm = StreamingCommunicator(endpoints=[MetricsEchoEndpoint])
+    await comm.connect()
+    (consumer,) = get_connections().live()
+    consumer.outbox.seal()  # as streaming.shutdown does before daphne's 1012
+    await comm.disconnect(code=1001)
+    assert value("streampod_closes_total", code="1001") == closes + 1
