@@ -8,6 +8,7 @@ restarted: tests/e2e/test_graceful.py.
 
 import asyncio
 import json
+import math
 
 import pytest
 from websockets.asyncio.server import serve
@@ -49,9 +50,16 @@ async def test_1012_reconnects_within_the_restart_spread_and_1001_still_backs_of
 
         client.add_streaming_connection_status_listener(record)
         # A minimum delay far beyond the test's wait: only "no backoff" can reconnect.
-        # The draw (0.25) places each 1012's wait at a quarter of the spread.
+        # The draw (0.25) places each 1012's wait at a quarter of the spread. Every
+        # connection counts as one that held (stable_after=0), so each 1012 is free.
         handler = StreamingConnectionHandler(
-            client, min_delay=60, max_delay=120, jitter=0, restart_spread=0.4, rng=lambda: 0.25
+            client,
+            min_delay=60,
+            max_delay=120,
+            jitter=0,
+            restart_spread=0.4,
+            stable_after=0,
+            rng=lambda: 0.25,
         )
         handler.start()
         await asyncio.wait_for(backing_off.wait(), WAIT)
@@ -94,6 +102,67 @@ async def test_a_1012_with_no_restart_spread_reconnects_at_once():
         assert waits == [0.0]
         await handler.close()
         await client.close()
+
+
+async def restarting(ws):
+    """A server that closes every connection with 1012 right after its pong."""
+    await ws.recv()
+    await ws.send(PONG)
+    await ws.close(1012)
+
+
+async def test_1012s_in_a_row_on_connections_that_did_not_hold_back_off():
+    """A server that closes every connection with 1012 right after its pong (one that
+    keeps restarting; a Redis link that keeps dropping). Seen (a client review): the
+    client came back 562 times a second with restart_spread=0, 2.8 at the default, for
+    ever. Expected: the first 1012 is free, the next ones back off like failures."""
+    waits: list[float | None] = []
+    six = asyncio.Event()
+
+    async with serve(restarting, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        client = Client(f"http://127.0.0.1:{port}/")
+
+        def record(status):
+            if status is S.waiting_to_retry:
+                waits.append(client.retry_in_seconds)
+                if len(waits) == 6:
+                    six.set()
+
+        client.add_streaming_connection_status_listener(record)
+        handler = StreamingConnectionHandler(
+            client, min_delay=0.05, max_delay=0.4, factor=2, jitter=0, restart_spread=0
+        )
+        handler.start()
+        await asyncio.wait_for(six.wait(), WAIT)
+        await handler.close()
+        await client.close()
+    assert waits[:6] == pytest.approx([0, 0.05, 0.1, 0.2, 0.4, 0.4], abs=0.01)
+
+
+async def test_a_handler_that_fails_leaves_the_client_disconnected(caplog):
+    """Seen (a client review): after "stopped on an unexpected error" the client stayed
+    ``waiting_to_retry`` for good, its countdown at 0, with nothing retrying."""
+    async with serve(restarting, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        client = Client(f"http://127.0.0.1:{port}/")
+        # A draw that is not a number: the wait cannot be counted down (a bug's stand-in).
+        handler = StreamingConnectionHandler(client, rng=lambda: math.nan)
+        handler.start()
+        await asyncio.wait_for(handler.wait_closed(), WAIT)
+        assert "stopped on an unexpected error" in caplog.text
+        assert client.streaming_connection_status is S.disconnected
+        assert client.retry_in_seconds is None
+        await client.close()
+
+
+def test_restart_spread_and_stable_after_must_be_finite():
+    client = Client("http://127.0.0.1:9/")
+    for bad in (-1, math.inf, math.nan):
+        with pytest.raises(ValueError, match="restart_spread"):
+            StreamingConnectionHandler(client, restart_spread=bad)
+        with pytest.raises(ValueError, match="stable_after"):
+            StreamingConnectionHandler(client, stable_after=bad)
 
 
 def test_1012_is_described_as_a_restart_and_is_not_an_auth_failure():

@@ -600,6 +600,44 @@ async def test_a_server_that_talks_but_never_reads_is_dropped_and_a_blocked_send
             assert "read nothing" in client.disconnect_reason.message
 
 
+async def test_a_close_frame_without_the_tcp_close_ends_the_link_after_the_close_timeout():
+    """A server (or a middlebox) that sends its close frame (1012) but never closes TCP.
+    Seen (a client review): the client stayed ``connected`` until its next ping (20 s at
+    the defaults), and a send meanwhile blocked. Expected: the link ends within the close
+    timeout, with the server's code, and the handler reconnects."""
+    from streaming.client.client import _CLOSE_TIMEOUT
+    from tests.support.fake_servers import lingering_closer
+
+    connections: list[asyncio.StreamWriter] = []
+    server = await lingering_closer(connections)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        # A ping far beyond the failure guard: only the close timeout can end the link.
+        client = Client(
+            f"http://127.0.0.1:{port}/", raw=True, ping_interval=600, silence_timeout=1200
+        )
+        losses: list[int | None] = []
+        back = asyncio.Event()
+
+        def record(status: StreamingConnectionStatus) -> None:
+            if status is StreamingConnectionStatus.waiting_to_retry:
+                losses.append(client.disconnect_reason.code)
+            elif status is StreamingConnectionStatus.connected and losses:
+                back.set()
+
+        client.add_streaming_connection_status_listener(record)
+        async with StreamingConnectionHandler(client, restart_spread=0):
+            async with asyncio.timeout(_CLOSE_TIMEOUT * 3):  # a failure guard: it hung
+                await back.wait()
+        await client.close()
+        assert losses[:1] == [1012]
+        assert len(connections) >= 2
+    finally:
+        for writer in connections:
+            writer.transport.abort()
+        server.close()
+
+
 async def test_a_frame_too_large_for_the_client_is_reported_as_1009():
     """websockets fails the connection with 1009 when the server sends more than its
     ``max_size`` (1 MiB); the client reported it as 1006, "the connection was lost"."""

@@ -77,6 +77,33 @@ _CLOSE_TIMEOUT = 5.0
 MAX_ENDPOINTS = 256
 
 
+class _Connection(ClientConnection):
+    """websockets' client connection, which ends once a close frame came and the TCP
+    connection did not follow within the close timeout.
+
+    websockets waits for the server to close TCP after its close frame and enforces the
+    close timeout only on the next send or ping: against a server (or a middlebox) that
+    never closes, the link stayed ``connected`` until the next heartbeat (20 s at the
+    defaults), and a send meanwhile blocked. Built on public parts only: asyncio's
+    ``data_received`` and ``connection_lost``, and the sans-I/O protocol's
+    ``close_expected()``.
+    """
+
+    _drop: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._drop is None and self.protocol.close_expected():
+            self._drop = self.loop.call_later(
+                self.close_timeout or _CLOSE_TIMEOUT, self.transport.abort
+            )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._drop is not None:
+            self._drop.cancel()
+        super().connection_lost(exc)
+
+
 class _Aborted(Exception):
     """close_streaming_connection() interrupted an opening handshake."""
 
@@ -469,6 +496,7 @@ class Client:
                 ping_interval=None,
                 open_timeout=self.connect_timeout,
                 close_timeout=_CLOSE_TIMEOUT,
+                create_connection=_Connection,
             )
 
         attempt = asyncio.ensure_future(handshake())

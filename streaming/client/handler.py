@@ -46,7 +46,10 @@ class StreamingConnectionHandler:
     counted as a failure: other servers are up. It is retried after a random wait of up
     to ``restart_spread`` seconds (uniform; 0: at once), so that the thousands of clients
     one server closes together do not all connect again in the same instant. If that
-    attempt fails, the backoff applies as usual.
+    attempt fails, the backoff applies as usual. Only the first 1012 is free: another
+    before a connection has held for ``stable_after`` seconds (a server that keeps
+    restarting, a Redis link that keeps dropping) is backed off like failures, the
+    n-th such one in a row as the (n-1)-th failure.
 
     It stops, leaving the client ``disconnected``, when the server closes with 4401
     or 4403 (or refuses the handshake with HTTP 401/403): the same credentials would
@@ -73,6 +76,7 @@ class StreamingConnectionHandler:
         factor: float = 2.0,
         jitter: float = 0.5,
         restart_spread: float = 1.0,
+        stable_after: float = 10.0,
         rng: Callable[[], float] = random.random,
         listener: HandlerListener | None = None,
     ) -> None:
@@ -82,14 +86,19 @@ class StreamingConnectionHandler:
             raise ValueError("factor must be at least 1")
         if not 0 <= jitter <= 1:
             raise ValueError("jitter must be between 0 and 1")
-        if not 0 <= restart_spread:
-            raise ValueError("restart_spread must be at least 0")
+        if not (0 <= restart_spread and math.isfinite(restart_spread)):
+            raise ValueError("restart_spread must be a finite number of seconds, at least 0")
+        if not (0 <= stable_after and math.isfinite(stable_after)):
+            raise ValueError("stable_after must be a finite number of seconds, at least 0")
         self.client = client
         self.min_delay = min_delay
         self.max_delay = max_delay
         self.factor = factor
         self.jitter = jitter
         self.restart_spread = restart_spread
+        self.stable_after = stable_after
+        self._restarts = 0  # 1012s in a row on connections that did not hold
+        self._up_since: float | None = None  # when the current connection came up
         self._rng = rng
         self._failures = 0
         self._next_delay: float | None = None
@@ -130,8 +139,7 @@ class StreamingConnectionHandler:
         if self.client._handler is not None:
             raise RuntimeError("this client already has a StreamingConnectionHandler")
         self.client._handler = self
-        if self.listener is not None:
-            self.client.add_streaming_connection_status_listener(self._status_changed)
+        self.client.add_streaming_connection_status_listener(self._status_changed)
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name="streampod-connection-handler"
         )
@@ -148,6 +156,8 @@ class StreamingConnectionHandler:
         return self._closing
 
     def _status_changed(self, status: StreamingConnectionStatus) -> None:
+        if status is StreamingConnectionStatus.connected:
+            self._up_since = asyncio.get_running_loop().time()
         self._notify()
 
     def _notify(self) -> None:
@@ -186,13 +196,27 @@ class StreamingConnectionHandler:
         if self._stopping or reason.by_client or reason.is_auth_failure:
             self._next_delay = None
             return None
+        up_since = self._up_since
+        held = (
+            connected
+            and up_since is not None
+            and asyncio.get_running_loop().time() - up_since >= self.stable_after
+        )
+        if held:
+            self._restarts = 0
         if reason.is_service_restart and connected:
             # Not a failure: the server is restarting, others are up. Spread at random
             # over restart_spread, or every client of that server would connect again in
             # the same instant. A 1012 before the link was up is a failed attempt (a
             # draining server refusing it): backed off, or the client would retry at
-            # once for as long as the drain lasts.
-            self._next_delay = self.restart_spread * self._rng()
+            # once for as long as the drain lasts. Only the first in a row is free: a
+            # server that 1012s every connection had clients back 562 times a second
+            # (restart_spread=0), 2.8 at the default, for ever.
+            self._restarts += 1
+            if self._restarts == 1:
+                self._next_delay = self.restart_spread * self._rng()
+            else:
+                self._next_delay = self.delay_for(self._restarts - 1)
             return self._next_delay
         self._failures += 1
         self._next_delay = self.delay_for(self._failures)
@@ -233,6 +257,7 @@ class StreamingConnectionHandler:
             # Cancelled by _stop_retrying() while waiting: a normal stop.
         except Exception:
             logger.exception("StreamingConnectionHandler stopped on an unexpected error")
+            self._stopping = True  # the client settles disconnected: nothing retries now
             client._settle(DisconnectReason(None, "the connection handler failed (see the log)"))
         finally:
             if client._handler is self:

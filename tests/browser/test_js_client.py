@@ -187,7 +187,9 @@ async def test_socket_urls_backoff_and_option_checks(server, open_page):
                 refused: [refused({pingIntervall: 1}), refused({retry: {minimum: 1}}),
                           refused({pingInterval: 50}), refused({retry: false}),
                           refused({retry: {restartSpread: -1}}),
-                          refused({retry: {restartSpread: 0}})],
+                          refused({retry: {restartSpread: 0}}),
+                          refused({retry: {restartSpread: Infinity}}),
+                          refused({retry: {stableAfter: NaN}})],
             };
         }"""
     )
@@ -200,7 +202,10 @@ async def test_socket_urls_backoff_and_option_checks(server, open_page):
         ],
         "longest": [0.5, 1, 2, 30, 30],
         "shortest": [0.25, 0.5, 1, 15, 15],
-        "refused": ["TypeError", "TypeError", "TypeError", "accepted", "TypeError", "accepted"],
+        "refused": [
+            "TypeError", "TypeError", "TypeError", "accepted",
+            "TypeError", "accepted", "TypeError", "TypeError",
+        ],
     }
 
 

@@ -38,7 +38,8 @@ async def test_a_1012_close_reconnects_within_the_spread_and_1001_still_backs_of
         page = await open_page(server.http_url)
         # The page's random draws are fixed at a quarter: each 1012 waits 0.1 s of 0.4.
         await page.evaluate("Math.random = () => 0.25")
-        retry = "{min: 60, max: 120, factor: 2, jitter: 0, restartSpread: 0.4}"
+        # Every connection counts as one that held (stableAfter 0): each 1012 is free.
+        retry = "{min: 60, max: 120, factor: 2, jitter: 0, restartSpread: 0.4, stableAfter: 0}"
         await page.evaluate(f"(url) => window.start({{retry: {retry}}}, url)", base_url)
         await wait_states(page, "waitingToRetry", 3)
         log = await page.evaluate("window.statusLog")
@@ -61,6 +62,27 @@ async def test_a_1012_close_reconnects_within_the_spread_and_1001_still_backs_of
             " window.client.disconnectReason.isServiceRestart]"
         )
         assert reason == ["the server is going away (close code 1001)", False]
+        await page.evaluate("window.client.closeStreamingConnection()")
+
+
+async def test_1012s_in_a_row_on_connections_that_did_not_hold_back_off(server, open_page):
+    """A server that closes every connection with 1012 right after its pong. Seen (a client
+    review): Chromium came back 75 times a second with restartSpread 0, twice a second at
+    the default, for ever. Expected: the first 1012 is free, the next ones back off."""
+
+    async def restarting(ws):
+        await ws.recv()
+        await ws.send(PONG)
+        await ws.close(1012)
+
+    async with ws_server(restarting) as base_url:
+        page = await open_page(server.http_url)
+        retry = "{min: 0.05, max: 0.4, factor: 2, jitter: 0, restartSpread: 0}"
+        await page.evaluate(f"(url) => window.start({{retry: {retry}}}, url)", base_url)
+        await wait_states(page, "waitingToRetry", 6)
+        log = await page.evaluate("window.statusLog")
+        waits = [s["retryInSeconds"] for s in log if s["state"] == "waitingToRetry"]
+        assert waits[:6] == [0, 0.05, 0.1, 0.2, 0.4, 0.4]
         await page.evaluate("window.client.closeStreamingConnection()")
 
 

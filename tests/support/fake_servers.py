@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -56,6 +57,49 @@ def many_endpoints(count: int) -> Callable[[Any], Awaitable[None]]:
 
 
 
+def _text_frame(text: str) -> bytes:
+    payload = text.encode()
+    n = len(payload)
+    head = bytes([0x81, n]) if n < 126 else bytes([0x81, 126]) + n.to_bytes(2, "big")
+    return head + payload
+
+
+async def _handshake_and_pong(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Complete a client's WebSocket handshake by hand, read its first frame (the ping:
+    short, masked) and answer it with a pong."""
+    request = await reader.readuntil(b"\r\n\r\n")
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in request.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+    accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest()).decode()
+    writer.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept.encode() + b"\r\n\r\n"
+    )
+    head = await reader.readexactly(2)
+    await reader.readexactly(4 + (head[1] & 0x7F))
+    writer.write(_text_frame(PONG))
+
+
+async def lingering_closer(connections: list[asyncio.StreamWriter]) -> asyncio.Server:
+    """A raw TCP server that answers the client's ping, sends a close frame (1012) and then
+    never closes the TCP connection, reading and ignoring what comes: a server or a
+    middlebox that loses the end of the closing handshake. Each connection's writer is
+    appended to ``connections``."""
+
+    async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        await _handshake_and_pong(reader, writer)
+        writer.write(bytes([0x88, 2]) + (1012).to_bytes(2, "big"))
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                pass
+
+    return await asyncio.start_server(linger, "127.0.0.1", 0)
+
+
 async def deaf_chatter(every: float = 0.02) -> asyncio.Server:
     """A raw TCP server that completes the WebSocket handshake, answers the first frame
     (the client's ping) with a pong, then never reads again while it sends a data frame
@@ -64,32 +108,13 @@ async def deaf_chatter(every: float = 0.02) -> asyncio.Server:
     buffer is full (64 KiB), asyncio stops reading the socket: the client's frames fill
     the TCP buffers and its sends wait. (``websockets`` servers keep reading.)"""
 
-    def frame(text: str) -> bytes:
-        payload = text.encode()
-        n = len(payload)
-        head = bytes([0x81, n]) if n < 126 else bytes([0x81, 126]) + n.to_bytes(2, "big")
-        return head + payload
-
     async def chat(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request = await reader.readuntil(b"\r\n\r\n")
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in request.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key:")
-        )
-        accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest()).decode()
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept.encode() + b"\r\n\r\n"
-        )
-        head = await reader.readexactly(2)  # the ping: short, masked
-        await reader.readexactly(4 + (head[1] & 0x7F))
-        writer.write(frame(PONG))
+        await _handshake_and_pong(reader, writer)
         i = 0
         try:
             while True:
                 data = {"endpoint": "chat", "object": {"className": "Nx", "data": {"n": i}}}
-                writer.write(frame(json.dumps(data)))
+                writer.write(_text_frame(json.dumps(data)))
                 await writer.drain()
                 i += 1
                 await asyncio.sleep(every)  # the chatter's pace, not a synchronisation

@@ -38,6 +38,8 @@
  *   server is restarting, or lost its message-bus subscription) does not count as a
  *   failure: it retries after a random wait of up to `restartSpread` seconds (uniform;
  *   0: at once), so that one server's thousands of clients do not return in one instant.
+ *   Only the first 1012 in a row is free: another before a connection has held for
+ *   `stableAfter` seconds is backed off like a failure.
  *   `StreamingConnectionHandler` gives the same the Python client's (and
  *   Serverpod's) shape: `listener(state)`, `connect()`, `dispose()`.
  * - Every data frame is buffered from the moment the socket opens, per endpoint, so
@@ -112,7 +114,14 @@ export const CLASS_NAME_KEY = "__className__";
 
 const PING = JSON.stringify({command: "ping", args: {}});
 
-const DEFAULT_RETRY = Object.freeze({min: 0.5, max: 30, factor: 2, jitter: 0.5, restartSpread: 1});
+const DEFAULT_RETRY = Object.freeze({
+  min: 0.5,
+  max: 30,
+  factor: 2,
+  jitter: 0.5,
+  restartSpread: 1,
+  stableAfter: 10,
+});
 
 /** Every option of `new Client(baseUrl, options)` with its default. Times in seconds. */
 export const DEFAULTS = Object.freeze({
@@ -322,7 +331,8 @@ function checkRetry(retry) {
   if (retry === false || retry === null) return null;
   if (retry === true || retry === undefined) return DEFAULT_RETRY;
   if (!isPlainObject(retry)) {
-    throw new TypeError("retry must be false or {min, max, factor, jitter, restartSpread}");
+    throw new TypeError(
+      "retry must be false or {min, max, factor, jitter, restartSpread, stableAfter}");
   }
   for (const key of Object.keys(retry)) {
     if (!(key in DEFAULT_RETRY)) throw new TypeError(`Unknown retry option ${JSON.stringify(key)}`);
@@ -337,8 +347,11 @@ function checkRetry(retry) {
   if (typeof merged.jitter !== "number" || !(merged.jitter >= 0 && merged.jitter <= 1)) {
     throw new TypeError("retry.jitter must be a number from 0 to 1");
   }
-  if (typeof merged.restartSpread !== "number" || !(merged.restartSpread >= 0)) {
-    throw new TypeError("retry.restartSpread must be a number >= 0");
+  for (const name of ["restartSpread", "stableAfter"]) {
+    const value = merged[name];
+    if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
+      throw new TypeError(`retry.${name} must be a finite number >= 0`);
+    }
   }
   return Object.freeze(merged);
 }
@@ -1181,6 +1194,7 @@ class Connection {
     this.ws = ws;
     this.ponged = false; // the first pong came
     this.connected = false; // ... and every auth command sent was answered
+    this.upSince = 0; // performance.now() when it became connected
     this.pingedAt = -Infinity; // performance.now() of the last ping
     this.heardAt = -Infinity; // ... and of the last frame received
     // Whether what the page sends leaves the browser (see _stalled): bufferedAmount at the
@@ -1238,6 +1252,7 @@ export class Client {
     this._conn = null;
     this._wanted = false; // true between openStreamingConnection() and the end
     this._attempt = 0; // failed attempts since the last successful connection
+    this._restarts = 0; // 1012s in a row on connections that did not hold (stableAfter)
     this._retryTimer = null;
     this._retryAt = 0; // performance.now() when the pending retry fires
     this._openers = []; // {resolve, reject} of pending openStreamingConnection() calls
@@ -1613,9 +1628,23 @@ export class Client {
     // connection was up is a failed attempt (a draining server refusing it): the backoff
     // applies, or a client would retry it at once for as long as the drain lasts
     // (thousands of times a second).
+    // Only the first 1012 in a row is free: another before a connection held for
+    // stableAfter (a server that keeps restarting, a Redis link that keeps dropping) is
+    // backed off like failures (Chromium came back 75 times a second with restartSpread
+    // 0, twice a second at the default, for ever).
+    const held = conn.connected && performance.now() - conn.upSince >= retry.stableAfter * 1000;
+    if (held) this._restarts = 0;
     const restart = code === CloseCode.SERVICE_RESTART && conn.connected;
-    const delay = restart ? retry.restartSpread * Math.random() : backoffDelay(this._attempt, retry);
-    if (!restart) this._attempt += 1;
+    let delay;
+    if (restart) {
+      this._restarts += 1;
+      delay = this._restarts === 1
+        ? retry.restartSpread * Math.random()
+        : backoffDelay(this._restarts - 2, retry);
+    } else {
+      delay = backoffDelay(this._attempt, retry);
+      this._attempt += 1;
+    }
     this._retryAt = performance.now() + delay * 1000;
     this._retryTimer = setTimeout(() => {
       this._retryTimer = null;
@@ -1639,6 +1668,7 @@ export class Client {
   _maybeConnected(conn) {
     if (conn.connected || !conn.ponged || conn.auths.length) return;
     conn.connected = true;
+    conn.upSince = performance.now();
     clearTimeout(conn.connectTimer);
     this._attempt = 0; // the backoff starts over after a success
     this._disconnectReason = null;
@@ -1773,6 +1803,7 @@ const HANDLER_OPTIONS = new Set([
   "factor",
   "jitter",
   "restartSpread",
+  "stableAfter",
 ]);
 
 /**
@@ -1786,7 +1817,8 @@ const HANDLER_OPTIONS = new Set([
  * `listener(state)` (a `StreamingConnectionHandlerState`) is called on every change of
  * status and once a second while waiting to retry (`retryInSeconds` counts down: 3, 2,
  * 1). The client already reconnects by itself; the handler opens it, makes it retry
- * with `minDelay`, `maxDelay`, `factor`, `jitter`, `restartSpread` (default: the client's `retry`
+ * with `minDelay`, `maxDelay`, `factor`, `jitter`, `restartSpread`, `stableAfter` (default: the
+ * client's `retry`
  * option, or its defaults when that is false), and stops on `dispose()` or when the
  * client gives up (4401, 4403). `start()`/`close()` are the same as `connect()`/`dispose()`.
  */
@@ -1797,7 +1829,8 @@ export class StreamingConnectionHandler {
     for (const key of Object.keys(options)) {
       if (!HANDLER_OPTIONS.has(key)) throw new TypeError(`Unknown option ${JSON.stringify(key)}`);
     }
-    const {listener = null, minDelay, maxDelay, factor, jitter, restartSpread} = options;
+    const {listener = null, minDelay, maxDelay, factor, jitter, restartSpread, stableAfter} =
+      options;
     if (listener !== null && typeof listener !== "function") {
       throw new TypeError("listener must be a function or null");
     }
@@ -1810,6 +1843,7 @@ export class StreamingConnectionHandler {
       factor: factor ?? base.factor,
       jitter: jitter ?? base.jitter,
       restartSpread: restartSpread ?? base.restartSpread,
+      stableAfter: stableAfter ?? base.stableAfter,
     });
     this._started = false;
     this._finished = false;
