@@ -85,7 +85,7 @@ from .outbox import Outbox
 from .protocol import CloseCode, CommandFrame, DataFrame, ErrorCode, echo
 from .serialization import decode_object
 from .session import USER_OBJECTS_KEY, StreamingSession
-from .shutdown import admit, refuse_handshake
+from .shutdown import admit, refuse_handshake, restart
 
 logger = logging.getLogger("streaming.consumer")
 
@@ -157,6 +157,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         self._refusals: TokenBucket | None = None  # made on the first refusal
         self._revocation: Any = None
         self._torn_down = False
+        self._late_join: asyncio.Task[None] | None = None  # see _until_open
         self._max_bytes = 0
         self._max_values = 0
         self._max_depth = 0
@@ -667,6 +668,24 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             await bus.wait_joined(channels)
         except MessagingUnavailable as exc:
             logger.warning("%s: %s", self.scope.get("client"), exc.detail)
+            # Until they are joined, posts from other servers to these channels reach no
+            # one here (an operator's review saw joins take 9 s on a loaded server): once
+            # they are, the socket is closed with 1012, as after a bus gap, so that its
+            # client reconnects and reads what it may have missed.
+            self._late_join = asyncio.get_running_loop().create_task(
+                self._restart_once_joined(channels)
+            )
+
+    async def _restart_once_joined(self, channels: set[str]) -> None:
+        from .messages import get_bus
+
+        await get_bus().wait_joined(channels, bounded=False)
+        if not self._torn_down and restart(self):
+            logger.warning(
+                "%s: its channels were joined late; closed with 1012 (posts from other "
+                "servers until then may have been lost)",
+                self.scope.get("client"),
+            )
 
     def _open_timed_out(self, readies: list[tuple[EndpointSlot, asyncio.Event]]) -> None:
         """``OPEN_TIMEOUT`` passed: log the hook that holds the handshake up, stop waiting."""
@@ -870,6 +889,9 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             return
         self._torn_down = True
         metrics.socket_closed(self)
+        if self._late_join is not None:
+            self._late_join.cancel()
+            self._late_join = None
         if self._auth_task is not None:
             self._auth_task.cancel()
         if self._revocation is not None:

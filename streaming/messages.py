@@ -264,11 +264,12 @@ class MessageBus:
         """How many listeners ``owner`` has added (and not removed)."""
         return len(self._pairs(id(owner)))
 
-    async def wait_joined(self, channels: set[str] | list[str]) -> None:
+    async def wait_joined(self, channels: set[str] | list[str], *, bounded: bool = True) -> None:
         """Return once every one of ``channels`` (that still has listeners) is joined.
 
         Raises ``MessagingUnavailable`` if that takes longer than ``PUBLISH_TIMEOUT``
-        (the broker is unreachable); the bus keeps trying in the background.
+        (the broker is unreachable); the bus keeps trying in the background. With
+        ``bounded=False`` it waits as long as that takes.
         """
         pending = [
             (channel, entry)
@@ -276,6 +277,10 @@ class MessageBus:
             if (entry := self._channels.get(channel)) is not None and not entry.is_joined
         ]
         if not pending:
+            return
+        if not bounded:
+            for _, entry in pending:
+                await entry.wait_joined()
             return
         try:
             async with asyncio.timeout(streaming_settings.PUBLISH_TIMEOUT):

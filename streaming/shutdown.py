@@ -71,6 +71,7 @@ __all__ = [
     "drain",
     "install_graceful_shutdown",
     "refuse_handshake",
+    "restart",
 ]
 
 #: The close code of a graceful shutdown: "retry now, elsewhere".
@@ -298,16 +299,23 @@ def close_listeners(channels: set[str]) -> int:
         return 0
     closed = 0
     for consumer in get_connections().live():
-        outbox = consumer.outbox
-        if outbox is None or outbox.closed:
-            continue  # closing already (an earlier gap's 1012, a 4013...)
-        if consumer.listens_to(channels):
-            task = close_for_restart(consumer)
-            if task is not None:
-                _closing.add(task)
-                task.add_done_callback(_closing.discard)
+        if consumer.listens_to(channels) and restart(consumer):
             closed += 1
     return closed
+
+
+def restart(consumer: StreamingConsumer) -> bool:
+    """Close ``consumer``'s socket with 1012 after its queued frames (its client
+    reconnects and reads what it may have missed), unless it is closing already (an
+    earlier 1012, a 4013...). Returns whether it was closed now."""
+    outbox = consumer.outbox
+    if outbox is None or outbox.closed:
+        return False
+    task = close_for_restart(consumer)
+    if task is not None:
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+    return True
 
 
 async def _daphne_close(consumer: StreamingConsumer, protocol: Any) -> None:

@@ -22,6 +22,8 @@ from tests.support.servers import require_redis
 
 pytestmark = pytest.mark.redis
 
+WAIT = 20  # seconds: a failure guard for awaits, never a measurement
+
 
 class Tick(SerializableEntity):
     class_name = "tests.bus_cluster.Tick"
@@ -360,3 +362,43 @@ async def test_posts_timing_out_behind_a_stalled_redis_leave_no_queue_behind(set
         publisher = posting._publisher
         assert publisher is not None
         assert len(publisher._pending) <= 128  # was 2,000: every failed post kept
+
+
+async def test_a_socket_admitted_before_its_join_is_closed_with_1012_once_joined(settings):
+    """A handshake waits ``PUBLISH_TIMEOUT`` for its channels' joins, then goes on without
+    them (the bus keeps joining). Until they are joined, posts from other servers reach
+    no one on this one. Seen (an operator review, 1,000 sockets reconnecting after two
+    bus gaps): joins took ~9 s and such sockets stayed open with nothing said. Expected:
+    once its joins are confirmed, the socket is closed with 1012, so that its client
+    reconnects and reads what it missed, as after a bus gap."""
+    from streaming.endpoint import Endpoint
+    from streaming.messages import reset_bus
+    from streaming.testing import StreamingCommunicator
+
+    class Listening(Endpoint):
+        async def stream_opened(self, session):
+            session.messages.add_listener(channel_name, lambda m: None)
+
+    channel_name = channel()
+    proxy = DelayingProxy(require_redis(), delay=0.5)  # every SUBSCRIBE takes 0.5 s
+    url = await proxy.start()
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [{"address": url, "socket_timeout": None}], "prefix": prefix},
+        }
+    }
+    settings.STREAMING = {"PUBLISH_TIMEOUT": 0.3}
+    reset_bus()
+    comm = StreamingCommunicator(endpoints=[Listening])
+    try:
+        await comm.connect()  # admitted after 0.3 s, the join not confirmed
+        assert await comm.receive_close(timeout=WAIT) == 1012
+    finally:
+        await comm.disconnect()
+        from streaming.messages import get_bus
+
+        await get_bus().aclose()
+        reset_bus()
+        await proxy.aclose()
