@@ -32,7 +32,7 @@
  *   frame, or with frames sent and none of them leaving the browser (a server that no
  *   longer reads), means the connection is dead: it is dropped and retried.
  * - Reconnects: exponential backoff with jitter (`retry: {min, max, factor, jitter,
- *   restartSpread}`), reset after a successful connection. Close codes 4401 and 4403
+ *   restartSpread, stableAfter}`), reset after a successful connection. Close codes 4401 and 4403
  *   (credentials refused, forbidden) stop retrying: status "disconnected", reason
  *   "unauthorized" or "forbidden". Close code 1012 on a connection that was up (the
  *   server is restarting, or lost its message-bus subscription) does not count as a
