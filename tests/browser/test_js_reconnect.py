@@ -10,7 +10,9 @@ from tests.conftest import ARTIFACTS
 
 from .support import states, wait_received, wait_states, ws_server
 
-FAST_RETRY = "{min: 0.05, max: 0.4, factor: 2, jitter: 0}"
+#: Exact delays: no jitter, a 1012 retried at once (restartSpread 0), and every connection
+#: counted as one that held (stableAfter 0), so each 1012 is free.
+FAST_RETRY = "{min: 0.05, max: 0.4, factor: 2, jitter: 0, restartSpread: 0, stableAfter: 0}"
 
 
 async def test_pings_on_a_timer_and_stays_connected(server, open_page):

@@ -99,7 +99,8 @@ async def test_bad_calls_raise_and_the_connection_stays_open(server):
         assert failed.value.code == "internal_error" and "hunter2" not in failed.value.message
         assert client.is_connected
         assert await client.methods.history(with_user=1, limit=0) == []
-    assert "hunter2" in server.logs()  # logged on the server, not sent
+    # Logged on the server, not sent (its output is read by a thread: wait for the line).
+    assert await asyncio.to_thread(server.output.wait_for, "hunter2", 30), server.logs()
 
 
 async def test_login_required_applies_per_call(server, make_user):
