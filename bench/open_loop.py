@@ -49,6 +49,10 @@ at every contender's 75%-of-knee rate (the same offered load for all, where the 
 above give each its own), ``--repeats`` times interleaved; a rate above a contender's own
 knee is not run. ``--same-load-rates R1,R2``: at these rates instead, for everyone.
 
+``--pin``: each server runs on all CPUs but the last, this process and the load clients
+on the last (``sched_setaffinity``), so the clients' work does not compete with the
+server's and a level's latency is the server's; results go to ``<date>-open-loop-pinned.*``.
+
 ``--compare-clients R1,R2``: instead, the load client's own cost: each contender at
 these offered rates with the ``websockets`` library's client and with
 :mod:`bench.rawws` (``BENCH_CLIENT``), the swarms' CPU per message side by side
@@ -61,6 +65,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import os
 import statistics
 import sys
 import time
@@ -78,6 +83,8 @@ from .workloads import FULL, RELAY_UID, Target, clock, percentile_ms, quiesce, r
 CONTENDERS = ["streampod_uvicorn", "socketio", "channels", "ceiling"]
 LEVELS = (25, 50, 75, 90)
 CLIENTS_PER_SWARM = 100
+#: ``--pin``: the CPUs of the server and of everything else this run starts.
+PINNED: dict[str, set[int]] = {}
 SENDERS_PER_SWARM = 20
 
 
@@ -328,6 +335,8 @@ async def served(key: str, out: dict[str, Any]) -> AsyncIterator[tuple[Any, Any,
     swarms: list[SwarmProcess] = []
     try:
         await asyncio.to_thread(proc.start)
+        if PINNED:
+            proc.pin(PINNED["server"])
         target = Target(contender.dialect(), [proc.base], proc.rss_kb, proc.cpu_s)
         await warm_up(target)
         yield contender, proc, target, swarms
@@ -711,6 +720,16 @@ def render(data: dict[str, Any], png: str | None) -> list[str]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
+    if args.pin:
+        # This process and the load-client processes it starts (which inherit it) on
+        # the last CPU, each server on the others: the clients' CPU no longer competes
+        # with the server's, so a level's latency is the server's (other jobs of the
+        # machine are not pinned).
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs at least 2 CPUs")
+        PINNED.update(server=set(cpus[:-1]), clients={cpus[-1]})
+        os.sched_setaffinity(0, PINNED["clients"])
     rev0 = scale.revision()  # the code measured; another commit may land during the run
     at_start = loadavg()
     results = {}
@@ -740,6 +759,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "bound_factor": args.bound_factor,
             "bound_floor_ms": args.bound_floor_ms,
             "compare_clients": args.compare_clients,
+            "pinned": {k: sorted(v) for k, v in PINNED.items()},
             "same_load_rates": rates,
             "loadavg_at_start": at_start,
             "loadavg_at_end": loadavg(),
@@ -783,12 +803,17 @@ def main(argv: list[str] | None = None) -> int:
         "--same-load-rates", default="", metavar="RATES",
         help="--same-load at these offered rates (msgs/s, comma-separated) instead",
     )  # fmt: skip
+    parser.add_argument(
+        "--pin", action="store_true",
+        help="each server on its own CPU(s), this process and the load clients on the last",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.levels = [int(x) for x in args.levels.split(",")]
     args.compare_clients = [float(x) for x in args.compare_clients.split(",") if x]
     args.same_load_rates = [float(x) for x in args.same_load_rates.split(",") if x]
     name = "open-loop-clients" if args.compare_clients else "open-loop"
+    name += "-pinned" if args.pin else ""
     return scale.execute(name, args, run, plot, render, table)
 
 

@@ -222,6 +222,12 @@ class ServerProcess:
                     ) from None
                 time.sleep(0.02)  # polling the port: the signal is the accepted connect
 
+    def pin(self, cpus: set[int]) -> None:
+        """Run every thread of the server on ``cpus`` only (``sched_setaffinity``; the
+        threads it starts later inherit it)."""
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            os.sched_setaffinity(int(tid), cpus)
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

@@ -45,6 +45,10 @@ DEFAULTS: dict[str, Any] = {
     # Seconds a SIGTERM'd process (streaming.shutdown) waits for its sockets, closed with
     # 1012, to finish their teardown (their stream_closed hooks) before the server exits.
     "SHUTDOWN_GRACE_PERIOD": 10.0,
+    # Reconnects per second a process's 1012s (a shutdown, a bus gap, late joins) ask their
+    # clients to spread to: N sockets closed at once are told to come back within N / rate
+    # seconds (the close reason, docs/protocol.md). None: no advice.
+    "RESTART_RATE": 200.0,
     # Inbound frames per second per connection (token bucket), None to turn off.
     "RATE_LIMIT_PER_SECOND": 500.0,
     # Bucket size: frames a connection may send in one burst.
@@ -105,6 +109,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "OPEN_TIMEOUT": (int, float),
     "CLOSE_GRACE_PERIOD": (int, float),
     "SHUTDOWN_GRACE_PERIOD": (int, float),
+    "RESTART_RATE": (int, float, type(None)),
     "RATE_LIMIT_PER_SECOND": (int, float, type(None)),
     "RATE_LIMIT_BURST": (int,),
     "RATE_LIMIT_BYTES_PER_SECOND": (int, float, type(None)),

@@ -50,7 +50,7 @@ import functools
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -86,6 +86,9 @@ from .protocol import CloseCode, CommandFrame, DataFrame, ErrorCode, echo
 from .serialization import decode_object
 from .session import USER_OBJECTS_KEY, StreamingSession
 from .shutdown import admit, refuse_handshake, restart
+
+if TYPE_CHECKING:
+    from .messages import MessageBus
 
 logger = logging.getLogger("streaming.consumer")
 
@@ -356,10 +359,10 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             )
         )
 
-    def close_with(self, code: int, *, discard_pending: bool = False) -> None:
-        """Close the socket with ``code`` after the frames already queued."""
+    def close_with(self, code: int, *, discard_pending: bool = False, reason: str = "") -> None:
+        """Close the socket with ``code`` (and ``reason``) after the frames already queued."""
         if self.outbox is not None:
-            self.outbox.close(code, discard_pending=discard_pending)
+            self.outbox.close(code, discard_pending=discard_pending, reason=reason)
 
     def _overloaded(self) -> None:
         logger.warning(
@@ -673,13 +676,11 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             # they are, the socket is closed with 1012, as after a bus gap, so that its
             # client reconnects and reads what it may have missed.
             self._late_join = asyncio.get_running_loop().create_task(
-                self._restart_once_joined(channels)
+                self._restart_once_joined(bus, channels)
             )
 
-    async def _restart_once_joined(self, channels: set[str]) -> None:
-        from .messages import get_bus
-
-        await get_bus().wait_joined(channels, bounded=False)
+    async def _restart_once_joined(self, bus: MessageBus, channels: set[str]) -> None:
+        await bus.wait_joined(channels, bounded=False)
         if not self._torn_down and restart(self):
             logger.warning(
                 "%s: its channels were joined late; closed with 1012 (posts from other "

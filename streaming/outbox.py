@@ -97,7 +97,7 @@ class Outbox:
         # Frames waiting; made when one has to wait, dropped once drained (an empty
         # deque costs ~760 bytes, and most sockets are idle). While gated, the accept
         # is pending without being queued: open() sends it before what is queued.
-        self._queue: deque[str | int | _Accept] | None = None
+        self._queue: deque[str | tuple[int, str] | _Accept] | None = None
         self._bytes = 0  # sys.getsizeof of the queued strings
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -136,7 +136,7 @@ class Outbox:
         if not queue:
             return 0
         n = len(queue)
-        if type(queue[-1]) is int:  # the close, queued last
+        if type(queue[-1]) is tuple:  # the close, queued last
             n -= 1
         if queue[0] is _ACCEPT:  # the accept, queued first
             n -= 1
@@ -209,15 +209,16 @@ class Outbox:
             self._queued().appendleft(_ACCEPT)
             self._spawn(None, None, None)
 
-    def _queued(self) -> deque[str | int | _Accept]:
+    def _queued(self) -> deque[str | tuple[int, str] | _Accept]:
         """The queue, made if there is none."""
         queue = self._queue
         if queue is None:
             queue = self._queue = deque()
         return queue
 
-    def close(self, code: int, *, discard_pending: bool = False) -> None:
-        """Send the close frame after what is queued (or instead of it). Idempotent.
+    def close(self, code: int, *, discard_pending: bool = False, reason: str = "") -> None:
+        """Send the close frame (``code``, and ``reason`` when not empty) after what is
+        queued (or instead of it). Idempotent.
 
         Before :meth:`open`, the close still follows the accept: a client always sees
         the handshake complete, then the close code.
@@ -230,13 +231,14 @@ class Outbox:
         metrics.socket_close(int(code))
         if discard_pending:
             self._drop_frames()
+        item = (int(code), reason)
         if self._task is None and self._eager and not self._gated and not self._queue:
-            self._start({"type": "websocket.close", "code": int(code)})
+            self._start(_close_message(item))
         elif self._task is None and not self._gated:
-            self._queued().append(code)
+            self._queued().append(item)
             self._spawn(None, None, None)
         else:
-            self._queued().append(code)
+            self._queued().append(item)
             if discard_pending and self._flow is not None:
                 self._flow.kick()  # the close goes out even while the server pushes back
 
@@ -318,7 +320,7 @@ class Outbox:
         if self._queue is queue and not queue:
             self._queue = None  # drained: an idle outbox holds no deque
 
-    def _next(self, queue: deque[str | int | _Accept]) -> dict[str, Any]:
+    def _next(self, queue: deque[str | tuple[int, str] | _Accept]) -> dict[str, Any]:
         """Take the first queued item (the queue is not empty) as the ASGI message to
         send: a text frame, the accept, or the close (which drops what is behind it)."""
         item = queue.popleft()
@@ -331,7 +333,7 @@ class Outbox:
             return _ACCEPT_MESSAGE
         queue.clear()
         self._bytes = 0
-        return {"type": "websocket.close", "code": int(item)}  # type: ignore[arg-type]
+        return _close_message(item)  # type: ignore[arg-type]
 
     def _spawn(
         self,
@@ -430,6 +432,13 @@ class Outbox:
                 self._task = None
                 if not queue and self._queue is queue:
                     self._queue = None  # drained: an idle outbox holds no deque
+
+
+def _close_message(item: tuple[int, str]) -> dict[str, Any]:
+    code, reason = item
+    if reason:
+        return {"type": "websocket.close", "code": code, "reason": reason}
+    return {"type": "websocket.close", "code": code}
 
 
 def _quiet(task: asyncio.Task[None]) -> None:

@@ -49,6 +49,8 @@ __all__ = [
     "encode_data",
     "encode_error",
     "encode_method",
+    "restart_advice",
+    "restart_reason",
 ]
 
 #: Longest ``id`` a client may attach to a data frame.
@@ -64,6 +66,12 @@ ECHO_LIMIT = 64
 #: Bytes a parsed JSON value may take beyond its text, at most (an estimate that
 #: bounds a small dict; see ``DataFrame.size``).
 BYTES_PER_VALUE = 192
+
+#: The longest wait, in seconds, a 1012's advice may ask of a client (``after`` plus
+#: ``spread``): a larger figure is taken as this.
+MAX_RESTART_ADVICE = 600.0
+
+_ADVICE = re.compile(r"(?:^|\s)(after|spread)=([0-9]+(?:\.[0-9]+)?)(?=\s|$)")
 
 
 class CloseCode(IntEnum):
@@ -456,3 +464,24 @@ def encode_error(
     if errors is not None:
         args["errors"] = errors
     return encode_command("error", args)
+
+
+def restart_reason(spread: float, after: float = 0.0) -> str:
+    """The close reason of a 1012 that advises its client when to come back: at a
+    uniformly random moment between ``after`` and ``after + spread`` seconds from now
+    (``"restart after=2.5 spread=4"``; ``after`` is left out when 0)."""
+    words = ["restart"]
+    if after > 0:
+        words.append(f"after={after:.3f}".rstrip("0").rstrip("."))
+    words.append(f"spread={max(spread, 0.0):.3f}".rstrip("0").rstrip("."))
+    return " ".join(words)
+
+
+def restart_advice(reason: str) -> tuple[float, float]:
+    """``(after, spread)`` from a 1012's close reason (:func:`restart_reason`); 0 for a
+    figure it does not give (any other reason: ``(0.0, 0.0)``). Their sum is at most
+    :data:`MAX_RESTART_ADVICE` (``after`` first)."""
+    found = dict(_ADVICE.findall(reason or ""))
+    after = min(float(found.get("after", 0.0)), MAX_RESTART_ADVICE)
+    spread = min(float(found.get("spread", 0.0)), MAX_RESTART_ADVICE - after)
+    return after, spread

@@ -57,7 +57,7 @@ from . import metrics
 from .conf import streaming_settings
 from .connections import get_connections
 from .flow import _daphne_protocol
-from .protocol import CloseCode
+from .protocol import CloseCode, restart_reason
 
 if TYPE_CHECKING:
     from .consumer import StreamingConsumer
@@ -72,10 +72,32 @@ __all__ = [
     "install_graceful_shutdown",
     "refuse_handshake",
     "restart",
+    "restart_advice_for",
 ]
 
 #: The close code of a graceful shutdown: "retry now, elsewhere".
 SERVICE_RESTART = CloseCode.SERVICE_RESTART
+
+# When the reconnects this process's earlier 1012s asked for are over (loop.time()).
+_advised_until = 0.0
+
+
+def restart_advice_for(count: int) -> str:
+    """The close reason for ``count`` sockets closed with 1012 now: come back at a random
+    moment of the next ``count / RESTART_RATE`` seconds, after the window of any 1012s
+    advised before (so that this process's clients return at ``RESTART_RATE`` a second at
+    most, however the closes come: one drain, a bus gap, late joins one by one). "" when
+    ``RESTART_RATE`` is None (clients keep to their own ``restart_spread``)."""
+    global _advised_until
+    rate = streaming_settings.RESTART_RATE
+    if rate is None or count <= 0:
+        return ""
+    now = asyncio.get_running_loop().time()
+    after = max(0.0, _advised_until - now)
+    spread = count / rate
+    _advised_until = now + after + spread
+    return restart_reason(spread, after)
+
 
 SignalHandler = Callable[[int, FrameType | None], Any]
 
@@ -257,7 +279,8 @@ async def drain(
         except Exception:
             logger.exception("could not stop listening; handshakes are refused instead")
     sockets = registry.live()
-    closing = [close_for_restart(consumer, server) for consumer in sockets]
+    reason = restart_advice_for(len(sockets))
+    closing = [close_for_restart(consumer, server, reason) for consumer in sockets]
     waits = [task for task in closing if task is not None]
     if not await registry.wait_empty(grace):
         left = len(registry.live())
@@ -270,9 +293,10 @@ async def drain(
 
 
 def close_for_restart(
-    consumer: StreamingConsumer, server: str | None = None
+    consumer: StreamingConsumer, server: str | None = None, reason: str = ""
 ) -> asyncio.Task[None] | None:
-    """Close ``consumer``'s socket with 1012 after its queued frames.
+    """Close ``consumer``'s socket with 1012 after its queued frames, with ``reason``
+    (:func:`restart_advice_for`).
 
     Under daphne a task does it (it waits for the queue, then sends the close frame
     itself); it is returned. Elsewhere ``consumer.close_with(1012)`` does it. Under
@@ -282,9 +306,12 @@ def close_for_restart(
     protocol = _daphne_protocol(consumer.base_send)
     if protocol is None or not hasattr(protocol, "sendCloseFrame"):
         # daphne's ASGI close refuses 1012: it would fail and leave the socket open.
-        consumer.close_with(CloseCode.NORMAL if server == "daphne" else SERVICE_RESTART)
+        if server == "daphne":
+            consumer.close_with(CloseCode.NORMAL)
+        else:
+            consumer.close_with(SERVICE_RESTART, reason=reason)
         return None
-    return asyncio.get_running_loop().create_task(_daphne_close(consumer, protocol))
+    return asyncio.get_running_loop().create_task(_daphne_close(consumer, protocol, reason))
 
 
 # Closes under way (daphne's), referenced until done.
@@ -297,28 +324,37 @@ def close_listeners(channels: set[str]) -> int:
     and their clients reconnect and read what they missed). Returns how many."""
     if not channels:
         return 0
-    closed = 0
-    for consumer in get_connections().live():
-        if consumer.listens_to(channels) and restart(consumer):
-            closed += 1
-    return closed
+    listening = [
+        consumer
+        for consumer in get_connections().live()
+        if consumer.listens_to(channels) and _open(consumer)
+    ]
+    reason = restart_advice_for(len(listening))
+    return sum(restart(consumer, reason) for consumer in listening)
 
 
-def restart(consumer: StreamingConsumer) -> bool:
+def _open(consumer: StreamingConsumer) -> bool:
+    outbox = consumer.outbox
+    return outbox is not None and not outbox.closed
+
+
+def restart(consumer: StreamingConsumer, reason: str | None = None) -> bool:
     """Close ``consumer``'s socket with 1012 after its queued frames (its client
     reconnects and reads what it may have missed), unless it is closing already (an
-    earlier 1012, a 4013...). Returns whether it was closed now."""
-    outbox = consumer.outbox
-    if outbox is None or outbox.closed:
+    earlier 1012, a 4013...). ``reason``: the close reason; by default the advice for one
+    socket (:func:`restart_advice_for`). Returns whether it was closed now."""
+    if not _open(consumer):
         return False
-    task = close_for_restart(consumer)
+    if reason is None:
+        reason = restart_advice_for(1)
+    task = close_for_restart(consumer, reason=reason)
     if task is not None:
         _closing.add(task)
         task.add_done_callback(_closing.discard)
     return True
 
 
-async def _daphne_close(consumer: StreamingConsumer, protocol: Any) -> None:
+async def _daphne_close(consumer: StreamingConsumer, protocol: Any, reason: str = "") -> None:
     outbox = consumer.outbox
     if outbox is None or outbox.closed:
         return  # closing already
@@ -338,7 +374,7 @@ async def _daphne_close(consumer: StreamingConsumer, protocol: Any) -> None:
         return
     outbox.discard()  # nothing more goes out after the close frame
     metrics.socket_close(int(SERVICE_RESTART))  # as Outbox.close counts the others
-    protocol.sendCloseFrame(code=int(SERVICE_RESTART))
+    protocol.sendCloseFrame(code=int(SERVICE_RESTART), reasonUtf8=reason.encode() or None)
 
 
 async def refuse_handshake(scope: dict[str, Any], send: Any) -> None:

@@ -15,6 +15,7 @@ from websockets.asyncio.server import serve
 
 from streaming.client import Client, StreamingConnectionHandler, StreamingConnectionStatus
 from streaming.client.status import DisconnectReason
+from tests.support.fake_servers import advising_restarts
 
 S = StreamingConnectionStatus
 PONG = json.dumps({"command": "pong", "args": {}})
@@ -102,6 +103,37 @@ async def test_a_1012_with_no_restart_spread_reconnects_at_once():
         assert waits == [0.0]
         await handler.close()
         await client.close()
+
+
+async def test_a_1012_waits_as_long_as_the_servers_close_reason_advises():
+    """A server that closes 19,000 sockets at once cannot take them all back within a
+    second: its 1012 says when to come back ("restart after=A spread=S", RESTART_RATE).
+    The client waits A plus a random moment of the larger of S and its own spread."""
+    advising = advising_restarts(["restart after=0.3 spread=2", "restart spread=0.1"])
+    waits: list[float | None] = []
+    two = asyncio.Event()
+
+    async with serve(advising, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        client = Client(f"http://127.0.0.1:{port}/")
+
+        def record(status):
+            if status is S.waiting_to_retry:
+                waits.append(client.retry_in_seconds)
+                if len(waits) == 2:
+                    two.set()
+
+        client.add_streaming_connection_status_listener(record)
+        handler = StreamingConnectionHandler(
+            client, restart_spread=0.4, stable_after=0, rng=lambda: 0.5
+        )
+        handler.start()
+        await asyncio.wait_for(two.wait(), WAIT)
+        assert client.disconnect_reason.close_reason == "restart spread=0.1"
+        await handler.close()
+        await client.close()
+    # 0.3 + 2 x 0.5; then the client's own 0.4 (larger than the advised 0.1) x 0.5.
+    assert waits == pytest.approx([1.3, 0.2], abs=0.01)
 
 
 async def restarting(ws):

@@ -16,7 +16,7 @@ from streaming import shutdown
 from streaming.connections import get_connections
 from streaming.consumer import StreamingConsumer
 from streaming.endpoint import Endpoint
-from streaming.protocol import CloseCode
+from streaming.protocol import CloseCode, restart_advice, restart_reason
 from streaming.serialization import SerializableEntity
 from streaming.testing import StreamingCommunicator
 
@@ -154,3 +154,48 @@ async def test_under_daphne_a_send_that_hides_daphne_closes_with_1000_not_a_refu
     await comm.send_input({"type": "websocket.disconnect", "code": 1000})
     assert await asyncio.wait_for(draining, 5) == 0
     await comm.wait(5)
+
+
+def test_a_1012s_close_reason_round_trips_and_bad_advice_is_ignored():
+    assert restart_reason(5) == "restart spread=5"
+    assert restart_reason(0.015, 2.5) == "restart after=2.5 spread=0.015"
+    assert restart_advice("restart after=2.5 spread=0.015") == (2.5, 0.015)
+    assert restart_advice(restart_reason(12.25)) == (0.0, 12.25)
+    for other in ("", "going away", "restart spread=-1", "restart spread=nan", "spread=1e9"):
+        assert restart_advice(other) == (0.0, 0.0), other
+    # A figure past MAX_RESTART_ADVICE (600 s, after first) is taken as that.
+    assert restart_advice("restart after=700 spread=5") == (600.0, 0.0)
+    assert restart_advice("restart after=100 spread=9000") == (100.0, 500.0)
+
+
+async def test_1012_advice_paces_the_processs_clients_at_restart_rate(settings, monkeypatch):
+    """N sockets closed with 1012 at once are told to come back within N / RESTART_RATE
+    seconds; 1012s while that window lasts (a late join, a second gap) are told to come
+    back after it, so that the process's clients return at RESTART_RATE a second."""
+    monkeypatch.setattr(shutdown, "_advised_until", 0.0)
+    settings.STREAMING = {"RESTART_RATE": 100.0}
+    after, spread = restart_advice(shutdown.restart_advice_for(50))
+    assert (after, spread) == (0.0, 0.5)
+    after, spread = restart_advice(shutdown.restart_advice_for(1))
+    assert 0.49 < after <= 0.5 and spread == 0.01
+    settings.STREAMING = {"RESTART_RATE": None}  # no advice: the clients' own spread
+    assert shutdown.restart_advice_for(1000) == ""
+
+
+async def test_the_drains_1012_carries_the_advice_for_every_socket_it_closes(
+    settings, monkeypatch
+):
+    monkeypatch.setattr(shutdown, "_advised_until", 0.0)
+    settings.STREAMING = {"RESTART_RATE": 50.0}
+    comms = [StreamingCommunicator(endpoints=[]) for _ in range(3)]
+    for comm in comms:
+        assert (await comm.connect(timeout=5))[0]
+    draining = asyncio.ensure_future(shutdown.drain(grace=30))
+    for comm in comms:
+        while (output := await comm.receive_output(5))["type"] != "websocket.close":
+            pass
+        assert output == {"type": "websocket.close", "code": 1012, "reason": "restart spread=0.06"}
+        await comm.send_input({"type": "websocket.disconnect", "code": 1012})
+    assert await asyncio.wait_for(draining, 5) == 0
+    for comm in comms:
+        await comm.wait(5)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..protocol import restart_advice
 from .client import Client
 from .errors import ClientClosed, ConnectionFailed
 from .status import DisconnectReason, StreamingConnectionStatus
@@ -45,7 +46,9 @@ class StreamingConnectionHandler:
     shutdown, see docs/deployment.md; or its message-bus subscription was lost) is not
     counted as a failure: other servers are up. It is retried after a random wait of up
     to ``restart_spread`` seconds (uniform; 0: at once), so that the thousands of clients
-    one server closes together do not all connect again in the same instant. If that
+    one server closes together do not all connect again in the same instant; or later
+    when the server's close reason advises it (``after`` seconds, then a random moment of
+    its ``spread`` if larger than ``restart_spread``: docs/protocol.md). If that
     attempt fails, the backoff applies as usual. Only the first 1012 is free: another
     before a connection has held for ``stable_after`` seconds (a server that keeps
     restarting, a Redis link that keeps dropping) is backed off like failures, the
@@ -212,11 +215,15 @@ class StreamingConnectionHandler:
             # once for as long as the drain lasts. Only the first in a row is free: a
             # server that 1012s every connection had clients back 562 times a second
             # (restart_spread=0), 2.8 at the default, for ever.
+            # The server may advise a later moment (the close reason, RESTART_RATE): the
+            # thousands of sockets it closed would not all be admitted within a second.
+            after, spread = restart_advice(reason.close_reason)
+            advised = after + max(self.restart_spread, spread) * self._rng()
             self._restarts += 1
             if self._restarts == 1:
-                self._next_delay = self.restart_spread * self._rng()
+                self._next_delay = advised
             else:
-                self._next_delay = self.delay_for(self._restarts - 1)
+                self._next_delay = max(advised, self.delay_for(self._restarts - 1))
             return self._next_delay
         self._failures += 1
         self._next_delay = self.delay_for(self._failures)

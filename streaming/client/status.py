@@ -46,13 +46,16 @@ class DisconnectReason:
 
     ``code`` is the WebSocket close code (4401, 1006...) or None when no socket was
     opened; ``http_status`` is set when the server refused the handshake over HTTP;
-    ``by_client`` is True when this client closed it on purpose.
+    ``by_client`` is True when this client closed it on purpose; ``close_reason`` is the
+    close frame's reason as sent (a 1012's may advise when to come back:
+    :func:`streaming.protocol.restart_advice`).
     """
 
     code: int | None
     message: str
     http_status: int | None = None
     by_client: bool = False
+    close_reason: str = ""
 
     @property
     def is_auth_failure(self) -> bool:
@@ -76,4 +79,4 @@ class DisconnectReason:
         text = f"{meaning} (close code {code})"
         if reason:
             text += f": {reason}"
-        return cls(code, text)
+        return cls(code, text, close_reason=reason)

@@ -114,6 +114,8 @@ async def test_sigterm_closes_with_1012_lets_hooks_finish_refuses_new_sockets_an
     srv.proc.send_signal(signal.SIGTERM)
     codes = await asyncio.gather(*(close_code(ws) for ws in sockets))
     assert codes == [1012, 1012, 1012], srv.logs()
+    # Each says when to come back: within 3 sockets / RESTART_RATE (200 a second).
+    assert [ws.close_reason for ws in sockets] == ["restart spread=0.015"] * 3
     assert await handshake_while_draining(*early) == (
         503 if srv.name == "uvicorn" else 1012
     ), srv.logs()

@@ -74,6 +74,8 @@ async def assert_closed_with_1012(ws) -> None:
         while True:
             await recv_json(ws, timeout=30)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012, closed.value
+    # With when to come back (RESTART_RATE): daphne's close frame carries it too.
+    assert closed.value.rcvd.reason.startswith("restart spread="), closed.value
 
 
 async def test_post_outside_a_session_raises_messaging_unavailable(settings):

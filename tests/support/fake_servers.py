@@ -36,6 +36,24 @@ def credit_ignoring(
     return handler
 
 
+def advising_restarts(reasons: list[str]) -> Callable[[Any], Awaitable[None]]:
+    """A ``websockets`` handler that answers the first ping, then closes with 1012 and the
+    next of ``reasons`` (a restart's advice, docs/protocol.md); once they are used up,
+    it keeps the connection open."""
+    left = iter(reasons)
+
+    async def handler(ws: Any) -> None:
+        await ws.recv()
+        await ws.send(PONG)
+        reason = next(left, None)
+        if reason is None:
+            await ws.wait_closed()
+            return
+        await ws.close(1012, reason)
+
+    return handler
+
+
 def many_endpoints(count: int) -> Callable[[Any], Awaitable[None]]:
     """A ``websockets`` handler that answers pings and, after the first, sends a data frame
     for each of ``count`` endpoint names (``e0``, ``e1``...: ``{"n": i}``), then one more on

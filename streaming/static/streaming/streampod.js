@@ -37,7 +37,8 @@
  *   "unauthorized" or "forbidden". Close code 1012 on a connection that was up (the
  *   server is restarting, or lost its message-bus subscription) does not count as a
  *   failure: it retries after a random wait of up to `restartSpread` seconds (uniform;
- *   0: at once), so that one server's thousands of clients do not return in one instant.
+ *   0: at once), so that one server's thousands of clients do not return in one instant;
+ *   or later when the server's close reason advises it (`restartAdvice`).
  *   Only the first 1012 in a row is free: another before a connection has held for
  *   `stableAfter` seconds is backed off like a failure.
  *   `StreamingConnectionHandler` gives the same the Python client's (and
@@ -322,6 +323,24 @@ function positive(name, value) {
  * `min * factor ** attempt`, capped at `max`, minus up to `jitter` of itself, at random,
  * so that clients cut off together do not all come back together.
  */
+/** The longest wait, in seconds, a 1012's advice may ask for (`after` + `spread`). */
+export const MAX_RESTART_ADVICE = 600;
+
+/**
+ * `{after, spread}` (seconds) from a 1012's close reason ("restart after=2.5 spread=4",
+ * docs/protocol.md): come back at a random moment between `after` and `after + spread`
+ * seconds from now. 0 for what it does not say; the sum is at most `MAX_RESTART_ADVICE`.
+ */
+export function restartAdvice(reason) {
+  const found = {};
+  for (const m of String(reason ?? "").matchAll(/(?:^|\s)(after|spread)=([0-9]+(?:\.[0-9]+)?)(?=\s|$)/g)) {
+    found[m[1]] = Number(m[2]);
+  }
+  const after = Math.min(found.after ?? 0, MAX_RESTART_ADVICE);
+  const spread = Math.min(found.spread ?? 0, MAX_RESTART_ADVICE - after);
+  return {after, spread};
+}
+
 export function backoffDelay(attempt, {min, max, factor, jitter}, random = Math.random) {
   const base = Math.min(max, min * factor ** attempt);
   return base * (1 - jitter * random());
@@ -1519,8 +1538,9 @@ export class Client {
     };
     ws.onclose = (event) => {
       if (this._conn !== conn) return;
-      // daphne sends no close reasons: the code says what happened.
-      this._lost(conn, event.code, "lost");
+      // The code says what happened (daphne's ASGI close sends no reasons); a 1012's
+      // reason may advise when to come back (restartAdvice).
+      this._lost(conn, event.code, "lost", event.reason);
     };
     // An error event is always followed by a close event, which decides what happens.
     ws.onerror = () => {};
@@ -1603,7 +1623,7 @@ export class Client {
     }
   }
 
-  _lost(conn, code, why) {
+  _lost(conn, code, why, closeReason = "") {
     conn.stopTimers();
     this._failAuths(conn);
     conn.endCalls();
@@ -1637,10 +1657,14 @@ export class Client {
     const restart = code === CloseCode.SERVICE_RESTART && conn.connected;
     let delay;
     if (restart) {
+      // The server may advise a later moment (its RESTART_RATE): the thousands of
+      // sockets it closed would not all be admitted within a second.
+      const {after, spread} = restartAdvice(closeReason);
+      const advised = after + Math.max(retry.restartSpread, spread) * Math.random();
       this._restarts += 1;
       delay = this._restarts === 1
-        ? retry.restartSpread * Math.random()
-        : backoffDelay(this._restarts - 2, retry);
+        ? advised
+        : Math.max(advised, backoffDelay(this._restarts - 2, retry));
     } else {
       delay = backoffDelay(this._attempt, retry);
       this._attempt += 1;
