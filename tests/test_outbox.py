@@ -15,6 +15,7 @@ from twisted.internet.testing import StringTransport
 
 from streaming.flow import SendFlow, attach_flow, plain_send
 from streaming.outbox import Outbox
+from streaming.protocol import CloseCode
 
 
 class PushbackServer:
@@ -314,3 +315,31 @@ async def test_a_discarded_outbox_sends_no_close_even_after_a_seal():
     await outbox.wait_sent()
     assert server.texts() == ["a"]
     assert closes("1000") == before
+
+
+async def test_a_queued_close_by_its_enum_code_is_not_counted_either():
+    """The consumer closes with ``CloseCode`` members (an ``IntEnum``): seen, such a close
+    queued behind a suspended send counted as one frame in ``streampod_send_queue_frames``
+    (the check was ``type(item) is int``)."""
+    server, outbox, _ = make()
+    server.writable.clear()
+    assert outbox.put("a")  # in flight, suspended
+    outbox.close(CloseCode.SERVICE_RESTART)
+    assert len(outbox) == 0
+    server.writable.set()
+    await outbox.wait_sent()
+    assert server.sent[-1] == {"type": "websocket.close", "code": 1012}
+
+
+async def test_a_close_reason_goes_out_with_its_code():
+    server, outbox, _ = make()
+    server.writable.clear()
+    assert outbox.put("a")
+    outbox.close(CloseCode.SERVICE_RESTART, reason="restart spread=0.5")
+    server.writable.set()
+    await outbox.wait_sent()
+    close = {"type": "websocket.close", "code": 1012, "reason": "restart spread=0.5"}
+    assert server.sent[-1] == close
+    server, outbox, _ = make()
+    outbox.close(1012, reason="restart spread=0.5")  # eager: nothing queued
+    assert server.sent[-1]["reason"] == "restart spread=0.5"
