@@ -49,6 +49,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -78,7 +79,7 @@ __all__ = [
 #: The close code of a graceful shutdown: "retry now, elsewhere".
 SERVICE_RESTART = CloseCode.SERVICE_RESTART
 
-# When the reconnects this process's earlier 1012s asked for are over (loop.time()).
+# When the reconnects this process's earlier 1012s asked for are over (time.monotonic()).
 _advised_until = 0.0
 
 
@@ -92,7 +93,7 @@ def restart_advice_for(count: int) -> str:
     rate = streaming_settings.RESTART_RATE
     if rate is None or count <= 0:
         return ""
-    now = asyncio.get_running_loop().time()
+    now = time.monotonic()
     after = max(0.0, _advised_until - now)
     spread = count / rate
     _advised_until = now + after + spread

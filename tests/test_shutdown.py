@@ -168,7 +168,7 @@ def test_a_1012s_close_reason_round_trips_and_bad_advice_is_ignored():
     assert restart_advice("restart after=100 spread=9000") == (100.0, 500.0)
 
 
-async def test_1012_advice_paces_the_processs_clients_at_restart_rate(settings, monkeypatch):
+def test_1012_advice_paces_the_processs_clients_at_restart_rate(settings, monkeypatch):
     """N sockets closed with 1012 at once are told to come back within N / RESTART_RATE
     seconds; 1012s while that window lasts (a late join, a second gap) are told to come
     back after it, so that the process's clients return at RESTART_RATE a second."""
