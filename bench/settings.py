@@ -47,3 +47,7 @@ STREAMING = {
     # BENCH_METRICS=0 turns Streampod's metrics off (bench/metrics_cost.py measures both).
     "METRICS": os.environ.get("BENCH_METRICS", "1") != "0",
 }
+# bench/herd.py compares the 1012's advice (RESTART_RATE) with none ("none").
+if os.environ.get("BENCH_RESTART_RATE"):
+    _rate = os.environ["BENCH_RESTART_RATE"]
+    STREAMING["RESTART_RATE"] = None if _rate == "none" else float(_rate)
