@@ -23,11 +23,17 @@ REFRESH_SECONDS = 1.0
 
 
 def _live(request: HttpRequest) -> HttpResponse:
+    from . import registry
+
     context = {
         **admin.site.each_context(request),
         "title": "Streampod: live cluster figures",
         "endpoint": ENDPOINT_NAME,
         "refresh_ms": int(REFRESH_SECONDS * 1000),
+        # Not registered: the page says how to turn it on instead of opening a socket
+        # that would be refused ("Unknown endpoint").
+        "registered": registry.endpoints.get(ENDPOINT_NAME) is not None,
+        "endpoint_path": "streaming.ops.ClusterMetricsEndpoint",
     }
     return TemplateResponse(request, "streaming/admin_live.html", context)
 

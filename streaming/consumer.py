@@ -79,7 +79,7 @@ from .exceptions import (
     StreamingError,
 )
 from .fairness import FAIR_SLICE, turn_due
-from .flow import attach_flow, plain_send, send_limit
+from .flow import attach_flow, closes_at_once, plain_send, send_limit
 from .lane import Lane
 from .outbox import Outbox
 from .protocol import CloseCode, CommandFrame, DataFrame, ErrorCode, echo
@@ -227,6 +227,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             eager=plain_send(send),
             byte_limit=settings.SEND_QUEUE_BYTES,
             gated=True,
+            urgent_close=closes_at_once(send),
         )
         if self.scope.get(AUTH_FAILED_KEY):
             self._accept()

@@ -140,6 +140,16 @@ def plain_send(send: Any) -> bool:
     return module.startswith("uvicorn.protocols.websockets.") or module == "streaming.uvicorn_ws"
 
 
+def closes_at_once(send: Any) -> bool:
+    """Whether ``send`` is a server's own whose ``websocket.close`` never waits for room,
+    even while a data send waits for it (:mod:`streaming.uvicorn_ws`): the outbox may then
+    close a socket whose client stopped reading at once. uvicorn's own protocols make
+    every send wait while the transport pushes back; daphne's never suspends (its
+    :class:`SendFlow` is kicked instead)."""
+    owner = getattr(send, "__self__", None)
+    return type(owner).__module__ == "streaming.uvicorn_ws"
+
+
 def send_limit(send: Any) -> int | None:
     """The largest frame, in bytes, the server behind ``send`` will send, if it has one.
 

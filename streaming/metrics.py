@@ -260,6 +260,12 @@ def _labelled(name: str, doc: str, label: str, counts: dict[str, _Count]) -> Met
 class _Collector(Collector):
     """Every Streampod metric, read when scraped."""
 
+    def describe(self) -> list[Metric]:
+        # Registering calls this at import; without it the registry would collect, and
+        # so read STREAMING while django.setup() runs: a bad setting would stop it with
+        # a traceback before the system check could report it (E001/E002).
+        return []
+
     def collect(self) -> Iterator[Metric]:
         if not enabled():
             return

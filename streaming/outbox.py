@@ -72,6 +72,7 @@ class Outbox:
         "_sealed",
         "_send",
         "_task",
+        "_urgent",
         "byte_limit",
         "limit",
         "sent",
@@ -87,8 +88,12 @@ class Outbox:
         eager: bool = False,
         byte_limit: int | None = None,
         gated: bool = False,
+        urgent_close: bool = False,
     ) -> None:
         self._send = send
+        # The server's close does not wait behind a data send stuck for room
+        # (streaming.flow.closes_at_once): a 4013 goes out at once, see close().
+        self._urgent = urgent_close
         self._flow = flow
         self._eager = eager  # only for a server's own send: see streaming.flow.plain_send
         self.limit = limit
@@ -234,6 +239,13 @@ class Outbox:
         item = (int(code), reason)
         if self._task is None and self._eager and not self._gated and not self._queue:
             self._start(_close_message(item))
+        elif discard_pending and self._urgent and self._task is not None and not self._queue:
+            # A send is stuck waiting for room: the client stopped reading. Queued behind
+            # it, the close would go out only once the client reads again (seen, an
+            # attacker's try under uvicorn: the socket, its calls and their results held
+            # until the keepalive gave up 40 s later, then 1011). The server sends it now
+            # (the stuck frame is dropped) and ends the connection CLOSE_TIMEOUT later.
+            self._close_now(_close_message(item))
         elif self._task is None and not self._gated:
             self._queued().append(item)
             self._spawn(None, None, None)
@@ -241,6 +253,23 @@ class Outbox:
             self._queued().append(item)
             if discard_pending and self._flow is not None:
                 self._flow.kick()  # the close goes out even while the server pushes back
+
+    def _close_now(self, message: dict[str, Any]) -> None:
+        """Send the close while another send is in progress (only for a server whose
+        close does not wait for room: ``urgent_close``)."""
+        coro = self._send(message)
+        try:
+            done, yielded = start(coro)  # type: ignore[arg-type]
+        except Exception:
+            logger.debug("the close failed: the connection is gone", exc_info=True)
+            self.discard()
+            return
+        if done:
+            self._count(message)
+            return
+        task = asyncio.get_running_loop().create_task(finish(coro, yielded))  # type: ignore[arg-type]
+        task.add_done_callback(_quiet)
+        self.discard()
 
     def _drop_frames(self) -> None:
         """Drop the queued data frames (an accept not yet sent stays first)."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from django.apps import apps
 from django.utils.module_loading import import_string, module_has_submodule
 
-from .conf import streaming_settings
+from .conf import user_settings
 
 if TYPE_CHECKING:
     from .endpoint import Endpoint
@@ -70,7 +70,15 @@ class EndpointRegistry:
                     and not obj.abstract
                 ):
                     self.register(obj)
-        for path in streaming_settings.ENDPOINTS:
+        # Read as given, not through streaming_settings: this runs in the app's ready(),
+        # and a bad STREAMING (a typo'd key) must reach the system check as E001/E002,
+        # not stop django.setup() with a traceback before checks can run.
+        paths = user_settings().get("ENDPOINTS", [])
+        if not isinstance(paths, list | tuple):
+            paths = []  # E002
+        for path in paths:
+            if not isinstance(path, str):
+                continue  # E002
             try:
                 cls = import_string(path)
             except ImportError as exc:

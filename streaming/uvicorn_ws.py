@@ -837,6 +837,11 @@ class WebSocketProtocol(asyncio.Protocol):
             if drain is None:
                 drain = self._drain = self._loop.create_future()
             await asyncio.shield(drain)
+            if self._app_closed:
+                # The app closed the socket while this frame waited for room (a close does
+                # not wait: streaming.outbox sends it past a client that stopped reading):
+                # the frame is dropped, as for a client that is gone.
+                raise ClientDisconnected()
         state = self._state
         if state == CLOSED:
             if kind == "websocket.close":

@@ -200,6 +200,7 @@ def site(tmp_path_factory) -> Site:
 
     site.check_output = site.manage("check", "--fail-level", "WARNING")
     site.manage("migrate", "--noinput")
+    site.manage("collectstatic", "--noinput")
     out = site.manage(
         "shell",
         "-c",
@@ -386,6 +387,11 @@ def test_the_endpoint_answers_the_python_client(site, server):
         assert output.wait_for(ready, 60), f"{server} did not start:\n{output.text()}"
         url = f"http://127.0.0.1:{port}/"
         js = get_when_listening(f"{url}static/streaming/streampod.js", proc, output)
+        # Served under either server: WhiteNoise under uvicorn (seen, a newcomer's try:
+        # 404 under uvicorn, the README's settings had no static files server).
+        assert js.status_code == 200 and "WebSocket" in js.text
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        assert health.status_code == 200, health.text
         if server == "runserver":
             # runserver is daphne's ("daphne" before staticfiles), and serves static files
             # with DEBUG on, the browser client among them.
@@ -395,5 +401,8 @@ def test_the_endpoint_answers_the_python_client(site, server):
             [site.python, "talk.py", url, str(site.user_id), PASSWORD], cwd=site.project, timeout=60
         )
         assert f"GOT MyChatMessage {site.user_id} Hi" in out, out
+        # The README's LOGGING shows Streampod's lines (seen, a newcomer's try: none were,
+        # "graceful shutdown installed" among them, which docs/deployment.md says to look for).
+        assert output.wait_for("graceful shutdown installed", 30), output.text()
     finally:
         stop(proc, output)

@@ -222,3 +222,60 @@ def test_bad_endpoints_entry_is_e004(fresh_registry, path, reason):
     assert ids(messages) == ["streaming.E004"]
     assert path in messages[0].msg and reason in messages[0].msg
     assert fresh_registry.get("endpoint") is None
+
+
+@pytest.mark.parametrize(
+    ("streaming", "expected"),
+    [
+        ({"ENDPOINT": []}, "streaming.E001"),  # a typo
+        ({"MAX_MESSAGE_BYTES": "65536"}, "streaming.E002"),
+        ({"ENDPOINTS": "myapp.endpoints.Chat"}, "streaming.E002"),  # not a list
+    ],
+)
+def test_manage_py_check_reports_a_bad_streaming_setting_instead_of_crashing(
+    tmp_path, streaming, expected
+):
+    """Seen (a newcomer's try): with a typo in ``STREAMING`` every ``manage.py`` command,
+    ``check`` included, died in ``django.setup()`` (the app's ``ready()`` read the
+    settings) with a traceback, where docs/settings.md promises the system check's
+    error and its hint (E001 lists the known keys)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "bad_settings.py").write_text(
+        "from streampod_project.settings import *  # noqa\n"
+        f"STREAMING = {{**STREAMING, **{streaming!r}}}\n"
+    )
+    env = {
+        **__import__("os").environ,
+        "DJANGO_SETTINGS_MODULE": "bad_settings",
+        "PYTHONPATH": f"{tmp_path}:{root}",
+    }
+    done = subprocess.run(
+        [sys.executable, str(root / "manage.py"), "check"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert expected in done.stderr, done.stderr
+    if expected == "streaming.E001":
+        assert "HINT: Known keys: " in done.stderr and "MAX_MESSAGE_BYTES" in done.stderr
+
+
+@pytest.mark.django_db
+def test_the_admins_live_page_says_how_to_enable_it_when_its_endpoint_is_not_registered(
+    admin_client, fresh_registry
+):
+    """Seen (a newcomer's try): in a project that does not register
+    ``streaming.ops.ClusterMetricsEndpoint``, the admin index links the live page, and the
+    page showed only "Refused: Unknown endpoint 'streampod_metrics'"."""
+    page = admin_client.get("/admin/streampod/live/").content.decode()
+    assert "Not enabled" in page and "streaming.ops.ClusterMetricsEndpoint" in page
+    assert "streampod.js" not in page  # no socket that would be refused
+    from streaming.ops import ClusterMetricsEndpoint
+
+    fresh_registry.register(ClusterMetricsEndpoint)
+    page = admin_client.get("/admin/streampod/live/").content.decode()
+    assert "Not enabled" not in page and "streampod.js" in page

@@ -14,6 +14,7 @@ Without flow control daphne would take all 2,000 frames into Twisted's buffer
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import uuid
@@ -46,6 +47,29 @@ def small_buffer_socket(port: int) -> socket.socket:
     return sock
 
 
+async def stalling_client(server):
+    """A client with a small receive buffer that reads nothing unless asked to."""
+    return await connect(
+        server.ws_url,
+        sock=small_buffer_socket(server.port),
+        max_queue=1,  # the library stops reading the socket after one frame
+        ping_interval=None,
+        compression=None,  # uvicorn would deflate 16 KB of "x" to a few bytes
+    )
+
+
+async def flood_a_stalled_client(server, observer):
+    """``observer`` joins a room; a :func:`stalling_client` asks for the flood, reported
+    to that room. Returns the stalled client and the report once the flood stopped."""
+    room = f"flood-{uuid.uuid4().hex[:8]}"
+    await observer.send(frame("room", "RoomPost", room=room, text="/join"))
+    await until(observer, lambda m: m.get("object", {}).get("className") == "Echo")
+    stalled = await stalling_client(server)
+    await stalled.send(frame("flood", "Flood", count=COUNT, size=SIZE, report_to=f"room:{room}"))
+    report = await until(observer, lambda m: m.get("object", {}).get("className") == "FloodReport")
+    return stalled, report
+
+
 async def until(ws, predicate, limit=50):
     for _ in range(limit):
         message = json.loads(await ws.recv())
@@ -55,25 +79,9 @@ async def until(ws, predicate, limit=50):
 
 
 async def test_client_that_stops_reading_is_closed_with_4013(flood_server):
-    room = f"flood-{uuid.uuid4().hex[:8]}"
     async with connect(flood_server.ws_url) as observer:
-        await observer.send(frame("room", "RoomPost", room=room, text="/join"))
-        await until(observer, lambda m: m.get("object", {}).get("className") == "Echo")
-
-        stalled = await connect(
-            flood_server.ws_url,
-            sock=small_buffer_socket(flood_server.port),
-            max_queue=1,  # the library stops reading the socket after one frame
-            ping_interval=None,
-            compression=None,  # uvicorn would deflate 16 KB of "x" to a few bytes
-        )
+        stalled, report = await flood_a_stalled_client(flood_server, observer)
         try:
-            await stalled.send(
-                frame("flood", "Flood", count=COUNT, size=SIZE, report_to=f"room:{room}")
-            )
-            report = await until(
-                observer, lambda m: m.get("object", {}).get("className") == "FloodReport"
-            )
             accepted = report["object"]["data"]["accepted"]
             # The server stopped taking frames long before 2,000 (32 MB).
             assert accepted < COUNT // 2, report
@@ -97,3 +105,24 @@ async def test_client_that_stops_reading_is_closed_with_4013(flood_server):
         await observer.send(frame("echo", "Echo", text="still here"))
         echoed = await until(observer, lambda m: m.get("endpoint") == "echo")
         assert echoed["object"]["data"]["text"] == "still here"
+
+
+async def test_a_client_that_never_reads_again_is_let_go_at_once(flood_server):
+    """Seen (an attacker's try, uvicorn with Streampod's protocol): the 4013 was queued
+    behind a frame waiting for room in the server's write buffer, so it went out only once
+    the client read again. A client that never does held the socket, its endpoint state and
+    its queued results until the keepalive gave up, 40 s later, with 1011 (100 such
+    sockets: 411 MB). Expected: the socket is closed (its ``stream_closed`` runs) as soon
+    as the queue overflows, whether or not the client ever reads. (daphne's flow control
+    lets its close through already.)"""
+    async with connect(flood_server.ws_url) as observer:
+        stalled, _ = await flood_a_stalled_client(flood_server, observer)
+        try:
+            # The stalled client reads nothing from here on.
+            closed = await asyncio.wait_for(
+                until(observer, lambda m: m.get("object", {}).get("data", {}).get("n") == -1),
+                10,  # the keepalive would take 40 s (20 s ping interval + 20 s timeout)
+            )
+            assert closed["object"]["data"]["text"] == "flood socket closed"
+        finally:
+            stalled.transport.abort()

@@ -122,6 +122,7 @@ class FloodEndpoint(Endpoint):
     async def handle_stream_message(self, session, message):
         if not isinstance(message, Flood):
             return
+        self.set_user_object(session, message.report_to)  # told again when the socket ends
         text = "x" * message.size
         accepted = 0
         for n in range(message.count):
@@ -132,3 +133,8 @@ class FloodEndpoint(Endpoint):
         await post_message(
             message.report_to, FloodReport(accepted=accepted, requested=message.count)
         )
+
+    async def stream_closed(self, session):
+        report_to = self.get_user_object(session)
+        if report_to:
+            await post_message(report_to, Echo(text="flood socket closed", n=-1))
