@@ -366,10 +366,15 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             self.outbox.close(code, discard_pending=discard_pending, reason=reason)
 
     def _overloaded(self) -> None:
+        outbox = self.outbox
         logger.warning(
-            "closing %s: send queue full (%d frames); the client is not reading",
+            "closing %s: send queue full (%d of %d frames, %d of %d bytes); the client is "
+            "not reading",
             self.scope.get("client"),
-            self.outbox.limit if self.outbox else 0,
+            len(outbox) if outbox else 0,
+            outbox.limit if outbox else 0,
+            outbox.queued_bytes if outbox else 0,
+            outbox.byte_limit if outbox else 0,
         )
         self.close_with(CloseCode.OVERLOADED, discard_pending=True)
 
@@ -668,6 +673,11 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         for slot, _ in readies:
             if slot.session is not None:
                 channels |= bus.channels_of(slot.session)
+        if self._late_join is not None:
+            # Waiting for the joins of the channels before an auth command changed them:
+            # those no longer matter (an attacker's reading: the task was left behind).
+            self._late_join.cancel()
+            self._late_join = None
         try:
             await bus.wait_joined(channels)
         except MessagingUnavailable as exc:

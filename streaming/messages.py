@@ -137,6 +137,13 @@ class _Channel:
         if waiter is not None:
             waiter.set()
 
+    def release(self) -> None:
+        """No listeners are left (the entry goes): whoever waits for the join stops
+        waiting (``wait_joined`` is about channels that have listeners)."""
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.set()
+
     def unjoin(self) -> None:
         """No longer known to be joined (the subscription was down): joined again once
         a probe comes back."""
@@ -240,6 +247,7 @@ class MessageBus:
             entry.lanes.pop(listener, None)  # calls already queued still run
         if not entry.listeners:
             del self._channels[channel]
+            entry.release()
             if self.cross_process:
                 self._reconcile_soon(channel)
 

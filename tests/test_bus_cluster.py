@@ -402,3 +402,40 @@ async def test_a_socket_admitted_before_its_join_is_closed_with_1012_once_joined
         await get_bus().aclose()
         reset_bus()
         await proxy.aclose()
+
+
+async def test_a_wait_for_a_join_ends_when_the_channel_loses_its_listeners(settings):
+    """``wait_joined(bounded=False)`` (a socket admitted before its joins waits so, to
+    close itself with 1012 once they are done) on a channel whose last listener goes
+    before the join: seen (an attacker's reading), the channel's entry was dropped with its
+    waiter still asleep, and the wait (the socket's ``_late_join`` task, holding the
+    consumer) never returned. Expected: it returns, as for a channel with no listeners."""
+    from streaming.messages import reset_bus
+
+    proxy = DelayingProxy(require_redis(), delay=3600, keyword=b"SUBSCRIBE")  # never joins
+    url = await proxy.start()
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {
+                "hosts": [{"address": url, "socket_timeout": None}],
+                "prefix": f"t{uuid.uuid4().hex[:10]}",
+            },
+        }
+    }
+    reset_bus()
+    from streaming.messages import get_bus
+
+    bus = get_bus()
+    try:
+        name, owner = channel(), Owner()
+        bus.add_listener(name, Inbox(), owner=owner)
+        waiting = asyncio.ensure_future(bus.wait_joined({name}, bounded=False))
+        await asyncio.wait_for(proxy.holding.wait(), WAIT)  # its SUBSCRIBE is held
+        assert not waiting.done()
+        bus.remove_owner(owner)
+        await asyncio.wait_for(waiting, WAIT)
+    finally:
+        await bus.aclose()
+        reset_bus()
+        await proxy.aclose()
