@@ -265,7 +265,8 @@ TALK = textwrap.dedent(
             await client.chat.send_stream_message(MyChatMessage(recipient_id=user_id, text="Hi"))
             async with asyncio.timeout(20):
                 async for message in client.chat.stream:
-                    print("GOT", type(message).__name__, message.recipient_id, message.text)
+                    print("GOT", type(message).__name__, message.recipient_id, message.text,
+                          "FROM", message.sender_id)
                     return
 
 
@@ -400,7 +401,7 @@ def test_the_endpoint_answers_the_python_client(site, server):
         out = run(
             [site.python, "talk.py", url, str(site.user_id), PASSWORD], cwd=site.project, timeout=60
         )
-        assert f"GOT MyChatMessage {site.user_id} Hi" in out, out
+        assert f"GOT MyChatMessage {site.user_id} Hi FROM {site.user_id}" in out, out
         # The README's LOGGING shows Streampod's lines (seen, a newcomer's try: none were,
         # "graceful shutdown installed" among them, which docs/deployment.md says to look for).
         assert output.wait_for("graceful shutdown installed", 30), output.text()
