@@ -6,6 +6,7 @@ losses, zero duplicates, zero connect errors) and that the results were written.
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -192,3 +193,44 @@ def test_the_workers_comparison_runs_one_and_two_uvicorn_workers(tmp_path: Path)
         assert row["fanout"]["broadcasts"] == 3 and row["fanout"]["lost"] == 0, row
     text = next(tmp_path.glob("*-workers.md")).read_text()
     assert "*2 workers ÷ 1 worker + Redis, medians*" in text
+
+
+def test_the_reconnect_herd_brings_every_client_back_and_the_advice_reaches_them(
+    tmp_path: Path,
+) -> None:
+    """``python -m bench.herd``: Streampod's Python clients on one uvicorn, its Redis
+    subscriber connection cut (a bus gap): every socket is closed with 1012, with the
+    advice when RESTART_RATE is set and none without, and every client comes back."""
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not installed (the herd runs on a private one)"
+        if IN_CI:
+            pytest.fail(message + "; CI=true needs it")
+        pytest.skip(message)
+    run_bench("bench.herd", "--sockets", "40", "--clients", "2", "--rates", "none,400",
+              "--timeout", "60", "--out", str(tmp_path))  # fmt: skip
+    [results_json] = tmp_path.glob("*-herd.json")
+    rows = json.loads(results_json.read_text())["rows"]
+    assert [r["rate"] for r in rows] == ["none", "400"]
+    for row in rows:
+        assert "error" not in row and row["server_errors"] == 0, row
+        assert row["closed_1012"] == 40 and row["back"] == 40, row
+        assert row["back_all_s"] is not None, row
+    assert rows[0]["close_reasons"] == [""], rows[0]
+    assert rows[1]["close_reasons"] == ["restart spread=0.1"], rows[1]  # 40 / 400 a second
+    assert "| RESTART_RATE |" in next(tmp_path.glob("*-herd.md")).read_text()
+
+
+def test_the_open_loop_curve_runs_pinned(tmp_path: Path) -> None:
+    """``python -m bench.open_loop --pin``: the server on its own CPU, the load clients on
+    the other; the pinning is recorded with the results."""
+    run_bench("bench.open_loop", "--pin", "--only", "ceiling", "--levels", "10",
+              "--seconds", "0.5", "--saturation-seconds", "0.5", "--search-steps", "1",
+              "--search-seconds", "0.5", "--repeats", "1", "--no-same-load",
+              "--out", str(tmp_path))  # fmt: skip
+    [results_json] = tmp_path.glob("*-open-loop-pinned.json")
+    data = json.loads(results_json.read_text())
+    cpus = sorted(os.sched_getaffinity(0))
+    assert data["meta"]["pinned"] == {"server": cpus[:-1], "clients": cpus[-1:]}, data["meta"]
+    [entry] = data["results"].values()
+    assert "error" not in entry and entry["levels"], entry
+    assert all(level["lost"] == 0 for level in entry["levels"]), entry
