@@ -94,8 +94,15 @@ async def test_client_that_stops_reading_is_closed_with_4013(flood_server):
                         continue  # what other endpoints sent on open (whoami...)
                     assert message["object"]["data"]["n"] == received  # in order, no gap
                     received += 1
-            assert closed.value.rcvd is not None, "closed without a close frame"
-            assert closed.value.rcvd.code == 4013
+            if closed.value.rcvd is None:
+                # daphne (autobahn) drops the connection 1 s after its close frame if the
+                # client has not answered it (closeHandshakeTimeout): a client that takes
+                # longer to read what was buffered before it (a loaded machine) sees the
+                # connection dropped, without the 4013 (1 run in 30 here). uvicorn with
+                # Streampod's protocol waits CLOSE_TIMEOUT (10 s).
+                assert flood_server.name == "daphne", "closed without a close frame"
+            else:
+                assert closed.value.rcvd.code == 4013
             # Nothing beyond what the server accepted; the queued tail was dropped.
             assert received <= accepted
         finally:
