@@ -8,6 +8,12 @@ assert that nothing arrived.
         assert await comm.receive_message("echo") == Ping(n=1)
         await comm.assert_nothing_received()
 
+        # streaming methods: a result, or a stream's values
+        assert await comm.call("chat", "history", with_user=2) == [...]
+        async with comm.stream("chat", "watch_updates", user_id=2) as updates:
+            async for update in updates:
+                break  # leaving the block cancels the call
+
 "Nothing arrived" is proven, never by waiting: first every endpoint's lane must
 answer a probe frame (so work still queued for a hook is done), then a ping's pong
 must be the next frame, since every frame of a connection leaves through one
@@ -16,6 +22,7 @@ ordered queue.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +34,67 @@ from . import protocol
 from .endpoint import Endpoint
 from .protocol import CommandFrame, DataFrame
 from .serialization import SerializableEntity, _swapped_registry, decode_object, encode_object
+
+_call_ids = itertools.count(1)
+
+
+class CallStream:
+    """A streaming-method call of a :class:`StreamingCommunicator` whose result is a
+    stream (see :meth:`StreamingCommunicator.stream`)."""
+
+    def __init__(
+        self,
+        comm: StreamingCommunicator,
+        endpoint: str,
+        method: str,
+        args: dict[str, Any],
+        credit: int,
+        timeout: float | None,
+    ) -> None:
+        self._comm = comm
+        self._call = (endpoint, method, args)
+        self._credit = credit
+        self._timeout = timeout
+        self._id: str | None = None
+        self._ended = False
+        self._read = 0
+
+    async def _start(self) -> None:
+        if self._id is None:
+            endpoint, method, args = self._call
+            self._id = await self._comm._start_call(endpoint, method, args, credit=self._credit)
+
+    async def __aenter__(self) -> CallStream:
+        await self._start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._id is not None and not self._ended:
+            self._ended = True
+            self._comm._cancelled.add(self._id)  # its frames already on the way are skipped
+            await self._comm.send_command("cancel", {"id": self._id})
+
+    def __aiter__(self) -> CallStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        await self._start()
+        assert self._id is not None
+        if self._ended:
+            raise StopAsyncIteration
+        try:
+            kind, value = await self._comm._call_frame(self._id, self._timeout)
+        except BaseException:
+            self._ended = True  # failed: nothing to cancel
+            raise
+        if kind == "done":
+            self._ended = True
+            raise StopAsyncIteration
+        self._read += 1
+        half = max(1, self._credit // 2)
+        if self._credit and self._read % half == 0:
+            await self._comm.send_command("credit", {"id": self._id, "n": half})
+        return value
 
 
 @contextmanager
@@ -77,6 +145,7 @@ class StreamingCommunicator(WebsocketCommunicator):
         super().__init__(application, path, headers=headers)
         self.default_timeout = timeout
         self._endpoints = [cls.name for cls in endpoints] if endpoints is not None else None
+        self._cancelled: set[str] = set()  # calls cancelled by :meth:`stream`
 
     async def __aenter__(self) -> StreamingCommunicator:
         connected, _ = await self.connect(timeout=self.default_timeout)
@@ -176,6 +245,79 @@ class StreamingCommunicator(WebsocketCommunicator):
         await self.send_command("ping")
         text = await self.receive_from(self.default_timeout)
         assert json.loads(text) == {"command": "pong", "args": {}}, f"unexpected frame: {text}"
+
+    # -- streaming methods ------------------------------------------------------------
+
+    async def call(
+        self, endpoint: str, method: str, /, *, timeout: float | None = None, **args: Any
+    ) -> Any:
+        """Call the streaming method ``method`` of ``endpoint`` with ``args``; return its
+        result as a client gets it (messages as their classes). A ``fail`` raises: the
+        app's exception as itself when its class is defined here, else
+        :class:`~streaming.client.errors.CallFailed` (``code``, ``errors``,
+        ``exception``). The next frames must be this call's (see :meth:`sync`)."""
+        call_id = await self._start_call(endpoint, method, args, credit=0)
+        kind, value = await self._call_frame(call_id, timeout)
+        assert kind == "done", f"expected the call's result, got a {kind!r} frame: {value!r}"
+        return value
+
+    def stream(
+        self,
+        endpoint: str,
+        method: str,
+        /,
+        *,
+        credit: int = 64,
+        timeout: float | None = None,
+        **args: Any,
+    ) -> CallStream:
+        """Call a method that returns a stream: ``async for value in comm.stream(...)``
+        reads its values as they come, granting ``credit`` as the bundled clients do (half
+        of it again each time half is read), to the ``done``. To leave early, use
+        ``async with comm.stream(...) as values``: leaving the block cancels the call. A
+        ``fail`` raises as in :meth:`call`."""
+        return CallStream(self, endpoint, method, args, credit, timeout)
+
+    async def _start_call(
+        self, endpoint: str, method: str, args: dict[str, Any], *, credit: int
+    ) -> str:
+        from .methods import value_json
+
+        call_id = f"comm-{next(_call_ids)}"
+        wire_args = {name: json.loads(value_json(value)) for name, value in args.items()}
+        fields: dict[str, Any] = {
+            "id": call_id, "endpoint": endpoint, "method": method, "args": wire_args
+        }  # fmt: skip
+        if credit:
+            fields["credit"] = credit
+        await self.send_command("call", fields)
+        return call_id
+
+    async def _call_frame(self, call_id: str, timeout: float | None) -> tuple[str, Any]:
+        """The call's next frame: ``("value", v)`` or ``("done", result)``; raises on
+        ``fail``."""
+        from .client.errors import CallFailed
+        from .methods import SerializableException, from_wire
+
+        frame = await self.receive_frame(timeout)
+        while isinstance(frame, protocol.MethodFrame) and frame.args.get("id") in self._cancelled:
+            frame = await self.receive_frame(timeout)  # sent before its cancel arrived
+        assert isinstance(frame, protocol.MethodFrame) and frame.args.get("id") == call_id, (
+            f"expected a frame of call {call_id!r}, got {frame!r}"
+        )
+        args = frame.args
+        if frame.command == "fail":
+            exception = args.get("exception")
+            if isinstance(exception, dict):
+                raised = SerializableException.from_wire(args.get("message", ""), exception)
+                if raised is not None:
+                    raise raised
+            raise CallFailed(
+                args.get("code", ""), args.get("message", ""), args.get("endpoint"), call_id,
+                args.get("errors"), exception,
+            )  # fmt: skip
+        assert frame.command in ("value", "done"), f"unexpected frame of the call: {frame!r}"
+        return frame.command, from_wire(args.get("value"))
 
     async def receive_close(self, timeout: float | None = None) -> int:
         """Wait for the server to close the socket; returns the close code."""

@@ -728,3 +728,33 @@ async def test_a_fail_too_large_to_send_is_not_answered_again(caplog):
         assert "RecursionError" not in caplog.text
         assert caplog.text.count("the call fails") == 1, caplog.text[:500]
         assert not consumer._calls.live
+
+
+async def test_the_communicator_calls_methods_and_reads_streams_as_a_client_would():
+    """``StreamingCommunicator.call`` and ``.stream`` (a newcomer's try: testing a
+    streaming method took hand-made ``call`` frames): results decoded, credit granted past
+    the first 64 values, a stream left early cancelled, a fail raised."""
+    from streaming.client.errors import CallFailed
+
+    async with socket(endpoints=[NotesEndpoint]) as comm:
+        assert await comm.call("notes", "history", with_user=2, limit=2) == [
+            Note(text="to 2", n=0),
+            Note(text="to 2", n=1),
+        ]
+        assert await comm.call("notes", "nothing") is None
+        assert await comm.call("notes", "echo", text="a", note=Note(text="b")) == "a|b|None"
+        # 200 values: past the first credit of 64, so more must be granted as they are read
+        assert [n async for n in comm.stream("notes", "count", upto=200)] == list(range(200))
+        async with comm.stream("notes", "endless") as notes:
+            async for note in notes:
+                assert isinstance(note, Note)
+                break  # leaving the block cancels the call: the generator's finally runs
+        await asyncio.wait_for(Probe.finished.wait(), 5)
+        with pytest.raises(OutOfInk) as raised:
+            await comm.call("notes", "out_of_ink", color="red")
+        assert raised.value.color == "red"
+        with pytest.raises(CallFailed) as failed:
+            await comm.call("notes", "history", with_user="2")
+        assert failed.value.code == "invalid_message"
+        assert [e["path"] for e in failed.value.errors] == ["with_user"]
+        await comm.assert_nothing_received()
