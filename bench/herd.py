@@ -242,6 +242,9 @@ async def one_run(rate: str, args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
         await asyncio.to_thread(server.stop)
         out["server_errors"] = server.tail.errors if server.tail else 0
+        if out["server_errors"] or "error" in out:
+            out["server_log_tail"] = server.output().splitlines()[-40:]
+            out["server_first_errors"] = server.tail.first_errors if server.tail else []
         redis_proc.terminate()
         redis_proc.wait(10)
     print(json.dumps(out), flush=True)

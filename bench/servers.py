@@ -137,6 +137,7 @@ class _Tail:
         self.memprobes: queue.Queue[str] = queue.Queue()  # snapshot paths (bench/memprobe)
         self.warnings = 0
         self.errors = 0
+        self.first_errors: list[str] = []  # the first error lines, and the lines after them
         self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
         self._thread.start()
 
@@ -155,6 +156,8 @@ class _Tail:
                 self.warnings += 1
             elif "ERROR" in line or "Traceback" in line or "CRITICAL" in line:
                 self.errors += 1
+            if (self.errors or self.warnings) and len(self.first_errors) < 80:
+                self.first_errors.append(line)
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)

@@ -439,3 +439,52 @@ async def test_a_wait_for_a_join_ends_when_the_channel_loses_its_listeners(setti
         await bus.aclose()
         reset_bus()
         await proxy.aclose()
+
+
+async def test_joins_after_a_gap_go_a_bounded_number_at_a_time(settings, monkeypatch):
+    """After a bus gap every channel rejoins at once. Seen (bench/herd.py, 8,000 sockets
+    on one uvicorn): 8,000 joins, each probing until its probe came back, took the whole
+    core; every join timed out and was tried again, and after 180 s 185 of the 8,000
+    clients were back. Expected: at most ``JOIN_CONCURRENCY`` joins under way at once,
+    the others waiting their turn outside their timeout, and every channel joined."""
+    from streaming import messages
+    from streaming.messages import reset_bus
+
+    monkeypatch.setattr(messages, "JOIN_CONCURRENCY", 16, raising=False)
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {
+                "hosts": [{"address": require_redis(), "socket_timeout": None}],
+                "prefix": f"t{uuid.uuid4().hex[:10]}",
+            },
+        }
+    }
+    reset_bus()
+    bus = messages.get_bus()
+    probing, most = 0, 0
+    probe = bus._probe
+
+    async def counted(channel):
+        nonlocal probing, most
+        probing += 1
+        most = max(most, probing)
+        try:
+            await probe(channel)
+        finally:
+            probing -= 1
+
+    monkeypatch.setattr(bus, "_probe", counted)
+    try:
+        owner = Owner()
+        names = [channel() for _ in range(200)]
+        for name in names:
+            bus.add_listener(name, Inbox(), owner=owner)
+        await asyncio.wait_for(bus.wait_joined(names, bounded=False), WAIT)
+        assert 1 < most <= 16, most
+        bus.subscription_lost("a test's gap")  # every channel rejoins together
+        await asyncio.wait_for(bus.wait_joined(names, bounded=False), WAIT)
+        assert most <= 16, most
+    finally:
+        await bus.aclose()
+        reset_bus()
