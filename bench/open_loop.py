@@ -50,8 +50,8 @@ above give each its own), ``--repeats`` times interleaved; a rate above a conten
 knee is not run. ``--same-load-rates R1,R2``: at these rates instead, for everyone.
 
 ``--pin``: each server runs on all CPUs but the last, this process and the load clients
-on the last (``sched_setaffinity``), so the clients' work does not compete with the
-server's and a level's latency is the server's; results go to ``<date>-open-loop-pinned.*``.
+on the last (``sched_setaffinity``; Redis and other jobs are not pinned), so the clients'
+work does not compete with the server's; results go to ``<date>-open-loop-pinned.*``.
 
 ``--compare-clients R1,R2``: instead, the load client's own cost: each contender at
 these offered rates with the ``websockets`` library's client and with
