@@ -109,14 +109,16 @@ bench-quick: setup
 # fan-out to 10..10,000 listeners (one server and two sharing Redis), idle authenticated
 # sockets on one uvicorn process up to 19,000 (and where their memory goes, at 2,000),
 # open-loop relay latency at 25/50/75/90% of each contender's saturation (the knee of a step
-# search; 75% of the overload figure too), and Streampod
-# on two uvicorn workers against one.
+# search; 75% of the overload figure too), again with the server on a core of its own, Streampod
+# on two uvicorn workers against one, and the reconnect herd of 8,000 clients after a bus gap.
 bench-scale: setup
 	$(BIN)/python -m bench.fanout_curve --profile
 	$(BIN)/python -m bench.connections
 	$(BIN)/python -m bench.connections --steps 2000 --clients 2 --memprobe
 	$(BIN)/python -m bench.open_loop
+	$(BIN)/python -m bench.open_loop --pin
 	$(BIN)/python -m bench.workers
+	$(BIN)/python -m bench.herd --sockets 8000 --clients 4 --rates none,200,400
 
 clean:
 	rm -rf $(VENV) .venv-3.12 staticfiles db.sqlite3 test-artifacts
