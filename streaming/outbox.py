@@ -167,8 +167,11 @@ class Outbox:
         if self._closed:
             return False
         flow = self._flow
-        if self._task is None and self._eager and not self._gated and (
-            flow is None or not flow.paused
+        if (
+            self._task is None
+            and self._eager
+            and not self._gated
+            and (flow is None or not flow.paused)
         ):
             # _start inlined for the common case (nothing waits behind no task): every
             # frame sent takes this path, a pong or a delivery alike.
@@ -256,20 +259,24 @@ class Outbox:
 
     def _close_now(self, message: dict[str, Any]) -> None:
         """Send the close while another send is in progress (only for a server whose
-        close does not wait for room: ``urgent_close``)."""
-        coro = self._send(message)
+        close does not wait for room: ``urgent_close``), then take nothing more."""
         try:
-            done, yielded = start(coro)  # type: ignore[arg-type]
+            self._send_aside(message)
         except Exception:
             logger.debug("the close failed: the connection is gone", exc_info=True)
-            self.discard()
-            return
-        if done:
-            self._count(message)
-            return
-        task = asyncio.get_running_loop().create_task(finish(coro, yielded))  # type: ignore[arg-type]
-        task.add_done_callback(_quiet)
         self.discard()
+
+    def _send_aside(self, message: dict[str, Any]) -> None:
+        """Send ``message`` outside the queue's order: started here, and finished in a
+        task of its own when the server suspends it (whose failure is only logged: the
+        connection is gone). Raises what starting the send raises."""
+        coro = self._send(message)
+        done, yielded = start(coro)  # type: ignore[arg-type]
+        if not done:
+            task = asyncio.get_running_loop().create_task(
+                finish(coro, yielded)  # type: ignore[arg-type]
+            )
+            task.add_done_callback(_quiet)
 
     def _drop_frames(self) -> None:
         """Drop the queued data frames (an accept not yet sent stays first)."""
@@ -417,16 +424,9 @@ class Outbox:
         if closing:
             metrics.socket_close(SEND_FAILED_CLOSE)
         try:
-            coro = self._send({"type": "websocket.close", "code": SEND_FAILED_CLOSE})
-            done, yielded = start(coro)  # type: ignore[arg-type]
+            self._send_aside({"type": "websocket.close", "code": SEND_FAILED_CLOSE})
         except Exception:
             logger.debug("closing after a failed send failed too", exc_info=True)
-            return
-        if not done:
-            task = asyncio.get_running_loop().create_task(
-                finish(coro, yielded)  # type: ignore[arg-type]
-            )
-            task.add_done_callback(_quiet)
 
     async def _drain(
         self,
@@ -472,4 +472,4 @@ def _close_message(item: tuple[int, str]) -> dict[str, Any]:
 
 def _quiet(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        logger.debug("closing after a failed send failed too", exc_info=task.exception())
+        logger.debug("a close sent aside failed: the connection is gone", exc_info=task.exception())
