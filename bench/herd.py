@@ -35,7 +35,8 @@ from typing import Any
 
 from .run import RESULTS, raise_fd_limit
 from .scale import loadavg, revision
-from .servers import ALL, ROOT, ServerProcess
+from .servers import ALL, ServerProcess
+from .swarm import SwarmProcess
 from .workloads import percentile_ms
 
 UID0 = 500_000
@@ -120,42 +121,6 @@ async def worker(base: str, uid0: int, count: int) -> None:
 # -- the coordinator -------------------------------------------------------------------
 
 
-class Worker:
-    def __init__(self, base: str, uid0: int, count: int) -> None:
-        self.args = [sys.executable, "-m", "bench.herd", "--worker", base, str(uid0), str(count)]
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> Worker:
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.args, cwd=ROOT, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, limit=2**26,
-        )  # fmt: skip
-        return self
-
-    async def reply(self, timeout: float) -> dict[str, Any]:
-        assert self.proc is not None and self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        if not line:
-            raise RuntimeError("herd worker exited")
-        return dict(json.loads(line))
-
-    async def ask(self, timeout: float = 180, **cmd: Any) -> dict[str, Any]:
-        assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
-        await self.proc.stdin.drain()
-        return await self.reply(timeout)
-
-    async def stop(self) -> None:
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        try:
-            await self.ask(cmd="close", timeout=60)
-            await asyncio.wait_for(self.proc.wait(), 10)
-        except Exception:
-            self.proc.kill()
-            await self.proc.wait()
-
-
 def start_redis() -> tuple[subprocess.Popen[bytes], int]:
     from .ports import free_port
 
@@ -192,13 +157,19 @@ async def one_run(rate: str, args: argparse.Namespace) -> dict[str, Any]:
         ALL["streampod_uvicorn"],
         {"REDIS_URL": url, "STREAMPOD_REDIS_LAYER": "pubsub", "BENCH_RESTART_RATE": rate},
     )
-    workers: list[Worker] = []
+    workers: list[SwarmProcess] = []
     out: dict[str, Any] = {"rate": rate, "sockets": args.sockets, "loadavg": loadavg()}
     try:
         await asyncio.to_thread(server.start)
         per = args.sockets // args.clients
         workers = [
-            await Worker(server.base.replace("ws://", "http://") + "/", UID0 + k * per, per).start()
+            await SwarmProcess(
+                "bench.herd",
+                "--worker",
+                server.base.replace("ws://", "http://") + "/",
+                str(UID0 + k * per),
+                str(per),
+            ).start()
             for k in range(args.clients)
         ]
         await asyncio.gather(*(w.reply(300) for w in workers))  # {"up": n}
@@ -209,14 +180,13 @@ async def one_run(rate: str, args: argparse.Namespace) -> dict[str, Any]:
                 "CLIENT", "KILL", "TYPE", "pubsub"
             )
         backs = await asyncio.gather(
-            *(w.ask(cmd="wait_back", wait=args.timeout, timeout=args.timeout + 30) for w in workers)
+            *(
+                w.request(cmd="wait_back", wait=args.timeout, timeout=args.timeout + 30)
+                for w in workers
+            )
         )
         out["server_cpu_s"] = round(server.cpu_s() - cpu0, 2)
-        records = [
-            rec
-            for w in workers
-            for rec in (await w.ask(cmd="report"))["records"]
-        ]
+        records = [rec for w in workers for rec in (await w.request(cmd="report"))["records"]]
         out["back"] = sum(b["back"] for b in backs)
         lost = [r["lost"] - cut for r in records if r["lost"] is not None]
         returned = [r["back"] - cut for r in records if r["back"] is not None]
@@ -224,9 +194,7 @@ async def one_run(rate: str, args: argparse.Namespace) -> dict[str, Any]:
         out["last_1012_s"] = round(max(lost), 2) if lost else None
         out["back_p50_s"] = seconds(percentile_ms(returned, 0.50))
         out["back_p99_s"] = seconds(percentile_ms(returned, 0.99))
-        out["back_all_s"] = (
-            round(max(returned), 2) if len(returned) == len(records) else None
-        )
+        out["back_all_s"] = round(max(returned), 2) if len(returned) == len(records) else None
         out["failed_attempts"] = sum(r["failures"] for r in records)
         out["clients_with_failures"] = sum(1 for r in records if r["failures"])
         reasons = {r.get("reason") for r in records if r["lost"] is not None}
@@ -295,8 +263,11 @@ def table(data: dict[str, Any]) -> list[str]:
         if alls:
             medians[rate] = statistics.median(alls)
     if medians:
-        lines += ["", "Median time until every client was back: " + ", ".join(
-            f"{rate}: {m} s" for rate, m in medians.items())]
+        lines += [
+            "",
+            "Median time until every client was back: "
+            + ", ".join(f"{rate}: {m} s" for rate, m in medians.items()),
+        ]
     return lines
 
 

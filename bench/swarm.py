@@ -242,9 +242,13 @@ async def serve() -> None:
 
 
 class SwarmProcess:
-    """The coordinator's handle on one ``python -m bench.swarm`` process."""
+    """The coordinator's handle on one client process: ``python -m bench.swarm`` by
+    default, or ``python -m <module> *args`` for another bench's worker that speaks the
+    same protocol (a JSON request a line on stdin, a JSON reply a line on stdout, and
+    ``{"cmd": "close"}`` to end)."""
 
-    def __init__(self) -> None:
+    def __init__(self, module: str = "bench.swarm", *args: str) -> None:
+        self.argv = ["-m", module, *args]
         self.proc: asyncio.subprocess.Process | None = None
         self.replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.on_done: Any = None  # called with the seq of each "done" line
@@ -257,7 +261,7 @@ class SwarmProcess:
 
         env = {**os.environ, **({"BENCH_CLIENT": client} if client else {})}
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.swarm",
+            sys.executable, *self.argv,
             cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             limit=2**26, env=env,
         )  # fmt: skip
@@ -279,6 +283,10 @@ class SwarmProcess:
         assert self.proc is not None and self.proc.stdin is not None
         self.proc.stdin.write((json.dumps(request) + "\n").encode())
         await self.proc.stdin.drain()
+        return await self.reply(timeout)
+
+    async def reply(self, timeout: float = 300.0) -> dict[str, Any]:
+        """The next reply (one the process sends unasked, too: a worker's "up")."""
         async with asyncio.timeout(timeout):
             return await self.replies.get()
 
