@@ -266,14 +266,15 @@ if REDIS_URLS:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
+_MAX_MESSAGE_BYTES = 65536
 STREAMING = {
-    "MAX_MESSAGE_BYTES": 65536,
+    "MAX_MESSAGE_BYTES": _MAX_MESSAGE_BYTES,
     # The admin's live page of the cluster's figures (streaming/ops.py, /admin/streampod/live/).
     "ENDPOINTS": ["streaming.ops.ClusterMetricsEndpoint"],
 }
 # daphne drops frames above its own limit with 1006: keep it just above ours so that
 # Streampod answers oversize frames with an error and 4009.
-DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = STREAMING["MAX_MESSAGE_BYTES"] + 1024
+DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = _MAX_MESSAGE_BYTES + 1024
 
 
 def _rate(name: str, default: str) -> str | None:
