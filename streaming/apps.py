@@ -13,3 +13,4 @@ class StreamingConfig(AppConfig):
         from .registry import endpoints
 
         endpoints.autodiscover()
+        checks.warn_if_split()

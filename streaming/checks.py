@@ -8,10 +8,17 @@
 * ``streaming.W002`` the channel layer in ``STREAMING["CHANNEL_LAYER"]`` is missing
 * ``streaming.W003`` the channel layer is channels-redis but redis-py has no hiredis:
   every Redis reply is parsed in Python
+* ``streaming.W004`` the channel layer is in-memory (one process) while the environment
+  says several processes serve: posts would not reach sockets of the other processes.
+  Also logged at start-up by every server process (:func:`warn_if_split`).
 """
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -58,7 +65,52 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="streaming.W003",
             )
         )
+    for sign in multi_process_signs():
+        messages.append(
+            checks.Warning(
+                f"The {alias!r} channel layer is in-memory, which serves one process, but "
+                f"{sign}: a post reaches only the sockets of the process it is made in.",
+                hint="Use channels-redis' RedisPubSubChannelLayer (README, Scaling out).",
+                id="streaming.W004",
+            )
+        )
     return messages
+
+
+def multi_process_signs(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Why this process is likely one of several serving the project while its channel
+    layer is in-memory (the layer under ``STREAMING["CHANNEL_LAYER"]``); [] when the
+    layer shares messages between processes, or when nothing says there are several.
+
+    The signs: ``WEB_CONCURRENCY`` above 1 (uvicorn's and gunicorn's worker count);
+    ``REDIS_URL`` set (a Redis meant for the project, often the deployment's, that the
+    settings do not use for messaging); a parent process of :mod:`multiprocessing`'s
+    (``uvicorn --workers``)."""
+    config = getattr(settings, "CHANNEL_LAYERS", {}).get(conf.streaming_settings.CHANNEL_LAYER)
+    backend = config.get("BACKEND", "") if isinstance(config, dict) else ""
+    if backend != "channels.layers.InMemoryChannelLayer":
+        return []
+    env = os.environ if environ is None else environ
+    signs = []
+    concurrency = env.get("WEB_CONCURRENCY", "")
+    if concurrency.isdigit() and int(concurrency) > 1:
+        signs.append(f"WEB_CONCURRENCY is {concurrency}")
+    if env.get("REDIS_URL"):
+        signs.append("REDIS_URL is set")
+    if multiprocessing.parent_process() is not None:
+        signs.append("this process was started by another (uvicorn --workers)")
+    return signs
+
+
+def warn_if_split() -> None:
+    """Log ``streaming.W004`` once per process (servers do not run the system checks)."""
+    for sign in multi_process_signs():
+        logging.getLogger("streaming").warning(
+            "streaming.W004: the channel layer is in-memory, which serves one process, but "
+            "%s: a post reaches only the sockets of the process it is made in. Use "
+            "channels-redis' RedisPubSubChannelLayer (README, Scaling out).",
+            sign,
+        )
 
 
 def _is_redis_layer(config: Any) -> bool:

@@ -10,6 +10,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
 import streaming.registry
+from streaming import checks as checks_module
 from streaming.conf import DEFAULTS, streaming_settings
 from streaming.endpoint import Endpoint
 from streaming.registry import EndpointRegistry
@@ -167,6 +168,39 @@ def test_w003_when_a_redis_layer_runs_without_hiredis(monkeypatch):
     in_memory = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     with override_settings(CHANNEL_LAYERS=in_memory):
         assert streaming_checks() == []
+
+
+IN_MEMORY = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+@pytest.mark.parametrize(
+    "env, sign",
+    [
+        ({"WEB_CONCURRENCY": "4"}, "WEB_CONCURRENCY is 4"),
+        ({"REDIS_URL": "redis://r/0"}, "REDIS_URL is set"),
+    ],
+)
+def test_w004_when_an_in_memory_layer_meets_signs_of_several_processes(monkeypatch, env, sign):
+    """A newcomer followed deployment.md in their own project: four processes, REDIS_URL
+    set, the README's in-memory layer kept; posts stayed in the process they were made in
+    and nothing said so."""
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with override_settings(CHANNEL_LAYERS=IN_MEMORY):
+        messages = streaming_checks()
+    assert ids(messages) == ["streaming.W004"]
+    assert sign in messages[0].msg and "RedisPubSubChannelLayer" in messages[0].hint
+    with override_settings(CHANNEL_LAYERS=REDIS_LAYER):  # the layer that shares: no warning
+        assert streaming_checks() == []
+
+
+def test_w004_reads_nothing_into_one_worker_or_an_empty_redis_url():
+    with override_settings(CHANNEL_LAYERS=IN_MEMORY):
+        assert checks_module.multi_process_signs({"WEB_CONCURRENCY": "1", "REDIS_URL": ""}) == []
+        assert checks_module.multi_process_signs({"WEB_CONCURRENCY": "auto"}) == []
+        assert checks_module.multi_process_signs({}) == []
 
 
 @pytest.fixture

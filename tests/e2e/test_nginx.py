@@ -586,6 +586,19 @@ async def test_uvicorn_with_two_workers_shares_the_chat_through_redis(make_user)
         print(
             f"\ntwo workers: bob's socket on the other worker after {tries} tries", file=sys.stderr
         )
+        assert "streaming.W004" not in srv.logs()
+
+
+async def test_uvicorn_with_two_workers_and_an_in_memory_layer_warns_at_start_up():
+    """Each worker's bus is its own with the in-memory layer: a post on one never reaches
+    a socket on the other. Servers run no system checks, so every worker logs
+    ``streaming.W004`` at start-up; with Redis (the test above) none does."""
+    with UvicornServer(args=["--workers", "2"]) as srv:
+        assert await asyncio.to_thread(
+            wait_lines, [srv.output], "Application startup complete.", 2, GUARD
+        ), srv.logs()
+        assert srv.logs().count("streaming.W004") == 2, srv.logs()
+        assert "started by another (uvicorn --workers)" in srv.logs()
 
 
 def test_the_documented_server_command_is_the_one_the_tests_run():
