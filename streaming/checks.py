@@ -23,6 +23,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 
 from . import conf
 
@@ -103,8 +104,13 @@ def multi_process_signs(environ: Mapping[str, str] | None = None) -> list[str]:
 
 
 def warn_if_split() -> None:
-    """Log ``streaming.W004`` once per process (servers do not run the system checks)."""
-    for sign in multi_process_signs():
+    """Log ``streaming.W004`` once per process (servers do not run the system checks).
+    Silent on invalid ``STREAMING`` settings: the checks report those (E001, E002)."""
+    try:
+        signs = multi_process_signs()
+    except ImproperlyConfigured:
+        return
+    for sign in signs:
         logging.getLogger("streaming").warning(
             "streaming.W004: the channel layer is in-memory, which serves one process, but "
             "%s: a post reaches only the sockets of the process it is made in. Use "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -405,5 +406,36 @@ def test_the_endpoint_answers_the_python_client(site, server):
         # The README's LOGGING shows Streampod's lines (seen, a newcomer's try: none were,
         # "graceful shutdown installed" among them, which docs/deployment.md says to look for).
         assert output.wait_for("graceful shutdown installed", 30), output.text()
+        # The token view is throttled (seen, a newcomer's try: DRF's obtain_auth_token, as
+        # the README had it, took 15 wrong passwords through nginx, and would take any
+        # number): 10 a minute per address, the Python client's sign-in above among them.
+        statuses = []
+        for _ in range(11):
+            guess = httpx.post(
+                f"{url}api/auth/token/", data={"username": "alice", "password": "guess"}
+            )
+            statuses.append(guess.status_code)
+            if guess.status_code == 429:
+                assert int(guess.headers["Retry-After"]) > 0
+                break
+        assert statuses == [400] * 9 + [429], statuses
     finally:
         stop(proc, output)
+
+
+def test_the_documented_production_settings_pass_check_deploy(site):
+    """docs/deployment.md, "In your own project": the settings module beside the README's,
+    with the variables it reads, is clean under ``check --deploy`` (warnings included)."""
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    (site.project / "myproject" / "production.py").write_text(
+        block_for(text, "myproject/production.py")
+    )
+    out = run(
+        [site.python, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=site.project,
+        DJANGO_SETTINGS_MODULE="myproject.production",
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+        REDIS_URL="redis://127.0.0.1:6379/0",
+        STREAMPOD_REDIS_PREFIX="myproject_check",
+    )
+    assert "System check identified no issues" in out, out

@@ -193,6 +193,35 @@ def test_the_documented_rendering_is_what_the_tests_run_and_nginx_accepts_it(tmp
         nginx.__exit__(None, None, None)
 
 
+def test_the_documented_tls_lines_are_accepted_by_nginx(tmp_path):
+    """docs/deployment.md, "TLS in nginx": the file with its listen line replaced by the
+    documented three lines, and a self-signed certificate at the documented paths."""
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    section = text.split("**TLS in nginx.**", 1)[1]
+    lines = re.search(r"```\n(.*?)```", section, re.DOTALL).group(1)
+    certificate, key = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=chat.example.com", "-keyout", str(key), "-out", str(certificate)],
+        capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    lines = lines.replace("/etc/streampod/tls/fullchain.pem", str(certificate))
+    lines = lines.replace("/etc/streampod/tls/privkey.pem", str(key))
+    nginx = NginxServer(["127.0.0.1:8001", "127.0.0.1:8002"])
+    try:
+        conf = nginx.write_conf()
+        rendered = conf.read_text()
+        listen = re.search(r"^\s*listen 127\.0\.0\.1:\d+;\n", rendered, re.MULTILINE)
+        assert listen is not None
+        conf.write_text(rendered.replace(listen.group(0), lines))
+        result = subprocess.run(
+            nginx.command("-t"), capture_output=True, text=True, timeout=30, check=False
+        )
+        assert "test is successful" in result.stderr, result.stderr
+    finally:
+        nginx.__exit__(None, None, None)
+
+
 def test_every_copy_of_the_configuration_in_the_docs_is_the_file():
     """An ```nginx block of the docs that shows the upstream is deploy/nginx/streampod.conf."""
     shown = []
@@ -444,6 +473,22 @@ async def test_an_idle_keep_alive_connection_is_closed_by_nginx(behind_nginx):
         assert conn.closed - conn.opened >= SHORT_TIMEOUT - 0.3
     finally:
         conn.close()
+
+
+async def test_the_probes_are_not_served_to_the_public_through_nginx(behind_nginx):
+    """/readyz names the Redis and the database a server cannot reach (seen, a newcomer's
+    try: through nginx, anyone read "redis 127.0.0.1:25794/0 ... ConnectionError"). The
+    deployed configuration answers the probe paths with 404; each server answers them."""
+    nginx, a, _ = behind_nginx
+    public = f"http://127.0.0.1:{nginx.port}"
+    async with httpx.AsyncClient(timeout=GUARD) as http:
+        for path in ("/healthz", "/readyz", "/metrics", "/readyz/"):
+            response = await http.get(public + path)
+            assert response.status_code == 404, (path, response.text)
+            assert "redis" not in response.text.lower()
+        for path in ("/healthz", "/readyz"):
+            assert (await http.get(a.http_url + path)).status_code == 200, path
+        assert (await http.get(public + "/login/")).status_code == 200  # the rest is served
 
 
 async def test_sockets_per_address_are_limited_with_429(behind_nginx):
