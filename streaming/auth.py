@@ -46,6 +46,8 @@ def credential_digest(secret: str) -> str:
     import hashlib
 
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()[:32]
+
+
 TOKEN_KEYWORD = "Token"
 
 
@@ -378,25 +380,13 @@ def StreamingAuthMiddlewareStack(inner: Any) -> Any:
 
 @database_sync_to_async
 def session_still_valid(session_key: str | None, user_id: Any) -> bool:
-    """Whether the session ``session_key`` still authenticates ``user_id``.
-
-    Reads the session fresh from its store and compares its session auth hash with
-    the user's current one, as Django does for each HTTP request (a password change
-    invalidates every other session of the user).
+    """Whether the session ``session_key`` still authenticates ``user_id``: it exists, has
+    not expired, and carries the user's current session auth hash, as Django checks for
+    each HTTP request (a password change invalidates every other session of the user).
     """
-    from importlib import import_module
+    from .credentials import session_still_valid as holds
 
-    from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
-    from django.utils.crypto import constant_time_compare
-
-    if not session_key:
-        return False
-    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
-    stored_hash = store.get(HASH_SESSION_KEY)
-    if str(store.get(SESSION_KEY)) != str(user_id) or not stored_hash:
-        return False
-    user = get_user_model()._default_manager.filter(pk=user_id).first()
-    return user is not None and constant_time_compare(stored_hash, user.get_session_auth_hash())
+    return holds(session_key, user_id)
 
 
 async def revoke(

@@ -11,11 +11,13 @@ One :class:`Connections` per event loop (:func:`get_connections`), like the bus.
   process; the consumer closes the next with 4029. The limit is per process on
   purpose: what it protects is the process's memory and file descriptors, and it
   needs no shared state that a crashed server could leave behind.
-* ``USER_RECHECK_INTERVAL``: while authenticated sockets are open, one query per
-  interval re-reads which of their users are still active. A user deactivated or
-  deleted without a signal (``QuerySet.update(is_active=False)``, raw SQL) loses
-  their sockets (4401) within the interval. Signals still act at once
-  (``streaming.signals``); this is the backstop.
+* ``USER_RECHECK_INTERVAL``: while authenticated sockets are open, a few queries per
+  interval re-read whether their credentials still hold (:mod:`streaming.credentials`:
+  the user active, the session alive and unchanged, the token there). What the bus could
+  not carry (the revoking process could not reach Redis, or had no bus) and what sends
+  no signal (``QuerySet.update``, raw SQL, an expired session) closes the socket (4401)
+  within the interval. Signals still act at once (``streaming.signals``); this is the
+  backstop.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
 
-from . import sparse
+from . import credentials, sparse
 from .conf import streaming_settings
 
 if TYPE_CHECKING:
@@ -37,14 +39,23 @@ logger = logging.getLogger("streaming.connections")
 
 
 @database_sync_to_async
-def _active_user_ids(user_ids: list[int]) -> set[int]:
-    from django.contrib.auth import get_user_model
+def _standing(
+    user_ids: list[Any], sessions: dict[str, Any], token_users: list[Any]
+) -> credentials.Standing:
+    return credentials.standing(user_ids, sessions, token_users)
 
-    return set(
-        get_user_model()
-        ._default_manager.filter(pk__in=user_ids, is_active=True)
-        .values_list("pk", flat=True)
-    )
+
+def _credential(consumer: StreamingConsumer) -> tuple[str | None, str | None]:
+    """How ``consumer`` was authenticated (``"session"``, ``"token"`` or None) and with
+    what: its session key, or its token's digest."""
+    from .auth import AUTH_VIA_KEY, CREDENTIAL_KEY
+
+    via = consumer.scope.get(AUTH_VIA_KEY)
+    if via == "session":
+        return via, getattr(consumer.scope.get("session"), "session_key", None)
+    if via == "token":
+        return via, consumer.scope.get(CREDENTIAL_KEY)
+    return None, None
 
 
 class Connections:
@@ -59,6 +70,7 @@ class Connections:
         self._by_user: dict[Any, StreamingConsumer | set[StreamingConsumer]] = {}
         self._checker: asyncio.Task[None] | None = None
         self.checks = 0  # re-checks run (tests, metrics)
+        self._checked: asyncio.Event | None = None  # set at the end of each re-check
 
     # -- every socket -------------------------------------------------------------------
 
@@ -122,17 +134,37 @@ class Connections:
         return sum(len(sparse.values(held)) for held in self._by_user.values())
 
     async def check_now(self) -> None:
-        """Close the sockets of users that are no longer active (or no longer exist)."""
-        user_ids = list(self._by_user)
-        if not user_ids:
+        """Close (4401) the sockets whose credentials no longer hold: their user is gone or
+        inactive, their session ended (logged out, expired, deleted, or invalidated by a
+        password change), their token was deleted (:mod:`streaming.credentials`)."""
+        held = [
+            (user_id, c, _credential(c)) for user_id in self._by_user for c in self.of_user(user_id)
+        ]
+        if not held:
             return
-        active = await _active_user_ids(user_ids)
+        sessions = {key: user_id for user_id, _, (via, key) in held if via == "session" and key}
+        token_users = list({user_id for user_id, _, (via, _key) in held if via == "token"})
+        found = await _standing(list(self._by_user), sessions, token_users)
         self.checks += 1
-        for user_id in user_ids:
-            if user_id in active:
-                continue
-            for consumer in self.of_user(user_id):
+        if self._checked is not None:
+            self._checked.set()
+            self._checked = None
+        for user_id, consumer, (via, credential) in held:
+            if _credential(consumer) != (via, credential):
+                continue  # re-authenticated meanwhile: checked next time
+            if user_id not in found.active:
                 consumer.revoked(f"user {user_id} is no longer active")
+            elif via == "session" and credential not in found.sessions:
+                consumer.revoked(f"the session of user {user_id} no longer holds")
+            elif via == "token" and credential not in found.tokens.get(user_id, ()):
+                consumer.revoked(f"the token of user {user_id} no longer exists")
+
+    async def wait_checks(self, count: int) -> None:
+        """Return once the re-check has run ``count`` times in all (:attr:`checks`)."""
+        while self.checks < count:
+            if self._checked is None:
+                self._checked = asyncio.Event()
+            await self._checked.wait()
 
     async def _check_loop(self) -> None:
         try:

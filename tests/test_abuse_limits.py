@@ -5,6 +5,9 @@ closes the sessions it invalidated, and a deactivation without a signal is caugh
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.test import Client
@@ -139,9 +142,7 @@ async def test_a_deactivation_without_signals_closes_sockets_within_the_interval
     settings.STREAMING = {"USER_RECHECK_INTERVAL": 0.1}
     alice, alice_key = await make_user("alice", password=None)
     bob, bob_key = await make_user("bob", password=None)
-    async with communicator(authorization=alice_key) as a, communicator(
-        authorization=bob_key
-    ) as b:
+    async with communicator(authorization=alice_key) as a, communicator(authorization=bob_key) as b:
         await opened_as(a, alice.pk)
         await opened_as(b, bob.pk)
         # No save(), no signal: only the periodic re-check can notice.
@@ -152,3 +153,88 @@ async def test_a_deactivation_without_signals_closes_sockets_within_the_interval
         assert get_connections().checks >= 1
         await b.ping()  # bob is still active and still served
         await b.assert_nothing_received()
+
+
+# -- the re-check: what the bus did not carry ----------------------------------------------
+#
+# An attacker's try (two servers sharing Redis): a logout, a deactivation and a password
+# change made on a server that could not reach Redis never reached the sockets on the
+# other; 75 s later the logged-out socket still chatted as its user. The same for a change
+# made in a process with no bus (a shell, a cron job) and for a session that expired or
+# was deleted. Here the change is made without a signal, so only the re-check can see it.
+
+
+async def checks_done(count: int) -> None:
+    """Until the process's re-check has run ``count`` times (a state, polled)."""
+    async with asyncio.timeout(5):
+        await get_connections().wait_checks(count)
+
+
+def _without_signals(sql: str, *params) -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def _end_session(key: str, how: str) -> None:
+    from django.contrib.auth.hashers import make_password
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+
+    if how == "deleted":  # a "sign out everywhere", clearsessions, a logout elsewhere
+        Session.objects.filter(session_key=key).delete()
+    elif how == "expired":
+        Session.objects.filter(session_key=key).update(
+            expire_date=timezone.now() - timezone.timedelta(seconds=1)
+        )
+    else:  # "password": a password changed where no signal reached this process
+        user_id = Session.objects.get(session_key=key).get_decoded()["_auth_user_id"]
+        get_user_model().objects.filter(pk=user_id).update(password=make_password("new-1"))
+
+
+@pytest.mark.parametrize("how", ["deleted", "expired", "password"])
+async def test_a_session_that_no_longer_holds_closes_its_sockets_within_the_interval(
+    settings, make_user, how
+):
+    settings.STREAMING = {"USER_RECHECK_INTERVAL": 0.1}
+    alice, alice_key = await make_user("alice", password="old-pass-1")
+    bob, _ = await make_user("bob", password="bob-pass-1")
+    alices = await sync_to_async(_logged_in_session)(alice)
+    bobs = await sync_to_async(_logged_in_session)(bob)
+    cookie = communicator(origin="http://testserver", cookie=f"sessionid={alices}")
+    token = communicator(authorization=alice_key)
+    other = communicator(origin="http://testserver", cookie=f"sessionid={bobs}")
+    for comm, user in ((cookie, alice), (token, alice), (other, bob)):
+        await comm.connect()
+        await opened_as(comm, user.pk)
+    checks = get_connections().checks
+    await sync_to_async(_end_session)(alices, how)
+    assert await cookie.receive_close(timeout=5) == 4401
+    await checks_done(checks + 2)  # a whole check after the close
+    for comm in (token, other):  # alice's token and bob's session still hold
+        await comm.ping()
+        await comm.assert_nothing_received()
+        await comm.disconnect()
+
+
+async def test_a_token_deleted_without_a_signal_closes_its_sockets_within_the_interval(
+    settings, make_user
+):
+    settings.STREAMING = {"USER_RECHECK_INTERVAL": 0.1}
+    alice, alice_key = await make_user("alice", password="old-pass-1")
+    session = await sync_to_async(_logged_in_session)(alice)
+    token = communicator(authorization=alice_key)
+    cookie = communicator(origin="http://testserver", cookie=f"sessionid={session}")
+    for comm in (token, cookie):
+        await comm.connect()
+        await opened_as(comm, alice.pk)
+    checks = get_connections().checks
+    await sync_to_async(_without_signals)(
+        "DELETE FROM authtoken_token WHERE user_id = %s", alice.pk
+    )
+    assert await token.receive_close(timeout=5) == 4401
+    await checks_done(checks + 2)
+    await cookie.ping()
+    await cookie.assert_nothing_received()  # her session still holds
+    await cookie.disconnect()

@@ -11,6 +11,8 @@ from tests.e2e.redis_support import assert_quiet, connect, wait_numsub
 
 pytestmark = pytest.mark.redis
 
+GUARD = 10  # s: a bound on what takes milliseconds here
+
 
 async def expect_close(ws, code):
     with pytest.raises(ConnectionClosed) as info:
@@ -26,6 +28,28 @@ async def sockets_of(user, key, cluster):
     # Both servers have subscribed to the user's revocation channel.
     await wait_numsub(rs.url, revocation_channel(user.pk), 2)
     return on_a, on_b
+
+
+async def admin_login(http, username: str, password: str) -> dict[str, str]:
+    """Sign in through the admin's login form on ``http``'s server: the browser's headers."""
+    page = await http.get("/admin/login/")
+    response = await http.post(
+        "/admin/login/",
+        data={"username": username, "password": password,
+              "csrfmiddlewaretoken": http.cookies["csrftoken"], "next": "/admin/"},
+        headers={"Referer": f"{http.base_url}admin/login/"},
+    )  # fmt: skip
+    assert response.status_code == 302, page.text[:200]
+    return {"Cookie": f"sessionid={http.cookies['sessionid']}"}
+
+
+async def admin_logout(http) -> None:
+    response = await http.post(
+        "/admin/logout/",
+        data={"csrfmiddlewaretoken": http.cookies["csrftoken"]},
+        headers={"Referer": f"{http.base_url}admin/"},
+    )
+    assert response.status_code in (200, 302)
 
 
 async def test_revoke_closes_sockets_on_both_servers(cluster, cluster_layer, make_user):
@@ -72,34 +96,49 @@ async def test_logout_over_http_closes_that_sessions_sockets_on_the_other_server
     rs, a, b = cluster
     user, key = await make_user("dave", password="pw-for-dave-1", is_staff=True)
     async with httpx.AsyncClient(base_url=a.http_url) as http:
-        page = await http.get("/admin/login/")
-        csrf = http.cookies["csrftoken"]
-        response = await http.post(
-            "/admin/login/",
-            data={"username": "dave", "password": "pw-for-dave-1",
-                  "csrfmiddlewaretoken": csrf, "next": "/admin/"},
-            headers={"Referer": f"{a.http_url}/admin/login/"},
-        )
-        assert response.status_code == 302, page.text[:200]
-        cookie = f"sessionid={http.cookies['sessionid']}"
-        browser = {"Cookie": cookie}
+        browser = await admin_login(http, "dave", "pw-for-dave-1")
         on_a = await connect(
             a.ws_url, origin=f"http://127.0.0.1:{a.port}", additional_headers=browser
         ).__aenter__()
         on_b = await connect(
             b.ws_url, origin=f"http://127.0.0.1:{b.port}", additional_headers=browser
         ).__aenter__()
-        by_token = await connect(
-            b.ws_url, additional_headers={"Authorization": key}
-        ).__aenter__()
+        by_token = await connect(b.ws_url, additional_headers={"Authorization": key}).__aenter__()
         await wait_numsub(rs.url, revocation_channel(user.pk), 2)
-        response = await http.post(
-            "/admin/logout/",
-            data={"csrfmiddlewaretoken": http.cookies["csrftoken"]},
-            headers={"Referer": f"{a.http_url}/admin/"},
-        )
-        assert response.status_code in (200, 302)
+        await admin_logout(http)
     await expect_close(on_b, 4401)
     await expect_close(on_a, 4401)
     await assert_quiet(by_token)  # the token was not logged out
     await by_token.close()
+
+
+async def test_a_logout_made_while_redis_is_down_closes_the_socket_on_the_other_server(
+    django_db_setup, make_user
+):
+    """An attacker's try: with Redis down (or only the revoking server cut off from it),
+    a logout on server A could not reach server B, whose socket kept chatting as the
+    logged-out user until Redis came back (a partition: for good). B's re-check reads the
+    session from the database: it closes the socket with 4401 while Redis is still down."""
+    import httpx
+
+    from tests.support.servers import RedisServer, UvicornServer
+
+    user, key = await make_user("erin", password="pw-for-erin-1", is_staff=True)
+    with RedisServer() as rs:
+        env = {"REDIS_URL": rs.url, "DJANGO_SETTINGS_MODULE": "tests.e2e_recheck_settings"}
+        with UvicornServer(env=env) as a, UvicornServer(env=env) as b:
+            async with httpx.AsyncClient(base_url=a.http_url) as http:
+                browser = await admin_login(http, "erin", "pw-for-erin-1")
+                on_b = await connect(
+                    b.ws_url, origin=f"http://127.0.0.1:{b.port}", additional_headers=browser
+                ).__aenter__()
+                by_token = await connect(
+                    b.ws_url, additional_headers={"Authorization": key}
+                ).__aenter__()
+                await wait_numsub(rs.url, revocation_channel(user.pk), 1)
+                rs.stop()
+                await admin_logout(http)  # A logs: could not revoke the sockets of user N
+            await expect_close(on_b, 4401)
+            assert b.output.wait_for("the session of user", GUARD), b.logs()
+            await assert_quiet(by_token)  # her token still holds
+            await by_token.close()

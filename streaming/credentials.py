@@ -1,0 +1,136 @@
+"""Whether the credentials of open sockets still hold, read from where Django keeps them.
+
+A revocation travels the message bus (``streaming.auth.revoke``) and acts at once. When
+the bus cannot carry it (the revoking process cannot reach Redis, or it has no bus: a
+``manage.py shell``, a cron job), or when no signal is sent (``QuerySet.update``, raw
+SQL, a session that expires), the database still says what holds. The periodic re-check
+(``USER_RECHECK_INTERVAL``, :mod:`streaming.connections`) asks it here, for all the open
+sockets of the process in a few queries:
+
+* the user still exists and is active;
+* a cookie socket's session still exists, has not expired, names the user, and carries the
+  user's current session auth hash (a password change rotates it), as Django checks for
+  each HTTP request;
+* a token socket's DRF token still exists.
+
+Everything here is synchronous and reads the database: call it through
+``database_sync_to_async``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from importlib import import_module
+from typing import Any
+
+from django.conf import settings
+
+#: Ids per ``IN (...)`` query: below every database's limit on query parameters.
+CHUNK = 500
+
+
+@dataclass
+class Standing:
+    """What still holds, for the users, sessions and tokens asked about."""
+
+    active: set[Any] = field(default_factory=set)  # user ids, active and existing
+    sessions: set[str] = field(default_factory=set)  # session keys that still authenticate
+    tokens: dict[Any, set[str]] = field(default_factory=dict)  # user id -> token digests
+
+
+def standing(
+    user_ids: Iterable[Any], sessions: dict[str, Any], token_users: Iterable[Any]
+) -> Standing:
+    """What still holds of ``user_ids``, of ``sessions`` (session key -> the user id the
+    socket was authenticated as) and of the tokens of ``token_users``."""
+    from django.contrib.auth import get_user_model
+
+    from .auth import credential_digest
+
+    users = get_user_model()._default_manager
+    out = Standing()
+    session_users = set(sessions.values())
+    hashes: dict[Any, Any] = {}  # user id -> the user, for its session auth hashes
+    for chunk in _chunks(session_users):
+        for each in users.filter(pk__in=chunk, is_active=True):
+            hashes[each.pk] = each
+    out.active.update(hashes)
+    rest = [pk for pk in set(user_ids) if pk not in session_users]
+    for chunk in _chunks(rest):
+        out.active.update(users.filter(pk__in=chunk, is_active=True).values_list("pk", flat=True))
+    for key, data in _session_data(list(sessions)):
+        holder = hashes.get(sessions[key])
+        if holder is not None and _authenticates(data, holder):
+            out.sessions.add(key)
+    token_holders = [pk for pk in set(token_users) if pk in out.active]
+    if token_holders:
+        from rest_framework.authtoken.models import Token
+
+        for chunk in _chunks(token_holders):
+            for user_id, key in Token.objects.filter(user_id__in=chunk).values_list(
+                "user_id", "key"
+            ):
+                out.tokens.setdefault(user_id, set()).add(credential_digest(key))
+    return out
+
+
+def session_still_valid(session_key: str | None, user_id: Any) -> bool:
+    """Whether the session ``session_key`` still authenticates ``user_id``."""
+    if not session_key:
+        return False
+    return session_key in standing([user_id], {session_key: user_id}, ()).sessions
+
+
+def _chunks(items: Iterable[Any]) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == CHUNK:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _session_data(keys: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(key, data) of each of ``keys`` that exists and has not expired.
+
+    The database backends (``db``, ``cached_db``) are read in bulk, from the table (the
+    cache of ``cached_db`` may outlive a deleted row); any other engine one key at a time
+    through its ``SessionStore``, whose ``load()`` answers {} for a missing or expired
+    session."""
+    from django.utils import timezone
+
+    store_class = import_module(settings.SESSION_ENGINE).SessionStore
+    model_class = getattr(store_class, "get_model_class", None)
+    if model_class is not None:
+        model = model_class()
+        decoder = store_class()
+        now = timezone.now()
+        for chunk in _chunks(keys):
+            rows = model.objects.filter(session_key__in=chunk, expire_date__gt=now)
+            for key, raw in rows.values_list("session_key", "session_data"):
+                yield key, decoder.decode(raw)
+        return
+    for key in keys:
+        data = store_class(key).load()
+        if data:
+            yield key, data
+
+
+def _authenticates(data: dict[str, Any], user: Any) -> bool:
+    """Whether session ``data`` authenticates ``user``: Django's ``get_user`` check (the
+    user's id, and its session auth hash or one made with a ``SECRET_KEY_FALLBACKS``)."""
+    from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY
+    from django.utils.crypto import constant_time_compare
+
+    stored = data.get(HASH_SESSION_KEY)
+    if str(data.get(SESSION_KEY)) != str(user.pk) or not stored:
+        return False
+    if constant_time_compare(stored, user.get_session_auth_hash()):
+        return True
+    fallbacks = getattr(user, "get_session_auth_fallback_hash", None)
+    return fallbacks is not None and any(
+        constant_time_compare(stored, each) for each in fallbacks()
+    )
