@@ -50,7 +50,8 @@ Contract (what a client and the application see):
 * Closing never waits on the client for ever: over TCP the server half-closes once what is
   written is sent (so unread client data cannot make the kernel reset the connection and
   drop the close frame), reads on and discards until the client closes its side, and aborts
-  if that takes ``CLOSE_TIMEOUT`` (10 s): after a close frame, a failure (a keepalive timeout
+  (a reset, ``SO_LINGER`` 0, so the kernel frees the unread buffers) if that takes
+  ``CLOSE_TIMEOUT`` (10 s): after a close frame, a failure (a keepalive timeout
   included) or a refused handshake. A client that answers nothing holds its socket at most
   twice that after the app's close: 10 s for its close reply, then 10 s for its side of
   TCP. At uvicorn's shutdown every close, new or under way, waits at most
@@ -81,6 +82,8 @@ import email.utils
 import hashlib
 import logging
 import random
+import socket
+import struct
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
@@ -117,6 +120,8 @@ INBOX_BYTES = 64 * 1024
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CLOSE_TIMEOUT = 10.0
+#: ``SO_LINGER`` on, 0 s: closing the socket resets the connection and frees its buffers.
+_LINGER_RESET = struct.pack("ii", 1, 0)
 #: What a close waits for the client at uvicorn's shutdown (the process is going: a client
 #: that neither reads nor closes must not hold its exit CLOSE_TIMEOUT longer).
 SHUTDOWN_CLOSE_TIMEOUT = 1.0
@@ -402,7 +407,7 @@ class WebSocketProtocol(asyncio.Protocol):
         elif self._state == CLOSING and self._timer is not None:
             # Already closing (the app's close, a drain's 1012): shorten what is left.
             self._cancel_timer()
-            self._timer = self._call_later(SHUTDOWN_CLOSE_TIMEOUT, self._transport.abort)
+            self._timer = self._call_later(SHUTDOWN_CLOSE_TIMEOUT, self._abort)
 
     def data_received(self, data: bytes) -> None:
         if self._state >= CLOSING:
@@ -1019,10 +1024,26 @@ class WebSocketProtocol(asyncio.Protocol):
                     pass
         else:
             transport.close()
-        self._timer = self._call_later(timeout, transport.abort)
+        self._timer = self._call_later(timeout, self._abort)
         drain, self._drain = self._drain, None  # a send waiting for room: the socket is gone
         if drain is not None and not drain.done():
             drain.set_result(None)
+
+    def _abort(self) -> None:
+        """End the connection now, with a reset: the client did not take what was written
+        (the close frame among it) in time. Without ``SO_LINGER`` 0 the kernel would keep
+        the socket, and its send buffer (up to megabytes), as an orphan in FIN-WAIT-1 for
+        as long as the client acknowledges without reading (seen, an attacker's try: 50
+        clients reading a byte a second held 137 MB of kernel buffers 60 s after their
+        sockets closed)."""
+        transport = self._transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except (OSError, AttributeError):  # gone already, or not a TCP socket
+                pass
+        transport.abort()
 
     def _call_later(self, delay: float, callback: Any) -> asyncio.TimerHandle:
         return self._loop.call_later(delay, callback, context=_NO_CONTEXT)

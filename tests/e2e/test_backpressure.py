@@ -133,3 +133,43 @@ async def test_a_client_that_never_reads_again_is_let_go_at_once(flood_server):
             assert closed["object"]["data"]["text"] == "flood socket closed"
         finally:
             stalled.transport.abort()
+
+
+def tcp_state(local_port: int) -> str | None:
+    """The kernel's state (hex, ``/proc/net/tcp``) of this machine's TCP socket bound to
+    ``local_port`` on 127.0.0.1: "01" established, "07" closed (reset)..."""
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rpartition(":")[2], 16) == local_port:
+                return fields[3]
+    return None
+
+
+async def test_a_client_that_never_reads_is_reset_once_its_close_times_out(flood_server):
+    """Seen (an attacker's try, uvicorn with Streampod's protocol, clients reading a byte a
+    second): after the close timed out, the server closed its socket without a reset, so
+    the kernel kept it as an orphan in FIN-WAIT-1 with its send buffer (50 clients: 137 MB,
+    60 s later) for as long as the client acknowledged without reading. Expected: the
+    connection is reset once the close times out (twice CLOSE_TIMEOUT), its buffers
+    freed; the client, which never read, sees its connection gone."""
+    from streaming.uvicorn_ws import CLOSE_TIMEOUT
+
+    async with connect(flood_server.ws_url) as observer:
+        stalled, _ = await flood_a_stalled_client(flood_server, observer)
+        port = stalled.transport.get_extra_info("sockname")[1]
+        try:
+            await asyncio.wait_for(
+                until(observer, lambda m: m.get("object", {}).get("data", {}).get("n") == -1),
+                10,
+            )  # the socket is closed (4013) and its teardown ran; the client read nothing
+            if flood_server.name == "uvicorn":
+                # Still established: the close frame is unread. (daphne's autobahn drops the
+                # connection, with a reset, 1 s after its close frame: closeHandshakeTimeout.)
+                assert tcp_state(port) == "01"
+            # CLOSE_TIMEOUT for the client's close reply, CLOSE_TIMEOUT for its side of TCP.
+            async with asyncio.timeout(2 * CLOSE_TIMEOUT + 10):
+                while tcp_state(port) == "01":  # noqa: ASYNC110 - a kernel state, polled
+                    await asyncio.sleep(0.2)
+        finally:
+            stalled.transport.abort()
