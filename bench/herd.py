@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .markdown import _profile_lines
 from .run import RESULTS, raise_fd_limit
 from .scale import loadavg, revision
 from .servers import ALL, ServerProcess
@@ -153,10 +154,16 @@ async def one_run(rate: str, args: argparse.Namespace) -> dict[str, Any]:
 
     redis_proc, redis_port = start_redis()
     url = f"redis://127.0.0.1:{redis_port}/0"
+    profiler = None
+    if args.profile:
+        from .profile import Profiler
+
+        profiler = Profiler(workloads=())
     server = ServerProcess(
         ALL["streampod_uvicorn"],
-        {"REDIS_URL": url, "STREAMPOD_REDIS_LAYER": "pubsub", "BENCH_RESTART_RATE": rate},
-    )
+        {"REDIS_URL": url, "STREAMPOD_REDIS_LAYER": "pubsub", "BENCH_RESTART_RATE": rate,
+         **(profiler.env if profiler is not None else {})},
+    )  # fmt: skip
     workers: list[SwarmProcess] = []
     out: dict[str, Any] = {"rate": rate, "sockets": args.sockets, "loadavg": loadavg()}
     try:
@@ -174,11 +181,16 @@ async def one_run(rate: str, args: argparse.Namespace) -> dict[str, Any]:
         ]
         await asyncio.gather(*(w.reply(300) for w in workers))  # {"up": n}
         cpu0 = server.cpu_s()
+        if profiler is not None:
+            profiler.start(server.pid, f"the first {args.profile:g} s after the cut, rate {rate}")
         cut = time.perf_counter()
         async with aioredis.from_url(url) as r:
             out["subscriber_connections_cut"] = await r.execute_command(
                 "CLIENT", "KILL", "TYPE", "pubsub"
             )
+        if profiler is not None:
+            window = asyncio.get_running_loop().time() + args.profile
+            sampled = asyncio.create_task(_stop_at(profiler, window))
         backs = await asyncio.gather(
             *(
                 w.request(cmd="wait_back", wait=args.timeout, timeout=args.timeout + 30)
@@ -186,6 +198,11 @@ async def one_run(rate: str, args: argparse.Namespace) -> dict[str, Any]:
             )
         )
         out["server_cpu_s"] = round(server.cpu_s() - cpu0, 2)
+        if profiler is not None:
+            await sampled
+            if server.tail is not None:
+                profiler.record_gc(server.tail.gc_pauses)
+            out["profile"] = profiler.summary()
         records = [rec for w in workers for rec in (await w.request(cmd="report"))["records"]]
         out["back"] = sum(b["back"] for b in backs)
         lost = [r["lost"] - cut for r in records if r["lost"] is not None]
@@ -237,6 +254,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "rows": rows,
     }
+
+
+async def _stop_at(profiler: Any, when: float) -> None:
+    """Stop sampling at loop time ``when`` (the profiled window: the closes and the first
+    reconnects, not the whole return)."""
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(max(0.0, when - loop.time()))
+    await asyncio.to_thread(profiler.stop)
 
 
 def table(data: dict[str, Any]) -> list[str]:
@@ -291,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds to wait for every client to be back")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
+                        help="py-spy samples the server for this long after the cut")  # fmt: skip
     args = parser.parse_args(argv)
     raise_fd_limit()
     from .scale import run as run_loop
@@ -302,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     md = [f"# Reconnect herd after a bus gap ({data['meta']['date']})", "",
           f"`{data['meta']['command']}`, revision {data['meta']['revision']}, "
           f"{data['meta']['total_seconds']} s", "", *table(data)]  # fmt: skip
+    for row in data["rows"]:
+        md += _profile_lines(row.get("profile"), server="uvicorn")
     (args.out / f"{stamp}-herd.md").write_text("\n".join(md) + "\n")
     print("\n".join(table(data)))
     return 0

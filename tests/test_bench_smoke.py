@@ -207,7 +207,7 @@ def test_the_reconnect_herd_brings_every_client_back_and_the_advice_reaches_them
             pytest.fail(message + "; CI=true needs it")
         pytest.skip(message)
     run_bench("bench.herd", "--sockets", "40", "--clients", "2", "--rates", "none,400",
-              "--timeout", "60", "--out", str(tmp_path))  # fmt: skip
+              "--timeout", "60", "--profile", "1", "--out", str(tmp_path))  # fmt: skip
     [results_json] = tmp_path.glob("*-herd.json")
     rows = json.loads(results_json.read_text())["rows"]
     assert [r["rate"] for r in rows] == ["none", "400"]
@@ -217,7 +217,9 @@ def test_the_reconnect_herd_brings_every_client_back_and_the_advice_reaches_them
         assert row["back_all_s"] is not None, row
     assert rows[0]["close_reasons"] == [""], rows[0]
     assert rows[1]["close_reasons"] == ["restart spread=0.1"], rows[1]  # 40 / 400 a second
-    assert "| RESTART_RATE |" in next(tmp_path.glob("*-herd.md")).read_text()
+    text = next(tmp_path.glob("*-herd.md")).read_text()
+    assert "| RESTART_RATE |" in text
+    assert "### the first 1 s after the cut, rate 400" in text  # --profile: py-spy, the GC probe
 
 
 def test_the_open_loop_curve_runs_pinned(tmp_path: Path) -> None:
