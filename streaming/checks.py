@@ -105,7 +105,10 @@ def multi_process_signs(environ: Mapping[str, str] | None = None) -> list[str]:
 
 def warn_if_split() -> None:
     """Log ``streaming.W004`` once per process (servers do not run the system checks).
-    Silent on invalid ``STREAMING`` settings: the checks report those (E001, E002)."""
+    Silent on invalid ``STREAMING`` settings (the checks report those: E001, E002) and when
+    ``SILENCED_SYSTEM_CHECKS`` lists it (one process on purpose, ``REDIS_URL`` for a cache)."""
+    if "streaming.W004" in getattr(settings, "SILENCED_SYSTEM_CHECKS", ()):
+        return
     try:
         signs = multi_process_signs()
     except ImproperlyConfigured:

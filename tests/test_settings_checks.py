@@ -196,6 +196,21 @@ def test_w004_when_an_in_memory_layer_meets_signs_of_several_processes(monkeypat
         assert streaming_checks() == []
 
 
+def test_w004_is_not_logged_when_silenced(monkeypatch, caplog):
+    """One process on purpose, with REDIS_URL for a cache only: SILENCED_SYSTEM_CHECKS
+    quiets the check and the server's start-up line alike."""
+    monkeypatch.setenv("REDIS_URL", "redis://r/0")
+    with override_settings(CHANNEL_LAYERS=IN_MEMORY):
+        with caplog.at_level("WARNING", logger="streaming"):
+            checks_module.warn_if_split()
+        assert "streaming.W004" in caplog.text
+        caplog.clear()
+        with override_settings(SILENCED_SYSTEM_CHECKS=["streaming.W004"]):
+            with caplog.at_level("WARNING", logger="streaming"):
+                checks_module.warn_if_split()
+            assert caplog.text == ""
+
+
 def test_w004_reads_nothing_into_one_worker_or_an_empty_redis_url():
     with override_settings(CHANNEL_LAYERS=IN_MEMORY):
         assert checks_module.multi_process_signs({"WEB_CONCURRENCY": "1", "REDIS_URL": ""}) == []
