@@ -17,7 +17,6 @@ from importlib import import_module
 from typing import Any
 from urllib.parse import urlsplit
 
-from channels.auth import get_user
 from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
 from channels.sessions import CookieMiddleware, InstanceSessionWrapper, SessionMiddleware
@@ -55,9 +54,9 @@ class RevokedAuthentication(SerializableEntity):
     """Internal bus message: close every socket of ``user_id`` with 4401.
 
     ``sessions_only``: the user's password changed. Only sockets authenticated by a
-    session cookie whose session no longer matches the password (Django's session
-    auth hash) close; token sockets, and the browser that changed the password
-    (``update_session_auth_hash``), stay.
+    session cookie whose session no longer holds close: its auth hash no longer matches
+    the password, or (the browser that changed it: ``update_session_auth_hash`` cycles
+    its key) the session is gone. Token sockets stay.
     """
 
     class_name = "streaming.RevokedAuthentication"
@@ -138,7 +137,7 @@ class StreamingAuthMiddleware(BaseMiddleware):
         return await self.inner(scope, receive, send)
 
 
-_NO_KEY_ATTR = object()  # a session object that is not a Django session: ask get_user
+_NO_KEY_ATTR = object()  # a session object that is not a Django session: read it anyway
 
 
 async def _authenticate(scope: dict[str, Any]) -> None:
@@ -155,12 +154,12 @@ async def _authenticate(scope: dict[str, Any]) -> None:
     elif "session" in scope:
         if getattr(scope["session"], "session_key", _NO_KEY_ATTR) is None:
             # No session cookie: a Django session without a key is empty
-            # (SessionBase._get_session), so channels' get_user can only answer
+            # (SessionBase._get_session), so _session_user can only answer
             # AnonymousUser. Answering here spares every cookie-less handshake its
             # thread hop (database_sync_to_async): docs/performance.md, "Per connect".
             user = AnonymousUser()
         else:
-            user = await get_user(scope)
+            user = await _session_user(scope["session"])
         if getattr(user, "is_authenticated", False):
             scope[AUTH_VIA_KEY] = "session"
             key = getattr(scope["session"], "session_key", None)
@@ -169,6 +168,47 @@ async def _authenticate(scope: dict[str, Any]) -> None:
     else:
         user = AnonymousUser()
     scope["user"] = user
+
+
+@database_sync_to_async
+def _session_user(session: Any) -> Any:
+    """The user a session cookie signs in, as Django's ``get_user`` reads it for a request
+    (the session's user and backend, ``backend.get_user``, the session auth hash), but for
+    a socket, which cannot set a cookie: read-only.
+
+    * A hash made with one of ``SECRET_KEY_FALLBACKS`` counts, as over HTTP. (channels'
+      ``get_user`` ignores the fallbacks and flushes the session: seen, a review, after a
+      key rotation every reconnecting socket came back anonymous and logged its browser
+      out of the site.)
+    * A stale hash (the password changed since) gives ``AnonymousUser``; the session is
+      left for the next HTTP request to flush, as Django does.
+    """
+    from django.contrib.auth import (
+        BACKEND_SESSION_KEY,
+        HASH_SESSION_KEY,
+        SESSION_KEY,
+        get_user_model,
+        load_backend,
+    )
+    from django.core.exceptions import ValidationError
+
+    from .credentials import hash_verified
+
+    try:
+        user_id = get_user_model()._meta.pk.to_python(session[SESSION_KEY])
+        backend_path = session[BACKEND_SESSION_KEY]
+    except (KeyError, ValueError, ValidationError):
+        return AnonymousUser()
+    if backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return AnonymousUser()
+    user = load_backend(backend_path).get_user(user_id)
+    if user is None:
+        return AnonymousUser()
+    if hasattr(user, "get_session_auth_hash") and not hash_verified(
+        session.get(HASH_SESSION_KEY), user
+    ):
+        return AnonymousUser()
+    return user
 
 
 def _default_port(scheme: str) -> int:

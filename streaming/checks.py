@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -98,17 +99,41 @@ def multi_process_signs(environ: Mapping[str, str] | None = None) -> list[str]:
         signs.append(f"WEB_CONCURRENCY is {concurrency}")
     if env.get("REDIS_URL"):
         signs.append("REDIS_URL is set")
-    if multiprocessing.parent_process() is not None:
+    parent = multiprocessing.parent_process()
+    if parent is not None and not _reloader(parent.pid):
         signs.append("this process was started by another (uvicorn --workers)")
     return signs
+
+
+#: What a server process's ``sys.argv[0]`` names (``uvicorn``, ``python -m uvicorn``...).
+SERVERS = ("uvicorn", "daphne", "gunicorn", "hypercorn", "granian")
+
+
+def _reloader(pid: int | None) -> bool:
+    """Whether process ``pid`` is a development reloader (``uvicorn --reload`` runs the
+    server through :mod:`multiprocessing` too: one process, nothing to warn about)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            args = cmdline.read().split(b"\0")
+    except OSError:  # not Linux, or gone: take it as a server's supervisor
+        return False
+    return any(arg == b"--reload" or arg.startswith(b"--reload-") for arg in args)
+
+
+def _serving() -> bool:
+    """Whether this process is an ASGI server's (its workers keep its ``sys.argv``), not a
+    ``manage.py`` command, a shell or a task worker, which have no sockets to lose."""
+    program = os.path.normpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return any(name in program.split(os.sep) or os.path.basename(program) == name
+               for name in SERVERS)  # fmt: skip
 
 
 def warn_if_split() -> None:
     """Log ``streaming.W004`` once per process (servers do not run the system checks).
     Silent on invalid ``STREAMING`` settings (the checks report those: E001, E002) and when
     ``SILENCED_SYSTEM_CHECKS`` lists it (one process on purpose, ``REDIS_URL`` for a cache)."""
-    if "streaming.W004" in getattr(settings, "SILENCED_SYSTEM_CHECKS", ()):
-        return
+    if "streaming.W004" in getattr(settings, "SILENCED_SYSTEM_CHECKS", ()) or not _serving():
+        return  # manage.py commands run the check itself
     try:
         signs = multi_process_signs()
     except ImproperlyConfigured:

@@ -70,7 +70,8 @@ class Connections:
         self._by_user: dict[Any, StreamingConsumer | set[StreamingConsumer]] = {}
         self._checker: asyncio.Task[None] | None = None
         self.checks = 0  # re-checks run (tests, metrics)
-        self._checked: asyncio.Event | None = None  # set at the end of each re-check
+        self.rounds = 0  # rounds of the re-check loop, failed ones included (tests)
+        self._round_done: asyncio.Event | None = None  # set at the end of each round
 
     # -- every socket -------------------------------------------------------------------
 
@@ -136,35 +137,36 @@ class Connections:
     async def check_now(self) -> None:
         """Close (4401) the sockets whose credentials no longer hold: their user is gone or
         inactive, their session ended (logged out, expired, deleted, or invalidated by a
-        password change), their token was deleted (:mod:`streaming.credentials`)."""
-        held = [
-            (user_id, c, _credential(c)) for user_id in self._by_user for c in self.of_user(user_id)
-        ]
-        if not held:
-            return
-        sessions = {key: user_id for user_id, _, (via, key) in held if via == "session" and key}
-        token_users = list({user_id for user_id, _, (via, _key) in held if via == "token"})
-        found = await _standing(list(self._by_user), sessions, token_users)
-        self.checks += 1
-        if self._checked is not None:
-            self._checked.set()
-            self._checked = None
-        for user_id, consumer, (via, credential) in held:
-            if _credential(consumer) != (via, credential):
-                continue  # re-authenticated meanwhile: checked next time
-            if user_id not in found.active:
-                consumer.revoked(f"user {user_id} is no longer active")
-            elif via == "session" and credential not in found.sessions:
-                consumer.revoked(f"the session of user {user_id} no longer holds")
-            elif via == "token" and credential not in found.tokens.get(user_id, ()):
-                consumer.revoked(f"the token of user {user_id} no longer exists")
+        password change), their token was deleted (:mod:`streaming.credentials`).
 
-    async def wait_checks(self, count: int) -> None:
-        """Return once the re-check has run ``count`` times in all (:attr:`checks`)."""
-        while self.checks < count:
-            if self._checked is None:
-                self._checked = asyncio.Event()
-            await self._checked.wait()
+        ``credentials.CHUNK`` sockets per database call: the calls share one thread with
+        every handshake's and hook's database work, which thus waits for one chunk at
+        most (about 40 ms), not for the whole check (seconds at 20,000 sockets)."""
+        held = [(uid, c, _credential(c)) for uid in self._by_user for c in self.of_user(uid)]
+        for start in range(0, len(held), credentials.CHUNK):
+            part = held[start : start + credentials.CHUNK]
+            sessions = {key: uid for uid, _, (via, key) in part if via == "session" and key}
+            token_users = list({uid for uid, _, (via, _key) in part if via == "token"})
+            found = await _standing(list({uid for uid, _, _ in part}), sessions, token_users)
+            for user_id, consumer, (via, credential) in part:
+                if _credential(consumer) != (via, credential):
+                    continue  # re-authenticated meanwhile: checked next time
+                if user_id not in found.active:
+                    consumer.revoked(f"user {user_id} is no longer active")
+                elif via == "session" and credential not in found.sessions:
+                    consumer.revoked(f"the session of user {user_id} no longer holds")
+                elif via == "token" and credential not in found.tokens.get(user_id, ()):
+                    consumer.revoked(f"the token of user {user_id} no longer exists")
+        if held:
+            self.checks += 1
+
+    async def wait_rounds(self, count: int) -> None:
+        """Return once the re-check loop has made ``count`` rounds in all (:attr:`rounds`:
+        checks done, and checks that failed, such as on a database that is down)."""
+        while self.rounds < count:
+            if self._round_done is None:
+                self._round_done = asyncio.Event()
+            await self._round_done.wait()
 
     async def _check_loop(self) -> None:
         try:
@@ -173,7 +175,13 @@ class Connections:
                 try:
                     await self.check_now()
                 except Exception:
+                    # A store that cannot be read (the database, the session cache) closes
+                    # nothing: a failed read is not a revoked credential.
                     logger.exception("re-checking the users of open sockets failed")
+                self.rounds += 1
+                if self._round_done is not None:
+                    self._round_done.set()
+                    self._round_done = None
         finally:
             if self._checker is asyncio.current_task():
                 self._checker = None

@@ -13,6 +13,12 @@ sockets of the process in a few queries:
   each HTTP request;
 * a token socket's DRF token still exists.
 
+Sessions are read from where their engine keeps them (``db`` and ``cached_db``: the table;
+``cache``: the cache; ``signed_cookies``: the key itself, so a deleted session cannot be
+seen); an engine whose reads cannot tell a missing session from a failed read (``file``,
+third-party ones) has its sessions taken as holding, and only their user is re-checked. A
+read that fails raises: the re-check closes nothing on a store it cannot read.
+
 Everything here is synchronous and reads the database: call it through
 ``database_sync_to_async``.
 """
@@ -43,26 +49,39 @@ def standing(
     user_ids: Iterable[Any], sessions: dict[str, Any], token_users: Iterable[Any]
 ) -> Standing:
     """What still holds of ``user_ids``, of ``sessions`` (session key -> the user id the
-    socket was authenticated as) and of the tokens of ``token_users``."""
+    socket was authenticated as) and of the tokens of ``token_users``.
+
+    A read that fails raises (the re-check logs it and closes nothing): a session store
+    that cannot be read is not a session that ended. Sessions of an engine that cannot
+    tell a missing session from a failed read (``file``, third-party engines) are taken
+    as holding; only their user is re-checked."""
     from django.contrib.auth import get_user_model
 
     from .auth import credential_digest
 
-    users = get_user_model()._default_manager
+    model = get_user_model()
+    users = model._default_manager
+    active_field = has_field(model, "is_active")
     out = Standing()
     session_users = set(sessions.values())
-    hashes: dict[Any, Any] = {}  # user id -> the user, for its session auth hashes
+    holders: dict[Any, Any] = {}  # user id -> the user, for its session auth hashes
     for chunk in _chunks(session_users):
-        for each in users.filter(pk__in=chunk, is_active=True):
-            hashes[each.pk] = each
-    out.active.update(hashes)
+        for each in users.filter(pk__in=chunk):
+            if getattr(each, "is_active", True):
+                holders[each.pk] = each
+    out.active.update(holders)
     rest = [pk for pk in set(user_ids) if pk not in session_users]
     for chunk in _chunks(rest):
-        out.active.update(users.filter(pk__in=chunk, is_active=True).values_list("pk", flat=True))
-    for key, data in _session_data(list(sessions)):
-        holder = hashes.get(sessions[key])
-        if holder is not None and _authenticates(data, holder):
-            out.sessions.add(key)
+        query = users.filter(pk__in=chunk, **({"is_active": True} if active_field else {}))
+        out.active.update(query.values_list("pk", flat=True))
+    found = _session_data(list(sessions))
+    if found is None:  # an engine that cannot tell: the user's standing decides
+        out.sessions.update(key for key, pk in sessions.items() if pk in holders)
+    else:
+        for key, data in found:
+            holder = holders.get(sessions[key])
+            if holder is not None and _authenticates(data, holder):
+                out.sessions.add(key)
     token_holders = [pk for pk in set(token_users) if pk in out.active]
     if token_holders:
         from rest_framework.authtoken.models import Token
@@ -82,6 +101,33 @@ def session_still_valid(session_key: str | None, user_id: Any) -> bool:
     return session_key in standing([user_id], {session_key: user_id}, ()).sessions
 
 
+def hash_verified(stored: Any, user: Any) -> bool:
+    """Whether session auth hash ``stored`` is ``user``'s: made with ``SECRET_KEY`` or one
+    of ``SECRET_KEY_FALLBACKS`` (Django's ``get_user``; channels' ignores the fallbacks)."""
+    from django.utils.crypto import constant_time_compare
+
+    if not stored:
+        return False
+    if constant_time_compare(stored, user.get_session_auth_hash()):
+        return True
+    fallbacks = getattr(user, "get_session_auth_fallback_hash", None)
+    return fallbacks is not None and any(
+        constant_time_compare(stored, each) for each in fallbacks()
+    )
+
+
+def has_field(model: Any, name: str) -> bool:
+    """Whether ``model`` has a database field ``name`` (``is_active`` may be a plain class
+    attribute: ``AbstractBaseUser`` sets it to True, and a custom user model may keep it)."""
+    from django.core.exceptions import FieldDoesNotExist
+
+    try:
+        model._meta.get_field(name)
+    except FieldDoesNotExist:
+        return False
+    return True
+
+
 def _chunks(items: Iterable[Any]) -> Iterator[list[Any]]:
     batch: list[Any] = []
     for item in items:
@@ -93,13 +139,19 @@ def _chunks(items: Iterable[Any]) -> Iterator[list[Any]]:
         yield batch
 
 
-def _session_data(keys: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(key, data) of each of ``keys`` that exists and has not expired.
+def _session_data(keys: list[str]) -> Iterator[tuple[str, dict[str, Any]]] | None:
+    """(key, data) of each of ``keys`` that exists and has not expired; None for an engine
+    whose reads cannot tell a missing session from a failed read.
 
-    The database backends (``db``, ``cached_db``) are read in bulk, from the table (the
-    cache of ``cached_db`` may outlive a deleted row); any other engine one key at a time
-    through its ``SessionStore``, whose ``load()`` answers {} for a missing or expired
-    session."""
+    * ``db``, ``cached_db``: the table, in bulk (the cache of ``cached_db`` may outlive a
+      deleted row); expired rows do not count.
+    * ``cache``: the cache, ``get_many`` per chunk, read directly: the engine's own
+      ``load()`` answers {} when the cache fails (a Redis failover), which would read as
+      every session gone (seen, a review: every cookie socket closed with 4401).
+    * ``signed_cookies``: the key is the data (decoding checks its age); a deleted session
+      cannot be seen.
+    """
+    from django.contrib.sessions.backends import cache, signed_cookies
     from django.utils import timezone
 
     store_class = import_module(settings.SESSION_ENGINE).SessionStore
@@ -108,29 +160,37 @@ def _session_data(keys: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
         model = model_class()
         decoder = store_class()
         now = timezone.now()
-        for chunk in _chunks(keys):
-            rows = model.objects.filter(session_key__in=chunk, expire_date__gt=now)
-            for key, raw in rows.values_list("session_key", "session_data"):
-                yield key, decoder.decode(raw)
-        return
-    for key in keys:
-        data = store_class(key).load()
-        if data:
-            yield key, data
+
+        def from_table() -> Iterator[tuple[str, dict[str, Any]]]:
+            for chunk in _chunks(keys):
+                rows = model.objects.filter(session_key__in=chunk, expire_date__gt=now)
+                for key, raw in rows.values_list("session_key", "session_data"):
+                    yield key, decoder.decode(raw)
+
+        return from_table()
+    if issubclass(store_class, cache.SessionStore):
+        store = store_class()
+        prefix = store.cache_key_prefix
+
+        def from_cache() -> Iterator[tuple[str, dict[str, Any]]]:
+            for chunk in _chunks(keys):
+                found = store._cache.get_many([prefix + key for key in chunk])
+                for key in chunk:
+                    data = found.get(prefix + key)
+                    if data:
+                        yield key, data
+
+        return from_cache()
+    if issubclass(store_class, signed_cookies.SessionStore):
+        return ((key, data) for key in keys if (data := store_class(key).load()))
+    return None
 
 
 def _authenticates(data: dict[str, Any], user: Any) -> bool:
     """Whether session ``data`` authenticates ``user``: Django's ``get_user`` check (the
     user's id, and its session auth hash or one made with a ``SECRET_KEY_FALLBACKS``)."""
     from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY
-    from django.utils.crypto import constant_time_compare
 
-    stored = data.get(HASH_SESSION_KEY)
-    if str(data.get(SESSION_KEY)) != str(user.pk) or not stored:
+    if str(data.get(SESSION_KEY)) != str(user.pk):
         return False
-    if constant_time_compare(stored, user.get_session_auth_hash()):
-        return True
-    fallbacks = getattr(user, "get_session_auth_fallback_hash", None)
-    return fallbacks is not None and any(
-        constant_time_compare(stored, each) for each in fallbacks()
-    )
+    return hash_verified(data.get(HASH_SESSION_KEY), user)

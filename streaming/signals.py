@@ -23,6 +23,7 @@ from django.db.models.signals import m2m_changed, post_delete, post_save, pre_sa
 from django.dispatch import receiver
 
 from .auth import revoke_soon
+from .credentials import has_field
 
 
 @receiver(user_logged_out)
@@ -40,11 +41,15 @@ def _logged_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
 def _remember_active(sender: Any, instance: Any, **kwargs: Any) -> None:
     if sender is not get_user_model() or instance.pk is None:
         return
-    before = (
-        sender._default_manager.filter(pk=instance.pk)
-        .values_list("is_active", "password")
-        .first()
-    )
+    if has_field(sender, "is_active"):
+        before = (
+            sender._default_manager.filter(pk=instance.pk)
+            .values_list("is_active", "password")
+            .first()
+        )
+    else:  # a custom user model without the field (AbstractBaseUser's is True): always active
+        password = sender._default_manager.filter(pk=instance.pk).values_list("password").first()
+        before = None if password is None else (True, password[0])
     instance._streaming_before = before
 
 
@@ -57,7 +62,7 @@ def _deactivated(sender: Any, instance: Any, created: bool, **kwargs: Any) -> No
     if before is None:
         return
     was_active, old_password = before
-    if was_active and not instance.is_active:
+    if was_active and not getattr(instance, "is_active", True):
         revoke_soon(instance.pk)
     elif old_password != instance.password:
         revoke_soon(instance.pk, sessions_only=True)

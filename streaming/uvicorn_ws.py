@@ -402,12 +402,15 @@ class WebSocketProtocol(asyncio.Protocol):
             self._write(_plain(500, "Internal Server Error"))
             if self._state != HEAD:  # an app holds the handshake: it hears now, not at TCP's end
                 self._disconnect(1012)
+        # At shutdown the process goes after SHUTDOWN_CLOSE_TIMEOUT: closed without a reset,
+        # what is written (a 1012 after a slow client's backlog) is still delivered by the
+        # kernel after the exit (seen, a review: a client reading 400 KB/s lost its 1012).
         if self._state < CLOSING:
-            self._close_transport(SHUTDOWN_CLOSE_TIMEOUT)
+            self._close_transport(SHUTDOWN_CLOSE_TIMEOUT, reset=False)
         elif self._state == CLOSING and self._timer is not None:
             # Already closing (the app's close, a drain's 1012): shorten what is left.
             self._cancel_timer()
-            self._timer = self._call_later(SHUTDOWN_CLOSE_TIMEOUT, self._abort)
+            self._timer = self._call_later(SHUTDOWN_CLOSE_TIMEOUT, self._transport.abort)
 
     def data_received(self, data: bytes) -> None:
         if self._state >= CLOSING:
@@ -994,10 +997,11 @@ class WebSocketProtocol(asyncio.Protocol):
             return
         self._fail(1011, "keepalive ping timeout")
 
-    def _close_transport(self, timeout: float = CLOSE_TIMEOUT) -> None:
+    def _close_transport(self, timeout: float = CLOSE_TIMEOUT, *, reset: bool = True) -> None:
         """End the TCP connection once what is written is sent; abort it if the client has
         not read that and closed its side within ``timeout`` (a client that never reads
-        must not hold it).
+        must not hold it): with a reset (:meth:`_abort`), or, ``reset=False``, leaving
+        what is unsent to the kernel.
 
         Over TCP the end is a half-close (``write_eof``), then reading on, discarding, until
         the client closes its side: closing a socket with unread data would make the kernel
@@ -1024,7 +1028,7 @@ class WebSocketProtocol(asyncio.Protocol):
                     pass
         else:
             transport.close()
-        self._timer = self._call_later(timeout, self._abort)
+        self._timer = self._call_later(timeout, self._abort if reset else transport.abort)
         drain, self._drain = self._drain, None  # a send waiting for room: the socket is gone
         if drain is not None and not drain.done():
             drain.set_result(None)

@@ -164,10 +164,10 @@ async def test_a_deactivation_without_signals_closes_sockets_within_the_interval
 # was deleted. Here the change is made without a signal, so only the re-check can see it.
 
 
-async def checks_done(count: int) -> None:
-    """Until the process's re-check has run ``count`` times (a state, polled)."""
+async def rounds_done(count: int) -> None:
+    """Until the process's re-check loop has made ``count`` rounds in all."""
     async with asyncio.timeout(5):
-        await get_connections().wait_checks(count)
+        await get_connections().wait_rounds(count)
 
 
 def _without_signals(sql: str, *params) -> None:
@@ -208,10 +208,10 @@ async def test_a_session_that_no_longer_holds_closes_its_sockets_within_the_inte
     for comm, user in ((cookie, alice), (token, alice), (other, bob)):
         await comm.connect()
         await opened_as(comm, user.pk)
-    checks = get_connections().checks
+    rounds = get_connections().rounds
     await sync_to_async(_end_session)(alices, how)
     assert await cookie.receive_close(timeout=5) == 4401
-    await checks_done(checks + 2)  # a whole check after the close
+    await rounds_done(rounds + 2)  # a whole check after the close
     for comm in (token, other):  # alice's token and bob's session still hold
         await comm.ping()
         await comm.assert_nothing_received()
@@ -229,12 +229,81 @@ async def test_a_token_deleted_without_a_signal_closes_its_sockets_within_the_in
     for comm in (token, cookie):
         await comm.connect()
         await opened_as(comm, alice.pk)
-    checks = get_connections().checks
+    rounds = get_connections().rounds
     await sync_to_async(_without_signals)(
         "DELETE FROM authtoken_token WHERE user_id = %s", alice.pk
     )
     assert await token.receive_close(timeout=5) == 4401
-    await checks_done(checks + 2)
+    await rounds_done(rounds + 2)
     await cookie.ping()
     await cookie.assert_nothing_received()  # her session still holds
     await cookie.disconnect()
+
+
+async def test_a_session_cache_that_cannot_be_read_closes_nothing(settings, make_user, caplog):
+    """Seen (a review, ``SESSION_ENGINE = "...sessions.backends.cache"`` on Redis): a 1.5 s
+    Redis stall closed every cookie socket with 4401, whose clients then stop for good: the
+    engine's ``load()`` answers {} when the cache fails, read as "session gone". A store
+    that cannot be read now closes nothing (the round is logged); once it answers again,
+    the sessions hold and the sockets stay."""
+    from tests.support.servers import RedisServer
+
+    with RedisServer() as redis_server:
+        settings.CACHES = {
+            "default": {
+                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "LOCATION": redis_server.url,
+                "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+            }
+        }
+        settings.SESSION_ENGINE = "django.contrib.sessions.backends.cache"
+        settings.STREAMING = {"USER_RECHECK_INTERVAL": 0.1}
+        alice, _ = await make_user("alice", password="old-pass-1")
+        session = await sync_to_async(_logged_in_session)(alice)
+        cookie = communicator(origin="http://testserver", cookie=f"sessionid={session}")
+        await cookie.connect()
+        await opened_as(cookie, alice.pk)
+        await rounds_done(get_connections().rounds + 1)
+        checks = get_connections().checks
+        redis_server.stop()
+        with caplog.at_level("ERROR", logger="streaming.connections"):
+            await rounds_done(get_connections().rounds + 2)
+        assert "re-checking the users of open sockets failed" in caplog.text
+        assert get_connections().checks == checks  # those rounds failed: nothing decided
+        await cookie.ping()
+        await cookie.assert_nothing_received()  # still open, still alice's
+        await cookie.disconnect()
+
+
+async def test_a_session_signed_with_a_fallback_key_still_signs_the_socket_in(settings, make_user):
+    """Seen (a review): after ``SECRET_KEY`` was rotated, with the old key in
+    ``SECRET_KEY_FALLBACKS``, channels' ``get_user`` (which knows no fallbacks) flushed the
+    session of every socket that reconnected: the socket came back anonymous and the
+    browser was logged out of the site. Django's HTTP requests accept such a session."""
+    from django.contrib.sessions.models import Session
+
+    settings.SECRET_KEY = "streampod-old-key-" + "o" * 40
+    alice, _ = await make_user("alice", password="old-pass-1")
+    session = await sync_to_async(_logged_in_session)(alice)
+    settings.SECRET_KEY = "streampod-new-key-" + "n" * 40
+    settings.SECRET_KEY_FALLBACKS = ["streampod-old-key-" + "o" * 40]
+    cookie = communicator(origin="http://testserver", cookie=f"sessionid={session}")
+    await cookie.connect()
+    await opened_as(cookie, alice.pk)
+    await cookie.disconnect()
+    assert await Session.objects.filter(session_key=session).aexists()  # not flushed
+
+
+async def test_a_stale_session_opens_an_anonymous_socket_and_is_left_alone(make_user):
+    """A session from before a password change made without a signal: the socket is
+    anonymous, as the next HTTP request would be; the session is the HTTP side's to flush."""
+    from django.contrib.sessions.models import Session
+
+    alice, _ = await make_user("alice", password="old-pass-1")
+    session = await sync_to_async(_logged_in_session)(alice)
+    await sync_to_async(_end_session)(session, "password")
+    cookie = communicator(origin="http://testserver", cookie=f"sessionid={session}")
+    await cookie.connect()
+    await opened_as(cookie, None)
+    await cookie.disconnect()
+    assert await Session.objects.filter(session_key=session).aexists()

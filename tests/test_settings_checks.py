@@ -4,6 +4,10 @@ Checks are run the way ``manage.py check`` runs them (``run_checks`` with the
 ``streaming`` tag), so a check that is not registered fails these tests too.
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
@@ -200,6 +204,7 @@ def test_w004_is_not_logged_when_silenced(monkeypatch, caplog):
     """One process on purpose, with REDIS_URL for a cache only: SILENCED_SYSTEM_CHECKS
     quiets the check and the server's start-up line alike."""
     monkeypatch.setenv("REDIS_URL", "redis://r/0")
+    monkeypatch.setattr(sys, "argv", ["/srv/venv/bin/uvicorn", "myproject.asgi:application"])
     with override_settings(CHANNEL_LAYERS=IN_MEMORY):
         with caplog.at_level("WARNING", logger="streaming"):
             checks_module.warn_if_split()
@@ -209,6 +214,39 @@ def test_w004_is_not_logged_when_silenced(monkeypatch, caplog):
             with caplog.at_level("WARNING", logger="streaming"):
                 checks_module.warn_if_split()
             assert caplog.text == ""
+
+
+def test_w004_is_logged_by_servers_only(monkeypatch, caplog):
+    """A review: migrate, shell and task workers logged it too, with no socket to lose
+    (manage.py runs the check itself)."""
+    monkeypatch.setenv("REDIS_URL", "redis://r/0")
+    with override_settings(CHANNEL_LAYERS=IN_MEMORY):
+        for argv, logged in [
+            (["manage.py", "migrate"], False),
+            (["/srv/venv/bin/celery", "-A", "myproject", "worker"], False),
+            (["/srv/venv/bin/uvicorn", "myproject.asgi:application"], True),
+            (["/srv/venv/lib/python3.11/site-packages/uvicorn/__main__.py", "x:app"], True),
+            (["/srv/venv/bin/daphne", "myproject.asgi:application"], True),
+        ]:
+            monkeypatch.setattr(sys, "argv", argv)
+            caplog.clear()
+            with caplog.at_level("WARNING", logger="streaming"):
+                checks_module.warn_if_split()
+            assert ("streaming.W004" in caplog.text) is logged, argv
+
+
+def test_a_reloader_parent_is_not_a_sign_of_several_processes():
+    """A review: ``uvicorn --reload`` runs its one server process through multiprocessing,
+    as ``--workers`` does; its parent's command line tells them apart."""
+    child = "import sys; print('up', flush=True); sys.stdin.read()"
+    with subprocess.Popen([sys.executable, "-c", child, "--reload"], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE) as reloader:  # fmt: skip
+        try:
+            assert reloader.stdout.readline() == b"up\n"  # running its own command line
+            assert checks_module._reloader(reloader.pid)
+        finally:
+            reloader.stdin.close()
+    assert not checks_module._reloader(os.getpid())
 
 
 def test_w004_reads_nothing_into_one_worker_or_an_empty_redis_url():

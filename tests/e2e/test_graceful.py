@@ -17,7 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, quote
@@ -26,7 +30,7 @@ import pytest
 import websockets
 
 from streaming.endpoint import Endpoint
-from tests.support.servers import SERVERS
+from tests.support.servers import ROOT, SERVERS, free_port
 
 #: Seconds the ``linger`` endpoint's stream_closed takes (within CLOSE_GRACE_PERIOD, 5 s).
 LINGER = 1.0
@@ -419,3 +423,69 @@ async def test_restarting_every_server_in_turn_behind_nginx_brings_every_client_
             await handler.client.close()
         if a2 is not None:
             await asyncio.to_thread(a2.stop)
+
+
+def listening(port: int, timeout: float = 30) -> None:
+    """Once something accepts connections on ``port`` (a state, polled)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def read_slowly_through_a_shutdown(
+    port: int, proc: subprocess.Popen, rate: int
+) -> tuple[bytes, str]:
+    """A handshake, then reading at ``rate`` bytes/s; SIGTERM to ``proc`` once the first
+    frames arrived. Returns what was read and how the connection ended."""
+    import base64
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    got, terminated = b"", False
+    try:
+        while True:
+            try:
+                data = sock.recv(8192)
+            except ConnectionResetError:
+                return got, "reset"
+            if not data:
+                return got, "eof"
+            got += data
+            if not terminated and len(got) > 100_000:
+                proc.send_signal(signal.SIGTERM)  # with about 3 MB still on the way
+                terminated = True
+            time.sleep(len(data) / rate)  # a steady slow reader (a phone on a weak link)
+    finally:
+        sock.close()
+
+
+def test_a_slow_reader_still_gets_its_1012_when_uvicorn_shuts_down():
+    """Seen (a review of the reset after a close times out): at shutdown a client reading
+    400 KB/s steadily, 3 MB behind, got a reset 1 s after SIGTERM and lost its 1012 (so its
+    restart advice, and its free retry). At shutdown the kernel is left to deliver what is
+    written: the client reads all of it, the 1012 last."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--port", str(port), "--log-level", "warning",
+         "--ws", "streaming.uvicorn_ws:WebSocketProtocol", "tests.support.backlog_app:app"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        listening(port)
+        got, ended = read_slowly_through_a_shutdown(port, proc, 400_000)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert got.endswith(b"\x88\x02\x03\xf4"), (len(got), ended)  # the 1012 close frame, last
+    assert len(got) > 48 * 65536 and ended == "eof"
