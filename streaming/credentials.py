@@ -46,7 +46,11 @@ class Standing:
 
 
 def standing(
-    user_ids: Iterable[Any], sessions: dict[str, Any], token_users: Iterable[Any]
+    user_ids: Iterable[Any],
+    sessions: dict[str, Any],
+    token_users: Iterable[Any],
+    *,
+    loads_decide: bool = False,
 ) -> Standing:
     """What still holds of ``user_ids``, of ``sessions`` (session key -> the user id the
     socket was authenticated as) and of the tokens of ``token_users``.
@@ -54,7 +58,8 @@ def standing(
     A read that fails raises (the re-check logs it and closes nothing): a session store
     that cannot be read is not a session that ended. Sessions of an engine that cannot
     tell a missing session from a failed read (``file``, third-party engines) are taken
-    as holding; only their user is re-checked."""
+    as holding, only their user re-checked; with ``loads_decide``, their ``load()``
+    decides instead (a password change: a session it cannot read closes, as it did)."""
     from django.contrib.auth import get_user_model
 
     from .auth import credential_digest
@@ -74,7 +79,7 @@ def standing(
     for chunk in _chunks(rest):
         query = users.filter(pk__in=chunk, **({"is_active": True} if active_field else {}))
         out.active.update(query.values_list("pk", flat=True))
-    found = _session_data(list(sessions))
+    found = _session_data(list(sessions), loads_decide)
     if found is None:  # an engine that cannot tell: the user's standing decides
         out.sessions.update(key for key, pk in sessions.items() if pk in holders)
     else:
@@ -98,7 +103,8 @@ def session_still_valid(session_key: str | None, user_id: Any) -> bool:
     """Whether the session ``session_key`` still authenticates ``user_id``."""
     if not session_key:
         return False
-    return session_key in standing([user_id], {session_key: user_id}, ()).sessions
+    found = standing([user_id], {session_key: user_id}, (), loads_decide=True)
+    return session_key in found.sessions
 
 
 def hash_verified(stored: Any, user: Any) -> bool:
@@ -139,7 +145,9 @@ def _chunks(items: Iterable[Any]) -> Iterator[list[Any]]:
         yield batch
 
 
-def _session_data(keys: list[str]) -> Iterator[tuple[str, dict[str, Any]]] | None:
+def _session_data(
+    keys: list[str], loads_decide: bool = False
+) -> Iterator[tuple[str, dict[str, Any]]] | None:
     """(key, data) of each of ``keys`` that exists and has not expired; None for an engine
     whose reads cannot tell a missing session from a failed read.
 
@@ -181,7 +189,7 @@ def _session_data(keys: list[str]) -> Iterator[tuple[str, dict[str, Any]]] | Non
                         yield key, data
 
         return from_cache()
-    if issubclass(store_class, signed_cookies.SessionStore):
+    if issubclass(store_class, signed_cookies.SessionStore) or loads_decide:
         return ((key, data) for key in keys if (data := store_class(key).load()))
     return None
 

@@ -307,3 +307,30 @@ async def test_a_stale_session_opens_an_anonymous_socket_and_is_left_alone(make_
     await opened_as(cookie, None)
     await cookie.disconnect()
     assert await Session.objects.filter(session_key=session).aexists()
+
+
+async def test_with_the_file_engine_a_password_change_still_closes_the_cookie_socket(
+    settings, make_user, tmp_path
+):
+    """The ``file`` engine cannot tell a missing session from a failed read: the periodic
+    re-check leaves its sessions alone, but a password change (a signal, at once) still
+    reads the session and closes the socket it invalidated."""
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.file"
+    settings.SESSION_FILE_PATH = str(tmp_path)
+    settings.STREAMING = {"USER_RECHECK_INTERVAL": 0.1}
+    alice, _ = await make_user("alice", password="old-pass-1")
+    session = await sync_to_async(_logged_in_session)(alice)
+    cookie = communicator(origin="http://testserver", cookie=f"sessionid={session}")
+    await cookie.connect()
+    await opened_as(cookie, alice.pk)
+    await rounds_done(get_connections().rounds + 2)  # the re-check leaves it alone
+    await cookie.ping()
+    await cookie.assert_nothing_received()
+
+    def change_password():
+        user = get_user_model().objects.get(pk=alice.pk)
+        user.set_password("new-pass-2")
+        user.save()
+
+    await sync_to_async(change_password)()
+    assert await cookie.receive_close(timeout=5) == 4401
