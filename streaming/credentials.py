@@ -14,9 +14,9 @@ sockets of the process in a few queries:
 * a token socket's DRF token still exists.
 
 Sessions are read from where their engine keeps them (``db`` and ``cached_db``: the table;
-``cache``: the cache; ``signed_cookies``: the key itself, so a deleted session cannot be
-seen); an engine whose reads cannot tell a missing session from a failed read (``file``,
-third-party ones) has its sessions taken as holding, and only their user is re-checked. A
+``cache``: the cache; ``file``: the files; ``signed_cookies``: the key itself, so a deleted
+session cannot be seen); a third-party engine, whose reads may not tell a missing session
+from a failed read, has its sessions taken as holding, and only their user is re-checked. A
 read that fails raises: the re-check closes nothing on a store it cannot read.
 
 Everything here is synchronous and reads the database: call it through
@@ -57,7 +57,7 @@ def standing(
 
     A read that fails raises (the re-check logs it and closes nothing): a session store
     that cannot be read is not a session that ended. Sessions of an engine that cannot
-    tell a missing session from a failed read (``file``, third-party engines) are taken
+    tell a missing session from a failed read (third-party engines) are taken
     as holding, only their user re-checked; with ``loads_decide``, their ``load()``
     decides instead (a password change: a session it cannot read closes, as it did)."""
     from django.contrib.auth import get_user_model
@@ -156,10 +156,12 @@ def _session_data(
     * ``cache``: the cache, ``get_many`` per chunk, read directly: the engine's own
       ``load()`` answers {} when the cache fails (a Redis failover), which would read as
       every session gone (seen, a review: every cookie socket closed with 4401).
+    * ``file``: the files, read directly (the engine's ``load()`` answers {} on any
+      ``OSError``, descriptors run out included): a missing file is a session gone.
     * ``signed_cookies``: the key is the data (decoding checks its age); a deleted session
       cannot be seen.
     """
-    from django.contrib.sessions.backends import cache, signed_cookies
+    from django.contrib.sessions.backends import cache, file, signed_cookies
     from django.utils import timezone
 
     store_class = import_module(settings.SESSION_ENGINE).SessionStore
@@ -189,9 +191,29 @@ def _session_data(
                         yield key, data
 
         return from_cache()
+    if issubclass(store_class, file.SessionStore):
+        return _from_files(store_class, keys)
     if issubclass(store_class, signed_cookies.SessionStore) or loads_decide:
         return ((key, data) for key in keys if (data := store_class(key).load()))
     return None
+
+
+def _from_files(store_class: Any, keys: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    from django.core.exceptions import SuspiciousOperation
+
+    for key in keys:
+        store = store_class(key)
+        try:
+            with open(store._key_to_file(key), encoding="ascii") as session_file:
+                raw = session_file.read()
+        except FileNotFoundError:
+            continue  # deleted (a logout, clearsessions): it no longer holds
+        except SuspiciousOperation:  # not a key this engine could have made
+            continue
+        data = store.decode(raw) if raw else {}
+        expiry = data.get("_session_expiry")
+        if store.get_expiry_age(modification=store._last_modification(), expiry=expiry) > 0:
+            yield key, data
 
 
 def _authenticates(data: dict[str, Any], user: Any) -> bool:

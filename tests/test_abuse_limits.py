@@ -6,6 +6,7 @@ closes the sessions it invalidated, and a deactivation without a signal is caugh
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -312,9 +313,8 @@ async def test_a_stale_session_opens_an_anonymous_socket_and_is_left_alone(make_
 async def test_with_the_file_engine_a_password_change_still_closes_the_cookie_socket(
     settings, make_user, tmp_path
 ):
-    """The ``file`` engine cannot tell a missing session from a failed read: the periodic
-    re-check leaves its sessions alone, but a password change (a signal, at once) still
-    reads the session and closes the socket it invalidated."""
+    """The ``file`` engine: the periodic re-check keeps a session whose file is there, and
+    a password change (a signal, at once) closes the socket it invalidated."""
     settings.SESSION_ENGINE = "django.contrib.sessions.backends.file"
     settings.SESSION_FILE_PATH = str(tmp_path)
     settings.STREAMING = {"USER_RECHECK_INTERVAL": 0.1}
@@ -323,7 +323,7 @@ async def test_with_the_file_engine_a_password_change_still_closes_the_cookie_so
     cookie = communicator(origin="http://testserver", cookie=f"sessionid={session}")
     await cookie.connect()
     await opened_as(cookie, alice.pk)
-    await rounds_done(get_connections().rounds + 2)  # the re-check leaves it alone
+    await rounds_done(get_connections().rounds + 2)  # the re-check reads it: it holds
     await cookie.ping()
     await cookie.assert_nothing_received()
 
@@ -333,4 +333,25 @@ async def test_with_the_file_engine_a_password_change_still_closes_the_cookie_so
         user.save()
 
     await sync_to_async(change_password)()
+    assert await cookie.receive_close(timeout=5) == 4401
+
+
+async def test_with_the_file_engine_a_deleted_session_closes_its_socket(
+    settings, make_user, tmp_path
+):
+    """Its ``load()`` answers {} on any ``OSError``, so the files are read directly: a
+    missing file is a session gone (a logout elsewhere, ``clearsessions``), an unreadable
+    one is not."""
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.file"
+    settings.SESSION_FILE_PATH = str(tmp_path)
+    settings.STREAMING = {"USER_RECHECK_INTERVAL": 0.1}
+    alice, _ = await make_user("alice", password="old-pass-1")
+    session = await sync_to_async(_logged_in_session)(alice)
+    cookie = communicator(origin="http://testserver", cookie=f"sessionid={session}")
+    await cookie.connect()
+    await opened_as(cookie, alice.pk)
+    from django.contrib.sessions.backends.file import SessionStore
+
+    # The engine keeps the first SESSION_FILE_PATH it saw (a class attribute): ask it.
+    os.unlink(SessionStore(session)._key_to_file(session))
     assert await cookie.receive_close(timeout=5) == 4401
