@@ -310,11 +310,8 @@ async def test_a_stale_session_opens_an_anonymous_socket_and_is_left_alone(make_
     assert await Session.objects.filter(session_key=session).aexists()
 
 
-async def test_with_the_file_engine_a_password_change_still_closes_the_cookie_socket(
-    settings, make_user, tmp_path
-):
-    """The ``file`` engine: the periodic re-check keeps a session whose file is there, and
-    a password change (a signal, at once) closes the socket it invalidated."""
+async def file_session_socket(settings, make_user, tmp_path):
+    """alice signed in with the ``file`` engine, her cookie socket open: (alice, key, socket)."""
     settings.SESSION_ENGINE = "django.contrib.sessions.backends.file"
     settings.SESSION_FILE_PATH = str(tmp_path)
     settings.STREAMING = {"USER_RECHECK_INTERVAL": 0.1}
@@ -323,6 +320,15 @@ async def test_with_the_file_engine_a_password_change_still_closes_the_cookie_so
     cookie = communicator(origin="http://testserver", cookie=f"sessionid={session}")
     await cookie.connect()
     await opened_as(cookie, alice.pk)
+    return alice, session, cookie
+
+
+async def test_with_the_file_engine_a_password_change_still_closes_the_cookie_socket(
+    settings, make_user, tmp_path
+):
+    """The ``file`` engine: the periodic re-check keeps a session whose file is there, and
+    a password change (a signal, at once) closes the socket it invalidated."""
+    alice, _session, cookie = await file_session_socket(settings, make_user, tmp_path)
     await rounds_done(get_connections().rounds + 2)  # the re-check reads it: it holds
     await cookie.ping()
     await cookie.assert_nothing_received()
@@ -342,14 +348,7 @@ async def test_with_the_file_engine_a_deleted_session_closes_its_socket(
     """Its ``load()`` answers {} on any ``OSError``, so the files are read directly: a
     missing file is a session gone (a logout elsewhere, ``clearsessions``), an unreadable
     one is not."""
-    settings.SESSION_ENGINE = "django.contrib.sessions.backends.file"
-    settings.SESSION_FILE_PATH = str(tmp_path)
-    settings.STREAMING = {"USER_RECHECK_INTERVAL": 0.1}
-    alice, _ = await make_user("alice", password="old-pass-1")
-    session = await sync_to_async(_logged_in_session)(alice)
-    cookie = communicator(origin="http://testserver", cookie=f"sessionid={session}")
-    await cookie.connect()
-    await opened_as(cookie, alice.pk)
+    _alice, session, cookie = await file_session_socket(settings, make_user, tmp_path)
     from django.contrib.sessions.backends.file import SessionStore
 
     # The engine keeps the first SESSION_FILE_PATH it saw (a class attribute): ask it.
