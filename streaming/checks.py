@@ -89,8 +89,7 @@ def multi_process_signs(environ: Mapping[str, str] | None = None) -> list[str]:
     settings do not use for messaging); a parent process of :mod:`multiprocessing`'s
     (``uvicorn --workers``)."""
     config = getattr(settings, "CHANNEL_LAYERS", {}).get(conf.streaming_settings.CHANNEL_LAYER)
-    backend = config.get("BACKEND", "") if isinstance(config, dict) else ""
-    if backend != "channels.layers.InMemoryChannelLayer":
+    if _backend(config) != "channels.layers.InMemoryChannelLayer":
         return []
     env = os.environ if environ is None else environ
     signs = []
@@ -147,8 +146,13 @@ def warn_if_split() -> None:
         )
 
 
+def _backend(config: Any) -> Any:
+    """A CHANNEL_LAYERS entry's ``BACKEND`` ("" when the entry is not a dict)."""
+    return config.get("BACKEND", "") if isinstance(config, dict) else ""
+
+
 def _is_redis_layer(config: Any) -> bool:
-    backend = config.get("BACKEND", "") if isinstance(config, dict) else ""
+    backend = _backend(config)
     return isinstance(backend, str) and backend.startswith("channels_redis.")
 
 

@@ -17,6 +17,12 @@ from streaming.connections import get_connections
 from tests.test_auth_unit import Identity, communicator
 
 
+async def still_served(comm) -> None:
+    """``comm`` is open and nothing waits for it: its ping's pong is the next frame."""
+    await comm.ping()
+    await comm.assert_nothing_received()
+
+
 async def opened_as(comm, user_id):
     assert await comm.receive_message("who") == Identity(user_id=user_id)
     if user_id is not None:
@@ -132,8 +138,7 @@ async def test_a_password_change_closes_the_cookie_sockets_it_invalidated(make_u
     # The session no longer authenticates alice over HTTP, nor on its socket.
     assert await cookie_socket.receive_close() == 4401
     # A DRF token survives a password change, and so does its socket.
-    await token_socket.ping()
-    await token_socket.assert_nothing_received()
+    await still_served(token_socket)
     await token_socket.disconnect()
 
 
@@ -152,8 +157,7 @@ async def test_a_deactivation_without_signals_closes_sockets_within_the_interval
         )()
         assert await a.receive_close(timeout=5) == 4401
         assert get_connections().checks >= 1
-        await b.ping()  # bob is still active and still served
-        await b.assert_nothing_received()
+        await still_served(b)  # bob is still active and still served
 
 
 # -- the re-check: what the bus did not carry ----------------------------------------------
@@ -214,8 +218,7 @@ async def test_a_session_that_no_longer_holds_closes_its_sockets_within_the_inte
     assert await cookie.receive_close(timeout=5) == 4401
     await rounds_done(rounds + 2)  # a whole check after the close
     for comm in (token, other):  # alice's token and bob's session still hold
-        await comm.ping()
-        await comm.assert_nothing_received()
+        await still_served(comm)
         await comm.disconnect()
 
 
@@ -236,8 +239,7 @@ async def test_a_token_deleted_without_a_signal_closes_its_sockets_within_the_in
     )
     assert await token.receive_close(timeout=5) == 4401
     await rounds_done(rounds + 2)
-    await cookie.ping()
-    await cookie.assert_nothing_received()  # her session still holds
+    await still_served(cookie)  # her session still holds
     await cookie.disconnect()
 
 
@@ -271,8 +273,7 @@ async def test_a_session_cache_that_cannot_be_read_closes_nothing(settings, make
             await rounds_done(get_connections().rounds + 2)
         assert "re-checking the users of open sockets failed" in caplog.text
         assert get_connections().checks == checks  # those rounds failed: nothing decided
-        await cookie.ping()
-        await cookie.assert_nothing_received()  # still open, still alice's
+        await still_served(cookie)  # still open, still alice's
         await cookie.disconnect()
 
 
@@ -330,8 +331,7 @@ async def test_with_the_file_engine_a_password_change_still_closes_the_cookie_so
     a password change (a signal, at once) closes the socket it invalidated."""
     alice, _session, cookie = await file_session_socket(settings, make_user, tmp_path)
     await rounds_done(get_connections().rounds + 2)  # the re-check reads it: it holds
-    await cookie.ping()
-    await cookie.assert_nothing_received()
+    await still_served(cookie)
 
     def change_password():
         user = get_user_model().objects.get(pk=alice.pk)

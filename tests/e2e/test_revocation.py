@@ -23,8 +23,7 @@ async def expect_close(ws, code):
 
 async def sockets_of(user, key, cluster):
     rs, a, b = cluster
-    on_a = await connect(a.ws_url, additional_headers={"Authorization": key}).__aenter__()
-    on_b = await connect(b.ws_url, additional_headers={"Authorization": key}).__aenter__()
+    on_a, on_b = await token_socket(a, key), await token_socket(b, key)
     # Both servers have subscribed to the user's revocation channel.
     await wait_numsub(rs.url, revocation_channel(user.pk), 2)
     return on_a, on_b
@@ -41,6 +40,16 @@ async def admin_login(http, username: str, password: str) -> dict[str, str]:
     )  # fmt: skip
     assert response.status_code == 302, page.text[:200]
     return {"Cookie": f"sessionid={http.cookies['sessionid']}"}
+
+
+async def browser_socket(server, headers: dict[str, str]):
+    """A socket to ``server`` as its own page opens it (its Origin, the browser's cookie)."""
+    origin = f"http://127.0.0.1:{server.port}"
+    return await connect(server.ws_url, origin=origin, additional_headers=headers).__aenter__()
+
+
+async def token_socket(server, key: str):
+    return await connect(server.ws_url, additional_headers={"Authorization": key}).__aenter__()
 
 
 async def admin_logout(http) -> None:
@@ -97,13 +106,9 @@ async def test_logout_over_http_closes_that_sessions_sockets_on_the_other_server
     user, key = await make_user("dave", password="pw-for-dave-1", is_staff=True)
     async with httpx.AsyncClient(base_url=a.http_url) as http:
         browser = await admin_login(http, "dave", "pw-for-dave-1")
-        on_a = await connect(
-            a.ws_url, origin=f"http://127.0.0.1:{a.port}", additional_headers=browser
-        ).__aenter__()
-        on_b = await connect(
-            b.ws_url, origin=f"http://127.0.0.1:{b.port}", additional_headers=browser
-        ).__aenter__()
-        by_token = await connect(b.ws_url, additional_headers={"Authorization": key}).__aenter__()
+        on_a = await browser_socket(a, browser)
+        on_b = await browser_socket(b, browser)
+        by_token = await token_socket(b, key)
         await wait_numsub(rs.url, revocation_channel(user.pk), 2)
         await admin_logout(http)
     await expect_close(on_b, 4401)
@@ -129,12 +134,8 @@ async def test_a_logout_made_while_redis_is_down_closes_the_socket_on_the_other_
         with UvicornServer(env=env) as a, UvicornServer(env=env) as b:
             async with httpx.AsyncClient(base_url=a.http_url) as http:
                 browser = await admin_login(http, "erin", "pw-for-erin-1")
-                on_b = await connect(
-                    b.ws_url, origin=f"http://127.0.0.1:{b.port}", additional_headers=browser
-                ).__aenter__()
-                by_token = await connect(
-                    b.ws_url, additional_headers={"Authorization": key}
-                ).__aenter__()
+                on_b = await browser_socket(b, browser)
+                by_token = await token_socket(b, key)
                 await wait_numsub(rs.url, revocation_channel(user.pk), 1)
                 rs.stop()
                 await admin_logout(http)  # A logs: could not revoke the sockets of user N
