@@ -30,4 +30,5 @@ application = ProtocolTypeRouter(
 )
 
 # Rarer, shorter GC pauses for a process that holds many sockets (streaming/tuning.py).
-tune_gc()
+# BENCH_FREEZE_SOCKETS=0: without its socket freezer (python -m bench.herd --freeze-sockets).
+tune_gc(freeze_sockets=os.environ.get("BENCH_FREEZE_SOCKETS", "1") != "0")

@@ -149,7 +149,7 @@ def seconds(ms: float | None) -> float | None:
     return None if ms is None else round(ms / 1000, 2)
 
 
-async def one_run(rate: str, args: argparse.Namespace) -> dict[str, Any]:
+async def one_run(rate: str, args: argparse.Namespace, freeze: str = "on") -> dict[str, Any]:
     import redis.asyncio as aioredis
 
     redis_proc, redis_port = start_redis()
@@ -162,10 +162,13 @@ async def one_run(rate: str, args: argparse.Namespace) -> dict[str, Any]:
     server = ServerProcess(
         ALL["streampod_uvicorn"],
         {"REDIS_URL": url, "STREAMPOD_REDIS_LAYER": "pubsub", "BENCH_RESTART_RATE": rate,
+         "BENCH_FREEZE_SOCKETS": "1" if freeze == "on" else "0",
          **(profiler.env if profiler is not None else {})},
     )  # fmt: skip
     workers: list[SwarmProcess] = []
-    out: dict[str, Any] = {"rate": rate, "sockets": args.sockets, "loadavg": loadavg()}
+    out: dict[str, Any] = {
+        "rate": rate, "freeze": freeze, "sockets": args.sockets, "loadavg": loadavg()
+    }  # fmt: skip
     try:
         await asyncio.to_thread(server.start)
         per = args.sockets // args.clients
@@ -182,7 +185,10 @@ async def one_run(rate: str, args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(*(w.reply(300) for w in workers))  # {"up": n}
         cpu0 = server.cpu_s()
         if profiler is not None:
-            profiler.start(server.pid, f"the first {args.profile:g} s after the cut, rate {rate}")
+            off = "" if freeze == "on" else ", socket freezer off"
+            profiler.start(
+                server.pid, f"the first {args.profile:g} s after the cut, rate {rate}{off}"
+            )
         cut = time.perf_counter()
         async with aioredis.from_url(url) as r:
             out["subscriber_connections_cut"] = await r.execute_command(
@@ -241,9 +247,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for repeat in range(args.runs):
         for rate in args.rates.split(","):
-            row = await one_run(rate, args)
-            row["run"] = repeat + 1
-            rows.append(row)
+            for freeze in args.freeze_sockets.split(","):
+                row = await one_run(rate, args, freeze)
+                row["run"] = repeat + 1
+                rows.append(row)
     return {
         "meta": {
             "date": dt.datetime.now().isoformat(timespec="seconds"),
@@ -266,27 +273,41 @@ async def _stop_at(profiler: Any, when: float) -> None:
 
 def table(data: dict[str, Any]) -> list[str]:
     lines = [
-        "| RESTART_RATE | sockets | run | last 1012 (s) | back: 50% | 99% | all (s) "
-        "| failed attempts (clients) | server CPU (ms per reconnect) | close reason | load |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|---|---:|",
+        "| RESTART_RATE | socket freezer | sockets | run | last 1012 (s) | back: 50% | 99% "
+        "| all (s) | failed attempts (clients) | server CPU (ms per reconnect) "
+        "| GC paused, longest (ms) | close reason | load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|---|---:|",
     ]
     for r in data["rows"]:
         if "error" in r:
-            lines.append(f"| {r['rate']} | {r['sockets']} | {r['run']} | {r['error']} |")
+            lines.append(
+                f"| {r['rate']} | {r.get('freeze', 'on')} | {r['sockets']} | {r['run']} "
+                f"| {r['error']} |"
+            )
             continue
         all_back = r["back_all_s"] if r["back_all_s"] is not None else f"{r['back']} back"
+        gc_ms = "-"
+        for window in (r.get("profile") or {}).values():
+            if window.get("gc"):
+                gc_ms = f"{window['gc']['total_ms']:,.0f}, {window['gc']['max_ms']:,.0f}"
         lines.append(
-            f"| {r['rate']} | {r['sockets']:,} | {r['run']} | {r['last_1012_s']} "
-            f"| {r['back_p50_s']} | {r['back_p99_s']} | {all_back} "
+            f"| {r['rate']} | {r.get('freeze', 'on')} | {r['sockets']:,} | {r['run']} "
+            f"| {r['last_1012_s']} | {r['back_p50_s']} | {r['back_p99_s']} | {all_back} "
             f"| {r['failed_attempts']} ({r['clients_with_failures']}) "
-            f"| {r['server_cpu_s']} ({r['server_cpu_per_reconnect_ms']}) "
+            f"| {r['server_cpu_s']} ({r['server_cpu_per_reconnect_ms']}) | {gc_ms} "
             f"| `{(r['close_reasons'] or [''])[0]}` | {r['loadavg'][0]} |"
         )
     medians = {}
-    for rate in dict.fromkeys(r["rate"] for r in data["rows"]):
-        alls = [r["back_all_s"] for r in data["rows"] if r["rate"] == rate and r.get("back_all_s")]
+    variants = dict.fromkeys((r["rate"], r.get("freeze", "on")) for r in data["rows"])
+    for rate, freeze in variants:
+        alls = [
+            r["back_all_s"]
+            for r in data["rows"]
+            if (r["rate"], r.get("freeze", "on")) == (rate, freeze) and r.get("back_all_s")
+        ]
         if alls:
-            medians[rate] = statistics.median(alls)
+            label = rate if len({f for _, f in variants}) == 1 else f"{rate}, freezer {freeze}"
+            medians[label] = statistics.median(alls)
     if medians:
         lines += [
             "",
@@ -316,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds to wait for every client to be back")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--freeze-sockets", default="on",
+                        help="on, off or on,off: tune_gc()'s socket freezer")  # fmt: skip
     parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
                         help="py-spy samples the server for this long after the cut")  # fmt: skip
     args = parser.parse_args(argv)

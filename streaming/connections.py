@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
 
-from . import credentials, sparse
+from . import credentials, sparse, tuning
 from .conf import streaming_settings
 
 if TYPE_CHECKING:
@@ -80,11 +80,15 @@ class Connections:
         if self.draining:
             return False
         self._all.add(consumer)
+        tuning.socket_opened()
         return True
 
     def untrack(self, consumer: StreamingConsumer) -> None:
         """The socket's teardown is over (idempotent)."""
-        self._all.discard(consumer)
+        if consumer not in self._all:
+            return
+        self._all.remove(consumer)
+        tuning.socket_closed()
         if not self._all and self._emptied is not None:
             self._emptied.set()
 

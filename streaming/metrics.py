@@ -28,6 +28,7 @@ Contracts:
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from bisect import bisect_left
@@ -43,6 +44,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import REGISTRY, Collector
 
+from . import tuning
 from .conf import streaming_settings
 from .protocol import CloseCode
 
@@ -323,6 +325,26 @@ class _Collector(Collector):
              "connection was cut): its sockets that listen were closed with 1012.", _bus_gaps),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=count.value)
+        yield GaugeMetricFamily(
+            "streampod_gc_frozen_objects",
+            "Objects gc.freeze() keeps out of the garbage collector's scans: start-up's, "
+            "and the open sockets' once tune_gc()'s socket freezer froze them.",
+            gc.get_freeze_count(),
+        )
+        freezer = tuning.socket_freezer()
+        if freezer is not None:
+            yield CounterMetricFamily(
+                "streampod_gc_socket_freezes",
+                "Batch freezes of tune_gc()'s socket freezer (a collection of the objects "
+                "not frozen, then gc.freeze()).",
+                value=freezer.freezes,
+            )
+            yield CounterMetricFamily(
+                "streampod_gc_full_collections",
+                "Full collections of the socket freezer (unfreeze, collect, freeze), "
+                "which free the cycles of closed sockets that were frozen.",
+                value=freezer.full_collections,
+            )
         cumulative, buckets = 0, []
         bounds = (*PUBLISH_BUCKETS, float("inf"))
         for bound, in_bucket in zip(bounds, list(_publish_seconds.counts), strict=True):

@@ -18,6 +18,18 @@ def _fresh_registry():
         yield
 
 
+@pytest.fixture(autouse=True)
+def _no_socket_freezer():
+    """A test that imports ``streampod_project.asgi`` runs its ``tune_gc()`` in the test
+    process; its socket freezer is removed again, since what it freezes is hidden from
+    ``gc.get_objects()``, by which tests count what a socket left behind. (Servers the
+    tests start run it, and tests/e2e/test_gc_freezer.py checks it there.)"""
+    yield
+    from streaming import tuning
+
+    tuning._freezer = None
+
+
 @pytest.fixture(scope="session")
 def server(django_db_setup, django_db_blocker):
     """One real daphne process (in-memory layer) for the end-to-end tests of a session."""

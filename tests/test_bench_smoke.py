@@ -200,26 +200,32 @@ def test_the_reconnect_herd_brings_every_client_back_and_the_advice_reaches_them
 ) -> None:
     """``python -m bench.herd``: Streampod's Python clients on one uvicorn, its Redis
     subscriber connection cut (a bus gap): every socket is closed with 1012, with the
-    advice when RESTART_RATE is set and none without, and every client comes back."""
+    advice when RESTART_RATE is set and none without, and every client comes back; with
+    and without ``tune_gc()``'s socket freezer."""
     if shutil.which("redis-server") is None:
         message = "redis-server is not installed (the herd runs on a private one)"
         if IN_CI:
             pytest.fail(message + "; CI=true needs it")
         pytest.skip(message)
     run_bench("bench.herd", "--sockets", "40", "--clients", "2", "--rates", "none,400",
-              "--timeout", "60", "--profile", "1", "--out", str(tmp_path))  # fmt: skip
+              "--freeze-sockets", "on,off", "--timeout", "60", "--profile", "1",
+              "--out", str(tmp_path))  # fmt: skip
     [results_json] = tmp_path.glob("*-herd.json")
     rows = json.loads(results_json.read_text())["rows"]
-    assert [r["rate"] for r in rows] == ["none", "400"]
+    assert [(r["rate"], r["freeze"]) for r in rows] == [
+        ("none", "on"), ("none", "off"), ("400", "on"), ("400", "off")
+    ]  # fmt: skip
     for row in rows:
         assert "error" not in row and row["server_errors"] == 0, row
         assert row["closed_1012"] == 40 and row["back"] == 40, row
         assert row["back_all_s"] is not None, row
-    assert rows[0]["close_reasons"] == [""], rows[0]
-    assert rows[1]["close_reasons"] == ["restart spread=0.1"], rows[1]  # 40 / 400 a second
+    assert rows[0]["close_reasons"] == rows[1]["close_reasons"] == [""], rows[:2]
+    for row in rows[2:]:
+        assert row["close_reasons"] == ["restart spread=0.1"], row  # 40 / 400 a second
     text = next(tmp_path.glob("*-herd.md")).read_text()
     assert "| RESTART_RATE |" in text
-    assert "### the first 1 s after the cut, rate 400" in text  # --profile: py-spy, the GC probe
+    assert "### the first 1 s after the cut, rate 400 (" in text  # --profile: py-spy, GC probe
+    assert "### the first 1 s after the cut, rate 400, socket freezer off" in text
 
 
 def test_the_open_loop_curve_runs_pinned(tmp_path: Path) -> None:
