@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shlex
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -87,7 +88,10 @@ def multi_process_signs(environ: Mapping[str, str] | None = None) -> list[str]:
     The signs: ``WEB_CONCURRENCY`` above 1 (uvicorn's and gunicorn's worker count);
     ``REDIS_URL`` set (a Redis meant for the project, often the deployment's, that the
     settings do not use for messaging); a parent process of :mod:`multiprocessing`'s
-    (``uvicorn --workers``)."""
+    (``uvicorn --workers``); a gunicorn master whose command line (or
+    ``GUNICORN_CMD_ARGS``) asks for more than one worker (gunicorn forks its workers:
+    there is no :mod:`multiprocessing` parent to see; a worker count set only in a
+    gunicorn config file is not seen)."""
     config = getattr(settings, "CHANNEL_LAYERS", {}).get(conf.streaming_settings.CHANNEL_LAYER)
     if _backend(config) != "channels.layers.InMemoryChannelLayer":
         return []
@@ -101,6 +105,9 @@ def multi_process_signs(environ: Mapping[str, str] | None = None) -> list[str]:
     parent = multiprocessing.parent_process()
     if parent is not None and not _reloader(parent.pid):
         signs.append("this process was started by another (uvicorn --workers)")
+    workers = _gunicorn_workers(os.getppid(), env)
+    if workers > 1:
+        signs.append(f"this process is one of {workers} gunicorn workers")
     return signs
 
 
@@ -111,12 +118,42 @@ SERVERS = ("uvicorn", "daphne", "gunicorn", "hypercorn", "granian")
 def _reloader(pid: int | None) -> bool:
     """Whether process ``pid`` is a development reloader (``uvicorn --reload`` runs the
     server through :mod:`multiprocessing` too: one process, nothing to warn about)."""
+    if pid is None:
+        return False
+    # Unreadable (not Linux, or gone): taken as a server's supervisor.
+    return any(arg == "--reload" or arg.startswith("--reload-") for arg in _cmdline(pid))
+
+
+def _cmdline(pid: int) -> list[str]:
+    """Process ``pid``'s arguments ([] when they cannot be read: not Linux, gone)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            args = cmdline.read().split(b"\0")
-    except OSError:  # not Linux, or gone: take it as a server's supervisor
-        return False
-    return any(arg == b"--reload" or arg.startswith(b"--reload-") for arg in args)
+            raw = cmdline.read()
+    except OSError:
+        return []
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
+
+
+def _gunicorn_workers(pid: int, env: Mapping[str, str]) -> int:
+    """How many workers the gunicorn master ``pid`` runs, from its ``-w``/``--workers``
+    (or ``GUNICORN_CMD_ARGS``'); 1 when ``pid`` is not gunicorn or says nothing."""
+    args = _cmdline(pid)
+    named = [os.path.basename(arg) for arg in args[:3]]
+    if "gunicorn" not in named and not ("-m" in args[:3] and "gunicorn" in args[:3]):
+        return 1
+    workers = 1
+    for source in (shlex.split(env.get("GUNICORN_CMD_ARGS", "")), args):
+        for i, arg in enumerate(source):  # the command line wins over the variable
+            value = None
+            if arg in ("-w", "--workers") and i + 1 < len(source):
+                value = source[i + 1]
+            elif arg.startswith("--workers="):
+                value = arg.partition("=")[2]
+            elif arg.startswith("-w") and arg[2:].isdigit():
+                value = arg[2:]
+            if value is not None and value.isdigit():
+                workers = int(value)
+    return workers
 
 
 def _serving() -> bool:

@@ -4,6 +4,7 @@ Checks are run the way ``manage.py check`` runs them (``run_checks`` with the
 ``streaming`` tag), so a check that is not registered fails these tests too.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from streaming import checks as checks_module
 from streaming.conf import DEFAULTS, streaming_settings
 from streaming.endpoint import Endpoint
 from streaming.registry import EndpointRegistry
+from tests.support.servers import ROOT
 
 
 class EchoLike(Endpoint):
@@ -247,6 +249,48 @@ def test_a_reloader_parent_is_not_a_sign_of_several_processes():
         finally:
             reloader.stdin.close()
     assert not checks_module._reloader(os.getpid())
+
+
+#: Run by the fake gunicorn master below: the signs a worker of it sees.
+GUNICORN_WORKER = """
+import django, json, os
+os.environ["DJANGO_SETTINGS_MODULE"] = "streampod_project.settings"
+os.environ.pop("REDIS_URL", None)
+django.setup()
+from streaming.checks import multi_process_signs
+print(json.dumps(multi_process_signs({"GUNICORN_CMD_ARGS": os.environ.get("CMD_ARGS", "")})))
+"""
+
+
+@pytest.mark.parametrize(
+    "args, cmd_args, sign",
+    [
+        (["-w", "3", "myproject.asgi:application"], "", "one of 3 gunicorn workers"),
+        (["--workers=2", "-k", "uvicorn_worker.UvicornWorker"], "", "one of 2 gunicorn workers"),
+        (["-w4"], "", "one of 4 gunicorn workers"),
+        ([], "--workers 5 --bind 0.0.0.0:8000", "one of 5 gunicorn workers"),
+        (["-w", "1"], "--workers 5", None),  # the command line wins
+        ([], "", None),  # gunicorn's default: one worker
+    ],
+)
+def test_w004_sees_a_worker_of_a_gunicorn_master_with_several(tmp_path, args, cmd_args, sign):
+    """Left open on 2026-11-30: gunicorn forks its workers, so ``gunicorn -w 3`` with
+    the in-memory layer went unwarned (no multiprocessing parent, no
+    WEB_CONCURRENCY). A stand-in master named ``gunicorn`` runs a worker; the worker reads
+    its parent's command line."""
+    master = tmp_path / "gunicorn"
+    master.write_text(
+        f"#!{sys.executable}\n"
+        "import subprocess, sys\n"
+        f"sys.exit(subprocess.run([sys.executable, '-c', {GUNICORN_WORKER!r}]).returncode)\n"
+    )
+    master.chmod(0o755)
+    env = {**os.environ, "CMD_ARGS": cmd_args}
+    done = subprocess.run([str(master), *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    signs = json.loads(done.stdout)
+    assert signs == ([f"this process is {sign}"] if sign else []), signs
 
 
 def test_w004_reads_nothing_into_one_worker_or_an_empty_redis_url():
