@@ -155,6 +155,8 @@ class Connections:
             for user_id, consumer, (via, credential) in part:
                 if _credential(consumer) != (via, credential):
                     continue  # re-authenticated meanwhile: checked next time
+                if via == "session" and credential in found.sessions:
+                    continue  # its session signs its user in (inactive ones, by some backends)
                 if user_id not in found.active:
                     consumer.revoked(f"user {user_id} is no longer active")
                 elif via == "session" and credential not in found.sessions:

@@ -7,7 +7,9 @@ SQL, a session that expires), the database still says what holds. The periodic r
 (``USER_RECHECK_INTERVAL``, :mod:`streaming.connections`) asks it here, for all the open
 sockets of the process in a few queries:
 
-* the user still exists and is active;
+* the user still exists and is active (for a cookie socket: or the backend that signed its
+  session in still signs the user in, as ``AllowAllUsersModelBackend`` does inactive ones,
+  which the handshake and Django over HTTP honour too);
 * a cookie socket's session still exists, has not expired, names the user, and carries the
   user's current session auth hash (a password change rotates it), as Django checks for
   each HTTP request;
@@ -69,11 +71,10 @@ def standing(
     active_field = has_field(model, "is_active")
     out = Standing()
     session_users = set(sessions.values())
-    holders: dict[Any, Any] = {}  # user id -> the user, for its session auth hashes
+    everyone: dict[Any, Any] = {}  # user id -> the user, for its sessions' checks
     for chunk in _chunks(session_users):
-        for each in users.filter(pk__in=chunk):
-            if getattr(each, "is_active", True):
-                holders[each.pk] = each
+        everyone.update((each.pk, each) for each in users.filter(pk__in=chunk))
+    holders = {pk: each for pk, each in everyone.items() if getattr(each, "is_active", True)}
     out.active.update(holders)
     rest = [pk for pk in set(user_ids) if pk not in session_users]
     for chunk in _chunks(rest):
@@ -84,8 +85,10 @@ def standing(
         out.sessions.update(key for key, pk in sessions.items() if pk in holders)
     else:
         for key, data in found:
-            holder = holders.get(sessions[key])
-            if holder is not None and _authenticates(data, holder):
+            user = everyone.get(sessions[key])
+            if user is None or not _authenticates(data, user):
+                continue
+            if user.pk in holders or _backend_signs_in(data, user):
                 out.sessions.add(key)
     token_holders = [pk for pk in set(token_users) if pk in out.active]
     if token_holders:
@@ -214,6 +217,22 @@ def _from_files(store_class: Any, keys: list[str]) -> Iterator[tuple[str, dict[s
         expiry = data.get("_session_expiry")
         if store.get_expiry_age(modification=store._last_modification(), expiry=expiry) > 0:
             yield key, data
+
+
+def _backend_signs_in(data: dict[str, Any], user: Any) -> bool:
+    """Whether the backend session ``data`` names signs inactive ``user`` in, as Django's
+    ``get_user`` asks it (``backend.get_user``: ``user_can_authenticate`` for the model
+    backends; ``AllowAllUsersModelBackend`` says yes)."""
+    from django.contrib.auth import BACKEND_SESSION_KEY, load_backend
+
+    path = data.get(BACKEND_SESSION_KEY)
+    if path not in settings.AUTHENTICATION_BACKENDS:
+        return False
+    backend = load_backend(path)
+    can = getattr(backend, "user_can_authenticate", None)
+    if can is not None:
+        return bool(can(user))
+    return backend.get_user(user.pk) is not None
 
 
 def _authenticates(data: dict[str, Any], user: Any) -> bool:

@@ -243,6 +243,46 @@ async def test_a_token_deleted_without_a_signal_closes_its_sockets_within_the_in
     await cookie.disconnect()
 
 
+def _logged_in_with(user, backend: str) -> str:
+    client = Client()
+    client.force_login(user, backend=backend)
+    return client.cookies["sessionid"].value
+
+
+async def test_the_re_check_lets_an_inactive_user_stay_where_the_session_backend_does(
+    settings, make_user
+):
+    """Left open on 2026-11-30: the re-check closed every inactive user's sockets, while
+    the handshake (like Django over HTTP) asks the session's backend, and
+    ``AllowAllUsersModelBackend`` signs inactive users in: such a browser connected, was
+    closed with 4401 a minute later, and its client stopped."""
+    allow_all = "django.contrib.auth.backends.AllowAllUsersModelBackend"
+    model = "django.contrib.auth.backends.ModelBackend"
+    settings.AUTHENTICATION_BACKENDS = [model, allow_all]
+    settings.STREAMING = {"USER_RECHECK_INTERVAL": 0.1}
+    alice, alice_key = await make_user("alice", password="alice-pass-1")
+    bob, _ = await make_user("bob", password="bob-pass-1")
+    alices = await sync_to_async(_logged_in_with)(alice, allow_all)
+    bobs = await sync_to_async(_logged_in_with)(bob, model)
+    cookie = communicator(origin="http://testserver", cookie=f"sessionid={alices}")
+    token = communicator(authorization=alice_key)
+    other = communicator(origin="http://testserver", cookie=f"sessionid={bobs}")
+    for comm, user in ((cookie, alice), (token, alice), (other, bob)):
+        await comm.connect()
+        await opened_as(comm, user.pk)
+    rounds = get_connections().rounds
+    await sync_to_async(_without_signals)(
+        "UPDATE auth_user SET is_active = %s WHERE id IN (%s, %s)", False, alice.pk, bob.pk
+    )
+    assert await token.receive_close(timeout=5) == 4401  # DRF refuses inactive users
+    assert await other.receive_close(timeout=5) == 4401  # so does ModelBackend
+    await rounds_done(rounds + 2)
+    await still_served(cookie)  # AllowAllUsersModelBackend signs her in still
+    async with communicator(origin="http://testserver", cookie=f"sessionid={alices}") as again:
+        await opened_as(again, alice.pk)  # as the handshake does
+    await cookie.disconnect()
+
+
 async def test_a_session_cache_that_cannot_be_read_closes_nothing(settings, make_user, caplog):
     """Seen (a review, ``SESSION_ENGINE = "...sessions.backends.cache"`` on Redis): a 1.5 s
     Redis stall closed every cookie socket with 4401, whose clients then stop for good: the
