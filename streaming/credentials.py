@@ -226,7 +226,7 @@ def _backend_signs_in(data: dict[str, Any], user: Any) -> bool:
     from django.contrib.auth import BACKEND_SESSION_KEY, load_backend
 
     path = data.get(BACKEND_SESSION_KEY)
-    if path not in settings.AUTHENTICATION_BACKENDS:
+    if not isinstance(path, str) or path not in settings.AUTHENTICATION_BACKENDS:
         return False
     backend = load_backend(path)
     can = getattr(backend, "user_can_authenticate", None)

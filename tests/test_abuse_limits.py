@@ -198,6 +198,18 @@ def _end_session(key: str, how: str) -> None:
         get_user_model().objects.filter(pk=user_id).update(password=make_password("new-1"))
 
 
+async def alices_and_bobs(alice, alice_key, alices, bob, bobs):
+    """Alice's cookie (session ``alices``) and token sockets, and Bob's cookie socket,
+    each open and greeted as its user."""
+    cookie = communicator(origin="http://testserver", cookie=f"sessionid={alices}")
+    token = communicator(authorization=alice_key)
+    other = communicator(origin="http://testserver", cookie=f"sessionid={bobs}")
+    for comm, user in ((cookie, alice), (token, alice), (other, bob)):
+        await comm.connect()
+        await opened_as(comm, user.pk)
+    return cookie, token, other
+
+
 @pytest.mark.parametrize("how", ["deleted", "expired", "password"])
 async def test_a_session_that_no_longer_holds_closes_its_sockets_within_the_interval(
     settings, make_user, how
@@ -207,12 +219,7 @@ async def test_a_session_that_no_longer_holds_closes_its_sockets_within_the_inte
     bob, _ = await make_user("bob", password="bob-pass-1")
     alices = await sync_to_async(_logged_in_session)(alice)
     bobs = await sync_to_async(_logged_in_session)(bob)
-    cookie = communicator(origin="http://testserver", cookie=f"sessionid={alices}")
-    token = communicator(authorization=alice_key)
-    other = communicator(origin="http://testserver", cookie=f"sessionid={bobs}")
-    for comm, user in ((cookie, alice), (token, alice), (other, bob)):
-        await comm.connect()
-        await opened_as(comm, user.pk)
+    cookie, token, other = await alices_and_bobs(alice, alice_key, alices, bob, bobs)
     rounds = get_connections().rounds
     await sync_to_async(_end_session)(alices, how)
     assert await cookie.receive_close(timeout=5) == 4401
@@ -264,12 +271,7 @@ async def test_the_re_check_lets_an_inactive_user_stay_where_the_session_backend
     bob, _ = await make_user("bob", password="bob-pass-1")
     alices = await sync_to_async(_logged_in_with)(alice, allow_all)
     bobs = await sync_to_async(_logged_in_with)(bob, model)
-    cookie = communicator(origin="http://testserver", cookie=f"sessionid={alices}")
-    token = communicator(authorization=alice_key)
-    other = communicator(origin="http://testserver", cookie=f"sessionid={bobs}")
-    for comm, user in ((cookie, alice), (token, alice), (other, bob)):
-        await comm.connect()
-        await opened_as(comm, user.pk)
+    cookie, token, other = await alices_and_bobs(alice, alice_key, alices, bob, bobs)
     rounds = get_connections().rounds
     await sync_to_async(_without_signals)(
         "UPDATE auth_user SET is_active = %s WHERE id IN (%s, %s)", False, alice.pk, bob.pk
