@@ -571,7 +571,7 @@ class InputStream:
             value = _decode(self.shape, frame.args["value"], f"{self.name}.{self.index}", errors)
             self.index += 1
             if value is _BAD:
-                self._call.invalid = errors
+                self._call.invalid = errors[:MAX_ERRORS]
                 return ErrorCode.INVALID_MESSAGE
             if not self._call.calls.reserve(frame.size):
                 return ErrorCode.RATE_LIMITED

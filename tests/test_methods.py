@@ -18,7 +18,7 @@ from streaming.endpoint import Endpoint, streaming_method
 from streaming.messages import get_bus
 from streaming.methods import DEFAULT_CREDIT, InputStreamFailed
 from streaming.protocol import MethodFrame
-from streaming.serialization import SerializableEntity
+from streaming.serialization import MAX_ERRORS, SerializableEntity
 from streaming.testing import StreamingCommunicator
 from tests.e2e_app.methods_endpoints import OutOfInk, Stroke
 
@@ -103,6 +103,10 @@ class NotesEndpoint(Endpoint):
         """Never takes a value, so it never grants the client more credit."""
         await asyncio.Event().wait()
         return 0
+
+    @streaming_method
+    async def sum_rows(self, session, rows: AsyncIterator[list[int]]) -> int:
+        return sum([sum(row) async for row in rows])
 
     @streaming_method
     async def out_of_ink(self, session, color: str) -> str:
@@ -466,6 +470,15 @@ async def test_input_streams_refuse_invalid_values_and_values_past_the_credit():
         await reply(comm)
         await comm.send_command("stream_value", {"id": "v", "stream": "other", "value": 1})
         await failure(comm, "v", "invalid_message")
+        # Helper "attacker7": 5,000 bad items in one value got all 5,000 errors (a 329 KB
+        # frame for 30 KB in); at most MAX_ERRORS, as for a call's arguments.
+        await call(comm, "sum_rows", "r")
+        await reply(comm)
+        await comm.send_command(
+            "stream_value", {"id": "r", "stream": "rows", "value": ["x"] * 5000}
+        )
+        args = await failure(comm, "r", "invalid_message")
+        assert [e["path"] for e in args["errors"]] == [f"rows.0.{i}" for i in range(MAX_ERRORS)]
         # A client that ignores the credit. The method takes nothing, so the first credit
         # is all there is (a method that took values mid-burst granted more: flaky under
         # load, once the frame loop yielded every FAIR_SLICE).
