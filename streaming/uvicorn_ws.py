@@ -38,7 +38,10 @@ Contract (what a client and the application see):
   open sockets with 1012, and answers a handshake still waiting for the app with HTTP 500
   (the app gets ``websocket.disconnect`` 1012 at once).
 * Keepalive: ``ws_ping_interval`` / ``ws_ping_timeout`` as in uvicorn: a ping with a random
-  payload, and close 1011 if its pong does not come in time.
+  payload, and close 1011 if its pong does not come in time. While reading is paused (the
+  app's inbox is full, or the client is behind on what it is sent), the pong may be there
+  unread: the timeout waits on while the app is the one behind, or while the client takes
+  bytes (a slow reader is alive); a client that took nothing for a whole timeout is not.
 * Bounded in bytes whatever the client does: parsing stops, and reading pauses, while the
   app has :data:`INBOX_BYTES` (each event counting :data:`EVENT_COST` beyond its payload)
   or ``ws_max_queue`` events not yet received; reading also pauses while the transport's
@@ -90,6 +93,15 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from .fairness import FAIR_SLICE, turn_due
+
+_ioctl: Callable[..., Any] | None
+try:  # the kernel's send queue of a socket (Linux, the BSDs, macOS)
+    import fcntl
+    import termios
+
+    _ioctl, _TIOCOUTQ = fcntl.ioctl, termios.TIOCOUTQ
+except ImportError:  # pragma: no cover - Windows
+    _ioctl, _TIOCOUTQ = None, 0
 
 try:  # websockets' C helper (a dependency of Streampod); the fallback is pure Python.
     from websockets.speedups import apply_mask as _c_apply_mask
@@ -279,9 +291,11 @@ class WebSocketProtocol(asyncio.Protocol):
         "_need",
         "_paused",
         "_ping",
+        "_ping_drained",
         "_response",
         "_rest",
         "_scope",
+        "_sent",
         "_server_state",
         "_state",
         "_timer",
@@ -344,6 +358,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._ping: bytes | None = None  # the payload of the keepalive ping in flight
+        self._sent = 0  # bytes handed to the transport
+        self._ping_drained = 0  # bytes the client had taken when that ping went out
         self._key: bytes | None = None  # Sec-WebSocket-Accept, until accepted
         self._app_closed = False
         self._response: list[Any] | None = None  # websocket.http.response: status, headers, body
@@ -980,6 +996,7 @@ class WebSocketProtocol(asyncio.Protocol):
             return
         self._ping = random.getrandbits(32).to_bytes(4, "big")
         self._write(_frame(PING, self._ping))
+        self._ping_drained = self._drained()
         timeout = self._config.ws_ping_timeout
         if timeout:
             self._timer = self._call_later(timeout, self._ping_timed_out)
@@ -995,7 +1012,37 @@ class WebSocketProtocol(asyncio.Protocol):
             # Reading waits for the app, not the client: the pong may be there, unread.
             self._timer = self._call_later(self._config.ws_ping_timeout, self._ping_timed_out)
             return
+        if self._paused & _PAUSED_WRITE:
+            # Reading waits for the client to take what it is sent, so its pong may be
+            # there, unread. It is alive while it takes some (seen, a review: a client
+            # reading 35 KB/s behind a 4 MB backlog was closed as dead); one that took
+            # nothing since the ping is not.
+            drained = self._drained()
+            if drained > self._ping_drained:
+                self._ping_drained = drained
+                self._timer = self._call_later(self._config.ws_ping_timeout, self._ping_timed_out)
+                return
         self._fail(1011, "keepalive ping timeout")
+
+    def _drained(self) -> int:
+        """Bytes the client has taken: handed to the transport, less its buffer, less the
+        kernel's send queue (bytes not yet acknowledged by the client's end). The kernel
+        part matters: its send buffer grows to megabytes and wakes the transport only once
+        a third of it is free, which a client reading 35 KB/s takes a minute to make."""
+        transport = self._transport
+        try:
+            taken = self._sent - transport.get_write_buffer_size()
+        except (AttributeError, RuntimeError):  # a transport without it, or closing
+            return 0
+        sock = transport.get_extra_info("socket")
+        if _ioctl is not None and sock is not None:
+            try:
+                queued = _ioctl(sock.fileno(), _TIOCOUTQ, b"\0\0\0\0")
+            except (OSError, ValueError):  # not a TCP socket (a Unix socket: counts as sent)
+                pass
+            else:
+                taken -= struct.unpack("i", queued)[0]
+        return taken
 
     def _close_transport(self, timeout: float = CLOSE_TIMEOUT, *, reset: bool = True) -> None:
         """End the TCP connection once what is written is sent; abort it if the client has
@@ -1062,6 +1109,7 @@ class WebSocketProtocol(asyncio.Protocol):
         transport = self._transport
         if self._state < CLOSING and not transport.is_closing():
             transport.write(data)
+            self._sent += len(data)
 
     def _pause(self, why: int) -> None:
         if self._state >= CLOSING:
