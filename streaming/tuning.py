@@ -58,18 +58,23 @@ class SocketFreezer:
     tells it of every socket that opens (:meth:`opened`) and closes (:meth:`closed`).
     Both run on the event loop and cost an addition, except:
 
-    * Every ``batch`` sockets opened, a collection of what is not frozen (about
-      ``batch`` sockets' worth of objects: a few milliseconds) frees the young cycles,
-      and :func:`gc.freeze` then moves the survivors, the new sockets among them, out
-      of every later collection's sight.
+    * Every ``batch`` sockets opened, while at least ``batch`` are open, a collection of
+      what is not frozen (about ``batch`` sockets' worth of objects: a few milliseconds)
+      frees the young cycles, and :func:`gc.freeze` then moves the survivors, the new
+      sockets among them, out of every later collection's sight. Below ``batch`` open
+      sockets a full collection is cheap (a few tens of milliseconds) and nothing is
+      frozen: garbage that a frozen socket leaves waits longer than the collector's, so
+      a process of few sockets is left to the collector alone.
     * A frozen object is still freed by reference counting; a frozen *cycle* (an
       endpoint that ties its objects in a loop, daphne's and Twisted's per-connection
       objects) stays until the next full collection, which unfreezes everything and
       collects. It does not freeze again: what it left (a socket just closed whose
       objects daphne lets go of within a second) is collected, then frozen, by the
-      next batch freeze. It comes once the sockets closed since the last one
-      reach ``turnover`` times the most sockets open at once since then (at least
-      ``batch``): after a reconnect herd, once the old sockets are gone. When that
+      next batch freeze. It comes once the sockets closed since a batch was frozen
+      reach ``turnover`` times the most sockets open at once since the last one (at
+      least ``batch``): after a reconnect herd, once the old sockets are gone. With no
+      batch frozen since, none comes (the frozen set is start-up's, as ``tune_gc``
+      left it). When that
       collection freed less than one object per socket closed, the sockets leave no
       cycles and ``turnover`` doubles, up to :data:`MAX_TURNOVER`; when it freed more,
       it drops to :data:`MIN_TURNOVER`, where garbage waits no longer than under
@@ -91,7 +96,8 @@ class SocketFreezer:
         self.full_collections = 0  # unfreeze, collect, freeze: done
         self.last_found = 0  # unreachable objects the last full collection found
         self._opened = 0  # since the last freeze
-        self._closed = 0  # since the last full collection
+        self._closed = 0  # since the last full collection, while something is frozen
+        self._holding = False  # whether a batch was frozen since the last full collection
         self._peak = 0  # most sockets open at once since the last full collection
 
     def opened(self) -> None:
@@ -99,13 +105,15 @@ class SocketFreezer:
         self.open += 1
         self._peak = max(self._peak, self.open)
         self._opened += 1
-        if self._opened >= self.batch:
+        if self._opened >= self.batch and self.open >= self.batch:
             self.freeze()
 
     def closed(self) -> None:
         """A socket closed."""
         if self.open > 0:
             self.open -= 1
+        if not self._holding:
+            return  # nothing of a socket is frozen: the collector sees all it leaves
         self._closed += 1
         if self._closed >= self.turnover * max(self._peak, self.batch):
             self.collect()
@@ -115,12 +123,14 @@ class SocketFreezer:
         self._opened = 0
         gc.collect()
         gc.freeze()
+        self._holding = True
         self.freezes += 1
 
     def collect(self) -> int:
         """The full collection: unfreeze and collect everything; returns the unreachable
         objects found. The next batch freeze freezes the survivors."""
         closed, self._closed = self._closed, 0
+        self._holding = False
         gc.unfreeze()
         found = gc.collect()
         self._peak = self.open

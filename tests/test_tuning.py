@@ -65,11 +65,10 @@ class Socket:
         self.parts = [self, {"socket": self}] if cyclic else []
 
 cyclic = sys.argv[1] == "cyclic"
-gc.disable()  # only the freezer collects: what it bounds is what this test sees
 freezer = SocketFreezer(batch=50)
 tracemalloc.start()
 held = []
-for _ in range(40):  # 2,000 sockets, 50 open at a time
+for _ in range(40):  # 2,000 sockets, 50 open at a time (the freezer's batch)
     sockets = [Socket(cyclic) for _ in range(50)]
     for _ in range(len(sockets)):
         freezer.opened()
@@ -86,8 +85,9 @@ print(json.dumps({"held_max": max(held), "held_end": held[-1], "turnover": freez
 def test_the_socket_freezer_bounds_what_closed_sockets_leave(cyclic):
     """2,000 sockets of 100 KB churn through a freezer, 50 open at once. Sockets that
     leave cycles are freed by its full collections (which then come every quarter of
-    the open sockets): memory stays within a few sockets' worth, not 2,000 (200 MB).
-    Sockets without cycles are freed as they close, and full collections grow rarer."""
+    the open sockets) and by the collector once those unfroze them: memory stays within
+    a population's worth, not 2,000 sockets' (200 MB). Sockets without cycles are freed
+    as they close, and full collections grow rarer."""
     done = subprocess.run(
         [sys.executable, "-c", FREEZER_CHURN, "cyclic" if cyclic else "plain"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -98,8 +98,24 @@ def test_the_socket_freezer_bounds_what_closed_sockets_leave(cyclic):
     assert result["held_max"] < 1.5 * one_population, result
     if cyclic:
         assert result["turnover"] == MIN_TURNOVER, result
-        assert result["held_end"] < one_population / 2, result
+        assert result["held_end"] < one_population, result
     else:
         assert result["turnover"] == MAX_TURNOVER, result
         assert result["held_end"] < 50_000, result
         assert result["full_collections"] < 15, result  # 40 at one a population
+
+
+def test_the_socket_freezer_leaves_a_process_of_few_sockets_to_the_collector():
+    """A review of the CI run: the freezer held what 100 churning sockets left in cycles
+    until its next full collection, raising RSS's high-water mark by 5 MB over 2,000
+    sockets (tests/e2e/test_memory_churn.py). Below a batch of open sockets it freezes
+    nothing: a full collection of them is cheap."""
+    from streaming.tuning import SocketFreezer
+
+    freezer = SocketFreezer(batch=50)
+    for _ in range(10):  # 490 sockets, never more than 49 open
+        for _ in range(49):
+            freezer.opened()
+        for _ in range(49):
+            freezer.closed()
+    assert (freezer.freezes, freezer.full_collections) == (0, 0)  # start-up's stay frozen
