@@ -68,6 +68,18 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="streaming.W003",
             )
         )
+    layer = getattr(settings, "CHANNEL_LAYERS", {}).get(alias)
+    if _is_redis_layer(layer) and _hosts_without_user_timeout(layer):
+        messages.append(
+            checks.Warning(
+                f"The {alias!r} channel layer's Redis connections have no TCP_USER_TIMEOUT: "
+                "a Redis that vanishes without a reset (host down, partition, failover) "
+                "stalls the message bus until the kernel gives up, ~15 minutes on Linux.",
+                hint="Add **streaming.redis_options.KEEPALIVE_HOST_OPTIONS to each host "
+                "dict (docs/deployment.md, 'A Redis that goes silent').",
+                id="streaming.W005",
+            )
+        )
     for sign in multi_process_signs():
         messages.append(
             checks.Warning(
@@ -191,6 +203,23 @@ def _backend(config: Any) -> Any:
 def _is_redis_layer(config: Any) -> bool:
     backend = _backend(config)
     return isinstance(backend, str) and backend.startswith("channels_redis.")
+
+
+def _hosts_without_user_timeout(config: Any) -> bool:
+    """Whether a channels-redis layer's hosts lack ``TCP_USER_TIMEOUT`` among their
+    ``socket_keepalive_options`` (False where the platform has no such option)."""
+    import socket
+
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is None:
+        return False
+    hosts = (config.get("CONFIG") or {}).get("hosts") or [None]  # channels-redis: localhost
+    for host in hosts:
+        if not isinstance(host, dict) or not host.get("socket_keepalive", True):
+            return True
+        if option not in (host.get("socket_keepalive_options") or {}):
+            return True
+    return False
 
 
 def hiredis_available() -> bool:

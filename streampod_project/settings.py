@@ -25,6 +25,8 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from redis.connection import parse_url
 
+from streaming.redis_options import KEEPALIVE_HOST_OPTIONS
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 _TRUE = ("1", "true", "yes", "on")
@@ -221,6 +223,9 @@ _REDIS_HOST = {
     "max_connections": 2000,
     "health_check_interval": 15,
     "retry_on_timeout": True,
+    # A Redis that vanishes without a reset (host down, partition, failover) is given up
+    # on in ~11 s, not after Linux's 15 minutes of retransmissions (streaming.redis_options).
+    **KEEPALIVE_HOST_OPTIONS,
 }
 _REDIS_HOSTS = [{**_REDIS_HOST, "address": url} for url in REDIS_URLS]
 if REDIS_URLS and REDIS_LAYER == "core":

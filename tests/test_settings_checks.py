@@ -18,6 +18,7 @@ import streaming.registry
 from streaming import checks as checks_module
 from streaming.conf import DEFAULTS, streaming_settings
 from streaming.endpoint import Endpoint
+from streaming.redis_options import KEEPALIVE_HOST_OPTIONS
 from streaming.registry import EndpointRegistry
 from tests.support.servers import ROOT
 
@@ -151,7 +152,34 @@ def test_w002_when_the_channel_layer_alias_is_missing():
         assert ids(streaming_checks()) == ["streaming.W002"]
 
 
-REDIS_LAYER = {"default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer"}}
+REDIS_LAYER = {
+    "default": {
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [{"address": "redis://r:6379/0", **KEEPALIVE_HOST_OPTIONS}]},
+    }
+}
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        None,  # channels-redis' default: localhost, redis-py's options
+        ["redis://r:6379/0"],
+        [{"address": "redis://r:6379/0", "socket_keepalive": True}],  # redis-py's defaults
+        [{"address": "redis://a/0", **KEEPALIVE_HOST_OPTIONS}, {"address": "redis://b/0"}],
+        [{"address": "redis://r/0", **KEEPALIVE_HOST_OPTIONS, "socket_keepalive": False}],
+    ],
+)
+def test_w005_when_the_layers_redis_connections_have_no_user_timeout(hosts):
+    """Helper "operator7": a Redis that vanished without a reset stalled the bus for 16
+    minutes (tests/e2e/test_redis_partition.py); settings without the options say so."""
+    layer = {"BACKEND": "channels_redis.core.RedisChannelLayer"}
+    if hosts is not None:
+        layer["CONFIG"] = {"hosts": hosts}
+    with override_settings(CHANNEL_LAYERS={"default": layer}):
+        messages = streaming_checks()
+    assert ids(messages) == ["streaming.W005"]
+    assert "KEEPALIVE_HOST_OPTIONS" in messages[0].hint
 
 
 def test_hiredis_is_installed_with_streampod_and_a_redis_layer_passes():
