@@ -177,22 +177,27 @@ def _serving() -> bool:
 
 
 def warn_if_split() -> None:
-    """Log ``streaming.W004`` once per process (servers do not run the system checks).
-    Silent on invalid ``STREAMING`` settings (the checks report those: E001, E002) and when
-    ``SILENCED_SYSTEM_CHECKS`` lists it (one process on purpose, ``REDIS_URL`` for a cache)."""
-    if "streaming.W004" in getattr(settings, "SILENCED_SYSTEM_CHECKS", ()) or not _serving():
-        return  # manage.py commands run the check itself
+    """Log what the settings checks find, once per process, in server processes: servers
+    do not run the system checks. Errors (``streaming.E001``/``E002``: a typo in a
+    ``STREAMING`` key, a value of the wrong type; every handshake will fail) at ERROR;
+    warnings (``W004``: several processes on an in-memory layer, ``W005``: Redis
+    connections that would wait 15 minutes for a silent Redis, ...) at WARNING.
+    ``SILENCED_SYSTEM_CHECKS`` quiets each, as it does the check (one process on purpose,
+    ``REDIS_URL`` for a cache). Seen (helper "operator7"): a server started with
+    ``"RESTART_RAT"`` said nothing until the first handshake got HTTP 500."""
+    if not _serving():
+        return  # manage.py commands run the checks themselves
+    silenced = set(getattr(settings, "SILENCED_SYSTEM_CHECKS", ()))
+    logger = logging.getLogger("streaming")
     try:
-        signs = multi_process_signs()
-    except ImproperlyConfigured:
+        found = check_settings()
+    except ImproperlyConfigured:  # settings Django itself refuses: it says so
         return
-    for sign in signs:
-        logging.getLogger("streaming").warning(
-            "streaming.W004: the channel layer is in-memory, which serves one process, but "
-            "%s: a post reaches only the sockets of the process it is made in. Use "
-            "channels-redis' RedisPubSubChannelLayer (README, Scaling out).",
-            sign,
-        )
+    for message in found:
+        if message.id in silenced:
+            continue
+        level = logging.ERROR if message.is_serious() else logging.WARNING
+        logger.log(level, "%s: %s %s", message.id, message.msg, message.hint or "")
 
 
 def _backend(config: Any) -> Any:

@@ -246,6 +246,19 @@ def test_w004_is_not_logged_when_silenced(monkeypatch, caplog):
             assert caplog.text == ""
 
 
+def test_a_server_logs_a_typo_in_streaming_at_start_up(monkeypatch, caplog):
+    """Helper "operator7": a server started with ``"RESTART_RAT"`` in STREAMING said
+    nothing; /healthz was green and every handshake got HTTP 500. It now logs E001 at
+    start-up, at ERROR."""
+    monkeypatch.setattr(sys, "argv", ["/srv/venv/bin/uvicorn", "myproject.asgi:application"])
+    with override_settings(STREAMING={"RESTART_RAT": 10.0}, CHANNEL_LAYERS=REDIS_LAYER):
+        with caplog.at_level("WARNING", logger="streaming"):
+            checks_module.warn_if_split()
+    [record] = caplog.records
+    assert record.levelname == "ERROR"
+    assert "streaming.E001" in record.message and "'RESTART_RAT'" in record.message
+
+
 def test_w004_is_logged_by_servers_only(monkeypatch, caplog):
     """A review: migrate, shell and task workers logged it too, with no socket to lose
     (manage.py runs the check itself)."""
