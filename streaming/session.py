@@ -74,6 +74,14 @@ class StreamingSession:
         return self._connection.scope if self._connection is not None else {}
 
     @property
+    def max_send_bytes(self) -> int:
+        """The largest frame this socket may be sent, in UTF-8 bytes: ``MAX_SEND_BYTES``,
+        or less under a server with a lower limit of its own (daphne). A message, or a
+        streaming method's answer, above it fails with ``message_too_large``: size pages
+        of results to fit (0 once the session is closed)."""
+        return self._connection._max_send if self._connection is not None else 0
+
+    @property
     def messages(self) -> SessionMessages:
         """The message bus, with listeners owned by this session."""
         if self._messages is None:

@@ -73,6 +73,39 @@ async def test_history_is_the_callers_conversation_oldest_first(make_user):
         assert frame.args["errors"][0]["path"] == "with_user"
 
 
+@sync_to_async
+def write_many(sender, recipient, text, count):
+    Message.objects.bulk_create(
+        Message(sender=sender, recipient=recipient, text=text) for _ in range(count)
+    )
+    return list(Message.objects.order_by("pk").values_list("pk", flat=True))
+
+
+async def test_a_history_page_ends_early_rather_than_outgrow_the_send_limit(make_user, settings):
+    """Helper "attacker7": 150 messages of 4,000 "é" made ``history(limit=200)`` a 1.2 MB
+    answer; every call failed with ``message_too_large`` and the page could not load the
+    conversation over the socket. A page now ends where the frame would outgrow the
+    socket's limit; asking again from its end, until a page is empty, gets them all."""
+    settings.STREAMING = {"MAX_SEND_BYTES": 200_000}
+    alice, _ = await make_user("alice")
+    bob, _ = await make_user("bob")
+    ids = await write_many(bob, alice, "é" * 4000, 150)  # ~8 KB each, 1.2 MB in all
+    async with chat_socket(alice) as comm:
+        got, after, calls = [], 0, 0
+        while True:
+            calls += 1
+            await call(comm, "history", f"h{calls}", with_user=bob.pk, after=after, limit=200)
+            page = await result(comm, f"h{calls}")
+            if not page:
+                break
+            got += [message["data"]["id"] for message in page]
+            after = got[-1]
+        assert got == ids and calls > 2  # in order, none missing, over several pages
+        await call(comm, "history", "back", with_user=bob.pk, limit=200)  # the newest
+        newest = [message["data"]["id"] for message in await result(comm, "back")]
+        assert newest == ids[-len(newest) :] and 10 < len(newest) < 150
+
+
 async def test_history_needs_a_signed_in_user(make_user):
     bob, _ = await make_user("bob")
     await write(bob, bob, "note to self")

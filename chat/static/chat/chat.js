@@ -148,8 +148,10 @@ async function fetchAfter(peerId, after) {
   const results = [];
   for (;;) {
     const page = await chat.call("history", {with_user: peerId, after, limit: HISTORY_PAGE});
+    // A page may end early (what fits in one frame to this socket): only an empty one
+    // says the conversation is complete.
+    if (page.length === 0) return results;
     results.push(...page.map((message) => message.data));
-    if (page.length < HISTORY_PAGE) return results;
     after = results[results.length - 1].id;
   }
 }
