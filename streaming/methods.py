@@ -598,7 +598,12 @@ class Call:
         self.lane = Lane(f"{self.endpoint}.{spec.name}")
         self.credit = min(credit, MAX_CREDIT)
         self._credit_changed = asyncio.Event()
-        self.inputs: dict[str, InputStream] = {}
+        # Made now, not when the call starts in its lane: a stream frame that comes first
+        # gets the protocol's answer (a stream_end is taken, a stream_value is past its
+        # credit), not "no such stream" (seen, helper "attacker7").
+        self.inputs: dict[str, InputStream] = {
+            name: InputStream(self, name, shape) for name, shape in spec.streams.items()
+        }
         self.session: CallSession | None = None
         self.ended = False  # no frame is sent for it any more
         self.started = False  # its task began running the method
@@ -717,14 +722,13 @@ class Call:
         if self.ended:
             return
         self.session = CallSession(self.calls.consumer, self.endpoint, user)
-        for stream_name, shape in spec.streams.items():
-            stream = self.inputs[stream_name] = InputStream(self, stream_name, shape)
-            kwargs[stream_name] = stream
+        kwargs.update(self.inputs)
         self.calls.live.add(self)
         instance = slot.instance
         self.lane.submit(functools.partial(self._run, instance, kwargs), name)
         for stream in self.inputs.values():
-            stream.grant(DEFAULT_CREDIT)
+            if not stream._ended and stream._failure is None:
+                stream.grant(DEFAULT_CREDIT)
 
     async def _run(self, instance: Any, kwargs: dict[str, Any]) -> None:
         spec = self.spec

@@ -457,6 +457,40 @@ async def test_an_input_stream_failed_by_the_client():
         await failure(comm, "s", "stream_failed")
 
 
+class Busy(Endpoint):
+    """A data frame holds its lane (and the calls behind it) until ``gate`` is set."""
+
+    gate = asyncio.Event()
+
+    async def handle_stream_message(self, session, message):
+        await Busy.gate.wait()
+
+    @streaming_method
+    async def upload(self, session, strokes: AsyncIterator[Stroke]) -> int:
+        return len([s async for s in strokes])
+
+
+async def test_stream_frames_before_the_call_starts_get_the_protocols_answers():
+    """Helper "attacker7": ``call`` followed at once by ``stream_end`` (which needs no
+    credit), while the endpoint was busy, failed the call with "'strokes' is not an input
+    stream of this call"; a ``stream_value`` before the first credit got the same instead
+    of ``rate_limited``."""
+    Busy.gate = asyncio.Event()
+    async with StreamingCommunicator(endpoints=[Busy], timeout=10) as comm:
+        try:
+            await comm.send_message("busy", Note(text="hold the lane", n=0))
+            await call(comm, "upload", "early_end", endpoint="busy")
+            await comm.send_command("stream_end", {"id": "early_end", "stream": "strokes"})
+            await call(comm, "upload", "early_value", endpoint="busy")
+            value = {"id": "early_value", "stream": "strokes", "value": {"x": 1, "y": 1}}
+            await comm.send_command("stream_value", value)
+            args = await failure(comm, "early_value", "rate_limited")  # no credit yet
+            assert "credit" in args["message"]
+        finally:
+            Busy.gate.set()
+        assert await result(comm, "early_end") == 0  # its input stream had ended
+
+
 async def test_input_streams_refuse_invalid_values_and_values_past_the_credit():
     async with socket() as comm:
         await call(comm, "sloppy_upload", "u")
