@@ -152,16 +152,8 @@ class ChatEndpoint(Endpoint):
                 errors=[{"path": "(root)", "reason": "expected a ChatMessage"}],
             )
         me: ChatUser = self.get_user_object(session)
-        limit = self.rate_limit()
-        if not await limit.allow(me.user_id):
-            logger.info("rate limit: %s (user %s)", me.display_name, me.user_id)
-            retry = await limit.retry_after(me.user_id)
-            raise RateLimited(
-                f"At most {limit.limit} messages per {limit.period:g} s; "
-                f"try again in {math.ceil(retry)} s."
-            )
         text = clean_text(message.text)
-        if text is None:
+        if text is None:  # refused before it counts against the rate limit
             raise InvalidMessage(
                 "Invalid ChatMessage: text.",
                 errors=[
@@ -171,6 +163,14 @@ class ChatEndpoint(Endpoint):
                         "once surrounding whitespace is stripped",
                     }
                 ],
+            )
+        limit = self.rate_limit()
+        if not await limit.allow(me.user_id):
+            logger.info("rate limit: %s (user %s)", me.display_name, me.user_id)
+            retry = await limit.retry_after(me.user_id)
+            raise RateLimited(
+                f"At most {limit.limit} messages per {limit.period:g} s; "
+                f"try again in {math.ceil(retry)} s."
             )
         # The sender is whoever is signed in on this socket; a client's sender_id or id
         # is never read.
