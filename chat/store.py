@@ -2,14 +2,17 @@
 
 Each function is a coroutine: it runs its ORM work in a worker thread
 (``database_sync_to_async``, which also closes stale connections around it) or uses
-Django's async ORM, so the endpoint never blocks the event loop on the database.
+Django's async ORM, so the endpoint never blocks the event loop on the database. Both take
+their owner's turn (:mod:`streaming.db`): one user's flood of history calls queues behind
+its own turns, not ahead of every other user's.
 """
 
 from __future__ import annotations
 
-from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 from django.db.models import Q
+
+from streaming.db import database_sync_to_async, fair_database
 
 from .models import Message
 from .protocol import ChatMessage
@@ -51,9 +54,10 @@ async def conversation(
     )
     if before is not None:
         rows = rows.filter(pk__lt=before)
-    if after is not None:
-        page = [m.to_chat_message() async for m in rows.filter(pk__gt=after).order_by("pk")[:limit]]
-        return page
-    newest = [m.to_chat_message() async for m in rows.order_by("-pk")[:limit]]
+    async with fair_database():
+        if after is not None:
+            later = rows.filter(pk__gt=after).order_by("pk")[:limit]
+            return [m.to_chat_message() async for m in later]
+        newest = [m.to_chat_message() async for m in rows.order_by("-pk")[:limit]]
     newest.reverse()
     return newest

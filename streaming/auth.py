@@ -17,7 +17,6 @@ from importlib import import_module
 from typing import Any
 from urllib.parse import urlsplit
 
-from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
 from channels.sessions import CookieMiddleware, InstanceSessionWrapper, SessionMiddleware
 from django.conf import settings
@@ -25,6 +24,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.http import parse_cookie
 from django.utils.functional import LazyObject
 
+from .db import database_sync_to_async
 from .serialization import SerializableEntity
 
 logger = logging.getLogger("streaming.auth")

@@ -27,10 +27,9 @@ import logging
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from channels.db import database_sync_to_async
-
 from . import credentials, sparse, tuning
 from .conf import streaming_settings
+from .db import database_sync_to_async
 
 if TYPE_CHECKING:
     from .consumer import StreamingConsumer

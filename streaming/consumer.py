@@ -56,7 +56,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser
 
-from . import methods, metrics, protocol
+from . import db, methods, metrics, protocol
 from .auth import (
     AUTH_FAILED_KEY,
     AUTH_VIA_KEY,
@@ -169,6 +169,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         self._max_send = 0
         self._refusing = False  # answering a frame too large to send (send_text)
         self._calls: methods.Calls | None = None  # streaming-method calls (streaming.methods)
+        self._db_owner = db.Owner()  # whose turn its database work takes (streaming.db)
 
     # -- ASGI plumbing ------------------------------------------------------------------
 
@@ -178,6 +179,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         self.channel_name = None
         self.base_send = send
         loop = asyncio.get_running_loop()
+        db.set_owner(self._db_owner)  # hooks, calls and lanes start from this task
         try:
             while True:
                 message = await receive()
@@ -612,6 +614,8 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             registry.discard(self.user.pk, self)
         self.user = user
         self.scope["user"] = user
+        # One turn at the database for all of a user's sockets (streaming.db).
+        self._db_owner.key = ("user", user.pk) if getattr(user, "is_authenticated", False) else None
         slots = list(self._slots.values())
         if reopen:
             for slot in slots:
