@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import credentials, sparse, tuning
 from .conf import streaming_settings
-from .db import database_sync_to_async
+from .db import database_sync_to_async, set_owner
 
 if TYPE_CHECKING:
     from .consumer import StreamingConsumer
@@ -174,6 +174,10 @@ class Connections:
             await self._round_done.wait()
 
     async def _check_loop(self) -> None:
+        # Started from whichever socket came first, whose context names its user as the
+        # owner of its database work: the re-check takes the shared turn instead, so that
+        # no user's backlog of queries holds up the revocations (streaming.db).
+        set_owner(None)
         try:
             while self._by_user:
                 await asyncio.sleep(streaming_settings.USER_RECHECK_INTERVAL)

@@ -20,12 +20,14 @@ from streaming.endpoint import Endpoint, streaming_method
 from streaming.testing import StreamingCommunicator
 
 _order = itertools.count()
+_ran = [0]
 
 
 @db.database_sync_to_async
 def _query() -> int:
     """Stands for a query: the ORM's thread busy for 5 ms; returns when it ran, in order."""
     time.sleep(0.005)
+    _ran[0] += 1
     return next(_order)
 
 
@@ -105,3 +107,27 @@ async def test_turns_survive_cancelled_waiters_and_nested_gates(make_user):
         await call(bobs, "b", "nested")
         assert (await done(bobs))[0] == "b"
     assert db.waiting() == 0
+
+
+async def test_the_re_check_takes_the_shared_turn_not_the_first_users(make_user, settings):
+    """The re-check loop starts in the context of the first signed-in socket, so its
+    queries took that user's turn: her own backlog then held up every revocation check
+    of the process. It takes the shared turn."""
+    from streaming.connections import get_connections
+
+    settings.STREAMING = {"USER_RECHECK_INTERVAL": 0.05}
+    _, alice_key = await make_user("alice")
+    async with signed_in(alice_key) as alices:  # the first socket: it starts the loop
+        queued = asyncio.ensure_future(backlog_queued())
+        for i in range(200):
+            await call(alices, f"a{i}")
+        await queued
+        ran_before = _ran[0]
+        connections = get_connections()
+        rounds = connections.rounds
+        async with asyncio.timeout(30):
+            await connections.wait_rounds(rounds + 2)  # a whole round after the backlog
+        # Two rounds waited for a few of her queries, not for her 150 or more waiting.
+        assert _ran[0] - ran_before < 100, _ran[0] - ran_before
+        for _ in range(200):
+            await done(alices)
