@@ -77,9 +77,12 @@ DEFAULTS: dict[str, Any] = {
     "CHANNEL_LAYER": "default",
     # Seconds between re-joins of the bus's groups (channel-layer memberships expire).
     "GROUP_REFRESH_INTERVAL": 3600.0,
-    # Seconds between the bus's heartbeats to itself, where it cannot watch its Redis
-    # subscriber connections (streaming/watch.py): the core Redis layer, other layers.
+    # Seconds between the bus's heartbeats to itself (streaming/watch.py): they show a
+    # stalled subscription, and a lost one where the bus cannot watch its connections.
     "BUS_HEARTBEAT_INTERVAL": 1.0,
+    # Seconds without a heartbeat of the bus coming back after which its subscription
+    # counts as stalled (streaming/watch.py): listening sockets get 1012, /readyz fails.
+    "BUS_STALL_TIMEOUT": 10.0,
     # Prometheus metrics (streaming/metrics.py) recorded, and served on /metrics.
     "METRICS": True,
     # Bearer token that lets a non-loopback client read /metrics; None: the
@@ -124,6 +127,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "CHANNEL_LAYER": (str,),
     "GROUP_REFRESH_INTERVAL": (int, float),
     "BUS_HEARTBEAT_INTERVAL": (int, float),
+    "BUS_STALL_TIMEOUT": (int, float),
     "METRICS": (bool,),
     "METRICS_TOKEN": (str, type(None)),
     "HEALTH_TIMEOUT": (int, float),

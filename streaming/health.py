@@ -14,7 +14,9 @@ async views: nothing here blocks the event loop.
   and the default cache's servers when it is Django's ``RedisCache``. The checks run
   concurrently, each bounded by ``STREAMING["HEALTH_TIMEOUT"]`` seconds: Redis with
   ``redis.asyncio``'s ``PING``, the database with ``SELECT 1`` in
-  ``database_sync_to_async``'s thread.
+  ``database_sync_to_async``'s thread. Where the bus spans processes, a ``bus`` check
+  fails while its heartbeats have not come back for ``BUS_STALL_TIMEOUT`` (a stalled
+  subscription, streaming/watch.py).
 * ``GET /metrics``: the Prometheus text format (:mod:`streaming.metrics`), to
   loopback clients, or to anyone sending ``Authorization: Bearer <token>`` with the
   token of ``STREAMING["METRICS_TOKEN"]`` (else the ``STREAMPOD_METRICS_TOKEN``
@@ -32,7 +34,7 @@ import hmac
 import ipaddress
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from asgiref.sync import markcoroutinefunction
@@ -46,6 +48,10 @@ from prometheus_client.registry import REGISTRY
 
 from . import metrics
 from .conf import streaming_settings
+from .exceptions import MessagingUnavailable
+
+if TYPE_CHECKING:
+    from .messages import MessageBus
 
 __all__ = ["ProbeMiddleware", "healthz", "metrics_view", "readyz", "redis_urls"]
 
@@ -64,9 +70,14 @@ async def healthz(request: HttpRequest) -> HttpResponse:
 @never_cache
 async def readyz(request: HttpRequest) -> HttpResponse:
     """Readiness: 200 if every check passed, else 503 with the failures named."""
+    from .messages import get_bus
+
     checks: dict[str, Awaitable[None]] = {"database": _check_database()}
     for name, url in redis_urls():
         checks[name] = _check_redis(url)
+    bus = get_bus()
+    if bus.cross_process:
+        checks["bus"] = _check_bus(bus)
     timeout = streaming_settings.HEALTH_TIMEOUT
     outcomes = await asyncio.gather(*(_bounded(check, timeout) for check in checks.values()))
     results = dict(zip(checks, outcomes, strict=True))
@@ -183,6 +194,17 @@ def _select_one() -> None:
 
 async def _check_database() -> None:
     await _select_one()
+
+
+async def _check_bus(bus: MessageBus) -> None:
+    """The bus's own subscription: failed while its heartbeats stopped coming back for
+    ``BUS_STALL_TIMEOUT`` (streaming/watch.py), which a connection of the check's own
+    cannot see (a path that stalled for the bus's connections only)."""
+    silent = bus.stalled_for()
+    if silent is not None:
+        raise MessagingUnavailable(
+            f"no heartbeat of the bus came back for {silent:.0f}s: its subscription is stalled"
+        )
 
 
 async def _check_redis(url: str) -> None:

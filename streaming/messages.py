@@ -664,6 +664,21 @@ class MessageBus:
             len(channels),
         )
 
+    def subscription_stalled(self, silent_for: float, group: str) -> None:
+        """No heartbeat of ``group`` came back for ``silent_for`` seconds (at least
+        ``BUS_STALL_TIMEOUT``): the subscription that carries it is taken for lost (see
+        :meth:`subscription_lost`), and :meth:`stalled_for` says so until one comes back."""
+        metrics.bus_stall()
+        self.subscription_lost(
+            f"no heartbeat of {group} came back for {silent_for:.1f}s: the subscription "
+            "is stalled (a path to Redis that acknowledges and does not answer)"
+        )
+
+    def stalled_for(self) -> float | None:
+        """Seconds since the bus's heartbeats last came back, while it counts its
+        subscription as stalled; None otherwise (``/readyz``'s ``bus`` check)."""
+        return self._watch.stalled_for() if self._watch is not None else None
+
     def _received(self, event: dict[str, Any]) -> None:
         """Handle one event from the channel layer. Never raises, never waits."""
         kind = event.get("type")
@@ -786,9 +801,14 @@ def reset_bus() -> None:
 def post_message(
     channel: str, message: SerializableEntity, *, global_: bool | None = None
 ) -> asyncio.Future[bool]:
-    """Post outside a session (views, management commands); same meaning as in a session.
+    """Post outside a session (async views, signal handlers, management commands); same
+    meaning as in a session.
 
-    Starts at once; await the result for the outcome (see ``MessageBus.post_message``).
+    Call it on a running event loop (from a coroutine), as the session's: it starts at
+    once and returns a future; await it for the outcome (see ``MessageBus.post_message``).
+    From sync code, wrap the call and its ``await`` in an ``async def`` and run that with
+    ``asgiref.sync.async_to_sync`` (docs/guide.md, "Posting from outside a stream"):
+    ``asyncio.run(post_message(...))`` fails (no loop is running when the call is made).
     """
     return get_bus().post_message(channel, message, global_=global_)
 

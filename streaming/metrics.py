@@ -114,6 +114,7 @@ _bus_received = _Count()
 _publish_failures = _Count()
 _publish_batches = _Count()
 _bus_gaps = _Count()
+_bus_stalls = _Count()
 _publish_seconds = _Histogram()
 
 # The counts each label value (or close code) is bound to: the ones above, or _IDLE
@@ -196,6 +197,11 @@ def bus_publish_failed() -> None:
 def bus_gap() -> None:
     if enabled():
         _bus_gaps.value += 1
+
+
+def bus_stall() -> None:
+    if enabled():
+        _bus_stalls.value += 1
 
 
 def bus_publish_batch() -> None:
@@ -323,6 +329,10 @@ class _Collector(Collector):
             ("streampod_bus_gaps",
              "Times this process's bus subscription was lost (Redis restarted, the "
              "connection was cut): its sockets that listen were closed with 1012.", _bus_gaps),
+            ("streampod_bus_stalls",
+             "Times no heartbeat of this process's bus came back for BUS_STALL_TIMEOUT (a "
+             "path to Redis that acknowledges and never answers); each is also a gap.",
+             _bus_stalls),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=count.value)
         yield GaugeMetricFamily(

@@ -28,12 +28,27 @@ clients reconnect and read what they missed (docs/reliability.md, "Redis restart
   later one arrives. Coarser: it sees a gap only if a heartbeat falls into it, and
   redis-py's retries hold a heartbeat back during a short outage (a restart, a cut
   connection) until the subscriber may be back, so such an outage often goes unseen.
+
+Both also see a subscription that **stalls**: a path to Redis that acknowledges every byte
+and answers nothing (a wedged proxy, load balancer or sidecar, a NAT that lost the
+connection's state) satisfies TCP keepalive and ``TCP_USER_TIMEOUT``, so the kernel never
+gives up, and nothing reconnects. Heartbeats go on under :class:`ReconnectWatch` too (one
+group per Redis shard, each on its shard), and when none of a group has come back for
+``BUS_STALL_TIMEOUT`` seconds (seen at two heartbeats in a row, so that a busy event loop
+reads what came back before it is judged), the bus is told
+(:meth:`MessageBus.subscription_stalled`): its listening sockets are closed with 1012 and
+``/readyz`` fails its ``bus`` check until a heartbeat comes back. Under
+:class:`ReconnectWatch` the shard's subscriber connection is also dropped, and dropped again
+every ``BUS_STALL_TIMEOUT`` while the stall lasts, so that redis-py connects again and the
+bus recovers as soon as a new connection gets through.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio.connection import AbstractConnection
@@ -55,6 +70,8 @@ HEARTBEAT_TYPE = "streaming.heartbeat"
 USES: tuple[tuple[str, str], ...] = (
     ("layer", "_get_layer"),  # RedisPubSubChannelLayer: its event loop's layer
     ("loop_layer", "_shards"),  # RedisPubSubLoopLayer
+    ("loop_layer", "_get_shard"),  # the shard of a channel (heartbeat groups per shard)
+    ("loop_layer", "_get_group_channel_name"),  # a group's Redis channel
     ("shard", "_pubsub"),  # RedisSingleShardConnection: its PubSub, None until first used
     ("pubsub", "connection"),  # redis.asyncio.client.PubSub: None until it subscribes
     ("connection", "register_connect_callback"),  # redis.asyncio.connection
@@ -82,9 +99,30 @@ class ReconnectWatch:
     def __init__(self, bus: MessageBus, layer: Any) -> None:
         self._bus = bus
         self._layer = layer
+        self._beats: list[HeartbeatWatch] = []  # one per shard: stalls only
 
     def start(self) -> None:
         self.attach()
+        if self._bus.is_watched_by(self) and not self._beats:  # attach may have fallen back
+            loop_layer = self._layer._get_layer()
+            for shard, group in _groups_per_shard(self._bus, loop_layer):
+                beats = HeartbeatWatch(
+                    self._bus, group=group, count_gaps=False, reset=self._resetter(shard)
+                )
+                self._beats.append(beats)
+                beats.start()
+
+    def _resetter(self, shard: Any) -> Callable[[], Awaitable[None]]:
+        async def reset() -> None:
+            """Drop ``shard``'s subscriber connection: redis-py connects it again (and
+            subscribes again) when channels-redis next reads, and :meth:`_connected`
+            tells the bus of the gap."""
+            pubsub = shard._pubsub
+            connection = pubsub.connection if pubsub is not None else None
+            if connection is not None:
+                await connection.disconnect(nowait=True)
+
+        return reset
 
     def attach(self) -> None:
         """Register on every shard's subscriber connection that exists (called once the
@@ -134,10 +172,17 @@ class ReconnectWatch:
         )
 
     def heartbeat(self, event: dict[str, Any]) -> None:
-        pass
+        for beats in self._beats:
+            if beats.group == event.get("group"):
+                beats.heartbeat(event)
+
+    def stalled_for(self) -> float | None:
+        return max((s for b in self._beats if (s := b.stalled_for()) is not None), default=None)
 
     def stop(self) -> None:
-        pass  # its callbacks ask the bus first (is_watched_by)
+        # Its connect callbacks ask the bus first (is_watched_by).
+        for beats in self._beats:
+            beats.stop()
 
 
 #: Heartbeats sent and not come back before the watch joins its group again (a Redis
@@ -155,15 +200,42 @@ class HeartbeatWatch:
     heartbeats alike reach no one. After ``REJOIN_AFTER`` heartbeats in a row that did
     not come back, the watch joins its group again; the next heartbeat then arrives with
     a gap in the numbers, and the bus joins every channel again and closes its listening
-    sockets. A heartbeat that is only late (a busy event loop) costs one extra join."""
+    sockets. A heartbeat that is only late (a busy event loop) costs one extra join.
 
-    def __init__(self, bus: MessageBus) -> None:
+    It also sees a stall (the module's docstring): no heartbeat back for
+    ``BUS_STALL_TIMEOUT``. ``count_gaps=False`` watches for stalls only (under
+    :class:`ReconnectWatch`, which sees gaps exactly); ``reset`` is awaited at each stall
+    told, to drop the connection that stalled."""
+
+    def __init__(
+        self,
+        bus: MessageBus,
+        *,
+        group: str | None = None,
+        count_gaps: bool = True,
+        reset: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._bus = bus
-        self._group = f"streaming.heartbeat.{bus.id}"
+        self._group = group or f"streaming.heartbeat.{bus.id}"
+        self._count_gaps = count_gaps
+        self._reset = reset
         self._sent = 0  # the last number sent (or tried)
         self._seen = 0  # the highest number received
         self._unanswered = REJOIN_AFTER  # sent since the last one came back: join first
         self._task: asyncio.Task[None] | None = None
+        self._back_at = time.monotonic()  # when the last heartbeat came back (or the start)
+        self._suspect = False  # silent for BUS_STALL_TIMEOUT at the last beat
+        self._stalled_at: float | None = None  # when the stall was last told; None: none
+
+    @property
+    def group(self) -> str:
+        return self._group
+
+    def stalled_for(self) -> float | None:
+        """Seconds since a heartbeat last came back, while stalled; None: not stalled."""
+        if self._stalled_at is None:
+            return None
+        return time.monotonic() - self._back_at
 
     def start(self) -> None:
         if self._task is None:
@@ -184,10 +256,43 @@ class HeartbeatWatch:
                 self._unanswered = 0
                 rejoin_at = loop.time() + streaming_settings.GROUP_REFRESH_INTERVAL
             await asyncio.sleep(streaming_settings.BUS_HEARTBEAT_INTERVAL)
+            await self._check_stall()
             self._sent += 1
-            event = {"type": HEARTBEAT_TYPE, "origin": bus.id, "seq": self._sent}
+            event = {"type": HEARTBEAT_TYPE, "origin": bus.id, "group": self._group,
+                     "seq": self._sent}  # fmt: skip
             if await bus.try_broker(bus.layer.group_send(self._group, event)):
                 self._unanswered += 1
+
+    async def _check_stall(self) -> None:
+        """Tell the bus of a stall: no heartbeat back for ``BUS_STALL_TIMEOUT``, seen at
+        two beats in a row (between them the event loop has read whatever came back
+        while it was busy). Told once a stall; the connection is reset (``reset``) then
+        and every ``BUS_STALL_TIMEOUT`` while the stall lasts."""
+        limit = streaming_settings.BUS_STALL_TIMEOUT
+        now = time.monotonic()
+        silent = now - self._back_at
+        if silent < limit:
+            self._suspect = False
+            return
+        if not self._suspect:
+            self._suspect = True
+            return
+        if self._stalled_at is not None and now - self._stalled_at < limit:
+            return
+        first = self._stalled_at is None
+        self._stalled_at = now
+        if first:
+            self._bus.subscription_stalled(silent, self._group)
+        if self._reset is not None:
+            try:
+                async with asyncio.timeout(streaming_settings.PUBLISH_TIMEOUT):
+                    await self._reset()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if stopping():
+                    raise asyncio.CancelledError from None
+                logger.warning("bus: dropping the stalled connection failed: %r", exc)
 
     def heartbeat(self, event: dict[str, Any]) -> None:
         """A heartbeat of this bus came back."""
@@ -195,9 +300,14 @@ class HeartbeatWatch:
         if type(seq) is not int or seq <= self._seen:
             return
         self._unanswered = 0
+        self._back_at = time.monotonic()
+        self._suspect = False
+        if self._stalled_at is not None:
+            self._stalled_at = None
+            logger.warning("bus: heartbeats of %s come back again: the stall is over", self._group)
         lost = seq - self._seen - 1
         self._seen = seq
-        if lost:
+        if lost and self._count_gaps:
             self._bus.subscription_lost(f"{lost} heartbeat(s) of the bus did not come back")
 
     def stop(self) -> None:
@@ -207,6 +317,23 @@ class HeartbeatWatch:
 
 
 Watch = ReconnectWatch | HeartbeatWatch
+
+#: Names tried per shard when picking heartbeat groups that land on every shard.
+_GROUP_TRIES = 64
+
+
+def _groups_per_shard(bus: MessageBus, loop_layer: Any) -> list[tuple[Any, str]]:
+    """``(shard, heartbeat group)`` for each Redis shard of ``loop_layer``: a group whose
+    channel channels-redis puts on that shard (by the hash it spreads channels with)."""
+    shards = list(loop_layer._shards)
+    found: dict[int, tuple[Any, str]] = {}
+    for n in range(_GROUP_TRIES * len(shards)):
+        group = f"streaming.heartbeat.{bus.id}.{n}"
+        shard = loop_layer._get_shard(loop_layer._get_group_channel_name(group))
+        found.setdefault(id(shard), (shard, group))
+        if len(found) == len(shards):
+            break
+    return list(found.values())
 
 
 def watch_for(bus: MessageBus, layer: Any) -> Watch:

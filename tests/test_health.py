@@ -83,7 +83,8 @@ async def test_readyz_ok_with_a_redis_layer_and_cache():
         response = await AsyncClient().get("/readyz")
     assert response.status_code == 200, response.json()
     name = f"redis {url[8:]} (channel layer, cache)"  # the same Redis is checked once
-    assert response.json()["checks"] == {"database": "ok", name: "ok"}
+    # "bus": the bus's own subscription (not stalled: tests/e2e/test_bus_stall.py)
+    assert response.json()["checks"] == {"database": "ok", name: "ok", "bus": "ok"}
 
 
 @pytest.mark.django_db

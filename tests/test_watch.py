@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 
 import pytest
 import redis
 from channels_redis.core import RedisChannelLayer
-from channels_redis.pubsub import RedisPubSubChannelLayer, RedisSingleShardConnection
+from channels_redis.pubsub import (
+    RedisPubSubChannelLayer,
+    RedisPubSubLoopLayer,
+    RedisSingleShardConnection,
+)
 from redis.asyncio.connection import AbstractConnection
 
 from streaming import watch
@@ -198,13 +203,17 @@ async def test_the_pubsub_layer_is_watched_at_its_connections(redis_server):
 # release that renamed it).
 _OWNERS = {
     "layer": RedisPubSubChannelLayer,
+    "loop_layer": RedisPubSubLoopLayer,
     "shard": RedisSingleShardConnection,
     "connection": AbstractConnection,
 }
 
 
 @pytest.mark.parametrize(
-    "role,attribute", [use for use in watch.USES if use[0] in _OWNERS], ids="{0[0]}.{0[1]}".format
+    "role,attribute",
+    # (the loop layer's _shards is set per instance: its tests' layer could not flush)
+    [use for use in watch.USES if use[0] in _OWNERS and use != ("loop_layer", "_shards")],
+    ids="{0[0]}.{0[1]}".format,
 )
 async def test_a_missing_internal_falls_back_to_heartbeats(
     role, attribute, redis_server, monkeypatch, caplog
@@ -277,3 +286,55 @@ async def test_the_heartbeat_group_outlives_the_core_layers_group_expiry(redis_s
         assert bus.lost == []
     finally:
         await bus.aclose()
+
+
+async def test_a_busy_event_loop_is_not_taken_for_a_stall(pair, settings):
+    """The event loop held for longer than ``BUS_STALL_TIMEOUT`` (a long synchronous call,
+    a collection of a huge heap) finds the heartbeats that came back meanwhile still
+    unread when it wakes: the stall is judged at the next heartbeat as well, after the
+    loop has read them, so the listening sockets are not closed for nothing."""
+    settings.STREAMING = {"BUS_HEARTBEAT_INTERVAL": 0.05, "BUS_STALL_TIMEOUT": 0.3}
+    _, b = pair
+    await b.add_listener(f"user_{uuid.uuid4().hex[:8]}", Inbox(), owner=Owner())
+    assert isinstance(b._watch, ReconnectWatch)
+    (beats,) = b._watch._beats  # one Redis shard, one heartbeat group
+    seen = beats._seen
+    async with asyncio.timeout(15):  # a failure guard
+        while beats._seen < seen + 3:  # noqa: ASYNC110 (a state, polled)
+            await asyncio.sleep(0.01)
+    for _ in range(3):
+        time.sleep(0.6)  # noqa: ASYNC251 (the loop held on purpose: twice the timeout)
+        seen = beats._seen
+        async with asyncio.timeout(15):
+            while beats._seen < seen + 3:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    assert b.lost == []
+    assert b.stalled_for() is None
+
+
+async def test_each_redis_shard_carries_heartbeats_of_its_own(settings):
+    """With two shards a stall of either must be seen: the watch beats through one group
+    per shard, each group's channel on its shard."""
+    settings.STREAMING = {"BUS_HEARTBEAT_INTERVAL": 0.05}
+    with RedisServer() as one, RedisServer() as two:
+        layer = RedisPubSubChannelLayer(
+            hosts=[{"address": s.url, "socket_timeout": None} for s in (one, two)],
+            prefix=f"w{uuid.uuid4().hex[:8]}",
+        )
+        bus = Watched(layer)
+        try:
+            await bus.add_listener(f"user_{uuid.uuid4().hex[:8]}", Inbox(), owner=Owner())
+            assert isinstance(bus._watch, ReconnectWatch)
+            loop_layer = layer._get_layer()
+            beats = bus._watch._beats
+            shards = {
+                id(loop_layer._get_shard(loop_layer._get_group_channel_name(b.group)))
+                for b in beats
+            }
+            assert len(beats) == 2 and shards == {id(shard) for shard in loop_layer._shards}
+            async with asyncio.timeout(15):  # a failure guard: each shard's come back
+                while min(b._seen for b in beats) < 3:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+        finally:
+            await bus.aclose()
+            await layer.flush()

@@ -168,7 +168,7 @@ async def test_readyz_names_the_redis_that_stopped(stack):
         ready = await client.get(srv.http_url + "/readyz")
         assert ready.status_code == 200, ready.text
         name = f"redis 127.0.0.1:{rs.port}/0 (channel layer, cache)"
-        assert ready.json()["checks"] == {"database": "ok", name: "ok"}
+        assert ready.json()["checks"] == {"database": "ok", name: "ok", "bus": "ok"}
         await asyncio.to_thread(rs.stop)
         down = await client.get(srv.http_url + "/readyz")
         healthy = await client.get(srv.http_url + "/healthz")
