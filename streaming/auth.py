@@ -15,7 +15,7 @@ import functools
 import logging
 from importlib import import_module
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from channels.middleware import BaseMiddleware
 from channels.sessions import CookieMiddleware, InstanceSessionWrapper, SessionMiddleware
@@ -168,6 +168,24 @@ async def _authenticate(scope: dict[str, Any]) -> None:
     else:
         user = AnonymousUser()
     scope["user"] = user
+    if not getattr(user, "is_authenticated", False) and requires_user(scope):
+        scope[AUTH_FAILED_KEY] = True  # closed with 4401, not served anonymously
+
+
+#: The handshake's query parameter by which a client asks to be signed in or refused:
+#: ``?require_user=1``. streampod.js adds it when it reconnects after a 4401 with the
+#: page's cookie, which the browser may have renewed (docs/protocol.md, "Handshake").
+REQUIRE_USER_PARAM = "require_user"
+
+
+def requires_user(scope: dict[str, Any]) -> bool:
+    """Whether the handshake asked (``?require_user=1``) to be refused (4401) unless its
+    credentials sign in a user, rather than be served as an anonymous socket."""
+    query = scope.get("query_string") or b""
+    if REQUIRE_USER_PARAM.encode() not in query:
+        return False
+    values = parse_qs(query.decode("latin-1")).get(REQUIRE_USER_PARAM, ())
+    return "1" in values
 
 
 @database_sync_to_async

@@ -48,11 +48,46 @@ async def test_logging_out_elsewhere_closes_with_4401_and_stops_retrying(
     await wait_received(page, "whoami", 1)
 
     # Log out in another tab: the server revokes the user's sockets (close code 4401).
+    # The client tries once more with the browser's cookie (it may have been renewed),
+    # asking to be signed in or refused: refused, it stops.
     await admin.click("#logout-form button")
     await wait_states(page, "disconnected")
-    assert await states(page) == ["connecting", "connected", "disconnected"]
+    assert await states(page) == ["connecting", "connected", "connecting", "disconnected"]
     assert await page.evaluate("window.client.status") == {
         "state": "disconnected",
         "code": 4401,
         "reason": "unauthorized",
     }
+
+
+async def test_a_password_changed_in_this_browser_keeps_its_socket_signed_in(
+    server, browser, open_page, make_user
+):
+    """Django gives the session a new key when its user changes the password in it
+    (``update_session_auth_hash``): the old key's sockets are closed with 4401. Before, the
+    page's socket stayed down ("unauthorized") though the browser was still signed in;
+    now the client connects once more with the renewed cookie and goes on as the user."""
+    user, _ = await make_user("changer", password=PASSWORD, is_staff=True)
+    context = await browser.new_context()
+    admin = await context.new_page()
+    await log_in(admin, server.http_url, "changer")
+
+    page = await open_page(server.http_url, context=context)
+    await page.evaluate("window.start({retry: {min: 0.05, jitter: 0}}); window.pump('private')")
+    await wait_received(page, "private", 1)
+
+    await admin.goto(f"{server.http_url}/admin/password_change/")
+    await admin.fill("#id_old_password", PASSWORD)
+    await admin.fill("#id_new_password1", "another-pass-2")
+    await admin.fill("#id_new_password2", "another-pass-2")
+    await admin.click("input[type=submit]")
+    await admin.wait_for_url(f"{server.http_url}/admin/password_change/done/")
+
+    await wait_states(page, "connected", 2)
+    assert await states(page) == ["connecting", "connected", "connecting", "connected"]
+    private = await wait_received(page, "private", 2)  # opened again: signed in
+    assert private[1]["data"] == {"user_id": user.pk, "endpoint": "private"}
+    await page.evaluate("window.send('private', 'Echo', {text: 'still me'})")
+    private = await wait_received(page, "private", 3)
+    assert private[2]["data"]["text"] == "still me"
+    assert await page.evaluate("window.client.status") == {"state": "connected"}

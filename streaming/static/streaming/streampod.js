@@ -34,7 +34,10 @@
  * - Reconnects: exponential backoff with jitter (`retry: {min, max, factor, jitter,
  *   restartSpread, stableAfter}`), reset after a successful connection. Close codes 4401 and 4403
  *   (credentials refused, forbidden) stop retrying: status "disconnected", reason
- *   "unauthorized" or "forbidden". Close code 1012 on a connection that was up (the
+ *   "unauthorized" or "forbidden". Except once: a 4401 on a connection that was up and
+ *   signed in by the page's cookie (no `authKey`) connects again at once with
+ *   `?require_user=1`, since the browser may hold a renewed session cookie (a password
+ *   changed in this browser): signed in with it, or refused with the final 4401. Close code 1012 on a connection that was up (the
  *   server is restarting, or lost its message-bus subscription) does not count as a
  *   failure: it retries after a random wait of up to `restartSpread` seconds (uniform;
  *   0: at once), so that one server's thousands of clients do not return in one instant;
@@ -429,6 +432,11 @@ export function socketUrl(baseUrl) {
   url.search = "";
   url.hash = "";
   return url.href;
+}
+
+/** `url` (a socket URL, no query) asking the server to sign the socket in or refuse it. */
+function requireUserUrl(url) {
+  return url + "?require_user=1";
 }
 
 /**
@@ -1209,8 +1217,9 @@ function utf8Length(text) {
 
 /** One live socket, its timers and its `auth` commands. */
 class Connection {
-  constructor(ws) {
+  constructor(ws, renewal = false) {
     this.ws = ws;
+    this.renewal = renewal; // opened with ?require_user=1 after a 4401 (_lost)
     this.ponged = false; // the first pong came
     this.connected = false; // ... and every auth command sent was answered
     this.upSince = 0; // performance.now() when it became connected
@@ -1504,11 +1513,11 @@ export class Client {
 
   // -- connection lifecycle --------------------------------------------------------------
 
-  _connect() {
+  _connect(renewal = false) {
     this._setStatus({state: StreamingConnectionStatus.connecting});
     let ws;
     try {
-      ws = new WebSocket(this.url);
+      ws = new WebSocket(renewal ? requireUserUrl(this.url) : this.url);
     } catch (error) {
       // E.g. a ws: URL from an https: page: the browser will refuse every retry too.
       report(error);
@@ -1516,7 +1525,7 @@ export class Client {
       this._giveUp("refused by the browser", null);
       return;
     }
-    const conn = new Connection(ws);
+    const conn = new Connection(ws, renewal);
     this._conn = conn;
     const {pingInterval, connectTimeout} = this.options;
     conn.connectTimer = setTimeout(() => this._drop(conn, "no answer"), connectTimeout * 1000);
@@ -1629,6 +1638,10 @@ export class Client {
     conn.endCalls();
     if (this._conn === conn) this._conn = null;
     if (!this._wanted) return;
+    if (code === CloseCode.UNAUTHORIZED && this._mayRenew(conn)) {
+      this._connect(true);
+      return;
+    }
     const final = FINAL_CLOSE_CODES.get(code);
     if (final !== undefined) {
       this._wanted = false;
@@ -1680,6 +1693,20 @@ export class Client {
       attempt: this._attempt,
       code,
     });
+  }
+
+  /**
+   * Whether a 4401 on `conn` is worth one more try at once, with `?require_user=1`: the
+   * connection was up, signed in by the page's cookie (no `authKey`), and the browser
+   * may hold a new one since (Django gives the session a new key at a password change in
+   * this browser and at a login). The server signs the new socket in with it, or closes
+   * it with 4401 before it is up, which stops the client as any 4401 does. A renewal
+   * that is revoked again before it held for `stableAfter` is not renewed again.
+   */
+  _mayRenew(conn) {
+    const retry = this._retry;
+    if (retry === null || this._authKey !== null || !conn.connected) return false;
+    return !conn.renewal || performance.now() - conn.upSince >= retry.stableAfter * 1000;
   }
 
   _giveUp(reason, code) {
