@@ -211,6 +211,17 @@ async def test_token_in_the_query_string_is_ignored(make_user):
         await comm.assert_nothing_received()
 
 
+async def session_of(user) -> str:
+    """The session key of a fresh login of ``user`` (what a browser's cookie carries)."""
+
+    def log_in():
+        client = Client()
+        client.force_login(user)
+        return client.cookies["sessionid"].value
+
+    return await sync_to_async(log_in)()
+
+
 async def test_require_user_refuses_an_anonymous_handshake_with_4401():
     """``?require_user=1`` (streampod.js after a 4401 with the page's cookie): a handshake
     that signs in no user is closed with 4401, not served anonymously."""
@@ -229,13 +240,7 @@ async def test_require_user_is_asked_only_by_its_value_1(query):
 
 async def test_require_user_serves_a_handshake_that_signs_in(make_user):
     user, _ = await make_user("alice", password=None)
-
-    def log_in():
-        client = Client()
-        client.force_login(user)
-        return client.cookies["sessionid"].value
-
-    session_id = await sync_to_async(log_in)()
+    session_id = await session_of(user)
     async with communicator(
         path="/websocket/?require_user=1",
         origin="http://testserver",
@@ -246,13 +251,7 @@ async def test_require_user_serves_a_handshake_that_signs_in(make_user):
 
 async def test_session_cookie_sets_the_user(make_user):
     user, _ = await make_user("alice", password=None)
-
-    def log_in():
-        client = Client()
-        client.force_login(user)
-        return client.cookies["sessionid"].value
-
-    session_id = await sync_to_async(log_in)()
+    session_id = await session_of(user)
     async with communicator(origin="http://testserver", cookie=f"sessionid={session_id}") as comm:
         assert await comm.receive_message("who") == Identity(user_id=user.pk)
         assert await comm.receive_message("members") == Identity(user_id=user.pk)

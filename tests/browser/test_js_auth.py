@@ -14,6 +14,20 @@ async def log_in(page, base_url, username):
     await page.wait_for_url(f"{base_url}/admin/")
 
 
+async def signed_in_pages(server, browser, open_page, username, endpoint):
+    """The admin signed in as ``username`` in one tab, and a page of the same browser
+    whose client (retrying at once) has read the first message of ``endpoint``."""
+    context = await browser.new_context()
+    admin = await context.new_page()
+    await log_in(admin, server.http_url, username)
+    page = await open_page(server.http_url, context=context)
+    await page.evaluate(
+        f"window.start({{retry: {{min: 0.05, jitter: 0}}}}); window.pump('{endpoint}')"
+    )
+    await wait_received(page, endpoint, 1)
+    return admin, page
+
+
 async def test_session_cookie_identifies_the_user_on_the_socket(
     server, browser, open_page, make_user
 ):
@@ -39,13 +53,7 @@ async def test_logging_out_elsewhere_closes_with_4401_and_stops_retrying(
     server, browser, open_page, make_user
 ):
     await make_user("leaver", password=PASSWORD, is_staff=True)
-    context = await browser.new_context()
-    admin = await context.new_page()
-    await log_in(admin, server.http_url, "leaver")
-
-    page = await open_page(server.http_url, context=context)
-    await page.evaluate("window.start({retry: {min: 0.05, jitter: 0}}); window.pump('whoami')")
-    await wait_received(page, "whoami", 1)
+    admin, page = await signed_in_pages(server, browser, open_page, "leaver", "whoami")
 
     # Log out in another tab: the server revokes the user's sockets (close code 4401).
     # The client tries once more with the browser's cookie (it may have been renewed),
@@ -68,13 +76,7 @@ async def test_a_password_changed_in_this_browser_keeps_its_socket_signed_in(
     page's socket stayed down ("unauthorized") though the browser was still signed in;
     now the client connects once more with the renewed cookie and goes on as the user."""
     user, _ = await make_user("changer", password=PASSWORD, is_staff=True)
-    context = await browser.new_context()
-    admin = await context.new_page()
-    await log_in(admin, server.http_url, "changer")
-
-    page = await open_page(server.http_url, context=context)
-    await page.evaluate("window.start({retry: {min: 0.05, jitter: 0}}); window.pump('private')")
-    await wait_received(page, "private", 1)
+    admin, page = await signed_in_pages(server, browser, open_page, "changer", "private")
 
     await admin.goto(f"{server.http_url}/admin/password_change/")
     await admin.fill("#id_old_password", PASSWORD)
