@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
+import os
 from importlib import import_module
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -25,6 +27,7 @@ from django.http import parse_cookie
 from django.utils.functional import LazyObject
 
 from .db import database_sync_to_async
+from .exceptions import MessagingUnavailable
 from .serialization import SerializableEntity
 
 logger = logging.getLogger("streaming.auth")
@@ -488,27 +491,129 @@ async def revoke(
 
 
 def revoke_soon(user_id: int, **what: Any) -> None:
-    """:func:`revoke` from sync code (signal handlers), after the transaction commits."""
+    """:func:`revoke` from sync code (signal handlers), after the transaction commits.
+
+    Returns at once where an event loop outlives the call (a signal sent in async code,
+    or in a sync view of an ASGI server: asgiref runs it in a thread on behalf of the
+    server's loop), and the revocation is sent from that loop, tried again while the bus
+    cannot carry it (:func:`_revoke_until_sent`). Elsewhere (a management command, a
+    shell) it is sent in place, once; :class:`~streaming.connections.Connections`'
+    re-check closes what it could not reach within ``USER_RECHECK_INTERVAL``.
+    """
     from asgiref.sync import async_to_sync
     from django.db import transaction
 
     def run() -> None:
         try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        try:
-            if loop is not None:
-                task = loop.create_task(revoke(user_id, **what))
-                task.add_done_callback(_log_failure)
-            else:
+            loop = _server_loop()
+            if loop is None:
                 async_to_sync(revoke)(user_id, **what)
+            elif _running_in(loop):
+                _keep_trying(user_id, what)
+            else:
+                loop.call_soon_threadsafe(_keep_trying, user_id, what)
         except Exception:
             logger.exception("could not revoke the sockets of user %s", user_id)
 
     transaction.on_commit(run)
 
 
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("revocation failed", exc_info=task.exception())
+#: Seconds between the tries of a revocation the bus could not carry (the last one
+#: repeats), and for how long it is tried: the re-check is the backstop after that.
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+RETRY_FOR = 600.0
+#: Revocations being tried again at most, per process; more are logged and dropped.
+MAX_RETRYING = 10_000
+
+_retrying: set[asyncio.Task[None]] = set()
+_no_threadlocal_logged = False
+
+
+def _running_in(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _server_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop a revocation made in this thread can go on trying from: the
+    thread's running loop, else the loop of the ASGI server whose sync code this thread
+    runs (asgiref's ``SyncToAsync.threadlocal``, which ``async_to_sync`` reads too).
+    None: no loop outlives the call. If asgiref no longer has that thread-local, one
+    warning says so and revocations from sync views are sent in place, once."""
+    global _no_threadlocal_logged
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    from asgiref.sync import SyncToAsync
+
+    local = getattr(SyncToAsync, "threadlocal", None)
+    if local is None:
+        if not _no_threadlocal_logged:
+            _no_threadlocal_logged = True
+            logger.warning(
+                "asgiref.sync.SyncToAsync has no threadlocal: revocations made in sync "
+                "views are sent once, in place, and not tried again"
+            )
+        return None
+    loop = getattr(local, "main_event_loop", None)
+    if (
+        isinstance(loop, asyncio.AbstractEventLoop)
+        and getattr(local, "main_event_loop_pid", None) == os.getpid()
+        and loop.is_running()
+    ):
+        return loop
+    return None
+
+
+def _keep_trying(user_id: int, what: dict[str, Any]) -> None:
+    """On the loop: send the revocation in a task of its own, tried again until sent."""
+    if len(_retrying) >= MAX_RETRYING:
+        logger.error(
+            "could not revoke the sockets of user %s: %d revocations are being tried "
+            "already; the re-check will close them",
+            user_id,
+            len(_retrying),
+        )
+        return
+    task = asyncio.get_running_loop().create_task(_revoke_until_sent(user_id, what))
+    _retrying.add(task)
+    task.add_done_callback(_retrying.discard)
+
+
+async def _revoke_until_sent(user_id: int, what: dict[str, Any]) -> None:
+    """:func:`revoke`, tried again after ``RETRY_DELAYS`` for ``RETRY_FOR`` seconds while
+    the bus cannot carry it (``MessagingUnavailable``: Redis unreachable from here). A
+    revocation that arrives twice closes nothing twice."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RETRY_FOR
+    for attempt in itertools.count():
+        try:
+            await revoke(user_id, **what)
+        except MessagingUnavailable as exc:
+            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+            if loop.time() + delay > deadline:
+                logger.error(
+                    "could not revoke the sockets of user %s in %.0fs (%s): the re-check "
+                    "(USER_RECHECK_INTERVAL) closes them if their credentials are gone",
+                    user_id,
+                    RETRY_FOR,
+                    exc,
+                )
+                return
+            if attempt == 0:
+                logger.warning(
+                    "could not revoke the sockets of user %s yet (%s): trying again",
+                    user_id,
+                    exc,
+                )
+            await asyncio.sleep(delay)
+        except Exception:
+            logger.exception("could not revoke the sockets of user %s", user_id)
+            return
+        else:
+            if attempt:
+                logger.warning("revoked the sockets of user %s at try %d", user_id, attempt + 1)
+            return

@@ -31,6 +31,7 @@ from typing import Any
 from redis.asyncio.client import Pipeline, Redis
 
 from . import metrics
+from .conf import streaming_settings
 
 logger = logging.getLogger("streaming.publish")
 
@@ -251,7 +252,12 @@ async def _send_shard(
             round_trip = pipe.execute()
             written = True  # from here Redis may have them: fail, never resend
             writing.update(item[2] for item in items)
-            await round_trip
+            # Bounded: a path that acknowledges and never answers (a stalled proxy) held
+            # the round trip, the shard's lock and this publisher for good. Cancelled,
+            # redis-py drops the connection; the posts fail as their own timer fails
+            # them ("may not have arrived"), and the next batch takes a new connection.
+            async with asyncio.timeout(2 * streaming_settings.PUBLISH_TIMEOUT):
+                await round_trip
     except _MOVED as exc:
         if not written:
             return exc

@@ -299,3 +299,31 @@ async def test_auth_is_answered_while_a_hook_is_blocked():
 @pytest.mark.parametrize("key", [None, 5, ["Token x"], "", "Token " + "a" * 300, "Token a b"])
 async def test_user_for_key_refuses_malformed_keys(key):
     assert await user_for_key(key) is None
+
+
+# -- revocations sent from sync code (streaming.auth.revoke_soon) ------------------------------
+
+
+async def test_sync_code_run_for_the_server_finds_its_loop_for_revocations():
+    """A sync view runs in asgiref's thread on behalf of the server's loop: a revocation it
+    makes is handed to that loop (tried again there), and the view does not wait for it."""
+    from streaming.auth import _server_loop
+
+    assert await sync_to_async(_server_loop)() is asyncio.get_running_loop()
+
+
+async def test_without_asgirefs_threadlocal_revocations_are_sent_in_place(monkeypatch, caplog):
+    """If asgiref no longer has the thread-local it reads, one warning says so and the
+    revocation is sent in place, once, as from a management command."""
+    import logging
+
+    from asgiref.sync import SyncToAsync
+
+    from streaming import auth
+
+    monkeypatch.delattr(SyncToAsync, "threadlocal")
+    monkeypatch.setattr(auth, "_no_threadlocal_logged", False)
+    with caplog.at_level(logging.WARNING, logger="streaming.auth"):
+        assert await asyncio.to_thread(auth._server_loop) is None
+        assert await asyncio.to_thread(auth._server_loop) is None
+    assert caplog.text.count("has no threadlocal") == 1

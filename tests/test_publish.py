@@ -122,6 +122,38 @@ async def test_a_failed_round_trip_fails_each_post_of_its_batch():
     await publisher.aclose()
 
 
+async def test_a_round_trip_that_never_answers_is_given_up_and_the_shard_freed(settings):
+    """A path to Redis that stalls (acknowledges, never answers: tests/support/stall_proxy)
+    held a batch's round trip for good: it kept the shard's lock and the publisher's only
+    task, so that no later post, join or leave of that server went out again, even once
+    new connections got through. The round trip is now bounded (twice PUBLISH_TIMEOUT, as
+    the posts' own outcome is): its posts fail, its connection is dropped, and the next
+    batch goes out on a new one."""
+    from tests.support.servers import RedisServer
+    from tests.support.stall_proxy import StallProxy
+
+    settings.STREAMING = {"PUBLISH_TIMEOUT": 0.5}
+    with RedisServer() as rs, StallProxy(rs.port) as proxy:
+        via_proxy = f"redis://127.0.0.1:{proxy.port}/0"
+        stalled = RedisPubSubChannelLayer(hosts=[{"address": via_proxy, "socket_timeout": None}])
+        publisher = publisher_for(stalled)
+        assert publisher is not None
+        try:
+            await publisher.publish("g", {"type": "t", "n": 0})  # connected, answered
+            proxy.stall()
+            lost = publisher.publish("g", {"type": "t", "n": 1})
+            done, _ = await asyncio.wait({lost}, timeout=10)  # a failure guard
+            assert done, "the round trip was never given up"
+            assert isinstance(lost.exception(), TimeoutError)
+            proxy.heal()
+            async with asyncio.timeout(10):  # before: never (the lock stayed held)
+                await publisher.publish("g", {"type": "t", "n": 2})
+                await stalled.group_add("g", await stalled.new_channel())  # the lock is free
+        finally:
+            await publisher.aclose()
+            await stalled.flush()
+
+
 async def test_a_message_the_layer_cannot_serialize_fails_its_post_not_the_publisher(layer):
     publisher = Publisher(layer)
     bad = publisher.publish("g", {"type": "t", "value": object()})  # msgpack refuses it

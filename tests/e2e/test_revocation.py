@@ -143,3 +143,41 @@ async def test_a_logout_made_while_redis_is_down_closes_the_socket_on_the_other_
             assert b.output.wait_for("the session of user", GUARD), b.logs()
             await assert_quiet(by_token)  # her token still holds
             await by_token.close()
+
+
+async def test_a_logout_on_a_server_cut_off_from_redis_is_sent_once_it_is_back(
+    django_db_setup, make_user
+):
+    """Server A reaches Redis through a proxy that stalls (nothing else is cut off), and
+    B's re-check is off: only the bus can close B's socket. Before, the logout made on A
+    failed to publish its revocation once (logged) and was never sent again: B's socket
+    chatted on as the logged-out user. A now tries again, and sends it once the path is
+    back (a new connection gets through)."""
+    import httpx
+
+    from tests.support.servers import RedisServer, UvicornServer
+    from tests.support.stall_proxy import StallProxy
+
+    user, _ = await make_user("fay", password="pw-for-fay-1", is_staff=True)
+    settings = {"DJANGO_SETTINGS_MODULE": "tests.e2e_norecheck_settings"}
+    with RedisServer() as rs, StallProxy(rs.port) as proxy:
+        via_proxy = {**settings, "REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0"}
+        with (
+            UvicornServer(env=via_proxy) as a,
+            UvicornServer(env={**settings, "REDIS_URL": rs.url}) as b,
+        ):
+            async with httpx.AsyncClient(base_url=a.http_url) as http:
+                browser = await admin_login(http, "fay", "pw-for-fay-1")
+                on_b = await browser_socket(b, browser)
+                await wait_numsub(rs.url, revocation_channel(user.pk), 1)
+                proxy.stall()
+                await admin_logout(http)
+            assert a.output is not None
+            failed = "could not revoke the sockets of user"
+            assert await asyncio.to_thread(a.output.wait_for, failed, 30), a.logs()[-3000:]
+            await assert_quiet(on_b)  # still open: nothing told B
+            proxy.heal()
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:  # before: open for good
+                    await asyncio.wait_for(on_b.recv(), 60)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401, closed.value
