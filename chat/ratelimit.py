@@ -4,21 +4,22 @@ The counts live in Django's cache. With ``REDIS_URL`` set the project's cache is
 so all servers of a cluster count the same user together: 25 sockets of one user get
 one allowance between them, not 25. Without Redis the cache is per process.
 
-The window slides: the count of the previous fixed window is weighted by how much of
-it still overlaps the last ``period`` seconds (the estimate Cloudflare and nginx use),
-which costs two cache operations per event and no list of timestamps.
+The window slides (:class:`streaming.throttling.SlidingWindow`): the count of the
+previous fixed window is weighted by how much of it still overlaps the last ``period``
+seconds, which costs two cache operations per event and no list of timestamps.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core.cache import caches
+
+from streaming.throttling import SlidingWindow
 
 logger = logging.getLogger("chat.ratelimit")
 
@@ -30,6 +31,11 @@ class SharedRateLimit:
     ``limit``; otherwise False, and the refused event is not counted. If the cache
     cannot be reached the event is allowed (and logged): the limit protects the
     service, and a cache outage should not stop every user from chatting.
+
+    The counting is :class:`streaming.throttling.SlidingWindow`'s, in one thread hop per
+    event, with the cache's atomic ``add`` and ``incr`` (not Django's ``aincr``, a get
+    and a set: concurrent sockets of one user lost increments through it, and a burst
+    from ten of them passed the limit; seen: 30 counted as 21).
     """
 
     def __init__(
@@ -41,65 +47,34 @@ class SharedRateLimit:
         cache: str = "default",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if limit < 1 or period <= 0:
-            raise ValueError("limit must be >= 1 and period > 0")
+        SlidingWindow(limit, period, None)  # checks the arguments
         self.limit = limit
         self.period = period
         self.prefix = prefix
         self._cache_alias = cache
         self._clock = clock
 
-    @property
-    def _cache(self) -> Any:
-        return caches[self._cache_alias]
-
-    def _estimate(self, now: float, previous: int, current: int) -> float:
-        into_window = (now % self.period) / self.period
-        return previous * (1.0 - into_window) + current
+    def _counter(self) -> SlidingWindow:
+        """A counter on this thread's cache (Django's cache objects are per thread)."""
+        return SlidingWindow(self.limit, self.period, caches[self._cache_alias], clock=self._clock)
 
     async def allow(self, key: Any) -> bool:
-        now = self._clock()
-        window = math.floor(now / self.period)
-        current_key = f"{self.prefix}:{key}:{window}"
-        cache = self._cache
         try:
-            previous, current = await sync_to_async(self._count)(
-                cache, current_key, f"{self.prefix}:{key}:{window - 1}"
-            )
-            if self._estimate(now, previous, current) > self.limit:
-                await sync_to_async(cache.decr)(current_key)  # a refused event does not count
-                return False
-            return True
+            refused = await sync_to_async(self._hit)(f"{self.prefix}:{key}")
         except Exception:
             logger.warning("rate limit cache unavailable; allowing %s", key, exc_info=True)
             return True
+        return refused is None
 
-    def _count(self, cache: Any, current_key: str, previous_key: str) -> tuple[int, int]:
-        """The previous window's count and this one's, this event counted: in one thread
-        hop, with the cache's own atomic ``add`` and ``incr`` (LocMemCache's lock, Redis'
-        INCR). Not Django's ``aincr``, which is a get and a set: concurrent sockets of one
-        user lost increments through it, and a burst from ten of them passed the limit
-        (seen: 30 counted as 21)."""
-        previous = cache.get(previous_key, 0)
-        if cache.add(current_key, 1, timeout=math.ceil(self.period * 2)):
-            return previous, 1
-        return previous, cache.incr(current_key)
+    def _hit(self, key: str) -> float | None:
+        return self._counter().hit(key)
 
     async def retry_after(self, key: Any) -> float:
         """Seconds until ``allow(key)`` can next succeed, at most ``period``."""
-        now = self._clock()
-        window = math.floor(now / self.period)
-        cache = self._cache
         try:
-            previous = await cache.aget(f"{self.prefix}:{key}:{window - 1}", 0)
-            current = await cache.aget(f"{self.prefix}:{key}:{window}", 0)
+            return await sync_to_async(self._retry_after)(f"{self.prefix}:{key}")
         except Exception:
             return 0.0
-        if current + 1 > self.limit:
-            return self.period - (now % self.period)  # the next window
-        if previous == 0:
-            return 0.0
-        # previous * (1 - t/period) + current + 1 <= limit  =>  t >= ...
-        needed = 1.0 - (self.limit - current - 1) / previous
-        wait = needed * self.period - (now % self.period)
-        return max(0.0, min(self.period, wait))
+
+    def _retry_after(self, key: str) -> float:
+        return self._counter().retry_after(key)

@@ -1,4 +1,5 @@
-"""The REST API's throttle: DRF's ``ScopedRateThrottle``, open while its cache is down.
+"""The REST API's throttle: DRF's ``ScopedRateThrottle`` counted exactly under concurrency
+(``streaming.throttling.AtomicScopedRateThrottle``), open while its cache is down.
 
 The counts live in Django's cache (Redis in a cluster). If Redis is unreachable, DRF's
 throttle raises and every throttled view answers 500: nobody could sign in, and a client
@@ -11,12 +12,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from rest_framework.throttling import ScopedRateThrottle
+from streaming.throttling import AtomicScopedRateThrottle
 
 logger = logging.getLogger("chat.throttling")
 
 
-class ScopedRateThrottleFailOpen(ScopedRateThrottle):
+class ScopedRateThrottleFailOpen(AtomicScopedRateThrottle):
     def allow_request(self, request: Any, view: Any) -> bool:
         try:
             return super().allow_request(request, view)

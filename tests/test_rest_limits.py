@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -91,6 +92,25 @@ async def test_wrong_passwords_past_the_rate_get_429_on_every_server(throttled_c
         response = await elsewhere.post(TOKEN_URL, data=right)
         assert response.status_code == 200, response.text
         assert response.json()["token"]
+
+
+async def test_concurrent_guesses_get_no_more_than_the_rate(throttled_cluster, make_user):
+    """An attacker's try (helper "attacker9", 2026-12-01): 200 wrong passwords sent at once
+    from one address had 188 checked against a rate of 10 a minute (144 across two
+    servers): DRF's throttle reads the request history from the cache and writes it back,
+    and concurrent requests, each in a thread of its own under ASGI, all read the same
+    history. The counts are now atomic (the cache's ``add`` and ``incr``)."""
+    a, b = throttled_cluster
+    await make_user("target", password="the-right-password-2")
+    wrong = {"username": "target", "password": "guess"}
+    async with from_address(a, "127.0.0.4") as on_a, from_address(b, "127.0.0.4") as on_b:
+        responses = await asyncio.gather(
+            *((on_a, on_b)[n % 2].post(TOKEN_URL, data=wrong) for n in range(40))
+        )
+    codes = [response.status_code for response in responses]
+    assert set(codes) <= {400, 429}, codes
+    assert codes.count(400) <= TOKEN_RATE, codes  # before: most of the 40 were checked
+    retry_after(next(r for r in responses if r.status_code == 429))
 
 
 async def test_chat_api_past_the_rate_gets_429_per_user(throttled_cluster, make_user):
