@@ -191,6 +191,7 @@ class MessageBus:
         # owner id -> its (channel, listener) pair, or a set of pairs once it has several
         self._owned: dict[int, tuple[str, Listener] | set[tuple[str, Listener]]] = {}
         self._joined: set[str] = set()
+        self._begun: set[str] = set()  # channels whose join was begun, not confirmed
         self._locks: dict[str, asyncio.Lock] = {}
         self._reconcilers: set[asyncio.Task[None]] = set()
         self._waiting: set[str] = set()  # channels whose reconciler waits for the lock
@@ -471,9 +472,10 @@ class MessageBus:
                 while True:
                     want = channel in self._channels
                     have = channel in self._joined
-                    if want == have:
-                        if want:
-                            self._channels[channel].set_joined()
+                    if want and have:
+                        self._channels[channel].set_joined()
+                        return
+                    if not want and not have and channel not in self._begun:
                         return
                     try:
                         await self._ensure_receiver()
@@ -483,18 +485,28 @@ class MessageBus:
                             async with self._join_slots:
                                 if channel not in self._channels:
                                     continue  # its listeners went meanwhile: read again
+                                # From here the layer may hold the group (and Redis the
+                                # subscription) whatever becomes of this join: a channel
+                                # whose listeners go is left even if it never counted.
+                                self._begun.add(channel)
                                 async with asyncio.timeout(streaming_settings.PUBLISH_TIMEOUT):
                                     await self.layer.group_add(
                                         group_name(channel), self._channel_name
                                     )
                                     await self._probe(channel)
                                 self._joined.add(channel)
+                                self._begun.discard(channel)
                                 if self._watch is not None:
                                     self._watch.attach()  # the shard may be new
                             continue
-                        async with asyncio.timeout(streaming_settings.PUBLISH_TIMEOUT):
-                            await self.layer.group_discard(group_name(channel), self._channel_name)
+                        # No time limit: channels-redis forgets the group before it waits
+                        # for the shard's lock to UNSUBSCRIBE, so a leave cancelled while
+                        # it waits is never made (a storm of joins left 39,890 channels
+                        # subscribed that way), and one cancelled after its UNSUBSCRIBE
+                        # went out leaves the shard believing it is still subscribed.
+                        await self.layer.group_discard(group_name(channel), self._channel_name)
                         self._joined.discard(channel)
+                        self._begun.discard(channel)
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:

@@ -488,3 +488,61 @@ async def test_joins_after_a_gap_go_a_bounded_number_at_a_time(settings, monkeyp
     finally:
         await bus.aclose()
         reset_bus()
+
+
+async def _subscribers(url: str, redis_channel: str) -> int:
+    import redis.asyncio as aioredis
+
+    async with aioredis.Redis.from_url(url) as client:
+        return int(dict(await client.pubsub_numsub(redis_channel))[redis_channel.encode()])
+
+
+async def test_a_leave_held_up_past_the_timeout_still_unsubscribes(pair, settings):
+    """An attacker's try (helper "attacker9", 2026-12-01): a storm of 51,200 listeners
+    added and dropped kept the Redis shard's lock busy; leaves timed out while they waited
+    for it, after channels-redis had already forgotten the group, and the retry found
+    nothing to leave. 39,890 subscriptions stayed in Redis, for good, growing with each
+    storm. A leave now waits for its turn, however long, and unsubscribes."""
+    from streaming.messages import group_name
+
+    settings.STREAMING = {"PUBLISH_TIMEOUT": 0.2}
+    url = require_redis()
+    _, b = pair
+    names = [channel() for _ in range(3)]
+    owner = Owner()
+    for name in names:
+        b.add_listener(name, Inbox(), owner=owner)
+    await b.wait_joined(names)
+    loop_layer = b.layer._get_layer()
+    carriers = [loop_layer._get_group_channel_name(group_name(name)) for name in names]
+    assert [await _subscribers(url, carrier) for carrier in carriers] == [1, 1, 1]
+    shard = loop_layer._shards[0]
+    async with shard._lock:  # the storm: every subscribe and unsubscribe waits
+        b.remove_owner(owner)
+        await asyncio.sleep(1.0)  # the fault lasts 5 x PUBLISH_TIMEOUT
+    async with asyncio.timeout(WAIT):  # a failure guard: before, subscribed for good
+        while [await _subscribers(url, carrier) for carrier in carriers] != [0, 0, 0]:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+async def test_a_join_given_up_after_its_subscribe_is_left_when_its_listeners_go(settings):
+    """A join whose subscription went out but whose probe did not come back in time (a
+    loaded server, a slow Redis) did not count; if its listeners went before the next
+    try, nothing left the group: the subscription stayed in Redis for good. A join begun
+    is now left like a join made."""
+    from streaming.messages import group_name
+
+    settings.STREAMING = {"PUBLISH_TIMEOUT": 0.2}
+    proxy = DelayingProxy(require_redis(), delay=1.0, keyword=b"PUBLISH")  # probes held back
+    async with proxied_and_direct(proxy) as (slow, _):
+        name, owner = channel(), Owner()
+        slow.add_listener(name, Inbox(), owner=owner)
+        async with asyncio.timeout(WAIT):  # a failure guard
+            await proxy.holding.wait()  # subscribed; its probe is on its way, late
+        carrier = slow.layer._get_layer()._get_group_channel_name(group_name(name))
+        url = f"redis://{proxy.host}:{proxy.port}{proxy.db}"
+        assert await _subscribers(url, carrier) == 1
+        slow.remove_owner(owner)
+        async with asyncio.timeout(WAIT):  # before: subscribed for good
+            while await _subscribers(url, carrier) != 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
