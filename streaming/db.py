@@ -9,8 +9,10 @@ whose token lookup waited behind them, timed out after 20 s.
 
 Here database work waits for its turn in a queue of its owner's, and the thread is handed
 to the owners in turn. The owner is the user a socket is signed in as (all of the user's
-sockets share one turn), the socket itself while it is anonymous, and one shared owner
-for work that runs for no socket (handshakes, the re-check, bus listeners). So a call
+sockets share one turn), the socket itself while it is anonymous, the credential a
+handshake presents while it is looked up (a token, a session key: a burst of one user's
+handshakes waits behind itself, not in front of everyone's), and one shared owner for work
+that runs for no socket (the re-check, bus listeners). So a call
 waits for at most one call of each other owner with work waiting, never for another
 owner's backlog.
 
@@ -35,12 +37,19 @@ import contextvars
 import functools
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 from channels.db import database_sync_to_async as _channels_database_sync_to_async
 
-__all__ = ["Owner", "database_sync_to_async", "fair_database", "set_owner", "waiting"]
+__all__ = [
+    "Owner",
+    "database_sync_to_async",
+    "fair_database",
+    "owned_by",
+    "set_owner",
+    "waiting",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -71,6 +80,16 @@ def set_owner(owner: Owner | None) -> None:
     """Make ``owner`` the owner of the database work of the current task and of the tasks
     it starts from now on."""
     _owner.set(owner)
+
+
+@contextlib.contextmanager
+def owned_by(owner: Owner | None) -> Iterator[None]:
+    """Make ``owner`` the owner of the current task's database work for the body only."""
+    token = _owner.set(owner)
+    try:
+        yield
+    finally:
+        _owner.reset(token)
 
 
 class _Gate:

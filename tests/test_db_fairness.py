@@ -131,3 +131,31 @@ async def test_the_re_check_takes_the_shared_turn_not_the_first_users(make_user,
         assert _ran[0] - ran_before < 100, _ran[0] - ran_before
         for _ in range(200):
             await done(alices)
+
+
+async def test_one_users_burst_of_handshakes_does_not_hold_up_another_users(make_user):
+    """An attacker's try (helper "attacker9", 2026-12-01): 200 sockets of two users opened
+    at once on a busy server; their token lookups queued in the one shared turn that
+    handshakes took, and another user's handshakes waited behind all of them (6 to 22 s).
+    A handshake's lookup now takes the turn of the credential it presents."""
+    _, alice_key = await make_user("alice")
+    _, bob_key = await make_user("bob")
+    order: list[str] = []
+
+    async def open_socket(who: str, key: str) -> StreamingCommunicator:
+        comm = signed_in(key)
+        await comm.connect()
+        order.append(who)
+        return comm
+
+    alices = [asyncio.ensure_future(open_socket("alice", alice_key)) for _ in range(100)]
+    async with asyncio.timeout(30):  # a failure guard
+        while db.waiting() < 50:  # noqa: ASYNC110 (a state: her lookups are queued)
+            await asyncio.sleep(0)
+    bob = await open_socket("bob", bob_key)
+    sockets = [bob, *await asyncio.gather(*alices)]
+    ahead = order.index("bob")
+    for comm in sockets:
+        await comm.disconnect()
+    # Bob's lookup waited for about one of hers, not for the 50 or more queued before it.
+    assert ahead < 50, order
