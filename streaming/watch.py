@@ -73,6 +73,7 @@ USES: tuple[tuple[str, str], ...] = (
     ("loop_layer", "_get_shard"),  # the shard of a channel (heartbeat groups per shard)
     ("loop_layer", "_get_group_channel_name"),  # a group's Redis channel
     ("shard", "_pubsub"),  # RedisSingleShardConnection: its PubSub, None until first used
+    ("shard", "_redis"),  # ... and its client (publishes), None until first used
     ("pubsub", "connection"),  # redis.asyncio.client.PubSub: None until it subscribes
     ("connection", "register_connect_callback"),  # redis.asyncio.connection
 )
@@ -116,11 +117,16 @@ class ReconnectWatch:
         async def reset() -> None:
             """Drop ``shard``'s subscriber connection: redis-py connects it again (and
             subscribes again) when channels-redis next reads, and :meth:`_connected`
-            tells the bus of the gap."""
+            tells the bus of the gap. The idle connections of its pool (publishes) go
+            too: made before the stall, they may be as dead, and each would cost a post
+            (or a join's probe) its whole timeout before redis-py dropped it."""
             pubsub = shard._pubsub
             connection = pubsub.connection if pubsub is not None else None
             if connection is not None:
                 await connection.disconnect(nowait=True)
+            client = shard._redis
+            if client is not None:
+                await client.connection_pool.disconnect(inuse_connections=False)
 
         return reset
 

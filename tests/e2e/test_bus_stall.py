@@ -97,7 +97,7 @@ async def test_a_stalled_path_to_redis_is_given_up_on_told_and_recovered(django_
             assert "heartbeat" in body["checks"]["bus"], body
 
             proxy.heal()  # new connections go through; the stalled ones stay dead
-            again = await _join_once_served(a.ws_url, room, within=30)
+            again = await _join_once_served(a.ws_url, room, within=60)
             try:
                 await poster.send(room_post(room, "after"))
                 frame = await recv_endpoint(again, "room")
