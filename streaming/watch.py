@@ -38,9 +38,9 @@ group per Redis shard, each on its shard), and when none of a group has come bac
 reads what came back before it is judged), the bus is told
 (:meth:`MessageBus.subscription_stalled`): its listening sockets are closed with 1012 and
 ``/readyz`` fails its ``bus`` check until a heartbeat comes back. Under
-:class:`ReconnectWatch` the shard's subscriber connection is also dropped, and dropped again
-every ``BUS_STALL_TIMEOUT`` while the stall lasts, so that redis-py connects again and the
-bus recovers as soon as a new connection gets through.
+:class:`ReconnectWatch` the shard's subscriber connection is also dropped, and dropped
+again while the stall lasts (backing off from ``BUS_STALL_TIMEOUT``), so that redis-py
+connects again and the bus recovers as soon as a new connection gets through.
 """
 
 from __future__ import annotations
@@ -191,6 +191,10 @@ class ReconnectWatch:
             beats.stop()
 
 
+#: While a stall lasts, the connection is dropped again after BUS_STALL_TIMEOUT, then after
+#: twice that, and so on up to this many times it.
+MAX_RESET_INTERVAL = 8
+
 #: Heartbeats sent and not come back before the watch joins its group again (a Redis
 #: restarted with no heartbeat failing has forgotten the core layer's memberships).
 REJOIN_AFTER = 3
@@ -232,6 +236,7 @@ class HeartbeatWatch:
         self._back_at = time.monotonic()  # when the last heartbeat came back (or the start)
         self._suspect = False  # silent for BUS_STALL_TIMEOUT at the last beat
         self._stalled_at: float | None = None  # when the stall was last told; None: none
+        self._reset_after = 0.0  # seconds from that to the next reset, while it lasts
 
     @property
     def group(self) -> str:
@@ -272,8 +277,11 @@ class HeartbeatWatch:
     async def _check_stall(self) -> None:
         """Tell the bus of a stall: no heartbeat back for ``BUS_STALL_TIMEOUT``, seen at
         two beats in a row (between them the event loop has read whatever came back
-        while it was busy). Told once a stall; the connection is reset (``reset``) then
-        and every ``BUS_STALL_TIMEOUT`` while the stall lasts."""
+        while it was busy). Told once a stall; the connection is reset (``reset``) then,
+        and again while the stall lasts: after ``BUS_STALL_TIMEOUT``, then twice that,
+        and so on up to :data:`MAX_RESET_INTERVAL` times it, so that a new connection
+        that takes longer than the timeout to come back (a loaded server) is not dropped
+        again and again before its first heartbeat returns."""
         limit = streaming_settings.BUS_STALL_TIMEOUT
         now = time.monotonic()
         silent = now - self._back_at
@@ -283,9 +291,12 @@ class HeartbeatWatch:
         if not self._suspect:
             self._suspect = True
             return
-        if self._stalled_at is not None and now - self._stalled_at < limit:
+        if self._stalled_at is not None and now - self._stalled_at < self._reset_after:
             return
         first = self._stalled_at is None
+        self._reset_after = (
+            limit if first else min(2 * self._reset_after, MAX_RESET_INTERVAL * limit)
+        )
         self._stalled_at = now
         if first:
             self._bus.subscription_stalled(silent, self._group)

@@ -12,7 +12,7 @@ Now the bus sends itself a heartbeat every ``BUS_HEARTBEAT_INTERVAL`` and, when 
 come back for ``BUS_STALL_TIMEOUT``, counts the subscription as stalled: the sockets that
 listen are closed with 1012 (their clients reconnect and read what they missed),
 ``/readyz`` fails its ``bus`` check, and the subscriber connection is dropped and made
-again (every ``BUS_STALL_TIMEOUT`` while it lasts), so that the bus recovers once the path
+again while it lasts, so that the bus recovers once the path
 works for new connections, with nothing restarted.
 """
 
