@@ -26,7 +26,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.http import parse_cookie
 from django.utils.functional import LazyObject
 
-from .db import Owner, database_sync_to_async, owned_by
+from .db import HANDSHAKES, Owner, database_sync_to_async, owned_by
 from .exceptions import MessagingUnavailable
 from .serialization import SerializableEntity
 
@@ -149,7 +149,7 @@ async def _authenticate(scope: dict[str, Any]) -> None:
     if header is not None:
         # Looked up in the credential's own database turn: one user's burst of handshakes
         # (200 sockets opened at once) queued ahead of everyone else's (streaming.db).
-        with owned_by(Owner(("credential", header))):
+        with owned_by(Owner((HANDSHAKES, header))):
             user = await user_for_key(header)
         if user is None:
             scope[AUTH_FAILED_KEY] = True
@@ -165,7 +165,7 @@ async def _authenticate(scope: dict[str, Any]) -> None:
             # thread hop (database_sync_to_async): docs/performance.md, "Per connect".
             user = AnonymousUser()
         else:
-            with owned_by(Owner(("session", getattr(scope["session"], "session_key", None)))):
+            with owned_by(Owner((HANDSHAKES, getattr(scope["session"], "session_key", None)))):
                 user = await _session_user(scope["session"])
         if getattr(user, "is_authenticated", False):
             scope[AUTH_VIA_KEY] = "session"

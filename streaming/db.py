@@ -9,10 +9,11 @@ whose token lookup waited behind them, timed out after 20 s.
 
 Here database work waits for its turn in a queue of its owner's, and the thread is handed
 to the owners in turn. The owner is the user a socket is signed in as (all of the user's
-sockets share one turn), the socket itself while it is anonymous, the credential a
-handshake presents while it is looked up (a token, a session key: a burst of one user's
-handshakes waits behind itself, not in front of everyone's), and one shared owner for work
-that runs for no socket (the re-check, bus listeners). So a call
+sockets share one turn), the socket itself while it is anonymous, the handshakes (one
+owner, whose turns go round the credentials they present: a burst of one user's handshakes
+waits behind itself, not in front of everyone's, and made-up credentials by the thousand
+still take one turn a round from the others), and one shared owner for work that runs for
+no socket (the re-check, bus listeners). So a call
 waits for at most one call of each other owner with work waiting, never for another
 owner's backlog.
 
@@ -43,6 +44,7 @@ from typing import Any, ParamSpec, TypeVar
 from channels.db import database_sync_to_async as _channels_database_sync_to_async
 
 __all__ = [
+    "HANDSHAKES",
     "Owner",
     "database_sync_to_async",
     "fair_database",
@@ -74,6 +76,8 @@ _owner: contextvars.ContextVar[Owner | None] = contextvars.ContextVar(
 _inside: contextvars.ContextVar[bool] = contextvars.ContextVar("streaming_db_inside", default=False)
 
 _SHARED = ("shared",)
+#: The owner whose turns handshakes take, by credential (``Owner((HANDSHAKES, credential))``).
+HANDSHAKES = "handshakes"
 
 
 def set_owner(owner: Owner | None) -> None:
@@ -93,24 +97,42 @@ def owned_by(owner: Owner | None) -> Iterator[None]:
 
 
 class _Gate:
-    """One turn at a time, handed to the owners with work waiting in round-robin order."""
+    """One turn at a time, handed to the owners with work waiting in round-robin order.
+
+    A key is an owner's, or ``(HANDSHAKES, credential)``: handshakes share one owner's
+    place in the round, and take its turns by credential among themselves. A burst of one
+    user's handshakes then waits behind itself, and handshakes with any number of
+    made-up credentials still take one turn a round, as one owner, from everyone else.
+    """
 
     def __init__(self) -> None:
         self.busy = False
-        # owner key -> its waiters, in arrival order; owners in the order of their turns
-        self._waiting: OrderedDict[Hashable, deque[asyncio.Future[None]]] = OrderedDict()
+        # owner -> (sub-key -> its waiters, in arrival order): owners in the order of their
+        # turns, and within an owner its sub-keys (credentials) in the order of theirs
+        self._waiting: OrderedDict[Hashable, OrderedDict[Hashable, deque[asyncio.Future[None]]]]
+        self._waiting = OrderedDict()
 
     def waiting(self) -> int:
-        return sum(len(queue) for queue in self._waiting.values())
+        return sum(len(queue) for subs in self._waiting.values() for queue in subs.values())
+
+    @staticmethod
+    def _split(key: Hashable) -> tuple[Hashable, Hashable]:
+        if isinstance(key, tuple) and len(key) == 2 and key[0] is HANDSHAKES:
+            return HANDSHAKES, key[1]
+        return key, None
 
     async def acquire(self, key: Hashable) -> None:
         if not self.busy and not self._waiting:
             self.busy = True
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue = self._waiting.get(key)
+        owner, sub = self._split(key)
+        subs = self._waiting.get(owner)
+        if subs is None:
+            subs = self._waiting[owner] = OrderedDict()
+        queue = subs.get(sub)
         if queue is None:
-            queue = self._waiting[key] = deque()
+            queue = subs[sub] = deque()
         queue.append(waiter)
         try:
             await waiter
@@ -118,29 +140,35 @@ class _Gate:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed the turn just as it was cancelled: pass it on
             else:
-                self._forget(key, waiter)
+                self._forget(owner, sub, waiter)
             raise
 
     def release(self) -> None:
         """End the current turn: the next owner in order gets the next one."""
         while self._waiting:
-            key, queue = self._waiting.popitem(last=False)
+            owner, subs = self._waiting.popitem(last=False)
+            sub, queue = subs.popitem(last=False)
             waiter = queue.popleft()
             if queue:
-                self._waiting[key] = queue  # back of the line, behind the others
+                subs[sub] = queue  # back of its owner's line
+            if subs:
+                self._waiting[owner] = subs  # back of the line, behind the others
             if not waiter.done():
                 waiter.set_result(None)  # busy stays True: the turn passes to it
                 return
         self.busy = False
 
-    def _forget(self, key: Hashable, waiter: asyncio.Future[None]) -> None:
-        queue = self._waiting.get(key)
-        if queue is None:
+    def _forget(self, owner: Hashable, sub: Hashable, waiter: asyncio.Future[None]) -> None:
+        subs = self._waiting.get(owner)
+        queue = subs.get(sub) if subs is not None else None
+        if subs is None or queue is None:
             return
         with contextlib.suppress(ValueError):
             queue.remove(waiter)
         if not queue:
-            del self._waiting[key]
+            del subs[sub]
+        if not subs:
+            del self._waiting[owner]
 
 
 _gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Gate] = weakref.WeakKeyDictionary()

@@ -159,3 +159,28 @@ async def test_one_users_burst_of_handshakes_does_not_hold_up_another_users(make
         await comm.disconnect()
     # Bob's lookup waited for about one of hers, not for the 50 or more queued before it.
     assert ahead < 50, order
+
+
+async def test_handshakes_with_made_up_tokens_take_one_turn_a_round(make_user):
+    """A review of the fix above: with a turn per presented credential, 100 handshakes with
+    100 made-up tokens were 100 owners, and a signed-in user's query waited behind all
+    their lookups. Handshakes are one owner, whose turns go round their credentials."""
+    _, alice_key = await make_user("alice")
+    closed: list[int] = []
+
+    async def made_up(n: int) -> None:
+        comm = signed_in(f"Token madeup{n:036d}")
+        await comm.connect()
+        closed.append(await comm.receive_close())
+
+    async with signed_in(alice_key) as alices:
+        attempts = [asyncio.ensure_future(made_up(n)) for n in range(100)]
+        async with asyncio.timeout(30):  # a failure guard
+            while db.waiting() < 50:  # noqa: ASYNC110 (a state: their lookups are queued)
+                await asyncio.sleep(0)
+        await call(alices, "a")
+        await done(alices)
+        ahead = len(closed)
+        await asyncio.gather(*attempts)
+    assert set(closed) == {4401}
+    assert ahead < 10, ahead  # one lookup a round, not one per made-up token
