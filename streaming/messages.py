@@ -90,6 +90,9 @@ PROBE_RESEND_MAX = 0.4
 #: 8,000 channels, 8,000 probes resent every 50 to 400 ms took the process's whole core,
 #: every join timed out and was tried again, and no socket came back (bench/herd.py).
 JOIN_CONCURRENCY = 128
+#: A leave may take this many times ``PUBLISH_TIMEOUT`` (it waits for the shard's lock
+#: behind every join and leave queued there) before it is tried again.
+LEAVE_TIMEOUTS = 4
 #: Seconds ``aclose`` waits for the bus's tasks to stop.
 ACLOSE_TIMEOUT = 5.0
 MAX_CHANNEL_LENGTH = 200
@@ -469,6 +472,7 @@ class MessageBus:
                 self._waiting.discard(channel)
             async with _held(lock):
                 delay = 0.05
+                repair = False  # a leave of this channel failed or timed out
                 while True:
                     want = channel in self._channels
                     have = channel in self._joined
@@ -499,12 +503,22 @@ class MessageBus:
                                 if self._watch is not None:
                                     self._watch.attach()  # the shard may be new
                             continue
-                        # No time limit: channels-redis forgets the group before it waits
-                        # for the shard's lock to UNSUBSCRIBE, so a leave cancelled while
-                        # it waits is never made (a storm of joins left 39,890 channels
-                        # subscribed that way), and one cancelled after its UNSUBSCRIBE
-                        # went out leaves the shard believing it is still subscribed.
-                        await self.layer.group_discard(group_name(channel), self._channel_name)
+                        # channels-redis forgets the group before it waits for the
+                        # shard's lock to UNSUBSCRIBE: a leave that timed out or failed
+                        # there was never made, and a retry found nothing to leave (a
+                        # storm of joins left 39,890 channels subscribed that way; redis-py
+                        # subscribes them again when it reconnects). A leave tried again,
+                        # or of a join never confirmed (its SUBSCRIBE may have gone out),
+                        # first restores the group (no command if the shard still counts
+                        # it as subscribed), then leaves it.
+                        async with asyncio.timeout(
+                            LEAVE_TIMEOUTS * streaming_settings.PUBLISH_TIMEOUT
+                        ):
+                            if repair or channel in self._begun:
+                                await self.layer.group_add(group_name(channel), self._channel_name)
+                            repair = True  # until it is done
+                            await self.layer.group_discard(group_name(channel), self._channel_name)
+                        repair = False
                         self._joined.discard(channel)
                         self._begun.discard(channel)
                     except asyncio.CancelledError:

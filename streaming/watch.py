@@ -74,6 +74,11 @@ USES: tuple[tuple[str, str], ...] = (
     ("loop_layer", "_get_group_channel_name"),  # a group's Redis channel
     ("shard", "_pubsub"),  # RedisSingleShardConnection: its PubSub, None until first used
     ("shard", "_redis"),  # ... and its client (publishes), None until first used
+    ("shard", "_lock"),  # its subscribe/unsubscribe/publish lock
+    ("shard", "_subscribed_to"),  # the Redis channels it counts as subscribed
+    ("loop_layer", "groups"),  # group Redis channel -> the layer's channels in it
+    ("loop_layer", "channels"),  # the layer's own (specific) channels
+    ("pubsub", "channels"),  # redis-py: what it subscribes again on reconnecting
     ("pubsub", "connection"),  # redis.asyncio.client.PubSub: None until it subscribes
     ("connection", "register_connect_callback"),  # redis.asyncio.connection
 )
@@ -101,6 +106,7 @@ class ReconnectWatch:
         self._bus = bus
         self._layer = layer
         self._beats: list[HeartbeatWatch] = []  # one per shard: stalls only
+        self._pruning: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self.attach()
@@ -166,8 +172,46 @@ class ReconnectWatch:
                 connection.deregister_connect_callback(self._connected)
                 return
             self._bus.subscription_lost("a Redis subscriber connection reconnected")
+            for shard in self._layer._get_layer()._shards:
+                if shard._pubsub is not None and shard._pubsub.connection is connection:
+                    task = asyncio.get_running_loop().create_task(self._prune(shard))
+                    self._pruning.add(task)
+                    task.add_done_callback(self._pruning.discard)
         except Exception:
             logger.exception("handling a Redis reconnect failed")
+
+    async def _prune(self, shard: Any) -> None:
+        """Unsubscribe what redis-py subscribed again on reconnecting that the layer no
+        longer has: an UNSUBSCRIBE sent on a connection that died before Redis confirmed
+        it is undone by redis-py, which subscribes a reconnected connection to every
+        channel not confirmed left; the layer had forgotten the group, so the channel
+        stayed subscribed for good, every post to it read and dropped. In a task of its
+        own, under the shard's lock (redis-py awaits connect callbacks inside the call
+        that reconnected, which may hold that lock)."""
+        try:
+            loop_layer = self._layer._get_layer()
+            async with shard._lock:
+                pubsub = shard._pubsub
+                if pubsub is None:
+                    return
+                wanted = set(loop_layer.groups) | set(loop_layer.channels)
+                stale = [
+                    name
+                    for name in pubsub.channels
+                    if (name.decode() if isinstance(name, bytes) else name) not in wanted
+                ]
+                if not stale:
+                    return
+                await pubsub.unsubscribe(*stale)
+                for name in stale:
+                    shard._subscribed_to.discard(name.decode() if isinstance(name, bytes) else name)
+            logger.warning(
+                "bus: left %d Redis channel(s) a reconnect had subscribed again", len(stale)
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("bus: leaving what a reconnect subscribed again failed")
 
     def _subscribes(self, connection: Any) -> bool:
         """Whether ``connection`` is a shard's subscriber connection now."""

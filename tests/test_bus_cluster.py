@@ -546,3 +546,37 @@ async def test_a_join_given_up_after_its_subscribe_is_left_when_its_listeners_go
         async with asyncio.timeout(WAIT):  # before: subscribed for good
             while await _subscribers(url, carrier) != 0:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
+
+
+async def test_a_leave_that_failed_is_made_again_once_redis_is_back():
+    """A review (helper "reviewer9", 2026-12-01): channels-redis forgets a group before its
+    UNSUBSCRIBE goes out; when that fails (Redis unreachable, a connection just dropped),
+    the bus's retry found no group and did nothing, and redis-py subscribed the channel
+    again when it reconnected: the server received every post of that channel for good.
+    A leave tried again now restores the group first, then leaves it."""
+    from streaming.messages import group_name
+    from tests.support.servers import RedisServer
+
+    with RedisServer() as rs:
+        prefix = f"t{uuid.uuid4().hex[:10]}"
+        layer = RedisPubSubChannelLayer(
+            hosts=[{"address": rs.url, "socket_timeout": None, "socket_connect_timeout": 1}],
+            prefix=prefix,
+        )
+        bus = MessageBus(layer)
+        try:
+            name, owner = channel(), Owner()
+            bus.add_listener(name, Inbox(), owner=owner)
+            await bus.wait_joined([name])
+            carrier = layer._get_layer()._get_group_channel_name(group_name(name))
+            assert await _subscribers(rs.url, carrier) == 1
+            rs.stop()
+            bus.remove_owner(owner)  # its leave fails while Redis is down, and is retried
+            rs.start()
+            async with asyncio.timeout(WAIT):  # before: subscribed again, for good
+                while await _subscribers(rs.url, carrier) != 0:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        finally:
+            await bus.aclose()
+            with contextlib.suppress(Exception):
+                await layer.flush()

@@ -201,6 +201,12 @@ async def test_the_pubsub_layer_is_watched_at_its_connections(redis_server):
 
 # Where each internal of watch.USES is looked up (deleted from there to simulate a
 # release that renamed it).
+_FLUSH_NEEDS = {
+    ("loop_layer", "_shards"),
+    ("shard", "_redis"),
+    ("shard", "_lock"),
+    ("shard", "_subscribed_to"),
+}
 _OWNERS = {
     "layer": RedisPubSubChannelLayer,
     "loop_layer": RedisPubSubLoopLayer,
@@ -211,13 +217,9 @@ _OWNERS = {
 
 @pytest.mark.parametrize(
     "role,attribute",
-    # (the loop layer's _shards and a shard's _redis are what the layer's own flush needs
-    # at the test's end: those two are checked by the same code, not deleted here)
-    [
-        use
-        for use in watch.USES
-        if use[0] in _OWNERS and use not in (("loop_layer", "_shards"), ("shard", "_redis"))
-    ],
+    # (what the layer's own flush needs at the test's end is checked by the same code, not
+    # deleted here)
+    [use for use in watch.USES if use[0] in _OWNERS and use not in _FLUSH_NEEDS],
     ids="{0[0]}.{0[1]}".format,
 )
 async def test_a_missing_internal_falls_back_to_heartbeats(
@@ -230,6 +232,8 @@ async def test_a_missing_internal_falls_back_to_heartbeats(
     if role == "shard":
         for shard in layer._get_layer()._shards:
             monkeypatch.delattr(shard, attribute)
+    elif role == "loop_layer" and attribute in vars(layer._get_layer()):
+        monkeypatch.delattr(layer._get_layer(), attribute)
     else:
         monkeypatch.delattr(owner, attribute)
     bus = MessageBus(layer)
