@@ -34,10 +34,12 @@
  * - Reconnects: exponential backoff with jitter (`retry: {min, max, factor, jitter,
  *   restartSpread, stableAfter}`), reset after a successful connection. Close codes 4401 and 4403
  *   (credentials refused, forbidden) stop retrying: status "disconnected", reason
- *   "unauthorized" or "forbidden". Except once: a 4401 on a connection that was up and
+ *   "unauthorized" or "forbidden". Except: a 4401 on a connection that was up and
  *   signed in by the page's cookie (no `authKey`) connects again at once with
- *   `?require_user=1`, since the browser may hold a renewed session cookie (a password
- *   changed in this browser): signed in with it, or refused with the final 4401. Close code 1012 on a connection that was up (the
+ *   `?require_user=1` (and every later try too), since the browser may hold a renewed
+ *   session cookie (a password changed in this browser): signed in with it, or refused
+ *   with 4401, then tried once more a second later (the renewed cookie may be on its
+ *   way), then final. Close code 1012 on a connection that was up (the
  *   server is restarting, or lost its message-bus subscription) does not count as a
  *   failure: it retries after a random wait of up to `restartSpread` seconds (uniform;
  *   0: at once), so that one server's thousands of clients do not return in one instant;
@@ -433,6 +435,9 @@ export function socketUrl(baseUrl) {
   url.hash = "";
   return url.href;
 }
+
+/** Seconds before the second try of a renewal refused at once (see `_lost`). */
+const RENEWAL_RETRY = 1;
 
 /** `url` (a socket URL, no query) asking the server to sign the socket in or refuse it. */
 function requireUserUrl(url) {
@@ -1284,6 +1289,10 @@ export class Client {
     this._retryTimer = null;
     this._retryAt = 0; // performance.now() when the pending retry fires
     this._openers = []; // {resolve, reject} of pending openStreamingConnection() calls
+    // Every try asks for a signed-in user (?require_user=1) once a renewal began (_lost),
+    // until the page closes the connection: not served anonymously after a 4401.
+    this._requireUser = false;
+    this._renewalRefusals = 0; // 4401s at the handshake since the renewal began
   }
 
   /** The socket URL, by the Python client's name (`websocket_url`): the same as `url`. */
@@ -1504,6 +1513,7 @@ export class Client {
   /** Close the socket and stop reconnecting. Status: "disconnected", reason "closed". */
   closeStreamingConnection() {
     this._wanted = false;
+    this._requireUser = false;
     clearTimeout(this._retryTimer);
     this._retryTimer = null;
     const conn = this._conn;
@@ -1513,8 +1523,9 @@ export class Client {
 
   // -- connection lifecycle --------------------------------------------------------------
 
-  _connect(renewal = false) {
+  _connect() {
     this._setStatus({state: StreamingConnectionStatus.connecting});
+    const renewal = this._requireUser;
     let ws;
     try {
       ws = new WebSocket(renewal ? requireUserUrl(this.url) : this.url);
@@ -1639,10 +1650,17 @@ export class Client {
     if (this._conn === conn) this._conn = null;
     if (!this._wanted) return;
     if (code === CloseCode.UNAUTHORIZED && this._mayRenew(conn)) {
-      this._connect(true);
+      this._requireUser = true; // this try and every later one, whatever ends this one
+      this._renewalRefusals = 0;
+      this._connect();
       return;
     }
-    const final = FINAL_CLOSE_CODES.get(code);
+    // A renewal refused at once may have raced the response that renews the cookie (the
+    // server revokes the old session's sockets before that response reaches the page):
+    // one more try, RENEWAL_RETRY seconds later, before the refusal is final.
+    const renewalRetry = code === CloseCode.UNAUTHORIZED && this._requireUser
+      && !conn.connected && this._renewalRefusals++ < 1;
+    const final = renewalRetry ? undefined : FINAL_CLOSE_CODES.get(code);
     if (final !== undefined) {
       this._wanted = false;
       this._giveUp(final, code);
@@ -1680,6 +1698,7 @@ export class Client {
         : Math.max(advised, backoffDelay(this._restarts - 2, retry));
     } else {
       delay = backoffDelay(this._attempt, retry);
+      if (renewalRetry) delay = Math.max(delay, RENEWAL_RETRY);
       this._attempt += 1;
     }
     this._retryAt = performance.now() + delay * 1000;
