@@ -15,6 +15,7 @@ import functools
 import itertools
 import logging
 import os
+import time
 from importlib import import_module
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -72,6 +73,15 @@ class RevokedAuthentication(SerializableEntity):
     #: given) and closes the endpoints the user no longer passes. The socket stays.
     permissions: bool = False
     permission: str | None = None
+    #: When it was issued (``time.time()`` of the revoking server): a revocation of the
+    #: whole user reaches only the sockets signed in before then (less
+    #: ``REVOCATION_CLOCK_SKEW``), however late it is delivered.
+    issued_at: float | None = None
+
+
+#: Seconds a server's clock may be ahead of another's for revocations: a socket signed in
+#: less than this after a whole-user revocation was issued is still closed by it.
+REVOCATION_CLOCK_SKEW = 5.0
 
 
 def revocation_channel(user_id: int) -> str:
@@ -462,6 +472,7 @@ async def revoke(
     permission: str | None = None,
     permissions: bool = False,
     sessions_only: bool = False,
+    issued_at: float | None = None,
 ) -> None:
     """Revoke, in the whole cluster, what ``user_id``'s sockets may do.
 
@@ -477,7 +488,10 @@ async def revoke(
       invalidated close.
 
     Published through the message bus: every server acts on its own sockets. Raises
-    ``MessagingUnavailable`` if the cluster cannot be reached.
+    ``MessagingUnavailable`` if the cluster cannot be reached. ``issued_at`` (default:
+    now) stamps it: a whole-user revocation closes only the sockets signed in before it
+    (:data:`REVOCATION_CLOCK_SKEW` allowed), so that one delivered late (tried again
+    while Redis was unreachable) spares the sockets of a user made active again since.
     """
     from .messages import post_message
 
@@ -490,6 +504,7 @@ async def revoke(
             credential=credential_digest(secret) if secret is not None else None,
             permissions=permissions or permission is not None,
             permission=permission,
+            issued_at=time.time() if issued_at is None else issued_at,
         ),
     )
 
@@ -507,7 +522,10 @@ def revoke_soon(user_id: int, **what: Any) -> None:
     from asgiref.sync import async_to_sync
     from django.db import transaction
 
+    what = {**what, "issued_at": None}
+
     def run() -> None:
+        what["issued_at"] = time.time()  # once: every try carries the same stamp
         try:
             loop = _server_loop()
             if loop is None:

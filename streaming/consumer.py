@@ -61,6 +61,7 @@ from .auth import (
     AUTH_FAILED_KEY,
     AUTH_VIA_KEY,
     CREDENTIAL_KEY,
+    REVOCATION_CLOCK_SKEW,
     RevokedAuthentication,
     credential_digest,
     revocation_channel,
@@ -485,8 +486,10 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
     def _route(self, frame: DataFrame, *, counted: bool = False) -> None:
         """Queue ``frame`` in its endpoint's lane. ``counted``: already in the budget."""
         slot = self._slots.get(frame.endpoint)
-        if slot is None or len(slot.lane) >= self._max_pending or (
-            not counted and self._over_budget(frame)
+        if (
+            slot is None
+            or len(slot.lane) >= self._max_pending
+            or (not counted and self._over_budget(frame))
         ):
             if counted:
                 self._pending_bytes -= frame.size
@@ -838,11 +841,15 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             bus.remove_owner(self)
             self._revocation = None
         if getattr(user, "is_authenticated", False):
+            # With the moment it signed in (wall clock, as revocations are stamped): a
+            # revocation of the whole user issued before then is not for this socket.
             self._revocation = bus.add_listener(
-                revocation_channel(user.pk), self._on_revoked, owner=self
+                revocation_channel(user.pk),
+                functools.partial(self._on_revoked, time.time()),
+                owner=self,
             )
 
-    def _on_revoked(self, message: Any) -> Any:
+    def _on_revoked(self, signed_in_at: float, message: Any) -> Any:
         if not isinstance(message, RevokedAuthentication):
             return None
         if message.credential is not None:
@@ -855,6 +862,11 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             if self.scope.get(AUTH_VIA_KEY) != "session":
                 return None  # a token still works after a password change
             return self._check_session(message.user_id)
+        issued = message.issued_at
+        if issued is not None and issued < signed_in_at - REVOCATION_CLOCK_SKEW:
+            # Issued before this socket signed in (a revocation tried again while Redis was
+            # unreachable, delivered late): the user may have been made active again since.
+            return None
         self.revoked(f"credentials of user {message.user_id} revoked")
         return None
 

@@ -327,3 +327,22 @@ async def test_without_asgirefs_threadlocal_revocations_are_sent_in_place(monkey
         assert await asyncio.to_thread(auth._server_loop) is None
         assert await asyncio.to_thread(auth._server_loop) is None
     assert caplog.text.count("has no threadlocal") == 1
+
+
+async def test_a_whole_user_revocation_issued_before_a_socket_signed_in_spares_it(make_user):
+    """A review (helper "reviewer9"): a revocation tried again for minutes while Redis was
+    unreachable closed the sockets the user opened after it was issued, however late it
+    came (a user deactivated, then made active again and signed in). It is stamped when
+    issued; sockets signed in after that (by more than REVOCATION_CLOCK_SKEW) keep going."""
+    import time
+
+    from streaming.auth import REVOCATION_CLOCK_SKEW, revoke
+
+    user, key = await make_user("alice", password=None)
+    async with communicator(authorization=key) as comm:
+        assert await comm.receive_message("who") == Identity(user_id=user.pk)
+        await comm.receive_message("members")
+        await revoke(user.pk, issued_at=time.time() - REVOCATION_CLOCK_SKEW - 60)
+        await comm.assert_nothing_received()  # before: closed with 4401
+        await revoke(user.pk)  # issued now: for this socket
+        assert await comm.receive_close() == 4401
