@@ -9,11 +9,12 @@ cache, Redis or local memory.
 
 :class:`SlidingWindow` counts with the cache's own atomic operations (``add`` and
 ``incr``: Redis' ``SET NX`` and ``INCR``, a lock in ``LocMemCache``), so that concurrent
-requests each get their own count. The window slides: the previous fixed window's count is
-weighted by how much of it still overlaps the last ``period`` seconds (the estimate nginx
-and Cloudflare use), two keys per client and no timestamps. The throttles below are DRF's
-with that counter in place of the history (same settings, scopes, cache keys' prefixes and
-``Retry-After``): use them where you would use DRF's.
+requests each get their own count (the file and database caches do not: use Redis,
+Memcached or, for one process, local memory). The window slides: the previous fixed
+window's count is weighted by how much of it still overlaps the last ``period`` seconds
+(the estimate nginx and Cloudflare use), two keys per client and no timestamps. The
+throttles below are DRF's with that counter in place of the history (same settings,
+scopes, cache keys' prefixes and ``Retry-After``): use them where you would use DRF's.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ __all__ = [
 
 
 class SlidingWindow:
-    """At most about ``limit`` events per ``period`` seconds per key, counted in ``cache``
-    (any Django cache; shared by every process when it is Redis).
+    """At most about ``limit`` events per ``period`` seconds per key, counted in ``cache``:
+    a Django cache whose ``add`` and ``incr`` are atomic (Redis, Memcached, local memory;
+    not the file or database caches), shared by every process when it is Redis.
 
     :meth:`hit` counts an event and says whether it is allowed; a refused event is not
     counted. Synchronous (Django's cache API): call it from a thread in async code.
