@@ -522,18 +522,16 @@ def revoke_soon(user_id: int, **what: Any) -> None:
     from asgiref.sync import async_to_sync
     from django.db import transaction
 
-    what = {**what, "issued_at": None}
-
     def run() -> None:
-        what["issued_at"] = time.time()  # once: every try carries the same stamp
+        stamped = {**what, "issued_at": time.time()}  # once: every try carries it
         try:
             loop = _server_loop()
             if loop is None:
-                async_to_sync(revoke)(user_id, **what)
+                async_to_sync(revoke)(user_id, **stamped)
             elif _running_in(loop):
-                _keep_trying(user_id, what)
+                _keep_trying(user_id, stamped)
             else:
-                loop.call_soon_threadsafe(_keep_trying, user_id, what)
+                loop.call_soon_threadsafe(_keep_trying, user_id, stamped)
         except Exception:
             logger.exception("could not revoke the sockets of user %s", user_id)
 

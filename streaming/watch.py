@@ -166,17 +166,16 @@ class ReconnectWatch:
         """redis-py's connect callback: ``connection`` has just (re)connected. Never raises
         (an exception would fail redis-py's connect)."""
         try:
-            if not self._bus.is_watched_by(self) or not self._subscribes(connection):
+            shard = self._shard_of(connection)
+            if not self._bus.is_watched_by(self) or shard is None:
                 # Replaced, or no longer a subscriber's (a flushed layer's PubSub gives its
                 # connection back to the pool, where a publish may reconnect it).
                 connection.deregister_connect_callback(self._connected)
                 return
             self._bus.subscription_lost("a Redis subscriber connection reconnected")
-            for shard in self._layer._get_layer()._shards:
-                if shard._pubsub is not None and shard._pubsub.connection is connection:
-                    task = asyncio.get_running_loop().create_task(self._prune(shard))
-                    self._pruning.add(task)
-                    task.add_done_callback(self._pruning.discard)
+            task = asyncio.get_running_loop().create_task(self._prune(shard))
+            self._pruning.add(task)
+            task.add_done_callback(self._pruning.discard)
         except Exception:
             logger.exception("handling a Redis reconnect failed")
 
@@ -195,16 +194,12 @@ class ReconnectWatch:
                 if pubsub is None:
                     return
                 wanted = set(loop_layer.groups) | set(loop_layer.channels)
-                stale = [
-                    name
-                    for name in pubsub.channels
-                    if (name.decode() if isinstance(name, bytes) else name) not in wanted
-                ]
+                names = (n.decode() if isinstance(n, bytes) else n for n in pubsub.channels)
+                stale = [name for name in names if name not in wanted]
                 if not stale:
                     return
                 await pubsub.unsubscribe(*stale)
-                for name in stale:
-                    shard._subscribed_to.discard(name.decode() if isinstance(name, bytes) else name)
+                shard._subscribed_to.difference_update(stale)
             logger.warning(
                 "bus: left %d Redis channel(s) a reconnect had subscribed again", len(stale)
             )
@@ -213,12 +208,16 @@ class ReconnectWatch:
         except Exception:
             logger.exception("bus: leaving what a reconnect subscribed again failed")
 
-    def _subscribes(self, connection: Any) -> bool:
-        """Whether ``connection`` is a shard's subscriber connection now."""
+    def _shard_of(self, connection: Any) -> Any:
+        """The shard whose subscriber connection ``connection`` is now, or None."""
         loop_layer = self._layer._get_layer()
-        return any(
-            shard._pubsub is not None and shard._pubsub.connection is connection
-            for shard in loop_layer._shards
+        return next(
+            (
+                shard
+                for shard in loop_layer._shards
+                if shard._pubsub is not None and shard._pubsub.connection is connection
+            ),
+            None,
         )
 
     def heartbeat(self, event: dict[str, Any]) -> None:
