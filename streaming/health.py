@@ -199,11 +199,17 @@ async def _check_database() -> None:
 async def _check_bus(bus: MessageBus) -> None:
     """The bus's own subscription: failed while its heartbeats stopped coming back for
     ``BUS_STALL_TIMEOUT`` (streaming/watch.py), which a connection of the check's own
-    cannot see (a path that stalled for the bus's connections only)."""
+    cannot see (a path that stalled for the bus's connections only), or while they wait
+    in a backlog that old (the process is behind the posts coming in)."""
     silent = bus.stalled_for()
     if silent is not None:
         raise MessagingUnavailable(
-            f"no heartbeat of the bus came back for {silent:.0f}s: its subscription is stalled"
+            f"no heartbeat of the bus came back for {silent:.0f}s: "
+            + (
+                "it is that far behind the posts coming in"
+                if bus.is_behind()
+                else "its subscription is stalled"
+            )
         )
 
 

@@ -45,6 +45,7 @@ import hashlib
 import inspect
 import logging
 import re
+import time
 import uuid
 import weakref
 from collections import deque
@@ -66,7 +67,7 @@ from .exceptions import (
 from .lane import Lane
 from .publish import Publisher, publisher_for
 from .serialization import SerializableEntity, cache_wire, decode_object_json, encode_object
-from .watch import HEARTBEAT_TYPE, Watch, stopping, watch_for
+from .watch import HEARTBEAT_TYPE, ReconnectWatch, Watch, stopping, watch_for
 
 if TYPE_CHECKING:
     from .session import StreamingSession
@@ -95,6 +96,11 @@ JOIN_CONCURRENCY = 128
 LEAVE_TIMEOUTS = 4
 #: Seconds ``aclose`` waits for the bus's tasks to stop.
 ACLOSE_TIMEOUT = 5.0
+
+#: Seconds of work on the bus's events after which its receiver gives the event loop a
+#: turn (a backlog is worked off in turns, not in one hold of the loop).
+RECEIVE_TURN = 0.01
+
 MAX_CHANNEL_LENGTH = 200
 _PLAIN_GROUP = re.compile(r"^[A-Za-z0-9_\-]{1,90}$")
 
@@ -212,6 +218,7 @@ class MessageBus:
         self._publisher: Publisher | None = publisher_for(layer) if self.cross_process else None
         self.posts_published = 0
         self.posts_received = 0
+        self.events_received = 0  # every event off the layer: posts, probes, heartbeats
 
     # -- listeners --------------------------------------------------------------------------
 
@@ -618,7 +625,15 @@ class MessageBus:
         return task
 
     async def _receive_loop(self) -> None:
+        """Hand each event of the bus's channel to :meth:`_received`, giving the event
+        loop a turn after every :data:`RECEIVE_TURN` seconds of that work: a channel
+        layer's ``receive`` returns without suspending while events wait, so a backlog
+        (posts coming in faster than the listeners take them) would otherwise hold the
+        loop until it was worked off, every socket's frames and pings, and the
+        heartbeats that tell a backlog from a stall, waiting behind it."""
         delay = 0.05
+        clock = time.monotonic
+        turn_ends = clock() + RECEIVE_TURN
         while True:
             try:
                 event = await self.layer.receive(self._channel_name)
@@ -632,7 +647,11 @@ class MessageBus:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
+            self.events_received += 1
             self._received(event)
+            if clock() >= turn_ends:
+                await asyncio.sleep(0)
+                turn_ends = clock() + RECEIVE_TURN
 
     # -- the subscription's gaps (streaming/watch.py) -----------------------------------------
 
@@ -700,10 +719,34 @@ class MessageBus:
             "is stalled (a path to Redis that acknowledges and does not answer)"
         )
 
+    def subscription_behind(self, silent_for: float, group: str) -> None:
+        """No heartbeat of ``group`` came back for ``silent_for`` seconds (at least
+        ``BUS_STALL_TIMEOUT``) while the subscription delivered: the heartbeats wait in a
+        backlog of posts this process has not worked off (they come in faster than its
+        listeners take them). Nothing is lost yet, but the backlog must not grow without
+        bound: the listening sockets are closed with 1012 (see :meth:`subscription_lost`;
+        what waits for them is then dropped as it is read), and :meth:`stalled_for` says
+        so until a heartbeat comes back."""
+        metrics.bus_lag()
+        self.subscription_lost(
+            f"no heartbeat of {group} came back for {silent_for:.1f}s while the subscription "
+            "delivered: the bus is that far behind the posts coming in (its listeners take "
+            "them more slowly than they come)"
+        )
+
     def stalled_for(self) -> float | None:
         """Seconds since the bus's heartbeats last came back, while it counts its
-        subscription as stalled; None otherwise (``/readyz``'s ``bus`` check)."""
+        subscription as stalled or behind (:meth:`is_behind` says which); None otherwise
+        (``/readyz``'s ``bus`` check)."""
         return self._watch.stalled_for() if self._watch is not None else None
+
+    def is_behind(self) -> bool:
+        """Whether what :meth:`stalled_for` counts is a backlog, not a stall."""
+        watch = self._watch
+        if watch is None:
+            return False
+        beats = watch._beats if isinstance(watch, ReconnectWatch) else [watch]
+        return any(b.behind and b.stalled_for() is not None for b in beats)
 
     def _received(self, event: dict[str, Any]) -> None:
         """Handle one event from the channel layer. Never raises, never waits."""

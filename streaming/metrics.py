@@ -115,6 +115,7 @@ _publish_failures = _Count()
 _publish_batches = _Count()
 _bus_gaps = _Count()
 _bus_stalls = _Count()
+_bus_lags = _Count()
 _publish_seconds = _Histogram()
 
 # The counts each label value (or close code) is bound to: the ones above, or _IDLE
@@ -202,6 +203,11 @@ def bus_gap() -> None:
 def bus_stall() -> None:
     if enabled():
         _bus_stalls.value += 1
+
+
+def bus_lag() -> None:
+    if enabled():
+        _bus_lags.value += 1
 
 
 def bus_publish_batch() -> None:
@@ -333,6 +339,10 @@ class _Collector(Collector):
              "Times no heartbeat of this process's bus came back for BUS_STALL_TIMEOUT (a "
              "path to Redis that acknowledges and never answers); each is also a gap.",
              _bus_stalls),
+            ("streampod_bus_lags",
+             "Times no heartbeat of this process's bus came back for BUS_STALL_TIMEOUT while "
+             "its subscription delivered (posts come in faster than its listeners take "
+             "them); each is also a gap.", _bus_lags),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=count.value)
         yield GaugeMetricFamily(

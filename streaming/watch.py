@@ -76,6 +76,7 @@ USES: tuple[tuple[str, str], ...] = (
     ("shard", "_redis"),  # ... and its client (publishes), None until first used
     ("shard", "_lock"),  # its subscribe/unsubscribe/publish lock
     ("shard", "_subscribed_to"),  # the Redis channels it counts as subscribed
+    ("shard", "_receive_message"),  # its reader's hand-off of each message read (counted)
     ("loop_layer", "groups"),  # group Redis channel -> the layer's channels in it
     ("loop_layer", "channels"),  # the layer's own (specific) channels
     ("pubsub", "channels"),  # redis-py: what it subscribes again on reconnecting
@@ -116,6 +117,7 @@ class ReconnectWatch:
                 beats = HeartbeatWatch(
                     self._bus, group=group, count_gaps=False, reset=self._resetter(shard)
                 )
+                _count_reads(shard, beats)
                 self._beats.append(beats)
                 beats.start()
 
@@ -234,6 +236,24 @@ class ReconnectWatch:
             beats.stop()
 
 
+def _count_reads(shard: Any, beats: HeartbeatWatch) -> None:
+    """Count, on ``beats``, every message ``shard``'s reader reads off its subscriber
+    connection (channels-redis' reader hands each to the shard's ``_receive_message``;
+    an instance attribute wraps it). Whether the connection delivers is then known apart
+    from whether the bus has worked through what it delivered."""
+    handoff = shard._receive_message
+    deliver = getattr(handoff, "__wrapped__", handoff)  # an earlier bus's counter: replaced
+
+    def counted(message: Any) -> None:
+        if message is not None:
+            beats.reads += 1
+        deliver(message)
+
+    counted.__wrapped__ = deliver  # type: ignore[attr-defined]
+    shard._receive_message = counted
+    beats.counts_reads = True
+
+
 #: While a stall lasts, the connection is dropped again after BUS_STALL_TIMEOUT, then after
 #: twice that, and so on up to this many times it.
 MAX_RESET_INTERVAL = 8
@@ -280,16 +300,28 @@ class HeartbeatWatch:
         self._suspect = False  # silent for BUS_STALL_TIMEOUT at the last beat
         self._stalled_at: float | None = None  # when the stall was last told; None: none
         self._reset_after = 0.0  # seconds from that to the next reset, while it lasts
+        #: Messages read off this group's subscriber connection, where ReconnectWatch
+        #: counts them (``counts_reads``); else the bus's events received stand for them.
+        self.reads = 0
+        self.counts_reads = False
+        self._reads_seen = -1  # reads (or events) at the last check
+        self._behind = False  # told: the bus is behind what it reads, not stalled
 
     @property
     def group(self) -> str:
         return self._group
 
     def stalled_for(self) -> float | None:
-        """Seconds since a heartbeat last came back, while stalled; None: not stalled."""
+        """Seconds since a heartbeat last came back, while stalled or behind (told);
+        None: neither."""
         if self._stalled_at is None:
             return None
         return time.monotonic() - self._back_at
+
+    @property
+    def behind(self) -> bool:
+        """Whether what :meth:`stalled_for` counts is a backlog, not a stall."""
+        return self._behind
 
     def start(self) -> None:
         if self._task is None:
@@ -320,20 +352,38 @@ class HeartbeatWatch:
     async def _check_stall(self) -> None:
         """Tell the bus of a stall: no heartbeat back for ``BUS_STALL_TIMEOUT``, seen at
         two beats in a row (between them the event loop has read whatever came back
-        while it was busy). Told once a stall; the connection is reset (``reset``) then,
-        and again while the stall lasts: after ``BUS_STALL_TIMEOUT``, then twice that,
-        and so on up to :data:`MAX_RESET_INTERVAL` times it, so that a new connection
-        that takes longer than the timeout to come back (a loaded server) is not dropped
-        again and again before its first heartbeat returns."""
+        while it was busy), and nothing read off the subscription between them. Told
+        once a stall; the connection is reset (``reset``) then, and again while the stall
+        lasts: after ``BUS_STALL_TIMEOUT``, then twice that, and so on up to
+        :data:`MAX_RESET_INTERVAL` times it, so that a new connection that takes longer
+        than the timeout to come back (a loaded server) is not dropped again and again
+        before its first heartbeat returns.
+
+        A subscription that delivered something between the two beats works: the
+        heartbeats wait in a backlog the bus has not worked off (posts come in faster
+        than its listeners take them). The bus is told it is behind
+        (:meth:`MessageBus.subscription_behind`), once while it lasts, and nothing is
+        reset: a new connection would lose what the backlog's connection delivers."""
         limit = streaming_settings.BUS_STALL_TIMEOUT
         now = time.monotonic()
         silent = now - self._back_at
+        reads = self.reads if self.counts_reads else self._bus.events_received
+        delivered, self._reads_seen = reads != self._reads_seen, reads
         if silent < limit:
             self._suspect = False
             return
         if not self._suspect:
             self._suspect = True
             return
+        if delivered:
+            if self._stalled_at is None:
+                self._stalled_at = now
+                self._behind = True
+                self._bus.subscription_behind(silent, self._group)
+            return
+        if self._behind:  # what was a backlog stopped delivering: a stall from now
+            self._stalled_at = None
+            self._behind = False
         if self._stalled_at is not None and now - self._stalled_at < self._reset_after:
             return
         first = self._stalled_at is None
@@ -364,7 +414,12 @@ class HeartbeatWatch:
         self._suspect = False
         if self._stalled_at is not None:
             self._stalled_at = None
-            logger.warning("bus: heartbeats of %s come back again: the stall is over", self._group)
+            logger.warning(
+                "bus: heartbeats of %s come back again: the %s is over",
+                self._group,
+                "backlog" if self._behind else "stall",
+            )
+            self._behind = False
         lost = seq - self._seen - 1
         self._seen = seq
         if lost and self._count_gaps:

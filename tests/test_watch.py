@@ -231,7 +231,8 @@ async def test_a_missing_internal_falls_back_to_heartbeats(
     owner = _OWNERS[role]
     if role == "shard":
         for shard in layer._get_layer()._shards:
-            monkeypatch.delattr(shard, attribute)
+            # An attribute of each shard, or a method of their class.
+            monkeypatch.delattr(shard if attribute in vars(shard) else type(shard), attribute)
     elif role == "loop_layer" and attribute in vars(layer._get_layer()):
         monkeypatch.delattr(layer._get_layer(), attribute)
     else:
@@ -347,3 +348,88 @@ async def test_each_redis_shard_carries_heartbeats_of_its_own(settings):
         finally:
             await bus.aclose()
             await layer.flush()
+
+
+class SlowInbox(Inbox):
+    """A listener that works ``seconds`` of CPU on each message (an application doing
+    heavy work per post): the bus falls behind what comes in."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self._seconds = seconds
+
+        self.turns = 0  # turns of the event loop, counted by count_turns()
+        self.turns_at: list[int] = []  # the count when each message came
+
+    def __call__(self, message: Tick) -> None:
+        until = time.perf_counter() + self._seconds
+        while time.perf_counter() < until:
+            pass
+        self.turns_at.append(self.turns)
+        super().__call__(message)
+
+    async def count_turns(self) -> None:
+        while True:
+            self.turns += 1
+            await asyncio.sleep(0)
+
+    def longest_hold(self) -> int:
+        """The most messages worked in a row without the event loop taking a turn."""
+        runs, run = [], 1
+        for before, after in zip(self.turns_at, self.turns_at[1:], strict=False):
+            run = run + 1 if after == before else 1
+            runs.append(run)
+        return max(runs, default=1)
+
+
+@pytest.mark.parametrize("kind", ["reconnect", "heartbeat"])
+async def test_a_bus_behind_its_posts_is_not_taken_for_a_stall(kind, pair, settings):
+    """A bus that reads its subscription and works through a backlog older than
+    ``BUS_STALL_TIMEOUT`` (posts come in faster than its listeners take them) is behind,
+    not stalled: its listeners are closed once (the backlog must not grow without bound)
+    and it says why, but its subscriber connection, which works, is not dropped. Before,
+    it was taken for a stall: the connection was dropped and made again (a real gap,
+    a second round of 1012s, and again while the backlog lasted). The same with the
+    fallback's heartbeats, which count what the bus receives instead of what each
+    connection reads."""
+    settings.STREAMING = {"BUS_HEARTBEAT_INTERVAL": 0.05, "BUS_STALL_TIMEOUT": 0.3}
+    a, b = pair
+    name = f"user_{uuid.uuid4().hex[:8]}"
+    inbox = SlowInbox(0.005)
+    await b.add_listener(name, inbox, owner=Owner())
+    assert isinstance(b._watch, ReconnectWatch)
+    if kind == "heartbeat":
+        beats = CountedBeats(b)
+        b.use_watch(beats)
+        await beats.wait_seen(3)
+    turns = asyncio.create_task(inbox.count_turns())
+    try:
+        await asyncio.gather(*(a.post_message(name, Tick(n=n)) for n in range(400)))  # 2 s
+        async with asyncio.timeout(30):  # a failure guard
+            while len(inbox.got) < 400 or b.stalled_for() is not None:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    finally:
+        turns.cancel()
+    assert inbox.got == list(range(400))  # nothing lost, in order
+    assert len(b.lost) == 1, b.lost
+    assert "behind" in b.lost[0] and "stalled" not in b.lost[0], b.lost
+
+
+async def test_a_backlog_of_the_bus_does_not_hold_the_event_loop(pair):
+    """A channel layer's ``receive`` returns at once while events wait, so the bus worked
+    off a backlog in one hold of the event loop: every socket's frames and pings waited
+    until the last post was delivered (hundreds of posts in a row here). It gives the
+    loop a turn every ``RECEIVE_TURN`` (10 ms) of that work now: 5 ms a post, at most a
+    few posts in a row."""
+    a, b = pair
+    name = f"user_{uuid.uuid4().hex[:8]}"
+    inbox = SlowInbox(0.005)
+    await b.add_listener(name, inbox, owner=Owner())
+    turns = asyncio.create_task(inbox.count_turns())
+    try:
+        await asyncio.gather(*(a.post_message(name, Tick(n=n)) for n in range(200)))  # 1 s
+        await inbox.wait_for(200)
+    finally:
+        turns.cancel()
+    assert inbox.got == list(range(200))
+    assert inbox.longest_hold() <= 5, inbox.turns_at
