@@ -351,11 +351,25 @@ class MethodSpec:
     login_required: bool = False
     required_permissions: tuple[str, ...] = ()
 
-    def decode_args(self, raw: dict[str, Any]) -> dict[str, Any]:
+    def decode_args(self, raw: dict[str, Any], opened: list[Any] | None = None) -> dict[str, Any]:
         """Validated keyword arguments (stream parameters aside); ``InvalidMessage`` naming
-        each failing field otherwise. Unknown names are ignored, as unknown fields are."""
+        each failing field otherwise. Unknown names are ignored, as unknown fields are.
+
+        ``opened`` is the call's ``streams``: the input streams the client opens. Each of
+        the method's must be in it (a stream the client never opens would be waited for
+        for ever), and nothing else; None (a client of the earlier protocol, which did
+        not name them) takes every one as opened. An argument named as an input stream
+        is refused either way: its values come as ``stream_value`` frames."""
         errors: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {}
+        for name in self.streams:
+            if name in raw:
+                errors.append({"path": name, "reason": "An input stream: send it as stream values"})
+            elif opened is not None and name not in opened:
+                errors.append({"path": name, "reason": "Input stream not opened"})
+        for name in opened or ():
+            if not isinstance(name, str) or name not in self.streams:
+                errors.append({"path": echo(str(name)), "reason": "No such input stream"})
         for param in self.params:
             if param.name not in raw:
                 if param.required:
@@ -683,7 +697,7 @@ class Call:
             self.session._close()
         self.calls.live.discard(self)
 
-    async def start(self, raw_args: dict[str, Any]) -> None:
+    async def start(self, raw_args: dict[str, Any], opened: list[Any] | None = None) -> None:
         """Check the caller and the arguments, then run the method in the call's task.
 
         Runs in the endpoint's lane: after ``stream_opened``, and under the identity the
@@ -715,7 +729,7 @@ class Call:
                 self.fail(ErrorCode.FORBIDDEN, f"You may not call {echo(name)}.")
                 return
         try:
-            kwargs = spec.decode_args(raw_args)
+            kwargs = spec.decode_args(raw_args, opened)
         except InvalidMessage as exc:
             self.fail(exc.code, exc.detail, errors=exc.errors)
             return
@@ -917,7 +931,8 @@ class Calls:
             return
         call = Call(self, frame.id, slot, spec, args.get("credit", DEFAULT_CREDIT))
         self.table[frame.id] = call
-        slot.lane.submit(functools.partial(call.start, args.get("args", {})), "call")
+        start = functools.partial(call.start, args.get("args", {}), args.get("streams"))
+        slot.lane.submit(start, "call")
 
     async def end_endpoint(self, endpoint: str, forbidden: bool) -> None:
         """The endpoint closed on the socket: end its calls (``fail`` ``forbidden`` when the

@@ -118,6 +118,7 @@ _METHOD_ARGS: dict[str, tuple[tuple[str, type | None, bool], ...]] = {
         ("method", str, True),
         ("args", dict, False),
         ("credit", int, False),
+        ("streams", list, False),
     ),
     "cancel": (),
     "credit": (("n", int, True), ("stream", str, False)),

@@ -138,10 +138,12 @@ def socket(user=None, endpoints=(NotesEndpoint, PrivateEndpoint)):
     return StreamingCommunicator(endpoints=list(endpoints), user=user, timeout=10)
 
 
-async def call(comm, method, call_id, args=None, *, endpoint="notes", credit=None):
+async def call(comm, method, call_id, args=None, *, endpoint="notes", credit=None, streams=None):
     fields = {"id": call_id, "endpoint": endpoint, "method": method, "args": args or {}}
     if credit is not None:
         fields["credit"] = credit
+    if streams is not None:
+        fields["streams"] = streams
     await comm.send_command("call", fields)
 
 
@@ -455,6 +457,39 @@ async def test_an_input_stream_failed_by_the_client():
         await reply(comm)
         await comm.send_command("stream_error", {"id": "s", "stream": "strokes"})
         await failure(comm, "s", "stream_failed")
+
+
+async def test_a_call_that_leaves_out_its_input_stream_fails_at_once():
+    """Helper "serverpod10": a call that did not open a method's input stream (the Python
+    client sent a list for it as a plain argument; a raw client forgot it) got the
+    stream's ``credit`` and then nothing, for ever. A ``call`` names the input streams it
+    opens (``streams``, as Serverpod's call names them): one left out, one the method does
+    not have, or an argument named as an input stream fails the call with
+    ``invalid_message`` naming it, and no ``credit`` is sent."""
+    async with socket() as comm:
+        fields = {"id": "a", "endpoint": "notes", "method": "upload", "args": {}, "streams": []}
+        await comm.send_command("call", fields)
+        errors = (await failure(comm, "a", "invalid_message"))["errors"]
+        assert errors == [{"path": "strokes", "reason": "Input stream not opened"}]
+        # A value for it as an argument: refused, whether or not the call names streams.
+        for call_id, streams in (("b", {"streams": ["strokes"]}), ("c", {})):
+            args = {"strokes": [{"x": 1, "y": 2}]}
+            await call(comm, "upload", call_id, args, **streams)
+            errors = (await failure(comm, call_id, "invalid_message"))["errors"]
+            assert errors == [
+                {"path": "strokes", "reason": "An input stream: send it as stream values"}
+            ]
+        await call(comm, "upload", "d", streams=["strokes", "pens", {"x": 1}])
+        errors = (await failure(comm, "d", "invalid_message"))["errors"]
+        assert errors == [
+            {"path": "pens", "reason": "No such input stream"},
+            {"path": "{'x': 1}", "reason": "No such input stream"},
+        ]
+        # Named, it runs as before.
+        await call(comm, "upload", "e", streams=["strokes"])
+        assert (await reply(comm)).command == "credit"
+        await comm.send_command("stream_end", {"id": "e", "stream": "strokes"})
+        assert await result(comm, "e") == 0
 
 
 class Busy(Endpoint):

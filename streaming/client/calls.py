@@ -181,6 +181,7 @@ class Call:
             method=self.method,
             args=arguments,
             credit=self.credit,
+            streams=list(self._streams),
         )
         try:
             await link.send(text)

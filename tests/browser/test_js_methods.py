@@ -119,6 +119,8 @@ async def test_failures_reject_with_call_failed(methods_server, open_page):
                 await outcome(ref.call('out_of_ink', {color: 'red'})),
                 await outcome(ref.call('whoami')),
                 window.client.isConnected,
+                await outcome(ref.call('upload', {})),
+                await outcome(ref.call('upload', {strokes: [{x: 1, y: 1}]})),
             ];
         }"""
     )
@@ -130,3 +132,8 @@ async def test_failures_reject_with_call_failed(methods_server, open_page):
     assert result[3][3] == {"className": "e2e.methods.OutOfInk", "data": {"color": "red"}}
     assert result[4][1] == "not_authenticated"
     assert result[5] is True
+    # An input stream left out, or given as an array (not an async iterable): refused,
+    # not waited for (helper "serverpod10").
+    for refused in result[6:8]:
+        assert refused[:2] == [True, "invalid_message"]
+        assert refused[2][0]["path"] == "strokes"

@@ -91,6 +91,13 @@ async def test_bad_calls_raise_and_the_connection_stays_open(server):
             await client.methods.history(with_user="2")
         assert failed.value.code == "invalid_message"
         assert failed.value.errors[0]["path"] == "with_user"
+        # An input stream left out, or given as a list (not an async iterable): refused
+        # (helper "serverpod10": both waited for ever).
+        for strokes in ({}, {"strokes": [Stroke(x=1, y=1)]}):
+            with pytest.raises(CallFailed) as failed:
+                await asyncio.wait_for(client.methods.upload(**strokes), WAIT)
+            assert failed.value.code == "invalid_message"
+            assert failed.value.errors[0]["path"] == "strokes"
         with pytest.raises(OutOfInk) as typed:
             await client.methods.out_of_ink(color="red")
         assert (typed.value.message, typed.value.color) == ("No red ink.", "red")

@@ -1077,7 +1077,8 @@ export class MethodCall {
     this._conn = conn;
     conn.calls.set(this.id, this);
     this.client._sendText(JSON.stringify({command: "call", args: {
-      id: this.id, endpoint: this.endpoint, method: this.method, args, credit: this.credit}}));
+      id: this.id, endpoint: this.endpoint, method: this.method, args, credit: this.credit,
+      streams: [...this._streams.keys()]}}));
     for (const [name, iterable] of this._streams) this._pump(name, iterable);
   }
 
