@@ -11,7 +11,6 @@ seconds, which costs two cache operations per event and no list of timestamps.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,9 +18,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.core.cache import caches
 
-from streaming.throttling import SlidingWindow
-
-logger = logging.getLogger("chat.ratelimit")
+from streaming.throttling import CacheOutage, SlidingWindow
 
 
 class SharedRateLimit:
@@ -30,7 +27,11 @@ class SharedRateLimit:
     ``await allow(key)`` is True and counts the event while the estimate is under
     ``limit``; otherwise False, and the refused event is not counted. If the cache
     cannot be reached the event is allowed (and logged): the limit protects the
-    service, and a cache outage should not stop every user from chatting.
+    service, and a cache outage should not stop every user from chatting. Nor should it
+    hold each message for the cache's socket timeout: after a failure the cache is not
+    asked for a few seconds (:class:`streaming.throttling.CacheOutage`), and the cache is
+    asked from the thread pool (``thread_sensitive=False``), not from the one thread that
+    database queries, handshakes' included, wait for.
 
     The counting is :class:`streaming.throttling.SlidingWindow`'s, in one thread hop per
     event, with the cache's atomic ``add`` and ``incr`` (not Django's ``aincr``, a get
@@ -53,17 +54,22 @@ class SharedRateLimit:
         self.prefix = prefix
         self._cache_alias = cache
         self._clock = clock
+        self._outage = CacheOutage(f"rate limit {prefix}")
 
     def _counter(self) -> SlidingWindow:
         """A counter on this thread's cache (Django's cache objects are per thread)."""
         return SlidingWindow(self.limit, self.period, caches[self._cache_alias], clock=self._clock)
 
     async def allow(self, key: Any) -> bool:
-        try:
-            refused = await sync_to_async(self._hit)(f"{self.prefix}:{key}")
-        except Exception:
-            logger.warning("rate limit cache unavailable; allowing %s", key, exc_info=True)
+        outage = self._outage
+        if outage.paused():
             return True
+        try:
+            refused = await sync_to_async(self._hit, thread_sensitive=False)(f"{self.prefix}:{key}")
+        except Exception as exc:
+            outage.failed(exc)
+            return True
+        outage.answered()
         return refused is None
 
     def _hit(self, key: str) -> float | None:
@@ -71,9 +77,14 @@ class SharedRateLimit:
 
     async def retry_after(self, key: Any) -> float:
         """Seconds until ``allow(key)`` can next succeed, at most ``period``."""
+        if self._outage.paused():
+            return 0.0
         try:
-            return await sync_to_async(self._retry_after)(f"{self.prefix}:{key}")
-        except Exception:
+            return await sync_to_async(self._retry_after, thread_sensitive=False)(
+                f"{self.prefix}:{key}"
+            )
+        except Exception as exc:
+            self._outage.failed(exc)
             return 0.0
 
     def _retry_after(self, key: str) -> float:

@@ -19,7 +19,9 @@ scopes, cache keys' prefixes and ``Retry-After``): use them where you would use 
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,8 +38,96 @@ __all__ = [
     "AtomicScopedRateThrottle",
     "AtomicSimpleRateThrottle",
     "AtomicUserRateThrottle",
+    "CacheOutage",
     "SlidingWindow",
 ]
+
+logger = logging.getLogger("streaming.throttling")
+
+#: Seconds a limiter lets everything through without asking its cache, once the cache failed.
+OUTAGE_PAUSE = 5.0
+
+
+class CacheOutage:
+    """A limiter's memory that its cache failed, so that it fails open **without asking**
+    for ``pause`` seconds, then asks again.
+
+    A cache that does not answer (Redis stopped, stalled, unreachable) costs every call
+    its socket timeout (2 s in the project's settings): a limiter that asked it for each
+    event held each request, and each chat message, that long, and in a thread that
+    others wait for (Django runs sync views, and ``database_sync_to_async`` its queries,
+    in one shared thread), so that handshakes waited behind them until their clients gave
+    up (helper "operator10"). Logging: the first failure with its traceback, then one
+    line per pause with the count let through, then one line when the cache answers
+    again. Thread-safe: limiters run in threads.
+
+    The shape of its use::
+
+        if outage.paused():
+            return True  # let through, unasked
+        try:
+            allowed = window.hit(key) is None
+        except Exception as exc:
+            outage.failed(exc)
+            return True
+        outage.answered()
+        return allowed
+    """
+
+    def __init__(
+        self, name: str, *, pause: float = OUTAGE_PAUSE, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.name = name
+        self.pause = pause
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._until = 0.0  # paused until then (clock time)
+        self._down = False  # failed, and not answered since
+        self.let_through = 0  # events let through unasked, this outage
+
+    def paused(self) -> bool:
+        """Whether to let an event through without asking the cache (counted)."""
+        if self._clock() >= self._until:
+            return False
+        with self._lock:
+            self.let_through += 1
+        return True
+
+    def failed(self, exc: BaseException) -> None:
+        """The cache failed with ``exc``: pause asking it."""
+        with self._lock:
+            first, self._down = not self._down, True
+            self._until = self._clock() + self.pause
+            count = self.let_through
+        if first:
+            logger.warning(
+                "%s: the cache failed; letting events through unchecked for %gs at a time "
+                "until it answers",
+                self.name,
+                self.pause,
+                exc_info=exc,
+            )
+        else:
+            logger.warning(
+                "%s: the cache still fails (%r); %d event(s) let through so far",
+                self.name,
+                exc,
+                count,
+            )
+
+    def answered(self) -> None:
+        """The cache answered: the outage, if any, is over."""
+        if not self._down:
+            return
+        with self._lock:
+            was_down, self._down = self._down, False
+            count, self.let_through = self.let_through, 0
+        if was_down:
+            logger.warning(
+                "%s: the cache answers again; %d event(s) were let through unchecked",
+                self.name,
+                count,
+            )
 
 
 class SlidingWindow:
@@ -111,9 +201,16 @@ class SlidingWindow:
 
 class AtomicSimpleRateThrottle(SimpleRateThrottle):
     """DRF's ``SimpleRateThrottle`` counting with a :class:`SlidingWindow` in its cache
-    (``self.cache``, Django's default) instead of a history read and written back."""
+    (``self.cache``, Django's default) instead of a history read and written back.
 
+    ``fail_open = True`` (a class attribute) lets requests through while the cache fails,
+    asking it again only every :data:`OUTAGE_PAUSE` seconds (:class:`CacheOutage`, one per
+    throttle class); by default an error of the cache propagates, as DRF's does (the view
+    answers 500)."""
+
+    fail_open = False
     _wait_for: float | None = None
+    _outages: dict[type, CacheOutage] = {}
 
     def allow_request(self, request: Any, view: Any) -> bool:
         if self.rate is None:
@@ -122,8 +219,28 @@ class AtomicSimpleRateThrottle(SimpleRateThrottle):
         if self.key is None:
             return True
         window = SlidingWindow(self.num_requests, self.duration, self.cache, clock=self.timer)
-        self._wait_for = window.hit(self.key)
+        if not self.fail_open:
+            self._wait_for = window.hit(self.key)
+            return self._wait_for is None
+        outage = self._outage()
+        if outage.paused():
+            return True
+        try:
+            self._wait_for = window.hit(self.key)
+        except Exception as exc:
+            outage.failed(exc)
+            return True
+        outage.answered()
         return self._wait_for is None
+
+    @classmethod
+    def _outage(cls) -> CacheOutage:
+        outage = AtomicSimpleRateThrottle._outages.get(cls)
+        if outage is None:
+            outage = AtomicSimpleRateThrottle._outages.setdefault(
+                cls, CacheOutage(f"throttle {cls.__qualname__}")
+            )
+        return outage
 
     def wait(self) -> float | None:
         """Seconds until the refused client may try again (``Retry-After``)."""

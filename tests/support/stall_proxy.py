@@ -40,6 +40,7 @@ class StallProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self.discarded = 0  # bytes read and dropped while stalled
+        self.connections = 0  # client connections accepted
 
     def start(self) -> StallProxy:
         self._thread.start()
@@ -50,6 +51,7 @@ class StallProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         pair = _Pair(self._stalled)
         self._pairs.add(pair)
         pair.writers.append(writer)
@@ -82,14 +84,15 @@ class StallProxy:
                 each.close()
 
     def stall(self) -> None:
-        """Every open connection, and every new one until :meth:`heal`, goes dead."""
+        """Every open connection, and every new one until :meth:`heal`, goes dead (done
+        when this returns)."""
 
-        def apply() -> None:
+        async def apply() -> None:
             self._stalled = True
             for pair in self._pairs:
                 pair.dead = True
 
-        self._loop.call_soon_threadsafe(apply)
+        self._call(apply())
 
     def heal(self) -> None:
         """New connections are forwarded again; the stalled ones stay dead."""

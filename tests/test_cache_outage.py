@@ -1,0 +1,100 @@
+"""A limiter whose cache does not answer lets events through without holding anyone up
+(streaming.throttling.CacheOutage; chat/ratelimit.py, chat/throttling.py).
+
+Helper "operator10" stopped Redis (SIGSTOP) under chat traffic: every chat message asked
+the rate limit's cache and waited for its socket timeout (2 s), in the one thread that
+Django's sync views and ``database_sync_to_async`` share, so that the token lookups of new
+handshakes waited behind them until their clients gave up, and messages whose socket
+closed meanwhile were dropped unanswered. Here the cache is a real Redis behind a proxy
+that stalls (tests/support/stall_proxy.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.test import RequestFactory
+
+from chat.ratelimit import SharedRateLimit
+from chat.throttling import ScopedRateThrottleFailOpen
+from tests.support.servers import RedisServer
+from tests.support.stall_proxy import StallProxy
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def stalled(settings):
+    """A cache alias ``stalled``: a Redis behind a proxy that stalled before any use."""
+    with RedisServer() as redis_server, StallProxy(redis_server.port) as proxy:
+        proxy.stall()
+        settings.CACHES = {
+            **settings.CACHES,
+            "stalled": {
+                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "LOCATION": f"redis://127.0.0.1:{proxy.port}/0",
+                "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+            },
+        }
+        yield proxy
+
+
+def _tracebacks(caplog) -> int:
+    return sum(1 for r in caplog.records if r.exc_info and r.name == "streaming.throttling")
+
+
+async def test_a_cache_that_does_not_answer_is_asked_once_a_pause(stalled, caplog):
+    """20 messages: the first asks the cache (and waits its timeout), the other 19 are let
+    through unasked (before: each asked, on a new connection, and waited 1 s), with one
+    traceback in the log."""
+    limit = SharedRateLimit(3, 60, cache="stalled", prefix="t:outage")
+    with caplog.at_level(logging.WARNING, logger="streaming.throttling"):
+        allowed = [await limit.allow("alice") for _ in range(20)]
+    assert allowed == [True] * 20  # fails open: past the limit of 3, all let through
+    assert stalled.connections == 1
+    assert _tracebacks(caplog) == 1
+
+
+async def test_the_cache_is_not_asked_in_the_thread_database_queries_wait_for(stalled):
+    """While the limiter waits for the stalled cache, thread-sensitive work (a handshake's
+    token lookup through ``database_sync_to_async``) runs at once. Before, the
+    limiter held the one thread those share: the query waited for the cache's timeout."""
+    limit = SharedRateLimit(3, 60, cache="stalled", prefix="t:thread")
+    asking = asyncio.create_task(limit.allow("bob"))
+    async with asyncio.timeout(10):  # a failure guard: the limiter has reached the cache
+        while stalled.connections == 0:  # noqa: ASYNC110 (a state, polled)
+            await asyncio.sleep(0.005)
+    # database_sync_to_async is this, thread-sensitive, plus closing old connections.
+    assert await sync_to_async(lambda: "answered")() == "answered"
+    assert not asking.done()  # the query did not wait for the cache's timeout
+    assert await asking is True
+
+
+def test_a_fail_open_throttle_asks_a_stalled_cache_once_a_pause(stalled, settings, caplog):
+    """The REST API's throttle: the same, per throttle class (a sync view's thread)."""
+    from django.core.cache import caches
+
+    settings.REST_FRAMEWORK = {
+        **getattr(settings, "REST_FRAMEWORK", {}),
+        "DEFAULT_THROTTLE_RATES": {"outage": "2/min"},
+    }
+
+    class Throttle(ScopedRateThrottleFailOpen):
+        cache = caches["stalled"]
+
+        def get_rate(self):
+            return "2/min"
+
+    class View:
+        throttle_scope = "outage"
+
+    request = RequestFactory().get("/api/x")
+    request.user = None
+    with caplog.at_level(logging.WARNING, logger="streaming.throttling"):
+        allowed = [Throttle().allow_request(request, View()) for _ in range(10)]
+    assert allowed == [True] * 10
+    assert stalled.connections == 1
+    assert _tracebacks(caplog) == 1
