@@ -172,6 +172,42 @@ async def test_1012s_in_a_row_on_connections_that_did_not_hold_back_off():
     assert waits[:6] == pytest.approx([0, 0.05, 0.1, 0.2, 0.4, 0.4], abs=0.01)
 
 
+@pytest.mark.parametrize("code", [1000, 1011, 4008, 4013])
+async def test_connections_closed_once_up_back_off(code):
+    """A server that closes every connection right after its pong, with any code but 1012
+    (shedding load with 4013, 4008 for a rate limit, 1011 on an error). Seen (helper
+    "chaos10"): the count of failures was reset as soon as a connection came up, so every
+    client came back about 3 times a second, for ever. Expected: a connection that did not
+    hold for ``stable_after`` counts as a failure."""
+    waits: list[float | None] = []
+    five = asyncio.Event()
+
+    async def closing(ws):
+        await ws.recv()
+        await ws.send(PONG)
+        await ws.close(code)
+
+    async with serve(closing, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        client = Client(f"http://127.0.0.1:{port}/")
+
+        def record(status):
+            if status is S.waiting_to_retry:
+                waits.append(client.retry_in_seconds)
+                if len(waits) == 5:
+                    five.set()
+
+        client.add_streaming_connection_status_listener(record)
+        handler = StreamingConnectionHandler(
+            client, min_delay=0.05, max_delay=0.4, factor=2, jitter=0
+        )
+        handler.start()
+        await asyncio.wait_for(five.wait(), WAIT)
+        await handler.close()
+        await client.close()
+    assert waits[:5] == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.4], abs=0.01)
+
+
 async def test_a_handler_that_fails_leaves_the_client_disconnected(caplog):
     """Seen (a client review): after "stopped on an unexpected error" the client stayed
     ``waiting_to_retry`` for good, its countdown at 0, with nothing retrying."""

@@ -458,8 +458,16 @@ async def test_backoff_grows_while_failing_and_resets_after_a_success():
 
     statuses = StatusRecorder(client)
     client.add_streaming_connection_status_listener(record)
+    # stable_after=0: the connection counts as one that held, however short (with the
+    # default, one closed within 10 s is a failure: test_client_restart.py).
     handler = StreamingConnectionHandler(
-        client, min_delay=0.05, max_delay=0.2, factor=2, jitter=0.5, rng=lambda: 0.0
+        client,
+        min_delay=0.05,
+        max_delay=0.2,
+        factor=2,
+        jitter=0.5,
+        rng=lambda: 0.0,
+        stable_after=0,
     )
     drop = asyncio.Event()
 

@@ -39,7 +39,9 @@ class StreamingConnectionHandler:
     n-th failure in a row, shortened by a random fraction up to ``jitter`` (0: none,
     1: anywhere between 0 and the full delay) so that many clients do not return in
     step; ``rng`` draws that fraction (pass a fixed one in tests). A connection that
-    reached ``connected`` resets the count. While waiting the client's status is
+    held for ``stable_after`` seconds resets the count; one that ended sooner counts as a
+    failure (a server that closes every connection once it is up is backed off from,
+    whatever its close code). While waiting the client's status is
     ``waiting_to_retry`` and ``client.retry_in_seconds`` counts down.
 
     A close with 1012 on a connection that was up (the server is restarting: a graceful
@@ -206,7 +208,11 @@ class StreamingConnectionHandler:
             and asyncio.get_running_loop().time() - up_since >= self.stable_after
         )
         if held:
+            # The backoff starts over after a connection that held, not after any that
+            # came up: a server that closes each one once it is up (4013, 4008, 1011...)
+            # had every client back 3 times a second, for ever (helper "chaos10").
             self._restarts = 0
+            self._failures = 0
         if reason.is_service_restart and connected:
             # Not a failure: the server is restarting, others are up. Spread at random
             # over restart_spread, or every client of that server would connect again in
@@ -246,7 +252,6 @@ class StreamingConnectionHandler:
                 except ConnectionFailed:
                     pass
                 else:
-                    self._failures = 0
                     await client._wait_link_closed()
                 delay = self._next_delay
                 if delay is None or self._stopping:

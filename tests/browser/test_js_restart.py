@@ -86,6 +86,28 @@ async def test_1012s_in_a_row_on_connections_that_did_not_hold_back_off(server, 
         await page.evaluate("window.client.closeStreamingConnection()")
 
 
+async def test_connections_closed_once_up_back_off(server, open_page):
+    """The Python client's twin: a server that closes every connection right after its
+    pong with another code (4013: shedding load). Seen (helper "chaos10"): the backoff
+    started over at each connection that came up, so Chromium came back about 3 times a
+    second, for ever. Expected: one that did not hold for stableAfter is a failure."""
+
+    async def shedding(ws):
+        await ws.recv()
+        await ws.send(PONG)
+        await ws.close(4013)
+
+    async with ws_server(shedding) as base_url:
+        page = await open_page(server.http_url)
+        retry = "{min: 0.05, max: 0.4, factor: 2, jitter: 0, restartSpread: 0}"
+        await page.evaluate(f"(url) => window.start({{retry: {retry}}}, url)", base_url)
+        await wait_states(page, "waitingToRetry", 5)
+        log = await page.evaluate("window.statusLog")
+        waits = [s["retryInSeconds"] for s in log if s["state"] == "waitingToRetry"]
+        assert waits[:5] == [0.05, 0.1, 0.2, 0.4, 0.4]
+        await page.evaluate("window.client.closeStreamingConnection()")
+
+
 async def test_a_1012_waits_as_long_as_the_servers_close_reason_advises(server, open_page):
     """The Python client's twin (tests/test_client_restart.py): a 1012's close reason
     ("restart after=A spread=S", the server's RESTART_RATE) delays the reconnect to A

@@ -32,7 +32,8 @@
  *   frame, or with frames sent and none of them leaving the browser (a server that no
  *   longer reads), means the connection is dead: it is dropped and retried.
  * - Reconnects: exponential backoff with jitter (`retry: {min, max, factor, jitter,
- *   restartSpread, stableAfter}`), reset after a successful connection. Close codes 4401 and 4403
+ *   restartSpread, stableAfter}`), reset after a connection that held for `stableAfter`
+ *   seconds (one closed sooner counts as a failure). Close codes 4401 and 4403
  *   (credentials refused, forbidden) stop retrying: status "disconnected", reason
  *   "unauthorized" or "forbidden". Except: a 4401 on a connection that was up and
  *   signed in by the page's cookie (no `authKey`) connects again at once with
@@ -1685,7 +1686,13 @@ export class Client {
     // backed off like failures (Chromium came back 75 times a second with restartSpread
     // 0, twice a second at the default, for ever).
     const held = conn.connected && performance.now() - conn.upSince >= retry.stableAfter * 1000;
-    if (held) this._restarts = 0;
+    if (held) {
+      // The backoff starts over after a connection that held, not after any that came
+      // up: a server that closes each one once it is up (4013, 4008, 1011...) had every
+      // client back 3 times a second, for ever (helper "chaos10").
+      this._restarts = 0;
+      this._attempt = 0;
+    }
     const restart = code === CloseCode.SERVICE_RESTART && conn.connected;
     let delay;
     if (restart) {
@@ -1741,7 +1748,6 @@ export class Client {
     conn.connected = true;
     conn.upSince = performance.now();
     clearTimeout(conn.connectTimer);
-    this._attempt = 0; // the backoff starts over after a success
     this._disconnectReason = null;
     this._setStatus({state: StreamingConnectionStatus.connected});
     const openers = this._openers.splice(0);
