@@ -65,25 +65,31 @@ async def test_a_1012_close_reconnects_within_the_spread_and_1001_still_backs_of
         await page.evaluate("window.client.closeStreamingConnection()")
 
 
+async def _waits_closed_once_up(open_page, server, code: int, count: int) -> list[float]:
+    """The first ``count`` waits of a page whose every connection the server closes with
+    ``code`` right after its pong (min 0.05 s, doubling up to 0.4 s, no jitter)."""
+
+    async def closing(ws):
+        await ws.recv()
+        await ws.send(PONG)
+        await ws.close(code)
+
+    async with ws_server(closing) as base_url:
+        page = await open_page(server.http_url)
+        retry = "{min: 0.05, max: 0.4, factor: 2, jitter: 0, restartSpread: 0}"
+        await page.evaluate(f"(url) => window.start({{retry: {retry}}}, url)", base_url)
+        await wait_states(page, "waitingToRetry", count)
+        log = await page.evaluate("window.statusLog")
+        await page.evaluate("window.client.closeStreamingConnection()")
+    return [s["retryInSeconds"] for s in log if s["state"] == "waitingToRetry"][:count]
+
+
 async def test_1012s_in_a_row_on_connections_that_did_not_hold_back_off(server, open_page):
     """A server that closes every connection with 1012 right after its pong. Seen (a client
     review): Chromium came back 75 times a second with restartSpread 0, twice a second at
     the default, for ever. Expected: the first 1012 is free, the next ones back off."""
-
-    async def restarting(ws):
-        await ws.recv()
-        await ws.send(PONG)
-        await ws.close(1012)
-
-    async with ws_server(restarting) as base_url:
-        page = await open_page(server.http_url)
-        retry = "{min: 0.05, max: 0.4, factor: 2, jitter: 0, restartSpread: 0}"
-        await page.evaluate(f"(url) => window.start({{retry: {retry}}}, url)", base_url)
-        await wait_states(page, "waitingToRetry", 6)
-        log = await page.evaluate("window.statusLog")
-        waits = [s["retryInSeconds"] for s in log if s["state"] == "waitingToRetry"]
-        assert waits[:6] == [0, 0.05, 0.1, 0.2, 0.4, 0.4]
-        await page.evaluate("window.client.closeStreamingConnection()")
+    waits = await _waits_closed_once_up(open_page, server, 1012, 6)
+    assert waits == [0, 0.05, 0.1, 0.2, 0.4, 0.4]
 
 
 async def test_connections_closed_once_up_back_off(server, open_page):
@@ -91,21 +97,8 @@ async def test_connections_closed_once_up_back_off(server, open_page):
     pong with another code (4013: shedding load). Seen (helper "chaos10"): the backoff
     started over at each connection that came up, so Chromium came back about 3 times a
     second, for ever. Expected: one that did not hold for stableAfter is a failure."""
-
-    async def shedding(ws):
-        await ws.recv()
-        await ws.send(PONG)
-        await ws.close(4013)
-
-    async with ws_server(shedding) as base_url:
-        page = await open_page(server.http_url)
-        retry = "{min: 0.05, max: 0.4, factor: 2, jitter: 0, restartSpread: 0}"
-        await page.evaluate(f"(url) => window.start({{retry: {retry}}}, url)", base_url)
-        await wait_states(page, "waitingToRetry", 5)
-        log = await page.evaluate("window.statusLog")
-        waits = [s["retryInSeconds"] for s in log if s["state"] == "waitingToRetry"]
-        assert waits[:5] == [0.05, 0.1, 0.2, 0.4, 0.4]
-        await page.evaluate("window.client.closeStreamingConnection()")
+    waits = await _waits_closed_once_up(open_page, server, 4013, 5)
+    assert waits == [0.05, 0.1, 0.2, 0.4, 0.4]
 
 
 async def test_a_1012_waits_as_long_as_the_servers_close_reason_advises(server, open_page):
