@@ -771,6 +771,54 @@ async def test_many_streams_of_one_socket_give_the_event_loop_its_turns(settings
     assert before < streams * MAX_CREDIT // 2, f"{before} values before another task's turn"
 
 
+async def test_a_turn_of_the_event_loop_wakes_at_most_one_stream_a_socket(settings, monkeypatch):
+    """Helper "chaos10": clients that keep 256 streams each in credit and never read.
+    Each stream whose slice was over yielded with ``asyncio.sleep(0)`` and was ready again
+    at the loop's next turn, only to find the slice over again: every turn of the loop
+    woke every such stream (25,600 with 100 sockets: another socket's pong took 1.5 s).
+    Expected: a socket's streams resume in its turn, at most one a turn of the loop, so a
+    turn's work does not grow with the number of streams. Counted: the streams' wake-ups
+    (the times ``turn_due`` tells one to yield) per turn, over 20 turns, 4 sockets of 64
+    streams."""
+    from streaming import methods
+    from streaming.methods import MAX_CREDIT
+
+    settings.STREAMING = {"SEND_QUEUE_LIMIT": 10**6, "SEND_QUEUE_BYTES": 1 << 30}
+    asked = 0
+    real_turn_due = methods.turn_due
+
+    def counted(now: float) -> bool:
+        nonlocal asked
+        due = real_turn_due(now)
+        asked += due  # a stream that yields: woken this turn, to yield again
+        return due
+
+    monkeypatch.setattr(methods, "turn_due", counted)
+    sockets = [socket() for _ in range(4)]
+    for comm in sockets:
+        await comm.__aenter__()
+    try:
+        for n, comm in enumerate(sockets):
+            for i in range(64):
+                await call(comm, "endless", f"e{n}.{i}", credit=MAX_CREDIT)
+        await asyncio.wait_for(Probe.started.wait(), 10)
+        for _ in range(20):  # settle: every stream has started and yielded
+            await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        per_turn = []
+        for _ in range(20):
+            asked = 0
+            turn: asyncio.Future = loop.create_future()
+            loop.call_soon(turn.set_result, None)  # runs at the next turn of the loop
+            await turn
+            per_turn.append(asked)
+    finally:
+        for comm in sockets:
+            await comm.__aexit__(None, None, None)
+    # Each turn: the one stream a socket woke; before, every one of the 256.
+    assert max(per_turn) <= 2 * len(sockets), per_turn
+
+
 class Whoami(Endpoint):
     @streaming_method
     async def whoami(self, session) -> int | None:
