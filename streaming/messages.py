@@ -45,7 +45,6 @@ import hashlib
 import inspect
 import logging
 import re
-import time
 import uuid
 import weakref
 from collections import deque
@@ -64,6 +63,7 @@ from .exceptions import (
     MessagingUnavailable,
     RateLimited,
 )
+from .fairness import turn_due
 from .lane import Lane
 from .publish import Publisher, publisher_for
 from .serialization import SerializableEntity, cache_wire, decode_object_json, encode_object
@@ -96,10 +96,6 @@ JOIN_CONCURRENCY = 128
 LEAVE_TIMEOUTS = 4
 #: Seconds ``aclose`` waits for the bus's tasks to stop.
 ACLOSE_TIMEOUT = 5.0
-
-#: Seconds of work on the bus's events after which its receiver gives the event loop a
-#: turn (a backlog is worked off in turns, not in one hold of the loop).
-RECEIVE_TURN = 0.01
 
 MAX_CHANNEL_LENGTH = 200
 _PLAIN_GROUP = re.compile(r"^[A-Za-z0-9_\-]{1,90}$")
@@ -626,14 +622,14 @@ class MessageBus:
 
     async def _receive_loop(self) -> None:
         """Hand each event of the bus's channel to :meth:`_received`, giving the event
-        loop a turn after every :data:`RECEIVE_TURN` seconds of that work: a channel
-        layer's ``receive`` returns without suspending while events wait, so a backlog
-        (posts coming in faster than the listeners take them) would otherwise hold the
-        loop until it was worked off, every socket's frames and pings, and the
-        heartbeats that tell a backlog from a stall, waiting behind it."""
+        loop a turn once the process's fair slice is over (``streaming.fairness``, as the
+        frame loop and streams do): a channel layer's ``receive`` returns without
+        suspending while events wait, so a backlog (posts coming in faster than the
+        listeners take them) would otherwise hold the loop until it was worked off, every
+        socket's frames and pings, and the heartbeats that tell a backlog from a stall,
+        waiting behind it."""
         delay = 0.05
-        clock = time.monotonic
-        turn_ends = clock() + RECEIVE_TURN
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 event = await self.layer.receive(self._channel_name)
@@ -649,9 +645,8 @@ class MessageBus:
                 continue
             self.events_received += 1
             self._received(event)
-            if clock() >= turn_ends:
+            if turn_due(loop.time()):  # the sockets' turn (FAIR_SLICE)
                 await asyncio.sleep(0)
-                turn_ends = clock() + RECEIVE_TURN
 
     # -- the subscription's gaps (streaming/watch.py) -----------------------------------------
 

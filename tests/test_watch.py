@@ -419,7 +419,7 @@ async def test_a_backlog_of_the_bus_does_not_hold_the_event_loop(pair):
     """A channel layer's ``receive`` returns at once while events wait, so the bus worked
     off a backlog in one hold of the event loop: every socket's frames and pings waited
     until the last post was delivered (hundreds of posts in a row here). It gives the
-    loop a turn every ``RECEIVE_TURN`` (10 ms) of that work now: 5 ms a post, at most a
+    loop a turn once the fair slice (``FAIR_SLICE``, 5 ms) is over: 5 ms a post, at most a
     few posts in a row."""
     a, b = pair
     name = f"user_{uuid.uuid4().hex[:8]}"
