@@ -4,6 +4,9 @@
 * ``streaming.E002`` a ``STREAMING`` value of the wrong type or range
 * ``streaming.E003`` two endpoints under one name
 * ``streaming.E004`` an entry of ``STREAMING["ENDPOINTS"]`` that cannot be used
+* ``streaming.E005`` a channels-redis layer whose ``prefix`` is empty (an empty
+  ``STREAMPOD_REDIS_PREFIX`` got past ``os.environ[...]``): it shares its channels with
+  every deployment on the same Redis whose prefix is empty too
 * ``streaming.W001`` daphne's message size limit is below ``MAX_MESSAGE_BYTES``
 * ``streaming.W002`` the channel layer in ``STREAMING["CHANNEL_LAYER"]`` is missing
 * ``streaming.W003`` the channel layer is channels-redis but redis-py has no hiredis:
@@ -69,6 +72,19 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             )
         )
     layer = getattr(settings, "CHANNEL_LAYERS", {}).get(alias)
+    config = layer.get("CONFIG") if isinstance(layer, dict) and _is_redis_layer(layer) else None
+    prefix = config.get("prefix") if isinstance(config, dict) else None
+    if isinstance(prefix, str) and not prefix.strip():
+        messages.append(
+            checks.Error(
+                f"The {alias!r} channel layer's prefix is empty: its channels are shared "
+                "with every deployment on the same Redis whose prefix is empty too (Redis "
+                "pub/sub ignores database numbers).",
+                hint="Give each deployment a prefix of its own (STREAMPOD_REDIS_PREFIX in "
+                "the README's settings: set, and not empty).",
+                id="streaming.E005",
+            )
+        )
     if _is_redis_layer(layer) and _hosts_without_user_timeout(layer):
         messages.append(
             checks.Warning(

@@ -268,7 +268,14 @@ def _host_url(host: Any) -> str | None:
 
 
 def _display(url: str) -> str:
-    parts = urlsplit(url)
-    host = parts.hostname or url
-    port = f":{parts.port}" if parts.port else ""
-    return f"{host}{port}{parts.path or ''}"
+    """``url`` as a check's name: host, port and path, never its password (what follows
+    the last ``@`` of a URL that does not parse, helper "operator10": ``/readyz`` named a
+    mistyped ``redis//:password@host`` whole, twice)."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is not a number
+        host = port = None
+    if host is None:
+        return url.rpartition("@")[2] or "?"
+    return f"{host}{f':{port}' if port else ''}{parts.path or ''}"

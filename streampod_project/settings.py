@@ -20,6 +20,7 @@ variable; docs/deployment.md has the production environment.
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -171,6 +172,31 @@ REDIS_URL = os.environ.get("REDIS_URL", "").strip()
 # over them by a consistent hash of each channel's name (docs/deployment.md, "Redis
 # shards"). Every server of a deployment must list the same URLs in the same order.
 REDIS_URLS = [url.strip() for url in REDIS_URL.split(",") if url.strip()]
+
+
+def _redacted(url: str) -> str:
+    """``url`` without what comes before its last ``@`` (a password), for messages."""
+    scheme, _, rest = url.rpartition("://")
+    after = rest.rpartition("@")[2]
+    return f"{scheme}://{after}" if scheme else after
+
+
+def _check_redis_urls(urls: list[str]) -> None:
+    """Each a ``redis://`` or ``rediss://`` URL naming a host, or ``unix://`` a path: a
+    typo (``redis//host``, ``redis:/host``) would otherwise start the server on a Redis
+    of redis-py's choosing (localhost), or none, its health check green."""
+    for url in urls:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        named = parts.path if scheme == "unix" else parts.hostname
+        if scheme not in ("redis", "rediss", "unix") or not named:
+            raise ImproperlyConfigured(
+                f"REDIS_URL={_redacted(url)!r}: not a Redis URL; "
+                "redis://[:password@]host[:port][/db], rediss://... or unix:///path"
+            )
+
+
+_check_redis_urls(REDIS_URLS)
 # "pubsub" (default) or "core": see docs/architecture.md for why pubsub.
 REDIS_LAYER = os.environ.get("STREAMPOD_REDIS_LAYER", "pubsub")
 
@@ -202,10 +228,11 @@ def _redis_prefix(url: str) -> str:
         try:
             dbs.add(int(parse_url(each).get("db") or 0))
         except ValueError as exc:
-            raise ImproperlyConfigured(f"REDIS_URL={each!r}: {exc}") from exc
+            raise ImproperlyConfigured(f"REDIS_URL={_redacted(each)!r}: {exc}") from exc
     if len(dbs) > 1:
         raise ImproperlyConfigured(
-            f"REDIS_URL={url!r}: the shards name different database numbers "
+            f"REDIS_URL={','.join(map(_redacted, urls))!r}: the shards name different "
+            "database numbers "
             f"({sorted(dbs)}); give them all the same one"
         )
     db = dbs.pop()

@@ -228,8 +228,15 @@ def test_the_https_variables(load):
         ({"STREAMPOD_REDIS_PREFIX": "my deployment"}, "STREAMPOD_REDIS_PREFIX"),
         ({"REDIS_URL": "redis://127.0.0.1:6379?db=x"}, "REDIS_URL"),
         ({"REDIS_URL": "http://127.0.0.1:6379/1"}, "REDIS_URL"),
+        # Mistyped (helper "operator10"): one started on no Redis, the other on redis-py's
+        # choice (localhost), its /readyz green. Refused, the password left out.
+        ({"REDIS_URL": "redis//:s3cretpw@127.0.0.1:6379/0"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis:/:s3cretpw@127.0.0.1:6379/0"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis://10.0.0.1:6379/0,redis//10.0.0.2"}, "REDIS_URL"),
+        ({"REDIS_URL": "unix://"}, "REDIS_URL"),
     ],
 )
 def test_unreadable_values_stop_the_settings(load, env, named):
-    with pytest.raises(ImproperlyConfigured, match=named):
+    with pytest.raises(ImproperlyConfigured, match=named) as refused:
         load(**env)
+    assert "s3cretpw" not in str(refused.value)

@@ -4,6 +4,7 @@ Checks are run the way ``manage.py check`` runs them (``run_checks`` with the
 ``streaming`` tag), so a check that is not registered fails these tests too.
 """
 
+import copy
 import json
 import os
 import subprocess
@@ -187,6 +188,19 @@ def test_hiredis_is_installed_with_streampod_and_a_redis_layer_passes():
 
     with override_settings(CHANNEL_LAYERS=REDIS_LAYER):
         assert streaming_checks() == []
+
+
+@pytest.mark.parametrize("prefix", ["", "  "])
+def test_e005_for_a_redis_layer_with_an_empty_prefix(prefix):
+    """Helper "operator10": the README's settings read ``os.environ["STREAMPOD_REDIS_PREFIX"]``
+    so that a deployment without one does not start; an empty value (``PREFIX=`` in an env
+    file) got past it and shared its channels with any other such deployment."""
+    layer = copy.deepcopy(REDIS_LAYER)
+    layer["default"]["CONFIG"]["prefix"] = prefix
+    with override_settings(CHANNEL_LAYERS=layer):
+        messages = streaming_checks()
+    assert ids(messages) == ["streaming.E005"]
+    assert "STREAMPOD_REDIS_PREFIX" in messages[0].hint
 
 
 def test_w003_when_a_redis_layer_runs_without_hiredis(monkeypatch):
