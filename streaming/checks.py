@@ -14,6 +14,10 @@
 * ``streaming.W004`` the channel layer is in-memory (one process) while the environment
   says several processes serve: posts would not reach sockets of the other processes.
   Also logged at start-up by every server process (:func:`warn_if_split`).
+* ``streaming.W006`` ``ALLOWED_HOSTS`` is empty with ``DEBUG`` off: Django answers every
+  request 400 and every handshake is refused (403), while ``/healthz`` and ``/readyz``,
+  answered before the host is checked, stay green. Django's own ``security.W020`` says so
+  only under ``check --deploy``, which no server runs; this one is logged at start-up.
 """
 
 from __future__ import annotations
@@ -94,6 +98,16 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 hint="Add **streaming.redis_options.KEEPALIVE_HOST_OPTIONS to each host "
                 "dict (docs/deployment.md, 'A Redis that goes silent').",
                 id="streaming.W005",
+            )
+        )
+    if not settings.DEBUG and not settings.ALLOWED_HOSTS:
+        messages.append(
+            checks.Warning(
+                "ALLOWED_HOSTS is empty and DEBUG is off: every request is answered 400 and "
+                "every WebSocket handshake refused (403); the probes stay green.",
+                hint="List the names clients use (DJANGO_ALLOWED_HOSTS in the project's "
+                "settings).",
+                id="streaming.W006",
             )
         )
     for sign in multi_process_signs():

@@ -224,6 +224,16 @@ class StreamingSettings:
 streaming_settings = StreamingSettings()
 
 
+def setting_or_default(name: str) -> Any:
+    """``streaming_settings.<name>``, or its default while ``STREAMING`` is broken (E001,
+    E002): for what must run even then (a SIGTERM's drain), where the setting itself would
+    raise ``ImproperlyConfigured``."""
+    try:
+        return getattr(streaming_settings, name)
+    except ImproperlyConfigured:
+        return DEFAULTS[name]
+
+
 def _reload(*, setting: str, **kwargs: Any) -> None:
     if setting == "STREAMING":
         streaming_settings.reload()

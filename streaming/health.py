@@ -46,7 +46,7 @@ from django.views.decorators.http import require_GET, require_safe
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import REGISTRY
 
-from . import metrics
+from . import conf, metrics
 from .conf import streaming_settings
 from .exceptions import MessagingUnavailable
 
@@ -72,6 +72,13 @@ async def readyz(request: HttpRequest) -> HttpResponse:
     """Readiness: 200 if every check passed, else 503 with the failures named."""
     from .messages import get_bus
 
+    problems = [(i, m) for i, m, _ in conf.problems() if i in ("streaming.E001", "streaming.E002")]
+    if problems:
+        # Every handshake fails with such settings (they raise ImproperlyConfigured); say
+        # why rather than answer 500 (helper "operator10").
+        why = "; ".join(f"{check_id}: {message}" for check_id, message in problems)
+        body = {"status": "unavailable", "checks": {"settings": why}, "failed": ["settings"]}
+        return JsonResponse(body, status=503)
     checks: dict[str, Awaitable[None]] = {"database": _check_database()}
     for name, url in redis_urls():
         checks[name] = _check_redis(url)

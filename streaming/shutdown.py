@@ -55,7 +55,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from . import metrics
-from .conf import streaming_settings
+from .conf import setting_or_default, streaming_settings
 from .connections import get_connections
 from .flow import _daphne_protocol
 from .protocol import CloseCode, restart_reason
@@ -90,7 +90,7 @@ def restart_advice_for(count: int) -> str:
     most, however the closes come: one drain, a bus gap, late joins one by one). "" when
     ``RESTART_RATE`` is None (clients keep to their own ``restart_spread``)."""
     global _advised_until
-    rate = streaming_settings.RESTART_RATE
+    rate = setting_or_default("RESTART_RATE")
     if rate is None or count <= 0:
         return ""
     now = time.monotonic()
@@ -271,7 +271,7 @@ async def drain(
     finished by then.
     """
     if grace is None:
-        grace = streaming_settings.SHUTDOWN_GRACE_PERIOD
+        grace = setting_or_default("SHUTDOWN_GRACE_PERIOD")
     registry = get_connections()
     registry.start_draining()
     if listeners is not None:

@@ -52,6 +52,18 @@ async def test_the_probes_answer_head_as_get():
     assert (await AsyncClient().post("/healthz")).status_code == 405
 
 
+async def test_readyz_names_broken_settings():
+    """Helper "operator10": with a mistyped ``STREAMING`` key every handshake fails, and
+    ``/readyz`` answered an HTML 500. Expected: 503 naming the problem."""
+    with override_settings(STREAMING={"SEND_QUEUE_LIMT": 5}):
+        response = await AsyncClient().get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["failed"] == ["settings"]
+    assert "streaming.E001" in body["checks"]["settings"]
+    assert "SEND_QUEUE_LIMT" in body["checks"]["settings"]
+
+
 @pytest.mark.django_db
 async def test_readyz_with_the_database_and_no_redis():
     response = await AsyncClient().get("/readyz")

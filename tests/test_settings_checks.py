@@ -203,6 +203,16 @@ def test_e005_for_a_redis_layer_with_an_empty_prefix(prefix):
     assert "STREAMPOD_REDIS_PREFIX" in messages[0].hint
 
 
+def test_w006_when_no_host_is_allowed_with_debug_off():
+    """Helper "operator10": ``DJANGO_ALLOWED_HOSTS=`` with debug off started a server that
+    answered every page 400 and every handshake 403, its probes green, nothing logged."""
+    with override_settings(DEBUG=False, ALLOWED_HOSTS=[]):
+        messages = streaming_checks()
+    assert ids(messages) == ["streaming.W006"]
+    with override_settings(DEBUG=True, ALLOWED_HOSTS=[]):  # Django allows localhost then
+        assert streaming_checks() == []
+
+
 def test_w003_when_a_redis_layer_runs_without_hiredis(monkeypatch):
     """redis-py decides at import whether hiredis is there (``HIREDIS_AVAILABLE``); an
     install without it is simulated by that flag, which is what the check reads."""

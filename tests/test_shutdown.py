@@ -182,9 +182,7 @@ def test_1012_advice_paces_the_processs_clients_at_restart_rate(settings, monkey
     assert shutdown.restart_advice_for(1000) == ""
 
 
-async def test_the_drains_1012_carries_the_advice_for_every_socket_it_closes(
-    settings, monkeypatch
-):
+async def test_the_drains_1012_carries_the_advice_for_every_socket_it_closes(settings, monkeypatch):
     monkeypatch.setattr(shutdown, "_advised_until", 0.0)
     settings.STREAMING = {"RESTART_RATE": 50.0}
     comms = [StreamingCommunicator(endpoints=[]) for _ in range(3)]
@@ -199,3 +197,18 @@ async def test_the_drains_1012_carries_the_advice_for_every_socket_it_closes(
     assert await asyncio.wait_for(draining, 5) == 0
     for comm in comms:
         await comm.wait(5)
+
+
+async def test_the_drain_runs_with_broken_settings():
+    """Helper "operator10": with a mistyped ``STREAMING`` key, SIGTERM's drain raised
+    ``ImproperlyConfigured`` (reading ``SHUTDOWN_GRACE_PERIOD``). It drains with the
+    defaults instead."""
+    from django.test import override_settings
+
+    advised_until = shutdown._advised_until
+    try:
+        with override_settings(STREAMING={"SHUTDOWN_GRACE_PERIOD_S": 1}):
+            assert await shutdown.drain() == 0
+            assert shutdown.restart_advice_for(10).startswith("restart")
+    finally:
+        shutdown._advised_until = advised_until  # the next tests' advice starts afresh
