@@ -403,6 +403,33 @@ async def test_error_frames_and_undecodable_frames_are_reported():
         await client.close()
 
 
+async def test_a_message_of_an_unknown_class_is_logged_while_nobody_looks(caplog):
+    """Helper "serverpod10": a program that had not imported a message's class never saw
+    the message, and nothing was logged (it went to ``client.errors`` only), so it looked
+    like a lost delivery. Logged once a kind (a WARNING) while there is no ``on_error`` and
+    nobody reads ``client.errors``; not with either."""
+
+    async def handler(ws):
+        async def on_frame(ws, frame):
+            for _ in range(3):
+                await ws.send(data("ticks", "NoSuchClass", x=1))
+            await ws.send(data("ticks", "Tick", n=7))
+
+        await answer_pings(ws, on_frame)
+
+    async with ws_server(handler) as url:
+        for on_error in (None, [].append):
+            caplog.clear()
+            client = Client(url, on_error=on_error)
+            await client.open_streaming_connection()
+            with caplog.at_level(logging.WARNING, logger="streaming.client"):
+                await client.ticks.send_stream_message(Tick(n=1))
+                assert await next_item(client.ticks.stream) == Tick(n=7)
+            warned = [r for r in caplog.records if "NoSuchClass" in r.getMessage()]
+            assert len(warned) == (1 if on_error is None else 0), caplog.text
+            await client.close()
+
+
 async def test_a_raw_client_needs_no_classes():
     async def handler(ws):
         async def on_frame(ws, frame):

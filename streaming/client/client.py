@@ -227,6 +227,7 @@ class Client:
         self.silence_timeout = silence_timeout
         self.connect_timeout = connect_timeout
         self.on_error = on_error
+        self._unheard: set[str] = set()  # kinds of error logged while nobody looked
         self.raw = raw
         #: :class:`ServerError` and :class:`UndecodableMessage`, in arrival order.
         self.errors: MessageStream[ReportedError] = MessageStream("errors", buffer_size)
@@ -620,8 +621,7 @@ class Client:
             self._report(
                 UndecodableMessage(
                     "unknown_endpoint",
-                    f"A message for a new endpoint past the first {MAX_ENDPOINTS}; "
-                    "it was dropped.",
+                    f"A message for a new endpoint past the first {MAX_ENDPOINTS}; it was dropped.",
                     endpoint=frame.endpoint[:64],
                 )
             )
@@ -631,6 +631,19 @@ class Client:
     def _report(self, error: ReportedError) -> None:
         logger.debug("reported: %r", error)
         self.errors._put(error)
+        if self.on_error is None and not self.errors.read:
+            # Nobody looks: say it once a kind, or a message whose class the program did
+            # not import vanishes without a word (helper "serverpod10" took it for a lost
+            # delivery).
+            kind = f"{type(error).__name__}:{error.code}"
+            if kind not in self._unheard and len(self._unheard) < 100:
+                self._unheard.add(kind)
+                logger.warning(
+                    "%s (%s); further ones go to client.errors only (pass on_error, or "
+                    "read client.errors, to see each)",
+                    error,
+                    error.code,
+                )
         if self.on_error is not None:
             try:
                 self.on_error(error)

@@ -42,6 +42,8 @@ class MessageStream(Generic[T]):
         self._dropped = 0  # dropped since the last StreamOverflow was raised
         self._ended = False
         self._changed = asyncio.Event()
+        #: Whether anyone has read (or begun to read) the stream.
+        self.read = False
 
     def __len__(self) -> int:
         """Items waiting to be read."""
@@ -54,6 +56,7 @@ class MessageStream(Generic[T]):
         return self
 
     async def __anext__(self) -> T:
+        self.read = True
         while True:
             if self._dropped:
                 dropped, self._dropped = self._dropped, 0
