@@ -45,10 +45,13 @@ from __future__ import annotations
 
 import asyncio
 import collections.abc
+import datetime
+import enum
 import functools
 import inspect
 import json
 import logging
+import math
 import sys
 import types
 import typing
@@ -57,11 +60,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
+
 from .exceptions import InvalidMessage, StreamingError, UnknownClass
 from .fairness import turn_due
 from .lane import Lane
 from .protocol import ErrorCode, MethodFrame, echo, encode_method
-from .serialization import MAX_ERRORS, SerializableEntity, decode_object, encode_object
+from .serialization import (
+    MAX_ERRORS,
+    SerializableEntity,
+    decode_object,
+    encode_object,
+    to_utc,
+    value_adapter,
+    value_errors,
+)
 from .session import StreamingSession
 
 if TYPE_CHECKING:
@@ -111,7 +125,8 @@ class SerializableException(Exception):
     The caller gets ``fail`` ``exception`` with ``{"className": "OutOfStock", "data":
     {...fields}}``; the Python client raises ``OutOfStock`` (``.message``, ``.item``,
     ``.fields``) when the class is defined on its side too. Fields are values as
-    streaming methods take them (JSON scalars, lists, message objects). Registered by
+    streaming methods take them (:func:`value_json`: messages, JSON scalars, lists, dicts,
+    datetimes...; the client holds what is not a message in its JSON form). Registered by
     ``class_name`` (default: the class name).
     """
 
@@ -170,17 +185,39 @@ class InputStreamFailed(StreamingError):
 
 def value_json(value: Any) -> str:
     """``value`` as a streaming method's value travels: a message as ``{"className",
-    "data"}``, lists as arrays, JSON scalars as themselves. ``TypeError`` otherwise."""
+    "data"}``, lists, tuples and sets as arrays, a ``dict`` with ``str`` keys as an object,
+    JSON scalars as themselves, and other values as a message's field of their type would
+    travel (``datetime`` ISO 8601 in UTC, ``timedelta`` in milliseconds, ``bytes`` base64,
+    ``Decimal`` and ``UUID`` as strings, an enum as its value: docs/protocol.md, "Types on
+    the wire"). ``TypeError`` for a value with no wire form (a naive ``datetime``, an
+    arbitrary object)."""
     if isinstance(value, SerializableEntity):
         return encode_object(value)
     if value is None or isinstance(value, str | int | float):  # bool is an int
-        return json.dumps(value, allow_nan=False)
-    if isinstance(value, list | tuple):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TypeError("a streaming method's value must be a finite number")
+        return json.dumps(value.value if isinstance(value, enum.Enum) else value)
+    if isinstance(value, list | tuple | set | frozenset):
         return "[" + ",".join(value_json(item) for item in value) + "]"
-    raise TypeError(
-        f"a streaming method's value must be a message, a JSON scalar or a list, "
-        f"not {type(value).__name__}"
-    )
+    if isinstance(value, dict):
+        if not all(isinstance(key, str) for key in value):
+            raise TypeError("a streaming method's dict must have str keys")
+        pairs = (f"{json.dumps(key)}:{value_json(item)}" for key, item in value.items())
+        return "{" + ",".join(pairs) + "}"
+    if isinstance(value, enum.Enum):
+        return value_json(value.value)
+    if isinstance(value, datetime.datetime):
+        try:
+            value = to_utc(value)
+        except ValueError as exc:
+            raise TypeError(f"a streaming method's datetime: {exc}") from None
+    try:
+        return value_adapter(typing.cast(Any, type(value))).dump_json(value).decode()
+    except (TypeError, PydanticSerializationError):
+        raise TypeError(
+            "a streaming method's value must be a message, a JSON scalar, a list, a dict, "
+            f"or a type a message field may have, not {type(value).__name__}"
+        ) from None
 
 
 def from_wire(obj: Any) -> Any:
@@ -199,8 +236,10 @@ def from_wire(obj: Any) -> Any:
 
 # -- type hints -> shapes ----------------------------------------------------------------
 
-# ("e", cls) a message; ("s", type) a scalar; ("l", item) a list; ("u", members) a union;
-# ("a",) anything (typing.Any): plain JSON, not validated.
+# ("e", cls) a message; ("s", type) a scalar; ("l", item) a list; ("set", item, set or
+# frozenset); ("d", value) a dict with str keys; ("p", adapter) another type, as a message
+# field of that type travels; ("u", members) a union; ("a",) anything (typing.Any):
+# plain JSON, not validated.
 _Shape = tuple[Any, ...]
 _SCALARS: dict[Any, str] = {
     str: "a valid string",
@@ -236,9 +275,21 @@ def _shape(annotation: Any, where: str) -> _Shape:
         return ("l", _shape(args[0], where))
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         return ("l", _shape(args[0], where))
+    if origin in (set, frozenset, collections.abc.Set) and len(args) == 1:
+        return ("set", _shape(args[0], where), frozenset if origin is frozenset else set)
+    if origin in (dict, collections.abc.Mapping) and len(args) == 2 and args[0] is str:
+        return ("d", _shape(args[1], where))
+    if origin is None or origin is typing.Literal:
+        # datetime, timedelta, date, Decimal, UUID, bytes, an enum, a Literal...: as a
+        # message's field of that type travels (streaming.serialization.value_adapter).
+        try:
+            return ("p", value_adapter(annotation))
+        except TypeError:
+            pass
     raise TypeError(
         f"{where}: {annotation!r} is not a streaming method type (a message class, str, "
-        "int, float, bool, None, list[...], a union or X | None)"
+        "int, float, bool, None, datetime, timedelta, Decimal, UUID, bytes, an enum, "
+        "list[...], set[...], dict[str, ...], a union or X | None)"
     )
 
 
@@ -267,6 +318,27 @@ def _decode(shape: _Shape, value: Any, path: str, errors: list[dict[str, Any]]) 
             return _BAD
         items = [_decode(shape[1], item, f"{path}.{i}", errors) for i, item in enumerate(value)]
         return _BAD if any(item is _BAD for item in items) else items
+    if kind == "d":
+        if type(value) is not dict:
+            errors.append({"path": echo(path), "reason": "Input should be a valid dictionary"})
+            return _BAD
+        decoded = {k: _decode(shape[1], item, f"{path}.{k}", errors) for k, item in value.items()}
+        return _BAD if any(item is _BAD for item in decoded.values()) else decoded
+    if kind == "set":
+        items = _decode(("l", shape[1]), value, path, errors)
+        if items is _BAD:
+            return _BAD
+        try:
+            return shape[2](items)
+        except TypeError:  # an unhashable item (a message)
+            errors.append({"path": echo(path), "reason": "Input should hold hashable items"})
+            return _BAD
+    if kind == "p":
+        try:
+            return shape[1].validate_json(json.dumps(value))
+        except ValidationError as exc:
+            errors.extend(value_errors(exc, path))
+            return _BAD
     if kind == "u":
         members = [m for m in shape[1] if m != ("s", type(None))]
         if value is None and len(members) < len(shape[1]):

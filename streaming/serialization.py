@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections.abc
+import functools
 import json
 import re
 import secrets
@@ -51,6 +52,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     PlainSerializer,
+    PydanticSchemaGenerationError,
+    TypeAdapter,
     ValidationError,
     WrapSerializer,
     WrapValidator,
@@ -825,6 +828,35 @@ def _error_list(exc: ValidationError) -> list[dict[str, Any]]:
         }
         for err in exc.errors(include_url=False, include_input=False)[:MAX_ERRORS]
     ]
+
+
+@functools.lru_cache(maxsize=512)
+def value_adapter(annotation: Any) -> TypeAdapter[Any]:
+    """A strict pydantic adapter for one value of ``annotation`` (not a message class) by
+    the wire rules of message fields: ``datetime`` ISO 8601 (sent in UTC), ``timedelta`` in
+    milliseconds, ``bytes`` base64, decimals, UUIDs, enums and the rest as pydantic's
+    JSON. Validate with ``validate_json`` (the JSON rules); ``TypeError`` for a type
+    pydantic cannot handle. Streaming methods' values of such types use it."""
+    wired = _wire_annotation(annotation) or annotation
+    try:
+        return TypeAdapter(wired, config=ConfigDict(strict=True, ser_json_inf_nan="strings"))
+    except (PydanticSchemaGenerationError, TypeError) as exc:
+        raise TypeError(f"{annotation!r} has no wire form ({exc.__class__.__name__})") from None
+
+
+def value_errors(exc: ValidationError, path: str) -> list[dict[str, Any]]:
+    """``exc``'s errors as ``{"path", "reason"}``, under ``path``."""
+    return [
+        {"path": echo(f"{path}.{err['path']}" if err["path"] != "(root)" else path),
+         "reason": err["reason"]}
+        for err in _error_list(exc)
+    ]  # fmt: skip
+
+
+def to_utc(value: datetime) -> datetime:
+    """``value`` in UTC, as a message field holds it; ``ValueError`` if it is naive or
+    falls outside years 1 to 9999 in UTC."""
+    return _to_utc(value)  # type: ignore[no-any-return]
 
 
 def decode_object(class_name: str, data: dict[str, Any]) -> SerializableEntity:
