@@ -105,8 +105,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             checks.Warning(
                 "ALLOWED_HOSTS is empty and DEBUG is off: every request is answered 400 and "
                 "every WebSocket handshake refused (403); the probes stay green.",
-                hint="List the names clients use (DJANGO_ALLOWED_HOSTS in the project's "
-                "settings).",
+                hint="List the names clients use (DJANGO_ALLOWED_HOSTS in the project's settings).",
                 id="streaming.W006",
             )
         )

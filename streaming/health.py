@@ -278,11 +278,12 @@ def _display(url: str) -> str:
     """``url`` as a check's name: host, port and path, never its password (what follows
     the last ``@`` of a URL that does not parse, helper "operator10": ``/readyz`` named a
     mistyped ``redis//:password@host`` whole, twice)."""
+    bare = url.split("?", 1)[0].split("#", 1)[0]  # ?password= is redis-py's way too
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(bare)
         host, port = parts.hostname, parts.port
-    except ValueError:  # a port that is not a number
+    except ValueError:  # a port that is not a number, an unclosed "["
         host = port = None
     if host is None:
-        return url.rpartition("@")[2] or "?"
+        return bare.rpartition("@")[2] or "?"
     return f"{host}{f':{port}' if port else ''}{parts.path or ''}"

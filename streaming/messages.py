@@ -736,12 +736,15 @@ class MessageBus:
         return self._watch.stalled_for() if self._watch is not None else None
 
     def is_behind(self) -> bool:
-        """Whether what :meth:`stalled_for` counts is a backlog, not a stall."""
+        """Whether what :meth:`stalled_for` counts (the longest silence of a shard's
+        heartbeats) is a backlog, not a stall."""
         watch = self._watch
         if watch is None:
             return False
         beats = watch._beats if isinstance(watch, ReconnectWatch) else [watch]
-        return any(b.behind and b.stalled_for() is not None for b in beats)
+        silent = [(b.stalled_for(), b.behind) for b in beats]
+        told = [(seconds, behind) for seconds, behind in silent if seconds is not None]
+        return max(told)[1] if told else False
 
     def _received(self, event: dict[str, Any]) -> None:
         """Handle one event from the channel layer. Never raises, never waits."""

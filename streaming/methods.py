@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import collections.abc
 import datetime
+import decimal
 import enum
 import functools
 import inspect
@@ -55,6 +56,7 @@ import math
 import sys
 import types
 import typing
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -206,31 +208,54 @@ def value_json(value: Any) -> str:
         return "{" + ",".join(pairs) + "}"
     if isinstance(value, enum.Enum):
         return value_json(value.value)
-    if isinstance(value, datetime.datetime):
+    if isinstance(value, bytearray | memoryview):
+        value = bytes(value)
+    leaf = next((kind for kind in _LEAVES if isinstance(value, kind)), None)
+    if leaf is None:
+        raise TypeError(
+            "a streaming method's value must be a message, a JSON scalar, a list, a set, a "
+            "dict, a datetime, date, time, timedelta, Decimal, UUID, bytes or an enum, "
+            f"not {type(value).__name__}"
+        )
+    if leaf is datetime.datetime:
         try:
             value = to_utc(value)
         except ValueError as exc:
             raise TypeError(f"a streaming method's datetime: {exc}") from None
-    try:
-        return value_adapter(typing.cast(Any, type(value))).dump_json(value).decode()
-    except (TypeError, PydanticSerializationError):
-        raise TypeError(
-            "a streaming method's value must be a message, a JSON scalar, a list, a dict, "
-            f"or a type a message field may have, not {type(value).__name__}"
-        ) from None
+    elif leaf is decimal.Decimal and not value.is_finite():
+        raise TypeError("a streaming method's Decimal must be finite")
+    try:  # by the type it is an instance of: a subclass (a test clock's datetime) too
+        return value_adapter(leaf).dump_json(value).decode()
+    except PydanticSerializationError as exc:
+        raise TypeError(f"a streaming method's {leaf.__name__}: {exc}") from None
+
+
+#: The types a value may be beyond messages, JSON scalars and containers, most specific
+#: first (a datetime is a date).
+_LEAVES: tuple[type, ...] = (
+    datetime.datetime,
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    decimal.Decimal,
+    uuid.UUID,
+    bytes,
+)
 
 
 def from_wire(obj: Any) -> Any:
     """The inverse of :func:`value_json` without type hints (what a client does):
-    ``{"className", "data"}`` objects become messages. Raises ``UnknownClass`` or
-    ``InvalidMessage``."""
+    ``{"className", "data"}`` objects become messages, other objects dicts (their values
+    decoded the same way), the rest stays as it is on the wire. Raises ``UnknownClass`` or
+    ``InvalidMessage``. (A ``dict`` whose only keys are ``className`` and ``data``, the
+    latter an object, reads as a message.)"""
     if isinstance(obj, list):
         return [from_wire(item) for item in obj]
     if isinstance(obj, dict):
         class_name, data = obj.get("className"), obj.get("data")
-        if isinstance(class_name, str) and isinstance(data, dict):
+        if isinstance(class_name, str) and isinstance(data, dict) and len(obj) == 2:
             return decode_object(class_name, data)
-        raise InvalidMessage("An object value must be {'className': str, 'data': object}.")
+        return {key: from_wire(value) for key, value in obj.items()}  # a dict[str, T]
     return obj
 
 
@@ -276,16 +301,17 @@ def _shape(annotation: Any, where: str) -> _Shape:
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         return ("l", _shape(args[0], where))
     if origin in (set, frozenset, collections.abc.Set) and len(args) == 1:
-        return ("set", _shape(args[0], where), frozenset if origin is frozenset else set)
+        item = _shape(args[0], where)
+        if item[0] in ("e", "l", "d", "set"):
+            raise TypeError(f"{where}: {annotation!r}: a set's items must be hashable values")
+        return ("set", item, frozenset if origin is frozenset else set)
     if origin in (dict, collections.abc.Mapping) and len(args) == 2 and args[0] is str:
         return ("d", _shape(args[1], where))
-    if origin is None or origin is typing.Literal:
-        # datetime, timedelta, date, Decimal, UUID, bytes, an enum, a Literal...: as a
+    leaf = isinstance(annotation, type) and issubclass(annotation, (*_LEAVES, enum.Enum))
+    if leaf or origin is typing.Literal:
+        # datetime, date, time, timedelta, Decimal, UUID, bytes, an enum, a Literal: as a
         # message's field of that type travels (streaming.serialization.value_adapter).
-        try:
-            return ("p", value_adapter(annotation))
-        except TypeError:
-            pass
+        return ("p", value_adapter(annotation))
     raise TypeError(
         f"{where}: {annotation!r} is not a streaming method type (a message class, str, "
         "int, float, bool, None, datetime, timedelta, Decimal, UUID, bytes, an enum, "
@@ -934,10 +960,9 @@ class Calls:
         self.consumer = consumer
         self.table: dict[str, Call] = {}
         self.live: set[Call] = set()  # started, task not yet finished
-        # Streams waiting for this socket's next turn (take_turn), and whether a hand-out
-        # is scheduled.
-        self._turns: deque[asyncio.Future[None]] = deque()
-        self._handing_out = False
+        # Streams waiting for this socket's next turn (take_turn), while any wait: a deque
+        # costs 760 bytes, and this object lives as long as its socket.
+        self._turns: deque[asyncio.Future[None]] | None = None
 
     async def take_turn(self) -> None:
         """Yield the event loop (a stream whose ``FAIR_SLICE`` is over), then resume in
@@ -952,10 +977,10 @@ class Calls:
         does not grow with its number of streams."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
-        self._turns.append(waiter)
-        if not self._handing_out:
-            self._handing_out = True
+        if self._turns is None:  # no hand-out scheduled: schedule one
+            self._turns = deque()
             loop.call_soon(self._hand_out)
+        self._turns.append(waiter)
         await waiter
 
     def _hand_out(self) -> None:
@@ -970,7 +995,7 @@ class Calls:
         if turns:
             asyncio.get_running_loop().call_soon(self._hand_out)
         else:
-            self._handing_out = False
+            self._turns = None
 
     def forget(self, call: Call) -> None:
         if self.table.get(call.id) is call:

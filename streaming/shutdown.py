@@ -55,7 +55,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from . import metrics
-from .conf import setting_or_default, streaming_settings
+from .conf import setting_or_default
 from .connections import get_connections
 from .flow import _daphne_protocol
 from .protocol import CloseCode, restart_reason
@@ -365,7 +365,7 @@ async def _daphne_close(consumer: StreamingConsumer, protocol: Any, reason: str 
     # SHUTDOWN_GRACE_PERIOD, without what was still queued.
     outbox.seal()
     try:
-        await asyncio.wait_for(outbox.wait_sent(), streaming_settings.SHUTDOWN_GRACE_PERIOD)
+        await asyncio.wait_for(outbox.wait_sent(), setting_or_default("SHUTDOWN_GRACE_PERIOD"))
     except TimeoutError:
         pass
     if consumer.outbox is not outbox or protocol.state != protocol.STATE_OPEN:

@@ -83,13 +83,21 @@ class CacheOutage:
         self._lock = threading.Lock()
         self._until = 0.0  # paused until then (clock time)
         self._down = False  # failed, and not answered since
+        self._probe_since: float | None = None  # a caller asks the cache (down) since then
         self.let_through = 0  # events let through unasked, this outage
 
     def paused(self) -> bool:
-        """Whether to let an event through without asking the cache (counted)."""
-        if self._clock() >= self._until:
+        """Whether to let an event through without asking the cache (counted). Once a
+        pause is over, one caller asks (the probe) while the others still pass unasked,
+        until it reports (:meth:`failed` or :meth:`answered`) or a pause has gone by."""
+        if not self._down:
             return False
+        now = self._clock()
         with self._lock:
+            probing = self._probe_since is not None and now - self._probe_since < self.pause
+            if now >= self._until and not probing:
+                self._probe_since = now
+                return False
             self.let_through += 1
         return True
 
@@ -98,6 +106,7 @@ class CacheOutage:
         with self._lock:
             first, self._down = not self._down, True
             self._until = self._clock() + self.pause
+            self._probe_since = None
             count = self.let_through
         if first:
             logger.warning(
@@ -121,6 +130,7 @@ class CacheOutage:
             return
         with self._lock:
             was_down, self._down = self._down, False
+            self._probe_since = None
             count, self.let_through = self.let_through, 0
         if was_down:
             logger.warning(

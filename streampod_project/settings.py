@@ -175,8 +175,10 @@ REDIS_URLS = [url.strip() for url in REDIS_URL.split(",") if url.strip()]
 
 
 def _redacted(url: str) -> str:
-    """``url`` without what comes before its last ``@`` (a password), for messages."""
-    scheme, _, rest = url.rpartition("://")
+    """``url`` for messages: without what comes before its last ``@`` and without its
+    query (either may hold a password: ``?password=`` is redis-py's way for a socket)."""
+    bare = url.split("?", 1)[0].split("#", 1)[0]
+    scheme, _, rest = bare.rpartition("://")
     after = rest.rpartition("@")[2]
     return f"{scheme}://{after}" if scheme else after
 
@@ -186,9 +188,12 @@ def _check_redis_urls(urls: list[str]) -> None:
     typo (``redis//host``, ``redis:/host``) would otherwise start the server on a Redis
     of redis-py's choosing (localhost), or none, its health check green."""
     for url in urls:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        named = parts.path if scheme == "unix" else parts.hostname
+        try:
+            parts = urlsplit(url)
+            scheme = parts.scheme.lower()
+            named = parts.path if scheme == "unix" else parts.hostname
+        except ValueError:  # an unclosed "[" of an IPv6 address
+            scheme, named = "", None
         if scheme not in ("redis", "rediss", "unix") or not named:
             raise ImproperlyConfigured(
                 f"REDIS_URL={_redacted(url)!r}: not a Redis URL; "

@@ -98,3 +98,26 @@ def test_a_fail_open_throttle_asks_a_stalled_cache_once_a_pause(stalled, setting
     assert allowed == [True] * 10
     assert stalled.connections == 1
     assert _tracebacks(caplog) == 1
+
+
+def test_after_a_pause_one_caller_asks_while_the_others_pass():
+    """Helper "reviewer10": when a pause ended, every event in flight asked the still
+    stalled cache at once (each waiting its timeout, each logging). One asks (the probe);
+    the others pass unasked until it reports, or a pause has gone by."""
+    from streaming.throttling import CacheOutage
+
+    now = [0.0]
+    outage = CacheOutage("t", pause=5, clock=lambda: now[0])
+    assert not outage.paused() and not outage.paused()  # healthy: everyone asks
+    outage.failed(ConnectionError("down"))
+    assert [outage.paused() for _ in range(3)] == [True] * 3
+    now[0] = 5.0
+    assert [outage.paused() for _ in range(3)] == [False, True, True]  # one probe
+    outage.failed(ConnectionError("still down"))
+    assert outage.paused()
+    now[0] = 10.0
+    assert [outage.paused() for _ in range(2)] == [False, True]
+    now[0] = 15.0  # the probe never reported: another may ask
+    assert not outage.paused()
+    outage.answered()
+    assert not outage.paused() and not outage.paused()

@@ -234,6 +234,8 @@ def test_the_https_variables(load):
         ({"REDIS_URL": "redis:/:s3cretpw@127.0.0.1:6379/0"}, "REDIS_URL"),
         ({"REDIS_URL": "redis://10.0.0.1:6379/0,redis//10.0.0.2"}, "REDIS_URL"),
         ({"REDIS_URL": "unix://"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis:/host?password=s3cretpw"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis://[::1"}, "REDIS_URL"),
     ],
 )
 def test_unreadable_values_stop_the_settings(load, env, named):

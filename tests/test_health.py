@@ -174,7 +174,11 @@ def test_a_url_that_does_not_parse_is_named_without_its_password():
     """Helper "operator10": ``/readyz`` named a mistyped URL (``redis//:password@host``,
     no scheme) whole, password included, twice. The project's settings refuse such URLs
     at start-up (tests/test_deploy_settings.py); a project of one's own may not."""
-    hosts = ["redis//:s3cretpw@127.0.0.1:6379/0", "redis://:s3cretpw@127.0.0.1:x/0"]
+    hosts = [
+        "redis//:s3cretpw@127.0.0.1:6379/0",
+        "redis://:s3cretpw@127.0.0.1:x/0",
+        "unix:///tmp/redis.sock?password=s3cretpw",  # redis-py's way for a socket
+    ]
     with override_settings(CHANNEL_LAYERS=layer(*hosts)):
         names = [name for name, _ in redis_urls()]
     assert not any("s3cretpw" in name for name in names), names

@@ -414,6 +414,29 @@ def test_type_hints_are_checked_when_the_class_is_created():
         streaming_method(lambda self, session: None)
 
 
+def test_values_have_a_wire_form_by_the_type_they_are_an_instance_of():
+    """Helper "reviewer10": a ``datetime`` subclass (a test clock's) was refused (the form
+    was looked up by the exact type), a ``complex`` was sent as ``"1+2j"``, a ``Decimal``
+    NaN as ``"NaN"`` (which no argument accepts); a ``set`` of messages was accepted when
+    the class was defined, and then failed every call."""
+    from streaming.methods import value_json
+
+    class Clock(datetime.datetime):
+        pass
+
+    assert value_json(Clock(2026, 12, 1, tzinfo=datetime.UTC)) == '"2026-12-01T00:00:00Z"'
+    assert value_json(bytearray(b"\x00\xff")) == '"AP8="'
+    for bad in (1 + 2j, decimal.Decimal("NaN"), object(), datetime.datetime(2026, 1, 1)):
+        with pytest.raises(TypeError):
+            value_json(bad)
+    with pytest.raises(TypeError, match="hashable"):
+
+        class BadSet(Endpoint):
+            @streaming_method
+            async def m(self, session, notes: set[Note]) -> int:
+                return 0
+
+
 async def test_hints_may_name_classes_defined_beside_the_endpoint():
     class Local(SerializableEntity):
         class_name = "tests.methods.Local"

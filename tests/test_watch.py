@@ -102,9 +102,7 @@ async def listen_and_cut(pair, url: str) -> tuple[Inbox, str]:
     return inbox, name
 
 
-async def test_a_cut_subscriber_connection_is_seen_and_the_join_proven_again(
-    pair, redis_server
-):
+async def test_a_cut_subscriber_connection_is_seen_and_the_join_proven_again(pair, redis_server):
     a, b = pair
     inbox, name = await listen_and_cut(pair, redis_server.url)
     why = await b.wait_lost()
@@ -433,3 +431,25 @@ async def test_a_backlog_of_the_bus_does_not_hold_the_event_loop(pair):
         turns.cancel()
     assert inbox.got == list(range(200))
     assert inbox.longest_hold() <= 5, inbox.turns_at
+
+
+async def test_readyz_names_the_longest_silence_of_several_shards_for_what_it_is():
+    """Helper "reviewer10": with one shard stalled for 60 s and another behind for 5 s,
+    ``/readyz`` said the bus was 60 s *behind*: the longest silence is named with its own
+    kind."""
+    from streaming.exceptions import MessagingUnavailable
+    from streaming.health import _check_bus
+
+    bus = MessageBus(None)
+    watch = ReconnectWatch(bus, layer=None)
+    stalled, behind = (HeartbeatWatch(bus, group=g, count_gaps=False) for g in "ab")
+    now = time.monotonic()
+    stalled._back_at, stalled._stalled_at = now - 60, now - 50
+    behind._back_at, behind._stalled_at, behind._behind = now - 5, now - 1, True
+    watch._beats = [stalled, behind]
+    bus._watch = watch
+    with pytest.raises(MessagingUnavailable, match="for 60s: its subscription is stalled"):
+        await _check_bus(bus)
+    stalled._back_at = now - 3  # the backlog is now the longer silence
+    with pytest.raises(MessagingUnavailable, match="came back for 5s: it is that far behind"):
+        await _check_bus(bus)

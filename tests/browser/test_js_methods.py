@@ -48,6 +48,21 @@ async def test_a_call_returns_its_value(methods_server, open_page):
     ]
 
 
+async def test_dates_maps_and_dicts_travel_as_the_methods_hints_say(methods_server, open_page):
+    """A Date goes as its ISO string, a Map as an object (helper "reviewer10": a Map or a
+    Set went as ``{}``); a dict result comes back as an object, a message in it as one."""
+    page = await page_for(open_page, methods_server)
+    result = await page.evaluate(
+        """async () => window.client.endpoint('methods').call('stamp', {
+            at: new Date(Date.UTC(2026, 11, 1, 12, 30)), counts: new Map([['a', 1]])})"""
+    )
+    assert result == {
+        "at": "2026-12-01T12:30:00Z",
+        "counts": {"a": 1},
+        "line": {"className": "e2e.methods.Line", "data": {"text": "stamped", "n": 1}},
+    }
+
+
 async def test_a_stream_in_order_and_leaving_the_loop_cancels_it(methods_server, open_page):
     page = await page_for(open_page, methods_server)
     result = await page.evaluate(

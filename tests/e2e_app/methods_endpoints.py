@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
 
 from streaming.endpoint import Endpoint, streaming_method
 from streaming.methods import InputStreamFailed, SerializableException
@@ -75,6 +77,15 @@ class MethodsEndpoint(Endpoint):
     @streaming_method
     async def out_of_ink(self, session, color: str) -> str:
         raise OutOfInk(f"No {color} ink.", color=color)
+
+    @streaming_method
+    async def stamp(self, session, at: datetime, counts: dict[str, int]) -> dict[str, Any]:
+        """Other types travel as message fields of theirs do; a dict comes back as one."""
+        return {"at": at, "counts": counts, "line": Line(text="stamped", n=len(counts))}
+
+    @streaming_method
+    async def late(self, session, at: datetime) -> None:
+        raise OutOfInk("Too late.", at=at, stock={"red": 0})
 
     @streaming_method
     async def broken(self, session) -> str:

@@ -983,17 +983,29 @@ let lastCallId = 0;
 /** A value from the wire: `{className, data}` objects decoded when their class is registered. */
 function callValue(value) {
   if (Array.isArray(value)) return value.map(callValue);
-  if (isPlainObject(value) && typeof value.className === "string" && isPlainObject(value.data)) {
+  if (!isPlainObject(value)) return value;
+  const keys = Object.keys(value);
+  if (keys.length === 2 && typeof value.className === "string" && isPlainObject(value.data)) {
     if (getClass(value.className) === undefined) return {className: value.className, data: value.data};
     return decodeObject(value.className, value.data);
   }
-  return value;
+  // A dict[str, T]: its values decoded the same way (messages in it as their classes).
+  return Object.fromEntries(keys.map((key) => [key, callValue(value[key])]));
 }
 
-/** An argument or input value for the wire: registered instances as `{className, data}`. */
+/**
+ * An argument or input value for the wire: registered instances as `{className, data}`,
+ * in arrays, `Set`s (as arrays), `Map`s and plain objects (as objects) too.
+ */
 function callArgument(value) {
-  if (Array.isArray(value)) return value.map(callArgument);
+  if (Array.isArray(value) || value instanceof Set) return [...value].map(callArgument);
   if (registeredName(value) !== undefined) return encodeObject(value);
+  if (value instanceof Map) {
+    return Object.fromEntries([...value].map(([k, v]) => [String(k), callArgument(v)]));
+  }
+  if (isPlainObject(value)) {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, callArgument(v)]));
+  }
   return encodeAny(value);
 }
 
