@@ -12,13 +12,28 @@ seconds, which costs two cache operations per event and no list of timestamps.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core.cache import caches
+from django.core.signals import setting_changed
 
 from streaming.throttling import CacheOutage, SlidingWindow
+
+#: Every limiter, so that a change of ``CACHES`` (tests' ``override_settings``) drops their
+#: cache objects.
+_limits: weakref.WeakSet[SharedRateLimit] = weakref.WeakSet()
+
+
+def _caches_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "CACHES":
+        for limit in list(_limits):
+            limit._cache = None
+
+
+setting_changed.connect(_caches_changed)
 
 
 class SharedRateLimit:
@@ -53,12 +68,21 @@ class SharedRateLimit:
         self.period = period
         self.prefix = prefix
         self._cache_alias = cache
+        self._cache: Any = None  # made at first use, and again after CACHES changes
         self._clock = clock
+        _limits.add(self)
         self._outage = CacheOutage(f"rate limit {prefix}")
 
     def _counter(self) -> SlidingWindow:
-        """A counter on this thread's cache (Django's cache objects are per thread)."""
-        return SlidingWindow(self.limit, self.period, caches[self._cache_alias], clock=self._clock)
+        """A counter on this limiter's own cache object. Django's ``caches[alias]`` is one
+        per thread and per task context: each socket that asked made its own, with Redis
+        connections of its own (helper "reviewer10": 20 sockets, 20 connections). One
+        object, made once, shares its connection pool (thread-safe) between the threads
+        that ask."""
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = caches.create_connection(self._cache_alias)
+        return SlidingWindow(self.limit, self.period, cache, clock=self._clock)
 
     async def allow(self, key: Any) -> bool:
         outage = self._outage

@@ -121,3 +121,33 @@ def test_after_a_pause_one_caller_asks_while_the_others_pass():
     assert not outage.paused()
     outage.answered()
     assert not outage.paused() and not outage.paused()
+
+
+@pytest.fixture
+def proxied(settings):
+    """A cache alias ``proxied``: a Redis behind a proxy that counts connections."""
+    with RedisServer() as redis_server, StallProxy(redis_server.port) as proxy:
+        settings.CACHES = {
+            **settings.CACHES,
+            "proxied": {
+                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "LOCATION": f"redis://127.0.0.1:{proxy.port}/0",
+                "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+            },
+        }
+        yield proxy
+
+
+async def test_sockets_share_the_limiters_redis_connections(proxied):
+    """Helper "reviewer10": Django keeps a cache object per task context, so each socket
+    that asked the rate limit opened Redis connections of its own (20 sockets, 20
+    connections; 10,000 sockets would reach Redis' default ``maxclients``). The limiter
+    keeps one cache object: its connections are the thread pool's, reused."""
+    limit = SharedRateLimit(1000, 60, cache="proxied", prefix="t:conns")
+
+    async def socket_task(n: int) -> None:
+        for _ in range(5):
+            assert await limit.allow(f"user{n}")
+
+    await asyncio.gather(*(asyncio.create_task(socket_task(n)) for n in range(40)))
+    assert proxied.connections <= 8, proxied.connections
