@@ -26,19 +26,32 @@ from tests.support.stall_proxy import StallProxy
 pytestmark = pytest.mark.redis
 
 
+def _cache_behind(proxy: StallProxy, settings, alias: str) -> None:
+    """Make ``alias`` a Redis cache reached through ``proxy``."""
+    settings.CACHES = {
+        **settings.CACHES,
+        alias: {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{proxy.port}/0",
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        },
+    }
+
+
 @pytest.fixture
 def stalled(settings):
     """A cache alias ``stalled``: a Redis behind a proxy that stalled before any use."""
     with RedisServer() as redis_server, StallProxy(redis_server.port) as proxy:
         proxy.stall()
-        settings.CACHES = {
-            **settings.CACHES,
-            "stalled": {
-                "BACKEND": "django.core.cache.backends.redis.RedisCache",
-                "LOCATION": f"redis://127.0.0.1:{proxy.port}/0",
-                "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
-            },
-        }
+        _cache_behind(proxy, settings, "stalled")
+        yield proxy
+
+
+@pytest.fixture
+def proxied(settings):
+    """A cache alias ``proxied``: a Redis behind a proxy that counts connections."""
+    with RedisServer() as redis_server, StallProxy(redis_server.port) as proxy:
+        _cache_behind(proxy, settings, "proxied")
         yield proxy
 
 
@@ -121,21 +134,6 @@ def test_after_a_pause_one_caller_asks_while_the_others_pass():
     assert not outage.paused()
     outage.answered()
     assert not outage.paused() and not outage.paused()
-
-
-@pytest.fixture
-def proxied(settings):
-    """A cache alias ``proxied``: a Redis behind a proxy that counts connections."""
-    with RedisServer() as redis_server, StallProxy(redis_server.port) as proxy:
-        settings.CACHES = {
-            **settings.CACHES,
-            "proxied": {
-                "BACKEND": "django.core.cache.backends.redis.RedisCache",
-                "LOCATION": f"redis://127.0.0.1:{proxy.port}/0",
-                "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
-            },
-        }
-        yield proxy
 
 
 async def test_sockets_share_the_limiters_redis_connections(proxied):
