@@ -3,15 +3,18 @@
 import asyncio
 import uuid
 
+import msgpack
 import pytest
-import redis
+import redis.asyncio as aioredis
 
+from streaming.watch import HEARTBEAT_TYPE
 from tests.e2e.redis_support import (
     assert_quiet,
     connect,
     join,
     numsub,
     recv_endpoint,
+    redis_channel,
     room_post,
     wait_numsub,
 )
@@ -60,41 +63,77 @@ async def test_no_group_membership_left_after_the_last_listener(cluster):
 
 
 async def test_redis_commands_do_not_grow_with_listeners(cluster):
-    """One post to 200 listeners on 2 servers costs what one post to 2 listeners costs."""
+    """One post to 200 listeners on 2 servers costs what one post to 2 listeners costs.
+
+    Redis counts every command of every client, and each server also publishes a
+    heartbeat a second (``BUS_HEARTBEAT_INTERVAL``) that may fall inside the post's
+    window: the window is bracketed by marker publishes in the same transactions as
+    ``CONFIG RESETSTAT`` and ``INFO``, and a pattern subscriber sees, in Redis' own
+    order, which channel each counted publish went to.
+    """
     rs, a, b = cluster
-    client = redis.Redis.from_url(rs.url)
+    marker = f"streampod-test-marker-{uuid.uuid4().hex}"
+    post_channel = None
 
-    async def commands_for_one_post(listeners_per_server):
-        name = room()
-        sockets = []
-        try:
-            for server in (a, b):
-                for _ in range(listeners_per_server):
-                    ws = await connect(server.ws_url).__aenter__()
-                    sockets.append(ws)
-            await asyncio.gather(*(join(ws, name) for ws in sockets))
-            poster = sockets[0]
-            client.config_resetstat()
-            await poster.send(room_post(name, "fan-out"))
-            for ws in sockets:
-                frame = await recv_endpoint(ws, "room")
-                assert frame["object"]["data"]["text"] == "fan-out"
-            stats = client.info("commandstats")
-            return {name: value["calls"] for name, value in stats.items()}
-        finally:
-            await asyncio.gather(*(ws.close() for ws in sockets))
+    async with aioredis.Redis.from_url(rs.url) as client, client.pubsub() as watcher:
+        await watcher.psubscribe("*")
 
-    small = await commands_for_one_post(1)
-    large = await commands_for_one_post(100)
-    client.close()
-    assert large.get("cmdstat_publish") == small.get("cmdstat_publish") == 1
-    # INFO/CONFIG are this test's own; whatever else ran must not scale with listeners.
-    def total(stats):
-        own = ("cmdstat_info", "cmdstat_config|resetstat")
-        return sum(v for k, v in stats.items() if k not in own)
+        async def publishes_until(end):
+            """(channel, event type) of each publish the watcher reads up to ``end``."""
+            seen = []
+            while True:
+                message = await watcher.get_message(timeout=10)
+                assert message is not None, "the marker publish never came back"
+                if message["type"] != "pmessage":
+                    continue  # the psubscribe's confirmation
+                channel = message["channel"].decode()
+                if channel == marker:
+                    if message["data"] == end:
+                        return seen
+                    seen = []  # the start marker: what came before is not counted
+                    continue
+                seen.append((channel, msgpack.unpackb(message["data"]).get("type")))
 
-    print("redis commands for one post:", small, large)
-    assert total(large) <= total(small) + 2, (small, large)
+        async def commands_for_one_post(listeners_per_server):
+            nonlocal post_channel
+            name = room()
+            post_channel = redis_channel(f"room:{name}", rs.url)
+            sockets = []
+            try:
+                for server in (a, b):
+                    for _ in range(listeners_per_server):
+                        ws = await connect(server.ws_url).__aenter__()
+                        sockets.append(ws)
+                await asyncio.gather(*(join(ws, name) for ws in sockets))
+                poster = sockets[0]
+                async with client.pipeline(transaction=True) as start:
+                    await start.config_resetstat().publish(marker, b"start").execute()
+                await poster.send(room_post(name, "fan-out"))
+                for ws in sockets:
+                    frame = await recv_endpoint(ws, "room")
+                    assert frame["object"]["data"]["text"] == "fan-out"
+                async with client.pipeline(transaction=True) as stop:
+                    stats, _ = await stop.info("commandstats").publish(marker, b"end").execute()
+                published = await publishes_until(b"end")
+                calls = {name: value["calls"] for name, value in stats.items()}
+                # The start marker is counted; every other counted publish was watched.
+                assert calls.get("cmdstat_publish") == len(published) + 1, (calls, published)
+                return calls, published
+            finally:
+                await asyncio.gather(*(ws.close() for ws in sockets))
+
+        others = {}
+        for listeners in (1, 100):
+            calls, published = await commands_for_one_post(listeners)
+            print("redis commands for one post:", listeners, calls, published)
+            # One publish of the post, whatever the listeners; any other is a heartbeat.
+            posts = [channel for channel, kind in published if kind != HEARTBEAT_TYPE]
+            assert posts == [post_channel], (listeners, published)
+            # Our own commands and the publishes aside, what ran must not scale.
+            own = {"cmdstat_info", "cmdstat_config|resetstat", "cmdstat_multi",
+                   "cmdstat_exec", "cmdstat_publish"}  # fmt: skip
+            others[listeners] = {k: v for k, v in calls.items() if k not in own}
+        assert sum(others[100].values()) <= sum(others[1].values()) + 2, others
 
 
 async def test_idle_socket_on_a_redis_backed_server_stays_open(cluster):
