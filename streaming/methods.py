@@ -92,6 +92,7 @@ __all__ = [
     "InputStreamFailed",
     "MethodSpec",
     "SerializableException",
+    "ValueReader",
     "from_wire",
     "streaming_method",
     "value_json",
@@ -409,6 +410,55 @@ def _decode_entity(
         errors.append({"path": echo(f"{path}.className"), "reason": f"Expected {cls.class_name}"})
         return _BAD
     return obj
+
+
+class ValueReader:
+    """Reads a streaming method's values as the type hint ``annotation``, as the server
+    reads its arguments: what a client does when told the method's return type
+    (``client.<endpoint>.<method>(returns=...)``).
+
+    ``annotation`` is the method's return annotation as the server writes it
+    (``datetime``, ``list[Post]``, ``dict[str, Decimal]``, ``AsyncIterator[Post]``): a
+    stream's values are read as its item type, a method's one value as the whole. A
+    non-stream annotation given for a method that streams is taken as its item type.
+    ``TypeError`` (at once) for a hint that is not a streaming method type; :meth:`value`
+    and :meth:`item` raise ``InvalidMessage`` (its ``errors`` name each failing path) for
+    what the server sent that is not of it.
+    """
+
+    __slots__ = ("_item", "_value", "annotation")
+
+    def __init__(self, annotation: Any) -> None:
+        self.annotation = annotation
+        item = _stream_item(annotation)
+        if item is _BAD:
+            self._value = self._item = _shape(annotation, "returns")
+        else:
+            self._item = _shape(item, "returns")
+            self._value = ("l", self._item)
+
+    def __repr__(self) -> str:
+        return f"<ValueReader {self.annotation!r}>"
+
+    def value(self, obj: Any) -> Any:
+        """The method's value ``obj`` (its ``done`` frame's ``value``) as the type."""
+        return self._read(self._value, obj)
+
+    def item(self, obj: Any) -> Any:
+        """One of a stream's values (a ``value`` frame's) as the item type."""
+        return self._read(self._item, obj)
+
+    @staticmethod
+    def _read(shape: _Shape, obj: Any) -> Any:
+        errors: list[dict[str, Any]] = []
+        decoded = _decode(shape, obj, "value", errors)
+        if decoded is _BAD:
+            raise InvalidMessage(
+                f"The value is not of the type asked for: {len(errors)} field(s) failed "
+                "validation.",
+                errors=errors,
+            )
+        return decoded
 
 
 # -- the decorator and the per-method spec -----------------------------------------------

@@ -437,6 +437,36 @@ def test_values_have_a_wire_form_by_the_type_they_are_an_instance_of():
                 return 0
 
 
+def test_a_value_reader_reads_what_value_json_wrote_as_the_type():
+    """``ValueReader`` (the client's ``returns=``) is the inverse of ``value_json`` for
+    every method type, and names each path of a value that is not of it."""
+    import json
+
+    from streaming.exceptions import InvalidMessage
+    from streaming.methods import ValueReader, value_json
+
+    at = datetime.datetime(2026, 12, 1, 12, 30, tzinfo=datetime.UTC)
+    cases: list[tuple[Any, Any]] = [
+        (datetime.datetime, at),
+        (dict[str, decimal.Decimal], {"a": decimal.Decimal("1.50")}),
+        (set[uuid.UUID], {uuid.UUID(int=1), uuid.UUID(int=2)}),
+        (list[Note | None], [Note(text="n"), None]),
+        (datetime.timedelta | int, datetime.timedelta(seconds=90)),
+        (bytes, b"\x00\xff"),
+    ]
+    for hint, value in cases:
+        wire = json.loads(value_json(value))
+        assert ValueReader(hint).value(wire) == value, hint
+    stream = ValueReader(AsyncIterator[datetime.date])
+    assert stream.item("2026-12-01") == datetime.date(2026, 12, 1)
+    assert stream.value(["2026-12-01"]) == [datetime.date(2026, 12, 1)]
+    with pytest.raises(InvalidMessage) as wrong:
+        ValueReader(dict[str, int]).value({"a": 1, "b": "x", "c": [2]})
+    assert [e["path"] for e in wrong.value.errors] == ["value.b", "value.c"]
+    with pytest.raises(TypeError):
+        ValueReader(complex)
+
+
 async def test_hints_may_name_classes_defined_beside_the_endpoint():
     class Local(SerializableEntity):
         class_name = "tests.methods.Local"

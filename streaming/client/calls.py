@@ -6,6 +6,7 @@
     async for event in client.chat.watch_typing(with_user=2):  # a stream
         ...
     count = await client.chat.upload(strokes=my_async_generator())  # an input stream
+    when = await client.clock.now(returns=datetime)            # read as a type
 
 Contract:
 
@@ -14,6 +15,12 @@ Contract:
   connection: if the connection ends first, the call raises :class:`NotConnected`.
 * ``await call`` returns the method's value; for a stream, the list of its values.
   ``async for value in call`` yields a stream's values in order and ends at ``done``.
+* Values: messages arrive as their classes, other values as JSON has them (a
+  ``datetime`` as its ISO 8601 string), unless ``returns=`` gives the method's return
+  type (``datetime``, ``list[Post]``, ``AsyncIterator[Post]``: a
+  :class:`~streaming.methods.ValueReader`), when they are read as the server reads
+  arguments of that type. A value that is not of it fails the call (or the stream at
+  that value) with :class:`UndecodableMessage` (``invalid_message``, its ``errors``).
 * A failed call raises the app's :class:`~streaming.methods.SerializableException`
   subclass when this side defines one of that ``class_name``, else :class:`CallFailed`
   (``code``, ``message``, ``errors``).
@@ -42,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from websockets.exceptions import ConnectionClosed
 
 from ..exceptions import StreamingError
-from ..methods import DEFAULT_CREDIT, SerializableException, from_wire, value_json
+from ..methods import DEFAULT_CREDIT, SerializableException, ValueReader, from_wire, value_json
 from ..protocol import MethodFrame, encode_method
 from .errors import CallFailed, NotConnected, ServerError, UndecodableMessage
 
@@ -56,6 +63,7 @@ logger = logging.getLogger("streaming.client")
 
 _ids = itertools.count(1)
 _DONE: Any = object()
+_UNTYPED: Any = object()
 
 
 class MethodRef:
@@ -65,10 +73,15 @@ class MethodRef:
         self.endpoint = endpoint
         self.name = name
 
-    def __call__(self, *, credit: int = DEFAULT_CREDIT, **arguments: Any) -> Call:
+    def __call__(
+        self, *, credit: int = DEFAULT_CREDIT, returns: Any = _UNTYPED, **arguments: Any
+    ) -> Call:
         """A :class:`Call` (started when first awaited or iterated). ``credit``: how many
-        values of a stream may wait in the client (one argument name is taken by it)."""
-        return Call(self.endpoint._client, self.endpoint.name, self.name, arguments, credit)
+        values of a stream may wait in the client. ``returns``: the method's return type,
+        to read its values as (see the module's contract); ``TypeError`` here for a type
+        no streaming method has. (These two argument names are taken by the client.)"""
+        reader = None if returns is _UNTYPED else ValueReader(returns)
+        return Call(self.endpoint._client, self.endpoint.name, self.name, arguments, credit, reader)
 
     def __repr__(self) -> str:
         return f"<MethodRef {self.endpoint.name}.{self.name}>"
@@ -84,10 +97,12 @@ class Call:
         method: str,
         arguments: dict[str, Any],
         credit: int = DEFAULT_CREDIT,
+        reader: ValueReader | None = None,
     ) -> None:
         if credit < 1:
             raise ValueError("credit must be at least 1")
         self._client = client
+        self._reader = reader
         self.endpoint = endpoint
         self.method = method
         self.credit = credit
@@ -127,7 +142,7 @@ class Call:
                 values.append(item)
             assert self._outcome is not None
             args = self._outcome[1]
-            return from_wire(args["value"]) if "value" in args else values
+            return args["value"] if "value" in args else values  # decoded by _receive
         finally:
             self.cancel()  # if it has not ended: the awaiting task was cancelled
 
@@ -275,19 +290,22 @@ class Call:
                     self._client._send_soon(link, encode_method("cancel", frame.id))
                 return
             try:
-                self._values.append(from_wire(args["value"]))
+                reader = self._reader
+                item = from_wire(args["value"]) if reader is None else reader.item(args["value"])
             except StreamingError as exc:
-                self._values.append(
-                    _Undecodable(UndecodableMessage(exc.code, exc.detail, endpoint=self.endpoint))
-                )
+                self._values.append(_Undecodable(self._undecodable(exc)))
+            else:
+                self._values.append(item)
         elif command == "done":
             if "value" in args:
                 try:
-                    from_wire(args["value"])
+                    reader = self._reader
+                    raw = args["value"]
+                    value = from_wire(raw) if reader is None else reader.value(raw)
                 except StreamingError as exc:
-                    error = UndecodableMessage(exc.code, exc.detail, endpoint=self.endpoint)
-                    self._end(("error", error))
+                    self._end(("error", self._undecodable(exc)))
                     return
+                args = {**args, "value": value}
             self._end(("done", args))
         elif command == "fail":
             self._end(("error", _failure(self.endpoint, frame.id, args)))
@@ -297,6 +315,11 @@ class Call:
                 self._stream_credit[name] += args["n"]
                 self._stream_changed[name].set()
         self._changed.set()
+
+    def _undecodable(self, exc: StreamingError) -> UndecodableMessage:
+        return UndecodableMessage(
+            exc.code, exc.detail, endpoint=self.endpoint, errors=getattr(exc, "errors", None)
+        )
 
     def _lost(self) -> None:
         """The connection ended before the call did."""

@@ -7,13 +7,14 @@ import asyncio
 import json
 import re
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import pytest
 import websockets
 
-from streaming.client import CallFailed, Client
+from streaming.client import CallFailed, Client, UndecodableMessage
 from tests.e2e_app.methods_endpoints import Line, OutOfInk, Stroke
 from tests.support.servers import SERVERS
 
@@ -71,6 +72,42 @@ async def test_values_streams_and_input_streams(server):
         with pytest.raises(OutOfInk) as late:
             await client.methods.late(at=at)
         assert (late.value.at, late.value.stock) == ("2026-12-01T12:30:00Z", {"red": 0})
+
+
+async def test_returns_reads_the_values_as_the_methods_type(server):
+    """``returns=`` gives the client what the method returned, not its JSON form."""
+    at = datetime(2026, 12, 1, 13, 30, tzinfo=timezone(timedelta(hours=1)))
+    every = timedelta(minutes=5)
+    expected = [at + i * every for i in range(3)]
+    async with await connected(server) as client:
+        # Without it, a datetime is its ISO 8601 string; with it, a datetime (in UTC).
+        assert await client.methods.schedule(start=at, every=every, n=1) == ["2026-12-01T12:30:00Z"]
+        awaited = await client.methods.schedule(
+            start=at, every=every, n=3, returns=AsyncIterator[datetime]
+        )
+        assert awaited == expected and all(v.tzinfo == UTC for v in awaited)
+        # A stream's item type alone does too.
+        schedule = client.methods.schedule(start=at, every=every, n=3, returns=datetime)
+        assert [v async for v in schedule] == expected
+        assert await client.methods.stamp(
+            at=at, counts={"a": 1}, returns=dict[str, datetime | dict[str, int] | Line]
+        ) == {"at": at, "counts": {"a": 1}, "line": Line(text="stamped", n=1)}
+        assert await client.methods.history(with_user=2, limit=1, returns=list[Line]) == [
+            Line(text="to 2", n=0)
+        ]
+
+        # What is not of the type fails the call, naming the path; the socket goes on.
+        with pytest.raises(UndecodableMessage) as wrong:
+            await client.methods.history(with_user=2, limit=2, returns=list[int])
+        assert wrong.value.code == "invalid_message"
+        assert [e["path"] for e in wrong.value.errors] == ["value.0", "value.1"]
+        counted = client.methods.count(upto=3, returns=AsyncIterator[Line])
+        with pytest.raises(UndecodableMessage) as wrong_item:
+            [v async for v in counted]
+        assert [e["path"] for e in wrong_item.value.errors] == ["value"]
+        with pytest.raises(TypeError):
+            client.methods.count(upto=3, returns=object)  # at once: no such method type
+        assert await client.methods.count(upto=2) == [0, 1]
 
 
 async def test_fifty_concurrent_calls_on_one_socket(server):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from streaming.endpoint import Endpoint, streaming_method
@@ -82,6 +82,13 @@ class MethodsEndpoint(Endpoint):
     async def stamp(self, session, at: datetime, counts: dict[str, int]) -> dict[str, Any]:
         """Other types travel as message fields of theirs do; a dict comes back as one."""
         return {"at": at, "counts": counts, "line": Line(text="stamped", n=len(counts))}
+
+    @streaming_method
+    async def schedule(
+        self, session, start: datetime, every: timedelta, n: int
+    ) -> AsyncIterator[datetime]:
+        for i in range(n):
+            yield start + i * every
 
     @streaming_method
     async def late(self, session, at: datetime) -> None:
