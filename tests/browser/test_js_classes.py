@@ -141,7 +141,11 @@ async def test_frames_of_the_server_encoder_decode_and_instances_encode_back(ser
                     "className": "Drawing",
                     "data": {
                         "main": {"__className__": "Drawing", "name": "x"},
-                        "shapes": [{"name": 5}],
+                        # 2**53 + 1: JSON.parse makes it 2**53, an integer but not this one.
+                        "shapes": [
+                            {"name": 5},
+                            {"__className__": "Square", "name": "s", "side": 2**53 + 1},
+                        ],
                         "by_name": {},
                         "blob": "",
                         "wait": 0,
@@ -238,6 +242,10 @@ async def test_frames_of_the_server_encoder_decode_and_instances_encode_back(ser
         [
             {"path": "main.__className__", "reason": "Drawing is not a Shape"},
             {"path": "shapes.0.name", "reason": "should be a string"},
+            {
+                "path": "shapes.1.side",
+                "reason": "should be an integer JavaScript holds exactly (at most 2^53 - 1)",
+            },
         ],
     ]
     later = result["later"]

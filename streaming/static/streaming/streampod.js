@@ -718,7 +718,11 @@ function decodeValue(type, value, path, state) {
     case "string":
       return typeof value === "string" ? value : state.fail(path, "should be a string");
     case "int":
-      return Number.isInteger(value) ? value : state.fail(path, "should be an integer");
+      // Past 2^53 - 1 JSON.parse has already rounded the server's integer: refused, never
+      // held wrong (an id one off). Such fields travel as strings (docs/protocol.md).
+      if (!Number.isInteger(value)) return state.fail(path, "should be an integer");
+      return Number.isSafeInteger(value) ? value
+        : state.fail(path, "should be an integer JavaScript holds exactly (at most 2^53 - 1)");
     case "float":
       return typeof value === "number" ? value : state.fail(path, "should be a number");
     case "bool":
