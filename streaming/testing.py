@@ -26,16 +26,28 @@ import itertools
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from channels.testing import WebsocketCommunicator
 
 from . import protocol
 from .endpoint import Endpoint
+from .exceptions import InvalidMessage
 from .protocol import CommandFrame, DataFrame
 from .serialization import SerializableEntity, _swapped_registry, decode_object, encode_object
 
+if TYPE_CHECKING:
+    from .methods import ValueReader
+
 _call_ids = itertools.count(1)
+_UNTYPED: Any = object()
+
+
+def _reader(returns: Any) -> ValueReader | None:
+    """The reader of a ``returns=`` type (``TypeError`` at once for no method type)."""
+    from .methods import ValueReader
+
+    return None if returns is _UNTYPED else ValueReader(returns)
 
 
 class CallStream:
@@ -50,11 +62,13 @@ class CallStream:
         args: dict[str, Any],
         credit: int,
         timeout: float | None,
+        reader: ValueReader | None = None,
     ) -> None:
         self._comm = comm
         self._call = (endpoint, method, args)
         self._credit = credit
         self._timeout = timeout
+        self._reader = reader
         self._id: str | None = None
         self._ended = False
         self._read = 0
@@ -83,7 +97,7 @@ class CallStream:
         if self._ended:
             raise StopAsyncIteration
         try:
-            kind, value = await self._comm._call_frame(self._id, self._timeout)
+            kind, value = await self._comm._call_frame(self._id, self._timeout, self._reader)
         except BaseException:
             self._ended = True  # failed: nothing to cancel
             raise
@@ -249,15 +263,26 @@ class StreamingCommunicator(WebsocketCommunicator):
     # -- streaming methods ------------------------------------------------------------
 
     async def call(
-        self, endpoint: str, method: str, /, *, timeout: float | None = None, **args: Any
+        self,
+        endpoint: str,
+        method: str,
+        /,
+        *,
+        timeout: float | None = None,
+        returns: Any = _UNTYPED,
+        **args: Any,
     ) -> Any:
         """Call the streaming method ``method`` of ``endpoint`` with ``args``; return its
-        result as a client gets it (messages as their classes). A ``fail`` raises: the
+        result as a client gets it (messages as their classes; with ``returns=``, read as
+        that type, as the Python client's ``returns=`` does). A ``fail`` raises: the
         app's exception as itself when its class is defined here, else
         :class:`~streaming.client.errors.CallFailed` (``code``, ``errors``,
-        ``exception``). The next frames must be this call's (see :meth:`sync`)."""
+        ``exception``); a value not of ``returns``
+        :class:`~streaming.client.errors.UndecodableMessage`. The next frames must be this
+        call's (see :meth:`sync`)."""
+        reader = _reader(returns)
         call_id = await self._start_call(endpoint, method, args, credit=0)
-        kind, value = await self._call_frame(call_id, timeout)
+        kind, value = await self._call_frame(call_id, timeout, reader)
         assert kind == "done", f"expected the call's result, got a {kind!r} frame: {value!r}"
         return value
 
@@ -269,14 +294,15 @@ class StreamingCommunicator(WebsocketCommunicator):
         *,
         credit: int = 64,
         timeout: float | None = None,
+        returns: Any = _UNTYPED,
         **args: Any,
     ) -> CallStream:
         """Call a method that returns a stream: ``async for value in comm.stream(...)``
-        reads its values as they come, granting ``credit`` as the bundled clients do (half
-        of it again each time half is read), to the ``done``. To leave early, use
-        ``async with comm.stream(...) as values``: leaving the block cancels the call. A
-        ``fail`` raises as in :meth:`call`."""
-        return CallStream(self, endpoint, method, args, credit, timeout)
+        reads its values as they come (as ``returns`` when given, as in :meth:`call`),
+        granting ``credit`` as the bundled clients do (half of it again each time half is
+        read), to the ``done``. To leave early, use ``async with comm.stream(...) as
+        values``: leaving the block cancels the call. A ``fail`` raises as in :meth:`call`."""
+        return CallStream(self, endpoint, method, args, credit, timeout, _reader(returns))
 
     async def _start_call(
         self, endpoint: str, method: str, args: dict[str, Any], *, credit: int
@@ -293,10 +319,12 @@ class StreamingCommunicator(WebsocketCommunicator):
         await self.send_command("call", fields)
         return call_id
 
-    async def _call_frame(self, call_id: str, timeout: float | None) -> tuple[str, Any]:
-        """The call's next frame: ``("value", v)`` or ``("done", result)``; raises on
-        ``fail``."""
-        from .client.errors import CallFailed
+    async def _call_frame(
+        self, call_id: str, timeout: float | None, reader: ValueReader | None = None
+    ) -> tuple[str, Any]:
+        """The call's next frame: ``("value", v)`` or ``("done", result)``, the value read
+        by ``reader`` when given; raises on ``fail``."""
+        from .client.errors import CallFailed, UndecodableMessage
         from .methods import SerializableException, from_wire
 
         frame = await self.receive_frame(timeout)
@@ -317,7 +345,16 @@ class StreamingCommunicator(WebsocketCommunicator):
                 args.get("errors"), exception,
             )  # fmt: skip
         assert frame.command in ("value", "done"), f"unexpected frame of the call: {frame!r}"
-        return frame.command, from_wire(args.get("value"))
+        raw = args.get("value")
+        if reader is None or (frame.command == "done" and "value" not in args):
+            return frame.command, from_wire(raw)
+        try:
+            read = reader.item if frame.command == "value" else reader.value
+            return frame.command, read(raw)
+        except InvalidMessage as exc:
+            raise UndecodableMessage(
+                exc.code, exc.detail, args.get("endpoint"), exc.errors
+            ) from exc
 
     async def receive_close(self, timeout: float | None = None) -> int:
         """Wait for the server to close the socket; returns the close code."""

@@ -1033,3 +1033,30 @@ async def test_the_communicator_calls_methods_and_reads_streams_as_a_client_woul
         assert failed.value.code == "invalid_message"
         assert [e["path"] for e in failed.value.errors] == ["with_user"]
         await comm.assert_nothing_received()
+
+
+async def test_the_communicator_reads_values_as_the_type_returns_gives():
+    """``returns=`` of ``call`` and ``stream``, as the Python client's."""
+    from streaming.client.errors import UndecodableMessage
+
+    class Clock(Endpoint):
+        @streaming_method
+        async def now(self, session) -> dict[str, datetime.datetime]:
+            return {"now": datetime.datetime(2026, 12, 2, tzinfo=datetime.UTC)}
+
+        @streaming_method
+        async def ticks(self, session) -> AsyncIterator[datetime.timedelta]:
+            for n in range(3):
+                yield datetime.timedelta(seconds=n)
+
+    at = datetime.datetime(2026, 12, 2, tzinfo=datetime.UTC)
+    async with socket(endpoints=[Clock]) as comm:
+        assert await comm.call("clock", "now") == {"now": "2026-12-02T00:00:00Z"}
+        typed = await comm.call("clock", "now", returns=dict[str, datetime.datetime])
+        assert typed == {"now": at}
+        ticks = comm.stream("clock", "ticks", returns=AsyncIterator[datetime.timedelta])
+        assert [t async for t in ticks] == [datetime.timedelta(seconds=n) for n in range(3)]
+        with pytest.raises(UndecodableMessage) as wrong:
+            await comm.call("clock", "now", returns=dict[str, int])
+        assert [e["path"] for e in wrong.value.errors] == ["value.now"]
+        await comm.assert_nothing_received()
