@@ -11,6 +11,7 @@ seconds, which costs two cache operations per event and no list of timestamps.
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -34,6 +35,22 @@ def _caches_changed(*, setting: str, **kwargs: Any) -> None:
 
 
 setting_changed.connect(_caches_changed)
+
+
+def _shareable(cache: Any) -> bool:
+    """Whether one object of ``cache``'s backend may serve every thread at once: Django's
+    Redis cache (redis-py's connection pool is thread-safe), locmem (a lock), the database
+    cache (a connection per thread) and the file and dummy caches. Not the Memcached
+    backends (pymemcache's default client and pylibmc's hold one socket, and corrupt each
+    other's replies between threads: helper "reviewer11", 150 errors in 200 calls) nor
+    any backend this does not know."""
+    from django.core.cache.backends.db import DatabaseCache
+    from django.core.cache.backends.dummy import DummyCache
+    from django.core.cache.backends.filebased import FileBasedCache
+    from django.core.cache.backends.locmem import LocMemCache
+    from django.core.cache.backends.redis import RedisCache
+
+    return type(cache) in (RedisCache, LocMemCache, DatabaseCache, FileBasedCache, DummyCache)
 
 
 class SharedRateLimit:
@@ -68,7 +85,10 @@ class SharedRateLimit:
         self.period = period
         self.prefix = prefix
         self._cache_alias = cache
-        self._cache: Any = None  # made at first use, and again after CACHES changes
+        # Made at first use, and again after CACHES changes: the cache object, or a
+        # threading.local holding one per thread for a backend that is not _shareable.
+        self._cache: Any = None
+        self._made = threading.Lock()
         self._clock = clock
         _limits.add(self)
         self._outage = CacheOutage(f"rate limit {prefix}")
@@ -77,11 +97,24 @@ class SharedRateLimit:
         """A counter on this limiter's own cache object. Django's ``caches[alias]`` is one
         per thread and per task context: each socket that asked made its own, with Redis
         connections of its own (helper "reviewer10": 20 sockets, 20 connections). One
-        object, made once, shares its connection pool (thread-safe) between the threads
-        that ask."""
+        object, made once, shares its connection pool between the threads that ask, where
+        the backend allows that (:func:`_shareable`); else each thread of the pool has
+        one object of its own."""
         cache = self._cache
         if cache is None:
-            cache = self._cache = caches.create_connection(self._cache_alias)
+            with self._made:  # one object, not one per thread that came first at once
+                cache = self._cache
+                if cache is None:
+                    made = caches.create_connection(self._cache_alias)
+                    cache = made if _shareable(made) else threading.local()
+                    if isinstance(cache, threading.local):
+                        cache.cache = made
+                    self._cache = cache
+        if isinstance(cache, threading.local):
+            mine = getattr(cache, "cache", None)
+            if mine is None:
+                mine = cache.cache = caches.create_connection(self._cache_alias)
+            cache = mine
         return SlidingWindow(self.limit, self.period, cache, clock=self._clock)
 
     async def allow(self, key: Any) -> bool:

@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.core.cache.backends.locmem import LocMemCache
 from django.test import RequestFactory
 
 from chat.ratelimit import SharedRateLimit
@@ -147,5 +151,45 @@ async def test_sockets_share_the_limiters_redis_connections(proxied):
         for _ in range(5):
             assert await limit.allow(f"user{n}")
 
-    await asyncio.gather(*(asyncio.create_task(socket_task(n)) for n in range(40)))
-    assert proxied.connections <= 8, proxied.connections
+    # The thread pool's size is the bound (the default's grows with the cores: helper
+    # "reviewer11"), plus one for Django's unlocked first connection pool of a thread race.
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(4) as pool:
+        loop.set_default_executor(pool)
+        await asyncio.gather(*(asyncio.create_task(socket_task(n)) for n in range(40)))
+    assert proxied.connections <= 4 + 1, proxied.connections
+
+
+class OneThreadCache(LocMemCache):
+    """A backend the limiter does not know (a Memcached client, say): it records which
+    threads used each of its objects."""
+
+    users: ClassVar[dict[int, set[int]]] = {}
+
+    def incr(self, *args: Any, **kwargs: Any) -> int:
+        self.users.setdefault(id(self), set()).add(threading.get_ident())
+        return super().incr(*args, **kwargs)
+
+    def add(self, *args: Any, **kwargs: Any) -> bool:
+        self.users.setdefault(id(self), set()).add(threading.get_ident())
+        return super().add(*args, **kwargs)
+
+
+async def test_a_backend_not_known_to_be_thread_safe_gets_an_object_per_thread(settings):
+    """Helper "reviewer11": the one shared object served every thread of the pool; Django's
+    Memcached backends hold one socket an object, and threads sharing it read each
+    other's replies (150 errors in 200 calls: the limit failed open). Only backends known
+    to be thread-safe are shared."""
+    settings.CACHES = {
+        **settings.CACHES,
+        "unknown": {"BACKEND": "tests.test_cache_outage.OneThreadCache", "LOCATION": "t1"},
+    }
+    OneThreadCache.users.clear()
+    limit = SharedRateLimit(1000, 60, cache="unknown", prefix="t:threads")
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(4) as pool:
+        loop.set_default_executor(pool)
+        assert all(await asyncio.gather(*(limit.allow(f"u{n % 5}") for n in range(200))))
+    threads = [users for users in OneThreadCache.users.values()]
+    assert len(set().union(*threads)) > 1  # the pool's threads did share the work
+    assert all(len(users) == 1 for users in threads), threads
