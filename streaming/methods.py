@@ -265,7 +265,7 @@ def from_wire(obj: Any) -> Any:
 # ("e", cls) a message; ("s", type) a scalar; ("l", item) a list; ("set", item, set or
 # frozenset); ("d", value) a dict with str keys; ("p", adapter) another type, as a message
 # field of that type travels; ("u", members) a union; ("a",) anything (typing.Any):
-# plain JSON, not validated.
+# plain JSON, not validated; ("w",) the same as a client reads it (messages decoded).
 _Shape = tuple[Any, ...]
 _SCALARS: dict[Any, str] = {
     str: "a valid string",
@@ -296,7 +296,10 @@ def _shape(annotation: Any, where: str) -> _Shape:
     if origin is typing.Annotated:
         return _shape(args[0], where)
     if origin in (typing.Union, types.UnionType):
-        return ("u", tuple(_shape(arg, where) for arg in args))
+        _check_distinct(annotation, args, where)
+        members = tuple(_shape(arg, where) for arg in args)
+        # An int before a float (3 is an int, 3.5 a float), whichever the hint names first.
+        return ("u", tuple(sorted(members, key=lambda member: member == ("s", float))))
     if origin in (list, collections.abc.Sequence) and len(args) == 1:
         return ("l", _shape(args[0], where))
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
@@ -318,6 +321,81 @@ def _shape(annotation: Any, where: str) -> _Shape:
         "int, float, bool, None, datetime, timedelta, Decimal, UUID, bytes, an enum, "
         "list[...], set[...], dict[str, ...], a union or X | None)"
     )
+
+
+def _wire_kinds(annotation: Any) -> frozenset[str]:
+    """The JSON a value of ``annotation`` may travel as, as far as a union's members
+    could be mistaken for each other: ``string`` (any string), ``iso`` (a date, time or
+    datetime string, told apart from each other), ``integer``, ``float`` (any number),
+    ``bool``, ``message``, ``object``; empty for what is not checked (lists, Any...)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _wire_kinds(args[0])
+    if origin is typing.Literal:
+        return frozenset().union(*(_value_kinds(value) for value in args))
+    if origin in (dict, collections.abc.Mapping):
+        return frozenset({"object"})
+    if not isinstance(annotation, type) or origin is not None:
+        return frozenset()
+    if issubclass(annotation, SerializableEntity):
+        return frozenset({"message"})
+    if issubclass(annotation, enum.Enum):
+        return frozenset().union(*(_value_kinds(member.value) for member in annotation))
+    if issubclass(annotation, (datetime.date, datetime.time)):  # datetime is a date
+        return frozenset({"iso"})
+    if issubclass(annotation, decimal.Decimal):
+        return frozenset({"string", "float"})  # "1.5" and 1.5 alike
+    if issubclass(annotation, datetime.timedelta):
+        return frozenset({"integer"})  # milliseconds
+    if issubclass(annotation, (str, uuid.UUID, bytes)):
+        return frozenset({"string"})
+    return frozenset({_PLAIN_KINDS[annotation]}) if annotation in _PLAIN_KINDS else frozenset()
+
+
+_PLAIN_KINDS = {bool: "bool", int: "integer", float: "float"}
+
+
+def _named(annotation: Any) -> str:
+    return annotation.__qualname__ if isinstance(annotation, type) else repr(annotation)
+
+
+def _value_kinds(value: Any) -> frozenset[str]:
+    if isinstance(value, bool):
+        return frozenset({"bool"})
+    if isinstance(value, int):
+        return frozenset({"integer"})
+    if isinstance(value, float):
+        return frozenset({"float"})
+    if isinstance(value, str):
+        return frozenset({"string"})
+    return frozenset()
+
+
+#: Kinds of JSON one value could be read as either of (the same string, the same number).
+_CLASHES = {
+    ("string", "string"), ("string", "iso"), ("integer", "integer"), ("integer", "float"),
+    ("float", "float"), ("bool", "bool"), ("message", "object"),
+}  # fmt: skip
+
+
+def _check_distinct(annotation: Any, members: tuple[Any, ...], where: str) -> None:
+    """``TypeError`` for a union two of whose members travel as the same JSON: a value of
+    one would be read as whichever is tried first (helper "reviewer11": ``bytes | str``
+    read the string ``"abcd"`` as bytes, ``int | timedelta`` a ``timedelta`` as an int).
+    ``int | float`` is allowed: an integer is read as the int."""
+    kinds = [(member, _wire_kinds(member)) for member in members]
+    for i, (first, first_kinds) in enumerate(kinds):
+        for second, second_kinds in kinds[i + 1 :]:
+            if {first, second} == {int, float}:
+                continue
+            for a in first_kinds:
+                for b in second_kinds:
+                    if (a, b) in _CLASHES or (b, a) in _CLASHES:
+                        raise TypeError(
+                            f"{where}: {annotation!r}: {_named(first)} and {_named(second)} "
+                            "travel as the same JSON, so a value of one could arrive as the "
+                            "other; use one of them, or a message class with a field for each"
+                        )
 
 
 def _stream_item(annotation: Any) -> Any:
@@ -379,6 +457,12 @@ def _decode(shape: _Shape, value: Any, path: str, errors: list[dict[str, Any]]) 
                 return result
         errors.append({"path": echo(path), "reason": "Input matches none of the allowed types"})
         return _BAD
+    if kind == "w":  # any JSON, messages decoded (a client's Any: ValueReader)
+        try:
+            return from_wire(value)
+        except StreamingError as exc:
+            errors.append({"path": echo(path), "reason": exc.detail})
+            return _BAD
     return value  # "a": any JSON value
 
 
@@ -432,9 +516,9 @@ class ValueReader:
         self.annotation = annotation
         item = _stream_item(annotation)
         if item is _BAD:
-            self._value = self._item = _shape(annotation, "returns")
+            self._value = self._item = _reading(_shape(annotation, "returns"))
         else:
-            self._item = _shape(item, "returns")
+            self._item = _reading(_shape(item, "returns"))
             self._value = ("l", self._item)
 
     def __repr__(self) -> str:
@@ -456,9 +540,24 @@ class ValueReader:
             raise InvalidMessage(
                 f"The value is not of the type asked for: {len(errors)} field(s) failed "
                 "validation.",
-                errors=errors,
+                errors=errors[:MAX_ERRORS],
             )
         return decoded
+
+
+def _reading(shape: _Shape) -> _Shape:
+    """``shape`` with each ``Any`` read as a client without hints reads it (``"w"``:
+    messages as their classes), not left as plain JSON as the server leaves an argument."""
+    kind = shape[0]
+    if kind == "a":
+        return ("w",)
+    if kind in ("l", "d"):
+        return (kind, _reading(shape[1]))
+    if kind == "set":
+        return ("set", _reading(shape[1]), shape[2])
+    if kind == "u":
+        return ("u", tuple(_reading(member) for member in shape[1]))
+    return shape
 
 
 # -- the decorator and the per-method spec -----------------------------------------------
