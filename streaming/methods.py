@@ -264,7 +264,7 @@ def from_wire(obj: Any) -> Any:
 
 # ("e", cls) a message; ("s", type) a scalar; ("l", item) a list; ("set", item, set or
 # frozenset); ("d", value) a dict with str keys; ("p", adapter) another type, as a message
-# field of that type travels; ("u", members) a union; ("a",) anything (typing.Any):
+# field of that type travels; ("u", members, their JSON types) a union; ("a",) anything:
 # plain JSON, not validated; ("w",) the same as a client reads it (messages decoded).
 _Shape = tuple[Any, ...]
 _SCALARS: dict[Any, str] = {
@@ -297,9 +297,14 @@ def _shape(annotation: Any, where: str) -> _Shape:
         return _shape(args[0], where)
     if origin in (typing.Union, types.UnionType):
         _check_distinct(annotation, args, where)
-        members = tuple(_shape(arg, where) for arg in args)
-        # An int before a float (3 is an int, 3.5 a float), whichever the hint names first.
-        return ("u", tuple(sorted(members, key=lambda member: member == ("s", float))))
+        # With each member, the JSON types it may take (None: any), so that a value is tried
+        # as the members that may take it only; an int before a float (3 is an int, 3.5 a
+        # float), whichever the hint names first.
+        pairs = sorted(
+            ((_shape(arg, where), _json_types(arg)) for arg in args),
+            key=lambda pair: pair[0] == ("s", float),
+        )
+        return ("u", tuple(m for m, _ in pairs), tuple(a for _, a in pairs))
     if origin in (list, collections.abc.Sequence) and len(args) == 1:
         return ("l", _shape(args[0], where))
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
@@ -353,6 +358,30 @@ def _wire_kinds(annotation: Any) -> frozenset[str]:
 
 
 _PLAIN_KINDS = {bool: "bool", int: "integer", float: "float"}
+
+
+#: The Python types of the JSON values of each kind of :func:`_wire_kinds`.
+_KIND_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "iso": (str,), "integer": (int,), "float": (int, float),
+    "bool": (bool,), "message": (dict,), "object": (dict,),
+}  # fmt: skip
+_ARRAYS = (list, tuple, set, frozenset, collections.abc.Sequence, collections.abc.Set)
+
+
+def _json_types(annotation: Any) -> frozenset[type] | None:
+    """The types of the JSON values (``json.loads``'s) a value of ``annotation`` may
+    travel as; None: not known, any."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _json_types(typing.get_args(annotation)[0])
+    if annotation is None or annotation is type(None):
+        return frozenset({type(None)})
+    if origin in _ARRAYS:
+        return frozenset({list})
+    kinds = _wire_kinds(annotation)
+    if not kinds:
+        return None
+    return frozenset(t for kind in kinds for t in _KIND_TYPES[kind])
 
 
 def _named(annotation: Any) -> str:
@@ -412,7 +441,13 @@ def _decode(shape: _Shape, value: Any, path: str, errors: list[dict[str, Any]]) 
     if kind == "s":
         expected = shape[1]
         if type(value) is expected or (expected is float and type(value) is int):
-            return float(value) if expected is float else value
+            if expected is not float:
+                return value
+            try:
+                return float(value)
+            except OverflowError:  # 10**309 (helper "attacker11": the call went unanswered)
+                errors.append({"path": echo(path), "reason": "Input should be a finite number"})
+                return _BAD
         errors.append({"path": echo(path), "reason": f"Input should be {_SCALARS[expected]}"})
         return _BAD
     if kind == "e":
@@ -421,13 +456,21 @@ def _decode(shape: _Shape, value: Any, path: str, errors: list[dict[str, Any]]) 
         if type(value) is not list:
             errors.append({"path": echo(path), "reason": "Input should be a valid list"})
             return _BAD
-        items = [_decode(shape[1], item, f"{path}.{i}", errors) for i, item in enumerate(value)]
+        items = []
+        for i, item in enumerate(value):
+            if len(errors) >= MAX_ERRORS:  # enough said: the rest is not read (attacker11)
+                return _BAD
+            items.append(_decode(shape[1], item, f"{path}.{i}", errors))
         return _BAD if any(item is _BAD for item in items) else items
     if kind == "d":
         if type(value) is not dict:
             errors.append({"path": echo(path), "reason": "Input should be a valid dictionary"})
             return _BAD
-        decoded = {k: _decode(shape[1], item, f"{path}.{k}", errors) for k, item in value.items()}
+        decoded = {}
+        for key, item in value.items():
+            if len(errors) >= MAX_ERRORS:
+                return _BAD
+            decoded[key] = _decode(shape[1], item, f"{path}.{key}", errors)
         return _BAD if any(item is _BAD for item in decoded.values()) else decoded
     if kind == "set":
         items = _decode(("l", shape[1]), value, path, errors)
@@ -445,12 +488,15 @@ def _decode(shape: _Shape, value: Any, path: str, errors: list[dict[str, Any]]) 
             errors.extend(value_errors(exc, path))
             return _BAD
     if kind == "u":
-        members = [m for m in shape[1] if m != ("s", type(None))]
-        if value is None and len(members) < len(shape[1]):
+        pairs = [p for p in zip(shape[1], shape[2], strict=True) if p[0] != ("s", type(None))]
+        if value is None and len(pairs) < len(shape[1]):
             return None
-        if len(members) == 1:  # X | None: X's own errors
-            return _decode(members[0], value, path, errors)
-        for member in members:
+        if len(pairs) == 1:  # X | None: X's own errors
+            return _decode(pairs[0][0], value, path, errors)
+        json_type = type(value)
+        for member, takes in pairs:
+            if takes is not None and json_type not in takes:
+                continue  # a member this JSON cannot be: not tried (attacker11)
             attempt: list[dict[str, Any]] = []
             result = _decode(member, value, path, attempt)
             if result is not _BAD:
@@ -556,7 +602,7 @@ def _reading(shape: _Shape) -> _Shape:
     if kind == "set":
         return ("set", _reading(shape[1]), shape[2])
     if kind == "u":
-        return ("u", tuple(_reading(member) for member in shape[1]))
+        return ("u", tuple(_reading(member) for member in shape[1]), shape[2])
     return shape
 
 
@@ -980,6 +1026,9 @@ class Call:
         except InvalidMessage as exc:
             self.fail(exc.code, exc.detail, errors=exc.errors)
             return
+        except Exception:  # a defect of the decoding: answered, never a call left hanging
+            self._internal_error()
+            return
         if self.ended:
             return
         self.session = CallSession(self.calls.consumer, self.endpoint, user)
@@ -1076,7 +1125,14 @@ class Call:
                 f"{echo(frame.args['stream'])!r} is not an input stream of this call.",
             )
             return
-        code = stream._push(frame)
+        try:
+            code = stream._push(frame)
+        except Exception:  # a defect of the decoding: the call fails, not the socket (1011)
+            logger.exception(
+                "%s.%s: reading an input stream's value", self.endpoint, self.spec.name
+            )
+            self.cancel_with(ErrorCode.INTERNAL_ERROR, "The server failed to read that value.")
+            return
         if code == ErrorCode.INVALID_MESSAGE:
             self.cancel_with(
                 code, f"Invalid value in input stream {stream.name!r}.", errors=self.invalid

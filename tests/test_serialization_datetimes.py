@@ -48,6 +48,16 @@ def test_a_unix_time_in_a_string_is_refused(text):
     assert "ISO 8601" in errors[0]["reason"]
 
 
+@pytest.mark.timeout(60)  # the guard: a quadratic check takes about 40 minutes here
+@pytest.mark.parametrize("tail", ["x", ".x", "e", " x"])
+def test_a_long_run_of_digits_is_refused_in_time_linear_in_its_length(tail):
+    """Helper "attacker11": the Unix-time check's pattern (``\\d+\\.?\\d*``) tried every
+    split of a run of digits before failing, so one 16 KB datetime field held the event
+    loop 10 s (quadratic: 200,000 digits, 40 minutes). Now it fails in a pass."""
+    errors = errors_of({"at": "1" * 200_000 + tail})
+    assert [e["path"] for e in errors] == ["at"]
+
+
 def test_the_rule_holds_at_every_position():
     errors = errors_of(
         {
