@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import decimal
 import enum
+import json
 import logging
 import typing
 import uuid
@@ -24,7 +25,7 @@ from streaming.consumer import StreamingConsumer
 from streaming.endpoint import Endpoint, streaming_method
 from streaming.messages import get_bus
 from streaming.methods import DEFAULT_CREDIT, InputStreamFailed, SerializableException
-from streaming.protocol import MethodFrame
+from streaming.protocol import MethodFrame, decode_frame
 from streaming.serialization import MAX_ERRORS, SerializableEntity
 from streaming.testing import StreamingCommunicator
 from tests.e2e_app.methods_endpoints import OutOfInk, Stroke
@@ -936,6 +937,36 @@ async def test_calls_in_progress_are_bounded():
         await comm.send_command("cancel", {"id": "e0"})
         await call(comm, "nothing", "now")
         await result(comm, "now")
+
+
+async def test_the_arguments_of_calls_in_progress_count_in_the_connections_memory(settings):
+    """Helper "attacker11": a call's arguments live until it ends, and were not counted:
+    256 calls of a method that waits, each with a 50 KB list, held 150 MiB of one
+    anonymous socket. The call frames count in ``MAX_PENDING_BYTES`` until their calls
+    end, with the frames and stream values that wait."""
+
+    class Feeds(Endpoint):
+        @streaming_method
+        async def watch(self, session, names: list[str]) -> AsyncIterator[int]:
+            await asyncio.Event().wait()  # a live feed: nothing yet
+            yield 0
+
+    names = ["ab"] * 1000
+    frame = {"id": "w0", "endpoint": "feeds", "method": "watch", "args": {"names": names}}
+    size = decode_frame(json.dumps({"command": "call", "args": frame})).size
+    settings.STREAMING = {"MAX_PENDING_BYTES": 3 * size + size // 2}  # three fit, not four
+    async with socket(endpoints=[Feeds]) as comm:
+        for i in range(3):
+            await call(comm, "watch", f"w{i}", {"names": names}, endpoint="feeds")
+        await call(comm, "watch", "w3", {"names": names}, endpoint="feeds")
+        args = await failure(comm, "w3", "rate_limited")
+        assert "memory" in args["message"]
+        await comm.send_command("cancel", {"id": "w0"})  # ends one: its bytes are free
+        await call(comm, "watch", "w4", {"names": names}, endpoint="feeds")
+        await comm.ping()  # ... so no answer came for w4: it runs
+        for i in (1, 2, 4):
+            await comm.send_command("cancel", {"id": f"w{i}"})
+        await comm.assert_nothing_received()
 
 
 class Unsendable(Endpoint):
