@@ -39,7 +39,7 @@ from streaming.session import StreamingSession
 
 from . import store
 from .people import display_name
-from .protocol import MAX_TEXT_LENGTH, ChatMessage, TypingEvent, clean_text
+from .protocol import MAX_TEXT_LENGTH, ChatMessage, Id, TypingEvent, clean_text
 from .ratelimit import SharedRateLimit
 
 logger = logging.getLogger("chat")
@@ -197,10 +197,10 @@ class ChatEndpoint(Endpoint):
     async def history(
         self,
         session: StreamingSession,
-        with_user: int,
+        with_user: Id,
         limit: int = 50,
-        before: int | None = None,
-        after: int | None = None,
+        before: Id | None = None,
+        after: Id | None = None,
     ) -> list[ChatMessage]:
         """The caller's conversation with ``with_user``, oldest first (chat.store.conversation:
         the newest ``limit`` below ``before``, or the first ``limit`` above ``after``).
@@ -217,7 +217,7 @@ class ChatEndpoint(Endpoint):
         return fit(page, session.max_send_bytes, keep_first=after is not None)
 
     @streaming_method
-    async def typing(self, session: StreamingSession, with_user: int) -> AsyncIterator[TypingEvent]:
+    async def typing(self, session: StreamingSession, with_user: Id) -> AsyncIterator[TypingEvent]:
         """``with_user`` typing to the caller, as it happens, until the call is cancelled.
 
         The first value is ``TypingEvent(typing=False)``, sent once the listener is in
@@ -238,7 +238,7 @@ class ChatEndpoint(Endpoint):
 
     @streaming_method
     async def notify_typing(
-        self, session: StreamingSession, with_user: int, typing: bool = True
+        self, session: StreamingSession, with_user: Id, typing: bool = True
     ) -> bool:
         """Tell ``with_user`` that the caller is typing to them (``typing=False``: stopped).
 

@@ -24,10 +24,11 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.utils.urls import replace_query_param
 
-#: The largest id or count a query parameter may name: a signed 64-bit integer, the
-#: widest primary key of any database Django supports. Above it SQLite raises
-#: OverflowError (a 500), so it is a 400 instead.
-MAX_ID = 2**63 - 1
+from .protocol import MAX_ID
+
+#: The largest id or count a query parameter may name (chat.protocol.MAX_ID): a signed
+#: 64-bit integer, the widest primary key of any database Django supports. Above it SQLite
+#: raises OverflowError (a 500), so it is a 400 instead.
 
 #: The most rows one page holds, whatever ``limit`` asks for.
 MAX_PAGE_SIZE = 200

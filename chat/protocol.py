@@ -17,10 +17,27 @@ the socket's authenticated user and the id from the database.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
+
+from pydantic import Field
 
 from streaming.serialization import SerializableEntity
 
-__all__ = ["MAX_TEXT_LENGTH", "TYPING_SECONDS", "ChatMessage", "TypingEvent", "clean_text"]
+__all__ = [
+    "MAX_ID",
+    "MAX_TEXT_LENGTH",
+    "TYPING_SECONDS",
+    "ChatMessage",
+    "Id",
+    "TypingEvent",
+    "clean_text",
+]
+
+#: The largest id any database Django supports holds (a signed 64-bit integer).
+MAX_ID = 2**63 - 1
+#: An id a database can hold: a larger one is an invalid value, named, not a query that
+#: fails (helper "attacker11": SQLite's OverflowError, an internal_error a call).
+Id = Annotated[int, Field(ge=-MAX_ID - 1, le=MAX_ID)]
 
 #: Longest message text, counted after stripping surrounding whitespace.
 MAX_TEXT_LENGTH = 4000
@@ -38,7 +55,7 @@ class ChatMessage(SerializableEntity):
     acknowledgement that the server stored what you sent.
     """
 
-    recipient_id: int
+    recipient_id: Id
     text: str
     id: int | None = None
     sender_id: int | None = None

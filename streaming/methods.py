@@ -294,7 +294,12 @@ def _shape(annotation: Any, where: str) -> _Shape:
             return ("s", annotation)
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:
-        return _shape(args[0], where)
+        inner = _shape(args[0], where)
+        if inner[0] in ("s", "p"):
+            # A scalar with pydantic's constraints (Annotated[int, Field(ge=1)]): checked
+            # as a message field of that type is.
+            return ("p", value_adapter(annotation))
+        return inner
     if origin in (typing.Union, types.UnionType):
         _check_distinct(annotation, args, where)
         # With each member, the JSON types it may take (None: any), so that a value is tried
@@ -747,7 +752,9 @@ def _spec(
 ) -> MethodSpec:
     where = f"{cls.__qualname__}.{name}"
     try:
-        hints = typing.get_type_hints(func, globalns=func.__globals__, localns=namespace)
+        hints = typing.get_type_hints(
+            func, globalns=func.__globals__, localns=namespace, include_extras=True
+        )
     except NameError as exc:
         raise TypeError(f"{where}: cannot resolve a type hint ({exc}).") from None
     spec = MethodSpec(

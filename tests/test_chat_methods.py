@@ -161,3 +161,38 @@ async def test_typing_signals_are_rate_limited_per_user(make_user, monkeypatch):
         # Stopping is never refused: the indicator goes away.
         await call(phone, "notify_typing", "stop", with_user=bob.pk, typing=False)
         assert await result(phone, "stop") is True
+
+
+async def test_ids_no_database_can_hold_are_invalid_arguments(make_user, caplog):
+    """Helper "attacker11": ``with_user=2**63`` failed with ``internal_error`` and logged a
+    traceback each call (``OverflowError: Python int too large to convert to SQLite
+    INTEGER``). An id outside a database's 64-bit range is an invalid argument, named;
+    the same holds for a data frame's ``recipient_id``."""
+    from tests.test_methods import failure
+
+    alice, _ = await make_user("alice")
+    async with chat_socket(alice) as comm:
+        for n, (method, args) in enumerate(
+            [
+                ("history", {"with_user": 2**63}),
+                ("history", {"with_user": 1, "before": -(2**63) - 1}),
+                ("history", {"with_user": 1, "after": 2**64}),
+                ("notify_typing", {"with_user": 2**63}),
+                ("typing", {"with_user": 2**63}),
+            ]
+        ):
+            await call(comm, method, str(n), **args)
+            errors = (await failure(comm, str(n), "invalid_message"))["errors"]
+            assert [e["path"] for e in errors] == [next(k for k, v in args.items() if v != 1)]
+        await comm.send_json_to(
+            {
+                "endpoint": "chat",
+                "object": {
+                    "className": "ChatMessage",
+                    "data": {"recipient_id": 2**63, "text": "x"},
+                },
+            }
+        )
+        error = await comm.receive_error("invalid_message")
+        assert [e["path"] for e in error["errors"]] == ["recipient_id"]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
