@@ -434,6 +434,8 @@ def _check_distinct(annotation: Any, members: tuple[Any, ...], where: str) -> No
 
 def _stream_item(annotation: Any) -> Any:
     """``T`` of ``AsyncIterator[T]`` (or AsyncIterable, AsyncGenerator), else ``_BAD``."""
+    if typing.get_origin(annotation) is typing.Annotated:  # the hints keep their extras
+        return _stream_item(typing.get_args(annotation)[0])
     if typing.get_origin(annotation) in _STREAMS:
         args = typing.get_args(annotation)
         return args[0] if args else typing.Any

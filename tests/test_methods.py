@@ -594,6 +594,37 @@ def test_a_union_whose_members_travel_alike_is_refused_where_it_is_read():
         ValueReader(hint)
 
 
+async def test_constraints_on_a_scalar_are_checked_as_a_fields_are():
+    """``Annotated[int, Field(ge=1)]`` (the hints are read with their extras): checked as
+    a message field of that type is; on a stream, its item's are; elsewhere ignored."""
+
+    class Bounded(Endpoint):
+        @streaming_method
+        async def pick(
+            self,
+            session,
+            n: typing.Annotated[int, pydantic.Field(ge=1, le=10)],
+            names: typing.Annotated[list[str], "a note"],
+            xs: typing.Annotated[AsyncIterator[typing.Annotated[int, pydantic.Field(ge=0)]], 1],
+        ) -> typing.Annotated[int, "the total"]:
+            return n + len(names) + sum([x async for x in xs])
+
+    async with socket(endpoints=[Bounded]) as comm:
+        await call(comm, "pick", "bad", {"n": 0, "names": []}, endpoint="bounded", streams=["xs"])
+        errors = (await failure(comm, "bad", "invalid_message"))["errors"]
+        assert errors == [{"path": "n", "reason": "Input should be greater than or equal to 1"}]
+        await call(comm, "pick", "p", {"n": 2, "names": ["a"]}, endpoint="bounded", streams=["xs"])
+        assert (await reply(comm)).command == "credit"
+        await comm.send_command("stream_value", {"id": "p", "stream": "xs", "value": 4})
+        await comm.send_command("stream_end", {"id": "p", "stream": "xs"})
+        assert await result(comm, "p") == 7
+        await call(comm, "pick", "q", {"n": 2, "names": []}, endpoint="bounded", streams=["xs"])
+        assert (await reply(comm)).command == "credit"
+        await comm.send_command("stream_value", {"id": "q", "stream": "xs", "value": -1})
+        errors = (await failure(comm, "q", "invalid_message"))["errors"]
+        assert [e["path"] for e in errors] == ["xs.0"]
+
+
 async def test_hints_may_name_classes_defined_beside_the_endpoint():
     class Local(SerializableEntity):
         class_name = "tests.methods.Local"
