@@ -72,11 +72,13 @@ from .protocol import ErrorCode, MethodFrame, echo, encode_method
 from .serialization import (
     MAX_ERRORS,
     SerializableEntity,
+    check_distinct,
     decode_object,
     encode_object,
     to_utc,
     value_adapter,
     value_errors,
+    wire_kinds,
 )
 from .session import StreamingSession
 
@@ -301,7 +303,7 @@ def _shape(annotation: Any, where: str) -> _Shape:
             return ("p", value_adapter(annotation))
         return inner
     if origin in (typing.Union, types.UnionType):
-        _check_distinct(annotation, args, where)
+        check_distinct(annotation, args, where)
         # With each member, the JSON types it may take (None: any), so that a value is tried
         # as the members that may take it only; an int before a float (3 is an int, 3.5 a
         # float), whichever the hint names first.
@@ -328,44 +330,13 @@ def _shape(annotation: Any, where: str) -> _Shape:
         return ("p", value_adapter(annotation))
     raise TypeError(
         f"{where}: {annotation!r} is not a streaming method type (a message class, str, "
-        "int, float, bool, None, datetime, timedelta, Decimal, UUID, bytes, an enum, "
-        "list[...], set[...], dict[str, ...], a union or X | None)"
+        "int, float, bool, None, Any, datetime, date, time, timedelta, Decimal, UUID, bytes, "
+        "an enum, a Literal, list[...], tuple[..., ...], set[...], frozenset[...], "
+        "dict[str, ...], a union or X | None)"
     )
 
 
-def _wire_kinds(annotation: Any) -> frozenset[str]:
-    """The JSON a value of ``annotation`` may travel as, as far as a union's members
-    could be mistaken for each other: ``string`` (any string), ``iso`` (a date, time or
-    datetime string, told apart from each other), ``integer``, ``float`` (any number),
-    ``bool``, ``message``, ``object``; empty for what is not checked (lists, Any...)."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Annotated:
-        return _wire_kinds(args[0])
-    if origin is typing.Literal:
-        return frozenset().union(*(_value_kinds(value) for value in args))
-    if origin in (dict, collections.abc.Mapping):
-        return frozenset({"object"})
-    if not isinstance(annotation, type) or origin is not None:
-        return frozenset()
-    if issubclass(annotation, SerializableEntity):
-        return frozenset({"message"})
-    if issubclass(annotation, enum.Enum):
-        return frozenset().union(*(_value_kinds(member.value) for member in annotation))
-    if issubclass(annotation, (datetime.date, datetime.time)):  # datetime is a date
-        return frozenset({"iso"})
-    if issubclass(annotation, decimal.Decimal):
-        return frozenset({"string", "float"})  # "1.5" and 1.5 alike
-    if issubclass(annotation, datetime.timedelta):
-        return frozenset({"integer"})  # milliseconds
-    if issubclass(annotation, (str, uuid.UUID, bytes)):
-        return frozenset({"string"})
-    return frozenset({_PLAIN_KINDS[annotation]}) if annotation in _PLAIN_KINDS else frozenset()
-
-
-_PLAIN_KINDS = {bool: "bool", int: "integer", float: "float"}
-
-
-#: The Python types of the JSON values of each kind of :func:`_wire_kinds`.
+#: The Python types of the JSON values of each kind of ``serialization.wire_kinds``.
 _KIND_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,), "iso": (str,), "integer": (int,), "float": (int, float),
     "bool": (bool,), "message": (dict,), "object": (dict,),
@@ -383,53 +354,10 @@ def _json_types(annotation: Any) -> frozenset[type] | None:
         return frozenset({type(None)})
     if origin in _ARRAYS:
         return frozenset({list})
-    kinds = _wire_kinds(annotation)
+    kinds = wire_kinds(annotation)
     if not kinds:
         return None
     return frozenset(t for kind in kinds for t in _KIND_TYPES[kind])
-
-
-def _named(annotation: Any) -> str:
-    return annotation.__qualname__ if isinstance(annotation, type) else repr(annotation)
-
-
-def _value_kinds(value: Any) -> frozenset[str]:
-    if isinstance(value, bool):
-        return frozenset({"bool"})
-    if isinstance(value, int):
-        return frozenset({"integer"})
-    if isinstance(value, float):
-        return frozenset({"float"})
-    if isinstance(value, str):
-        return frozenset({"string"})
-    return frozenset()
-
-
-#: Kinds of JSON one value could be read as either of (the same string, the same number).
-_CLASHES = {
-    ("string", "string"), ("string", "iso"), ("integer", "integer"), ("integer", "float"),
-    ("float", "float"), ("bool", "bool"), ("message", "object"),
-}  # fmt: skip
-
-
-def _check_distinct(annotation: Any, members: tuple[Any, ...], where: str) -> None:
-    """``TypeError`` for a union two of whose members travel as the same JSON: a value of
-    one would be read as whichever is tried first (helper "reviewer11": ``bytes | str``
-    read the string ``"abcd"`` as bytes, ``int | timedelta`` a ``timedelta`` as an int).
-    ``int | float`` is allowed: an integer is read as the int."""
-    kinds = [(member, _wire_kinds(member)) for member in members]
-    for i, (first, first_kinds) in enumerate(kinds):
-        for second, second_kinds in kinds[i + 1 :]:
-            if {first, second} == {int, float}:
-                continue
-            for a in first_kinds:
-                for b in second_kinds:
-                    if (a, b) in _CLASHES or (b, a) in _CLASHES:
-                        raise TypeError(
-                            f"{where}: {annotation!r}: {_named(first)} and {_named(second)} "
-                            "travel as the same JSON, so a value of one could arrive as the "
-                            "other; use one of them, or a message class with a field for each"
-                        )
 
 
 def _stream_item(annotation: Any) -> Any:
@@ -788,11 +716,11 @@ def _spec(
     item = _stream_item(hints["return"])
     if item is not _BAD:
         spec.returns_stream = True
-        spec.result = _shape(item, f"{where} -> ")
+        spec.result = _shape(item, f"{where}'s result")
     elif inspect.isasyncgenfunction(func):
         raise TypeError(f"{where} is an async generator: annotate it -> AsyncIterator[T].")
     else:
-        spec.result = _shape(hints["return"], f"{where} -> ")
+        spec.result = _shape(hints["return"], f"{where}'s result")
     return spec
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections.abc
+import enum
 import functools
 import json
 import re
@@ -45,8 +46,10 @@ import types
 import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Annotated, Any, ClassVar
+from uuid import UUID
 
 from pydantic import (
     BaseModel,
@@ -75,10 +78,13 @@ _TAG = json.dumps(CLASS_NAME_KEY)
 __all__ = [
     "CLASS_NAME_KEY",
     "SerializableEntity",
+    "check_distinct",
+    "check_unions",
     "decode_object",
     "encode_object",
     "get_class",
     "registered_classes",
+    "wire_kinds",
 ]
 
 _registry: dict[str, type[SerializableEntity]] = {}
@@ -712,6 +718,101 @@ _finishing: tuple[list[type[SerializableEntity]], list[type[SerializableEntity]]
 _waiting: dict[type[SerializableEntity], set[type[SerializableEntity]]] = {}
 
 
+# -- unions whose members could not be told apart --------------------------------------
+
+
+def wire_kinds(annotation: Any) -> frozenset[str]:
+    """The JSON a value of ``annotation`` may travel as, as far as a union's members
+    could be mistaken for each other: ``string`` (any string), ``iso`` (a date, time or
+    datetime string, told apart from each other), ``integer``, ``float`` (any number),
+    ``bool``, ``message``, ``object``; empty for what is not checked (lists, Any...)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return wire_kinds(args[0])
+    if origin is typing.Literal:
+        return frozenset().union(*(_value_kinds(value) for value in args))
+    if origin in (dict, collections.abc.Mapping):
+        return frozenset({"object"})
+    if not isinstance(annotation, type) or origin is not None:
+        return frozenset()
+    if issubclass(annotation, SerializableEntity):
+        return frozenset({"message"})
+    if issubclass(annotation, enum.Enum):
+        return frozenset().union(*(_value_kinds(member.value) for member in annotation))
+    if issubclass(annotation, (date, time)):  # datetime is a date
+        return frozenset({"iso"})
+    if issubclass(annotation, Decimal):
+        return frozenset({"string", "float"})  # "1.5" and 1.5 alike
+    if issubclass(annotation, timedelta):
+        return frozenset({"integer"})  # milliseconds
+    if issubclass(annotation, (str, UUID, bytes)):
+        return frozenset({"string"})
+    return frozenset({_PLAIN_KINDS[annotation]}) if annotation in _PLAIN_KINDS else frozenset()
+
+
+_PLAIN_KINDS = {bool: "bool", int: "integer", float: "float"}
+
+
+def _named(annotation: Any) -> str:
+    return annotation.__qualname__ if isinstance(annotation, type) else repr(annotation)
+
+
+def _value_kinds(value: Any) -> frozenset[str]:
+    if isinstance(value, bool):
+        return frozenset({"bool"})
+    if isinstance(value, int):
+        return frozenset({"integer"})
+    if isinstance(value, float):
+        return frozenset({"float"})
+    if isinstance(value, str):
+        return frozenset({"string"})
+    return frozenset()
+
+
+#: Kinds of JSON one value could be read as either of (the same string, the same number).
+_CLASHES = {
+    ("string", "string"), ("string", "iso"), ("integer", "integer"), ("integer", "float"),
+    ("float", "float"), ("bool", "bool"), ("message", "object"),
+}  # fmt: skip
+
+
+def check_distinct(annotation: Any, members: tuple[Any, ...], where: str) -> None:
+    """``TypeError`` for a union two of whose members travel as the same JSON: a value of
+    one would be read as whichever is tried first (helper "reviewer11": ``bytes | str``
+    read the string ``"abcd"`` as bytes, ``int | timedelta`` a ``timedelta`` as an int).
+    ``int | float`` is allowed: an integer is read as the int."""
+    kinds = [(member, wire_kinds(member)) for member in members]
+    for i, (first, first_kinds) in enumerate(kinds):
+        for second, second_kinds in kinds[i + 1 :]:
+            if {first, second} == {int, float}:
+                continue
+            for a in first_kinds:
+                for b in second_kinds:
+                    if (a, b) in _CLASHES or (b, a) in _CLASHES:
+                        raise TypeError(
+                            f"{where}: {annotation!r}: {_named(first)} and {_named(second)} "
+                            "may travel as the same JSON, so a value of one could arrive as "
+                            "the other; use one of them, or a message class with a field for "
+                            "each"
+                        )
+
+
+def check_unions(annotation: Any, where: str) -> None:
+    """:func:`check_distinct` for every union in ``annotation``, at any depth (a message
+    field's ``list[bytes | str]``); message classes named in it check their own."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        check_unions(args[0], where)
+        return
+    if origin is typing.Literal:
+        return
+    if origin in (typing.Union, types.UnionType):
+        check_distinct(annotation, args, where)
+    for arg in args:
+        if arg is not Ellipsis:
+            check_unions(arg, where)
+
+
 def _finish_class(cls: type[SerializableEntity]) -> None:
     """Apply the wire rules to ``cls``'s fields (once the class is complete).
 
@@ -725,6 +826,10 @@ def _finish_class(cls: type[SerializableEntity]) -> None:
         _finishing = ([], [])
     finished, changed = _finishing  # type: ignore[misc]
     try:
+        # A union whose members travel alike would change a value's type on the way
+        # (helper "serverpod12": "abcd" for ``x: bytes | str`` arrived as bytes).
+        for name, info in cls.model_fields.items():
+            check_unions(info.annotation, f"{cls.__qualname__}.{name}")
         cls._wire_ready = True  # first: a class that refers to itself is finished once
         finished.append(cls)
         refs: set[type[SerializableEntity]] = set()

@@ -551,7 +551,7 @@ def test_a_union_whose_members_travel_alike_is_refused_where_it_is_read():
     travels as another does (a ``str`` for ``bytes | str``, a ``timedelta`` for
     ``int | timedelta``, a dict for ``Note | dict``) arrived as the first: ``"abcd"`` as
     ``b'i\xb7\x1d'``. Such a union is refused where it is read (the endpoint class, the
-    client's ``returns=``); members that JSON tells apart are not."""
+    client's ``returns=``, a message class); members that JSON tells apart are not."""
     from streaming.methods import ValueReader
 
     class Tone(enum.Enum):
@@ -575,12 +575,31 @@ def test_a_union_whose_members_travel_alike_is_refused_where_it_is_read():
     for hint in alike:
         with pytest.raises(TypeError, match="travel as the same JSON"):
             ValueReader(hint)
-    with pytest.raises(TypeError, match="bytes and str travel as the same JSON"):
+    with pytest.raises(TypeError, match="bytes and str may travel as the same JSON"):
 
         class Ambiguous(Endpoint):
             @streaming_method
             async def m(self, session, blob: bytes | str) -> int:
                 return 0
+
+    # A message's field too (helper "serverpod12": Blob(x="abcd") arrived as bytes), at any
+    # depth.
+    with pytest.raises(TypeError, match=r"Blob.x: .*bytes and str may travel as the same JSON"):
+
+        class Blob(SerializableEntity):
+            class_name = "tests.methods.Blob"
+            x: bytes | str
+
+    with pytest.raises(TypeError, match=r"Stamps.at: .*str and datetime may travel"):
+
+        class Stamps(SerializableEntity):
+            class_name = "tests.methods.Stamps"
+            at: dict[str, list[str | datetime.datetime]] = {}
+
+    class Fine(SerializableEntity):  # told apart: accepted
+        class_name = "tests.methods.Fine"
+        n: int | float = 0
+        when: datetime.datetime | datetime.date | None = None
 
     apart = [
         int | float,
