@@ -101,9 +101,16 @@ class CallStream:
         except BaseException:
             self._ended = True  # failed: nothing to cancel
             raise
-        if kind == "done":
+        if kind == "end":
             self._ended = True
             raise StopAsyncIteration
+        if kind == "done":
+            self._ended = True
+            endpoint, method, _ = self._call
+            raise TypeError(
+                f"{endpoint}.{method} returns a value, not a stream: use comm.call() "
+                f"(it returned {value!r})"
+            )
         self._read += 1
         half = max(1, self._credit // 2)
         if self._credit and self._read % half == 0:
@@ -274,17 +281,28 @@ class StreamingCommunicator(WebsocketCommunicator):
     ) -> Any:
         """Call the streaming method ``method`` of ``endpoint`` with ``args``; return its
         result as a client gets it (messages as their classes; with ``returns=``, read as
-        that type, as the Python client's ``returns=`` does). A ``fail`` raises: the
+        that type, as the Python client's ``returns=`` does; a stream's values as a list,
+        as awaiting the Python client's call gives). A ``fail`` raises: the
         app's exception as itself when its class is defined here, else
         :class:`~streaming.client.errors.CallFailed` (``code``, ``errors``,
         ``exception``); a value not of ``returns``
         :class:`~streaming.client.errors.UndecodableMessage`. The next frames must be this
         call's (see :meth:`sync`)."""
+        from .methods import DEFAULT_CREDIT
+
         reader = _reader(returns)
         call_id = await self._start_call(endpoint, method, args, credit=0)
-        kind, value = await self._call_frame(call_id, timeout, reader)
-        assert kind == "done", f"expected the call's result, got a {kind!r} frame: {value!r}"
-        return value
+        values: list[Any] = []  # a stream's, granting credit as the bundled clients do
+        half = DEFAULT_CREDIT // 2
+        while True:
+            kind, value = await self._call_frame(call_id, timeout, reader)
+            if kind == "done":
+                return value
+            if kind == "end":  # a stream: the list of its values, as the Python client's
+                return values
+            values.append(value)
+            if len(values) % half == 0:
+                await self.send_command("credit", {"id": call_id, "n": half})
 
     def stream(
         self,
@@ -322,8 +340,9 @@ class StreamingCommunicator(WebsocketCommunicator):
     async def _call_frame(
         self, call_id: str, timeout: float | None, reader: ValueReader | None = None
     ) -> tuple[str, Any]:
-        """The call's next frame: ``("value", v)`` or ``("done", result)``, the value read
-        by ``reader`` when given; raises on ``fail``."""
+        """The call's next frame: ``("value", v)``, ``("done", result)`` or ``("end",
+        None)`` (a stream's ``done``, which has no value), the value read by ``reader``
+        when given; raises on ``fail``."""
         from .client.errors import CallFailed, UndecodableMessage
         from .methods import SerializableException, from_wire
 
@@ -345,8 +364,10 @@ class StreamingCommunicator(WebsocketCommunicator):
                 args.get("errors"), exception,
             )  # fmt: skip
         assert frame.command in ("value", "done"), f"unexpected frame of the call: {frame!r}"
+        if frame.command == "done" and "value" not in args:
+            return "end", None
         raw = args.get("value")
-        if reader is None or (frame.command == "done" and "value" not in args):
+        if reader is None:
             return frame.command, from_wire(raw)
         try:
             read = reader.item if frame.command == "value" else reader.value

@@ -1266,4 +1266,19 @@ async def test_the_communicator_reads_values_as_the_type_returns_gives():
         with pytest.raises(UndecodableMessage) as wrong:
             await comm.call("clock", "now", returns=dict[str, int])
         assert [e["path"] for e in wrong.value.errors] == ["value.now"]
+        assert "value.now: Input should be a valid integer" in str(wrong.value)
+        await comm.assert_nothing_received()
+
+
+async def test_the_communicator_awaits_a_stream_and_refuses_to_iterate_a_value():
+    """Helper "serverpod12": ``comm.call`` on a stream failed on its first value (the
+    Python client's ``await`` gives the list), and ``comm.stream`` on a method returning
+    a value ended empty, the value dropped. As the Python client does now: a list, and a
+    ``TypeError`` saying to await it."""
+    async with socket(endpoints=[NotesEndpoint]) as comm:
+        # 200 values: past the first credit of 64, so credit must be granted as read
+        assert await comm.call("notes", "count", upto=200) == list(range(200))
+        assert await comm.call("notes", "count", upto=0) == []
+        with pytest.raises(TypeError, match="returns a value, not a stream"):
+            [n async for n in comm.stream("notes", "history", with_user=2)]
         await comm.assert_nothing_received()

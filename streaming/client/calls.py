@@ -14,7 +14,8 @@ Contract:
   that moment (:class:`NotConnected` if there is none); it does not survive the
   connection: if the connection ends first, the call raises :class:`NotConnected`.
 * ``await call`` returns the method's value; for a stream, the list of its values.
-  ``async for value in call`` yields a stream's values in order and ends at ``done``.
+  ``async for value in call`` yields a stream's values in order and ends at ``done``
+  (``TypeError`` there for a method that returns a value: await it).
 * Values: messages arrive as their classes, other values as JSON has them (a
   ``datetime`` as its ISO 8601 string), unless ``returns=`` gives the method's return
   type (``datetime``, ``list[Post]``, ``AsyncIterator[Post]``: a
@@ -156,6 +157,12 @@ class Call:
                 yield item
         finally:
             self.cancel()
+        if self._outcome is not None and "value" in self._outcome[1]:
+            # Its value would be dropped without a word (helper "serverpod12").
+            raise TypeError(
+                f"{self.endpoint}.{self.method} returns a value, not a stream: await it "
+                "instead of iterating it"
+            )
 
     async def __aenter__(self) -> Call:
         await self._start()

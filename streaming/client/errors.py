@@ -123,6 +123,9 @@ class ServerError(ClientError):
         self.id = id
         self.errors: list[dict[str, Any]] = list(errors or [])
 
+    def __str__(self) -> str:
+        return _described(self.message, self.errors)
+
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> ServerError:
         """Build from an error frame's ``args``, tolerating missing or odd values."""
@@ -145,6 +148,16 @@ class ServerError(ClientError):
             f"ServerError(code={self.code!r}, message={self.message!r}, "
             f"endpoint={self.endpoint!r}, id={self.id!r})"
         )
+
+
+def _described(message: str, errors: list[dict[str, Any]]) -> str:
+    """``message`` with the first failing paths and reasons, as a traceback shows it
+    (helper "serverpod12": "1 field(s) failed validation" alone named no field)."""
+    if not errors:
+        return message
+    shown = "; ".join(f"{e.get('path')}: {e.get('reason')}" for e in errors[:3])
+    more = f"; and {len(errors) - 3} more" if len(errors) > 3 else ""
+    return f"{message} ({shown}{more})"
 
 
 class CallFailed(ServerError):
@@ -192,6 +205,9 @@ class UndecodableMessage(ClientError):
         self.message = message
         self.endpoint = endpoint
         self.errors: list[dict[str, Any]] = list(errors or [])
+
+    def __str__(self) -> str:
+        return _described(self.message, self.errors)
 
     def __repr__(self) -> str:
         return (

@@ -52,6 +52,9 @@ async def test_values_streams_and_input_streams(server):
         ]
         assert [v async for v in client.methods.count(upto=40)] == list(range(40))
         assert await client.methods.count(upto=3) == [0, 1, 2]  # awaited: the list
+        # A value iterated: said, not dropped (helper "serverpod12": an empty loop).
+        with pytest.raises(TypeError, match=r"methods\.history returns a value, not a stream"):
+            [v async for v in client.methods.history(with_user=2)]
 
         async def strokes():
             for i in range(200):  # past the first credit of 64
@@ -107,6 +110,7 @@ async def test_returns_reads_the_values_as_the_methods_type(server):
             await client.methods.history(with_user=2, limit=2, returns=list[int])
         assert wrong.value.code == "invalid_message"
         assert [e["path"] for e in wrong.value.errors] == ["value.0", "value.1"]
+        assert "(value.0: Input should be a valid integer; value.1: " in str(wrong.value)
         counted = client.methods.count(upto=3, returns=AsyncIterator[Line])
         with pytest.raises(UndecodableMessage) as wrong_item:
             [v async for v in counted]
