@@ -167,6 +167,8 @@ class StreamingCommunicator(WebsocketCommunicator):
         self.default_timeout = timeout
         self._endpoints = [cls.name for cls in endpoints] if endpoints is not None else None
         self._cancelled: set[str] = set()  # calls cancelled by :meth:`stream`
+        #: call id -> its input streams' iterators, by name, until each has ended
+        self._inputs: dict[str, dict[str, Any]] = {}
 
     async def __aenter__(self) -> StreamingCommunicator:
         connected, _ = await self.connect(timeout=self.default_timeout)
@@ -328,14 +330,47 @@ class StreamingCommunicator(WebsocketCommunicator):
         from .methods import value_json
 
         call_id = f"comm-{next(_call_ids)}"
-        wire_args = {name: json.loads(value_json(value)) for name, value in args.items()}
+        streams = {name: aiter(v) for name, v in args.items() if hasattr(v, "__aiter__")}
+        wire_args = {
+            name: json.loads(value_json(value))
+            for name, value in args.items()
+            if name not in streams
+        }
         fields: dict[str, Any] = {
             "id": call_id, "endpoint": endpoint, "method": method, "args": wire_args
         }  # fmt: skip
         if credit:
             fields["credit"] = credit
+        if streams:
+            fields["streams"] = list(streams)
+            self._inputs[call_id] = streams
         await self.send_command("call", fields)
         return call_id
+
+    async def _pump(self, call_id: str, name: str, n: int) -> None:
+        """Send up to ``n`` values of the input stream ``name`` (the server's credit), or
+        its end (``stream_end``, or ``stream_error`` when the iterator raised)."""
+        from .methods import value_json
+
+        iterator = self._inputs.get(call_id, {}).get(name)
+        if iterator is None:
+            return  # ended, or not ours
+        for _ in range(n):
+            try:
+                value = await anext(iterator)
+            except StopAsyncIteration:
+                await self.send_command("stream_end", {"id": call_id, "stream": name})
+            except Exception as exc:
+                message = str(exc) or type(exc).__name__
+                fields = {"id": call_id, "stream": name, "message": message}
+                await self.send_command("stream_error", fields)
+            else:
+                value = json.loads(value_json(value))
+                fields = {"id": call_id, "stream": name, "value": value}
+                await self.send_command("stream_value", fields)
+                continue
+            del self._inputs[call_id][name]
+            return
 
     async def _call_frame(
         self, call_id: str, timeout: float | None, reader: ValueReader | None = None
@@ -346,13 +381,20 @@ class StreamingCommunicator(WebsocketCommunicator):
         from .client.errors import CallFailed, UndecodableMessage
         from .methods import SerializableException, from_wire
 
-        frame = await self.receive_frame(timeout)
-        while isinstance(frame, protocol.MethodFrame) and frame.args.get("id") in self._cancelled:
-            frame = await self.receive_frame(timeout)  # sent before its cancel arrived
-        assert isinstance(frame, protocol.MethodFrame) and frame.args.get("id") == call_id, (
-            f"expected a frame of call {call_id!r}, got {frame!r}"
-        )
+        while True:
+            frame = await self.receive_frame(timeout)
+            if isinstance(frame, protocol.MethodFrame) and frame.args.get("id") in self._cancelled:
+                continue  # sent before its cancel arrived
+            assert isinstance(frame, protocol.MethodFrame) and frame.args.get("id") == call_id, (
+                f"expected a frame of call {call_id!r}, got {frame!r}"
+            )
+            if frame.command == "credit" and "stream" in frame.args:
+                await self._pump(call_id, frame.args["stream"], frame.args["n"])
+                continue  # an input stream's credit: its values went out
+            break
         args = frame.args
+        if frame.command in ("fail", "done"):
+            self._inputs.pop(call_id, None)
         if frame.command == "fail":
             exception = args.get("exception")
             if isinstance(exception, dict):

@@ -1282,3 +1282,23 @@ async def test_the_communicator_awaits_a_stream_and_refuses_to_iterate_a_value()
         with pytest.raises(TypeError, match="returns a value, not a stream"):
             [n async for n in comm.stream("notes", "history", with_user=2)]
         await comm.assert_nothing_received()
+
+
+async def test_the_communicator_sends_input_streams_as_the_client_does():
+    """Helper "serverpod12": ``comm.call(..., strokes=gen())`` raised ``TypeError`` (an
+    async generator is no value), so a test had to write the frames by hand. Async
+    iterables are input streams, sent within the server's credit, their end or failure
+    told."""
+
+    async def strokes(n, fail=False):
+        for i in range(n):
+            yield Stroke(x=i, y=1)
+        if fail:
+            raise ValueError("pen lifted")
+
+    async with socket() as comm:
+        # 200 values: past the server's first credit of 64
+        assert await comm.call("notes", "upload", strokes=strokes(200)) == sum(range(200)) + 200
+        failed = await comm.call("notes", "upload", strokes=strokes(3, fail=True))
+        assert failed == -len("strokes: pen lifted")
+        await comm.assert_nothing_received()
