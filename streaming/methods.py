@@ -76,6 +76,7 @@ from .serialization import (
     decode_object,
     encode_object,
     to_utc,
+    type_name,
     value_adapter,
     value_errors,
     wire_kinds,
@@ -266,8 +267,9 @@ def from_wire(obj: Any) -> Any:
 
 # ("e", cls) a message; ("s", type) a scalar; ("l", item) a list; ("set", item, set or
 # frozenset); ("d", value) a dict with str keys; ("p", adapter) another type, as a message
-# field of that type travels; ("u", members, their JSON types) a union; ("a",) anything:
-# plain JSON, not validated; ("w",) the same as a client reads it (messages decoded).
+# field of that type travels; ("u", members, their JSON types, their names) a union;
+# ("a",) anything (typing.Any): plain JSON, not validated; ("w",) the same as a client
+# reads it (messages decoded).
 _Shape = tuple[Any, ...]
 _SCALARS: dict[Any, str] = {
     str: "a valid string",
@@ -311,7 +313,8 @@ def _shape(annotation: Any, where: str) -> _Shape:
             ((_shape(arg, where), _json_types(arg)) for arg in args),
             key=lambda pair: pair[0] == ("s", float),
         )
-        return ("u", tuple(m for m, _ in pairs), tuple(a for _, a in pairs))
+        named = ", ".join(type_name(arg) for arg in args if arg is not type(None))
+        return ("u", tuple(m for m, _ in pairs), tuple(a for _, a in pairs), named)
     if origin in (list, collections.abc.Sequence) and len(args) == 1:
         return ("l", _shape(args[0], where))
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
@@ -436,7 +439,7 @@ def _decode(shape: _Shape, value: Any, path: str, errors: list[dict[str, Any]]) 
             result = _decode(member, value, path, attempt)
             if result is not _BAD:
                 return result
-        errors.append({"path": echo(path), "reason": "Input matches none of the allowed types"})
+        errors.append({"path": echo(path), "reason": f"Input should be one of: {shape[3]}"})
         return _BAD
     if kind == "w":  # any JSON, messages decoded (a client's Any: ValueReader)
         try:
@@ -537,7 +540,7 @@ def _reading(shape: _Shape) -> _Shape:
     if kind == "set":
         return ("set", _reading(shape[1]), shape[2])
     if kind == "u":
-        return ("u", tuple(_reading(member) for member in shape[1]), shape[2])
+        return ("u", tuple(_reading(member) for member in shape[1]), *shape[2:])
     return shape
 
 

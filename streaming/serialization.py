@@ -84,6 +84,7 @@ __all__ = [
     "encode_object",
     "get_class",
     "registered_classes",
+    "type_name",
     "wire_kinds",
 ]
 
@@ -753,7 +754,8 @@ def wire_kinds(annotation: Any) -> frozenset[str]:
 _PLAIN_KINDS = {bool: "bool", int: "integer", float: "float"}
 
 
-def _named(annotation: Any) -> str:
+def type_name(annotation: Any) -> str:
+    """``annotation`` as a person writes it: ``int``, ``list[int]``."""
     return annotation.__qualname__ if isinstance(annotation, type) else repr(annotation)
 
 
@@ -790,7 +792,7 @@ def check_distinct(annotation: Any, members: tuple[Any, ...], where: str) -> Non
                 for b in second_kinds:
                     if (a, b) in _CLASHES or (b, a) in _CLASHES:
                         raise TypeError(
-                            f"{where}: {annotation!r}: {_named(first)} and {_named(second)} "
+                            f"{where}: {annotation!r}: {type_name(first)} and {type_name(second)} "
                             "may travel as the same JSON, so a value of one could arrive as "
                             "the other; use one of them, or a message class with a field for "
                             "each"

@@ -552,6 +552,7 @@ def test_a_union_whose_members_travel_alike_is_refused_where_it_is_read():
     ``int | timedelta``, a dict for ``Note | dict``) arrived as the first: ``"abcd"`` as
     ``b'i\xb7\x1d'``. Such a union is refused where it is read (the endpoint class, the
     client's ``returns=``, a message class); members that JSON tells apart are not."""
+    from streaming.exceptions import InvalidMessage
     from streaming.methods import ValueReader
 
     class Tone(enum.Enum):
@@ -611,6 +612,10 @@ def test_a_union_whose_members_travel_alike_is_refused_where_it_is_read():
     ]
     for hint in apart:
         ValueReader(hint)
+    # A value none of them takes is told what they are (helper "serverpod12").
+    with pytest.raises(InvalidMessage) as none:
+        ValueReader(int | str | None).value(5.0)
+    assert none.value.errors == [{"path": "value", "reason": "Input should be one of: int, str"}]
 
 
 async def test_constraints_on_a_scalar_are_checked_as_a_fields_are():

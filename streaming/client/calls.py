@@ -75,12 +75,22 @@ class MethodRef:
         self.name = name
 
     def __call__(
-        self, *, credit: int = DEFAULT_CREDIT, returns: Any = _UNTYPED, **arguments: Any
+        self,
+        *positional: Any,
+        credit: int = DEFAULT_CREDIT,
+        returns: Any = _UNTYPED,
+        **arguments: Any,
     ) -> Call:
         """A :class:`Call` (started when first awaited or iterated). ``credit``: how many
         values of a stream may wait in the client. ``returns``: the method's return type,
         to read its values as (see the module's contract); ``TypeError`` here for a type
         no streaming method has. (These two argument names are taken by the client.)"""
+        if positional:  # Serverpod's generated client takes them; the wire has names only
+            raise TypeError(
+                f"{self.endpoint.name}.{self.name}: pass the arguments by name, as the "
+                f"method declares them ({self.endpoint.name}.{self.name}(start=3)), not by "
+                "position"
+            )
         reader = None if returns is _UNTYPED else ValueReader(returns)
         return Call(self.endpoint._client, self.endpoint.name, self.name, arguments, credit, reader)
 

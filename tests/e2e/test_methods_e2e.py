@@ -117,6 +117,8 @@ async def test_returns_reads_the_values_as_the_methods_type(server):
         assert [e["path"] for e in wrong_item.value.errors] == ["value"]
         with pytest.raises(TypeError):
             client.methods.count(upto=3, returns=object)  # at once: no such method type
+        with pytest.raises(TypeError, match="pass the arguments by name"):
+            client.methods.count(3)  # as Serverpod's client would (helper "serverpod12")
         assert await client.methods.count(upto=2) == [0, 1]
 
 
