@@ -137,3 +137,23 @@ def key_count(url: str) -> int:
         return int(client.dbsize())
     finally:
         client.close()
+
+
+async def join_once_served(url: str, room: str, within: float) -> websockets.ClientConnection:
+    """A socket on ``url`` that joined ``room``, as a client gets one: tried again after
+    an error frame (the join timed out: ``PUBLISH_TIMEOUT``) or a 1012 (a gap while it
+    joined) until one is served."""
+    deadline = time.monotonic() + within
+    while True:
+        ws = await connect(url)
+        try:
+            await ws.send(room_post(room, "/join"))
+            frame = await recv_endpoint(ws, "room", timeout=30)
+        except websockets.ConnectionClosed as closed:
+            assert closed.rcvd is not None and closed.rcvd.code == 1012, closed
+            frame = {"closed": 1012}
+        if "object" in frame:
+            assert frame["object"]["data"]["text"] == f"joined {room}", frame
+            return ws
+        await ws.close()
+        assert time.monotonic() < deadline, f"not served within {within}s: {json.dumps(frame)}"

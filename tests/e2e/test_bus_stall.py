@@ -19,7 +19,6 @@ works for new connections, with nothing restarted.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 
@@ -27,7 +26,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.e2e.redis_support import connect, join, recv_endpoint, room_post
+from tests.e2e.redis_support import connect, join, join_once_served, recv_endpoint, room_post
 from tests.support.servers import RedisServer, UvicornServer
 from tests.support.stall_proxy import StallProxy
 
@@ -40,26 +39,6 @@ async def _readyz(srv: UvicornServer) -> tuple[int, dict]:
     async with httpx.AsyncClient(timeout=30) as client:
         response = await client.get(srv.http_url + "/readyz")
     return response.status_code, response.json()
-
-
-async def _join_once_served(url: str, room: str, within: float) -> websockets.ClientConnection:
-    """A socket on ``url`` that joined ``room``, as a client gets one: tried again after
-    an error frame (the join timed out: ``PUBLISH_TIMEOUT``) or a 1012 (a gap while it
-    joined) until one is served."""
-    deadline = time.monotonic() + within
-    while True:
-        ws = await connect(url)
-        try:
-            await ws.send(room_post(room, "/join"))
-            frame = await recv_endpoint(ws, "room", timeout=30)
-        except websockets.ConnectionClosed as closed:
-            assert closed.rcvd is not None and closed.rcvd.code == 1012, closed
-            frame = {"closed": 1012}
-        if "object" in frame:
-            assert frame["object"]["data"]["text"] == f"joined {room}", frame
-            return ws
-        await ws.close()
-        assert time.monotonic() < deadline, f"not served within {within}s: {json.dumps(frame)}"
 
 
 async def test_a_stalled_path_to_redis_is_given_up_on_told_and_recovered(django_db_setup):
@@ -97,7 +76,7 @@ async def test_a_stalled_path_to_redis_is_given_up_on_told_and_recovered(django_
             assert "heartbeat" in body["checks"]["bus"], body
 
             proxy.heal()  # new connections go through; the stalled ones stay dead
-            again = await _join_once_served(a.ws_url, room, within=60)
+            again = await join_once_served(a.ws_url, room, within=60)
             try:
                 await poster.send(room_post(room, "after"))
                 frame = await recv_endpoint(again, "room")
