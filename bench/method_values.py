@@ -14,9 +14,10 @@ import datetime
 import decimal
 import json
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import django
+from pydantic import Field
 
 django.setup()
 
@@ -54,6 +55,13 @@ CASES: list[tuple[str, Any, Any]] = [
     ("list[Decimal], 10k invalid", list[decimal.Decimal], ["x"] * 10000),
     ("list[Decimal], 10k valid", list[decimal.Decimal], ["1.5"] * 10000),
     ("list[int], 10k", list[int], [1] * 10000),
+    ("list[timedelta], 10k", list[datetime.timedelta], [1500] * 10000),
+    ("list[datetime], 10k", list[datetime.datetime], ["2026-01-02T03:04:05Z"] * 10000),
+    (
+        "list[Annotated[int, Field(ge=0)]], 10k",
+        list[Annotated[int, Field(ge=0)]],
+        [7] * 10000,
+    ),
 ]
 
 

@@ -291,6 +291,7 @@ _MICROSECOND = timedelta(microseconds=1)
 _TIMESTAMP_STRING = re.compile(r"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*")
 #: pydantic's own strict datetime parsing, for the strings the validator below lets through.
 _DATETIME_STRINGS = SchemaValidator(core_schema.datetime_schema(strict=True))
+_DATE_STRINGS = SchemaValidator(core_schema.date_schema(strict=True))
 
 
 def _validate_iso_datetime(value: Any, handler: Any, info: Any) -> datetime:
@@ -312,6 +313,23 @@ def _validate_iso_datetime(value: Any, handler: Any, info: Any) -> datetime:
         return _to_utc(value)  # type: ignore[no-any-return]
     except ValueError as exc:
         raise PydanticCustomError("datetime_range", str(exc)) from None
+
+
+def _validate_iso_date(value: Any, handler: Any, info: Any) -> date:
+    if info.mode == "json":
+        if not isinstance(value, str):
+            raise PydanticCustomError("date_type", "Input should be a valid date string")
+        if _TIMESTAMP_STRING.fullmatch(value):
+            # pydantic reads "0" as 1970-01-01 (helper "attacker12"), as it read a datetime
+            raise PydanticCustomError(
+                "date_parsing", "Input should be an ISO 8601 date (2026-01-02), not a Unix time"
+            )
+        try:
+            value = _DATE_STRINGS.validate_strings(value)  # type: ignore[arg-type]  # a str is one
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            raise PydanticCustomError(error["type"], error["msg"]) from None
+    return handler(value)  # type: ignore[no-any-return]
 
 
 def _validate_base64(value: Any, handler: Any, info: Any) -> bytes:
@@ -344,6 +362,7 @@ _MILLISECONDS = (
     PlainSerializer(_wire_function(_milliseconds), return_type=int, when_used="json"),
 )
 _ISO_DATETIME = (WrapValidator(_wire_function(_validate_iso_datetime)),)
+_ISO_DATE = (WrapValidator(_wire_function(_validate_iso_date)),)
 _BASE64 = (
     WrapValidator(_wire_function(_validate_base64)),
     PlainSerializer(_wire_function(_base64), return_type=str, when_used="json"),
@@ -643,6 +662,8 @@ def _wire_annotation(annotation: Any, always_tag: bool = False) -> Any:
             return Annotated[(bytes, *_BASE64)]
         if annotation is datetime:
             return Annotated[(datetime, *_ISO_DATETIME)]
+        if annotation is date:
+            return Annotated[(date, *_ISO_DATE)]
         return None
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -786,8 +807,11 @@ def check_distinct(annotation: Any, members: tuple[Any, ...], where: str) -> Non
     kinds = [(member, wire_kinds(member)) for member in members]
     for i, (first, first_kinds) in enumerate(kinds):
         for second, second_kinds in kinds[i + 1 :]:
-            if {first, second} == {int, float}:
+            if {_unwrapped(first), _unwrapped(second)} == {int, float}:
                 continue
+            values, others = _wire_values(first), _wire_values(second)
+            if values is not None and others is not None and not values & others:
+                continue  # Literal["a"] | Literal["b"], two enums: told apart by value
             for a in first_kinds:
                 for b in second_kinds:
                     if (a, b) in _CLASHES or (b, a) in _CLASHES:
@@ -797,6 +821,26 @@ def check_distinct(annotation: Any, members: tuple[Any, ...], where: str) -> Non
                             "the other; use one of them, or a message class with a field for "
                             "each"
                         )
+
+
+def _unwrapped(annotation: Any) -> Any:
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
+def _wire_values(annotation: Any) -> frozenset[Any] | None:
+    """The values a ``Literal`` or an enum travels as; None for any other type (or values
+    that cannot be compared so)."""
+    annotation = _unwrapped(annotation)
+    try:
+        if typing.get_origin(annotation) is typing.Literal:
+            return frozenset((type(v), v) for v in typing.get_args(annotation))
+        if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+            return frozenset((type(m.value), m.value) for m in annotation)
+    except TypeError:  # an unhashable value
+        return None
+    return None
 
 
 def check_unions(annotation: Any, where: str) -> None:

@@ -12,6 +12,7 @@ import logging
 import subprocess
 import sys
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from websockets.asyncio.server import serve
@@ -582,6 +583,24 @@ async def test_values_past_the_credit_fail_the_call_instead_of_filling_memory():
             assert error.code == "rate_limited"
             assert await asyncio.wait_for(cancelled, 10) == call.id
             assert len(call._values) <= 64
+
+
+async def test_a_value_nested_too_deeply_fails_its_call_not_the_connection():
+    """Helper "attacker12": a hostile server's value nested 950 levels deep raised
+    ``RecursionError`` in the client's reader, which ended the connection (every call:
+    ``NotConnected``). The call fails with ``UndecodableMessage``; the connection lives."""
+    from streaming.client import Client, UndecodableMessage
+    from tests.support.fake_servers import answering
+
+    deep = "[" * 950 + "]" * 950
+    async with serve(answering(deep), "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with Client(f"http://127.0.0.1:{port}/") as client:
+            await client.open_streaming_connection()
+            for returns in ({}, {"returns": list[Any]}):
+                with pytest.raises(UndecodableMessage, match="nested too deeply"):
+                    await client.endpoint("e").m(**returns)
+            assert client.streaming_connection_status.name == "connected"
 
 
 async def test_messages_for_ever_new_endpoint_names_do_not_fill_the_client():

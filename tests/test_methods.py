@@ -276,6 +276,55 @@ class Counted(SerializableEntity):
         return data
 
 
+async def test_constraints_hold_on_lists_dicts_and_optionals_too():
+    """Helper "attacker12": ``Annotated`` constraints on anything but a plain scalar were
+    dropped without a word (``Annotated[list[int], Field(max_length=3)]`` took 10,000
+    items, ``Annotated[int | None, Field(ge=1)]`` took 2**64). They are checked as a
+    message field's are; on a message (which checks its own fields) they are refused."""
+
+    class Limited(Endpoint):
+        @streaming_method
+        async def take(
+            self,
+            session,
+            xs: typing.Annotated[list[int], pydantic.Field(max_length=3)],
+            limit: typing.Annotated[int | None, pydantic.Field(ge=1, le=100)] = None,
+            tags: typing.Annotated[dict[str, str], pydantic.Field(max_length=1)] = {},  # noqa: B006
+            amounts: list[decimal.Decimal] = [],  # noqa: B006
+        ) -> int:
+            return len(xs) + (limit or 0) + len(amounts)
+
+    async with socket(endpoints=[Limited]) as comm:
+        await call(comm, "take", "ok", {"xs": [1, 2], "limit": None}, endpoint="limited")
+        assert await result(comm, "ok") == 2
+        bad = {"xs": [1, 2, 3, 4], "limit": 2**64, "tags": {"a": "1", "b": "2"}}
+        await call(comm, "take", "bad", bad, endpoint="limited")
+        errors = (await failure(comm, "bad", "invalid_message"))["errors"]
+        assert [e["path"] for e in errors] == ["xs", "limit", "tags"]
+        # A list of one pydantic type is read in one pass; from its first error on, item
+        # by item, so that the errors are those of the items (at most MAX_ERRORS).
+        amounts = ["1.5"] * 100 + ["x"] * 30
+        await call(comm, "take", "am", {"xs": [], "amounts": amounts}, endpoint="limited")
+        errors = (await failure(comm, "am", "invalid_message"))["errors"]
+        assert [e["path"] for e in errors] == [f"amounts.{i}" for i in range(100, 120)]
+        await call(comm, "take", "am2", {"xs": [], "amounts": ["1.5", "2"]}, endpoint="limited")
+        assert await result(comm, "am2") == 2
+
+    with pytest.raises(TypeError, match="put them on the message's fields"):
+
+        class OnAMessage(Endpoint):
+            @streaming_method
+            async def m(
+                self, session, notes: typing.Annotated[list[Note], pydantic.Field(max_length=2)]
+            ) -> int:
+                return 0
+
+    class Notes(Endpoint):  # notes for people are no constraints: accepted, ignored
+        @streaming_method
+        async def m(self, session, note: typing.Annotated[Note, "the note", {"doc": 1}]) -> int:
+            return 0
+
+
 async def test_a_number_too_large_for_a_float_is_an_invalid_argument_or_value():
     """Helper "attacker11": ``float(10**309)`` raised ``OverflowError`` out of the
     arguments' check: the call was never answered (its id taken until the socket closed),
@@ -602,7 +651,15 @@ def test_a_union_whose_members_travel_alike_is_refused_where_it_is_read():
         n: int | float = 0
         when: datetime.datetime | datetime.date | None = None
 
+    class Size(enum.Enum):
+        BIG = "big"
+
     apart = [
+        # Told apart by their values (helper "attacker12": refused at first)
+        typing.Literal["a"] | typing.Literal["b"],
+        Tone | Size,
+        Tone | typing.Literal["quiet"],
+        typing.Annotated[int, pydantic.Field(ge=0)] | float,
         int | float,
         datetime.datetime | datetime.date,
         Note | list[Note] | None,
@@ -612,6 +669,9 @@ def test_a_union_whose_members_travel_alike_is_refused_where_it_is_read():
     ]
     for hint in apart:
         ValueReader(hint)
+    assert ValueReader(typing.Literal[None, "a"] | int).value(None) is None
+    with pytest.raises(TypeError, match="may travel as the same JSON"):
+        ValueReader(Tone | typing.Literal["loud"])  # the same value
     # A value none of them takes is told what they are (helper "serverpod12").
     with pytest.raises(InvalidMessage) as none:
         ValueReader(int | str | None).value(5.0)
@@ -990,6 +1050,7 @@ async def test_calls_in_progress_are_bounded():
         await call(comm, "nothing", "one-more")
         await failure(comm, "one-more", "rate_limited")
         await comm.send_command("cancel", {"id": "e0"})
+        await comm.ping()  # its task has ended (woken before the ping): its place is free
         await call(comm, "nothing", "now")
         await result(comm, "now")
 
@@ -1017,11 +1078,49 @@ async def test_the_arguments_of_calls_in_progress_count_in_the_connections_memor
         args = await failure(comm, "w3", "rate_limited")
         assert "memory" in args["message"]
         await comm.send_command("cancel", {"id": "w0"})  # ends one: its bytes are free
+        await comm.ping()  # ... once its task has ended (it was woken before the ping)
         await call(comm, "watch", "w4", {"names": names}, endpoint="feeds")
         await comm.ping()  # ... so no answer came for w4: it runs
         for i in (1, 2, 4):
             await comm.send_command("cancel", {"id": f"w{i}"})
         await comm.assert_nothing_received()
+
+
+async def test_a_cancelled_call_holds_its_memory_until_its_task_ends(settings):
+    """Helper "attacker12": a cancelled call gave its bytes and its place back at once,
+    while its task, awaiting in a ``finally``, still held its arguments: 1,000 such tasks
+    on one socket, 41 MiB. They count until the task ends."""
+
+    class Stubborn(Endpoint):
+        running = asyncio.Event()
+        gate = asyncio.Event()
+        done = asyncio.Event()
+
+        @streaming_method
+        async def hold(self, session, names: list[str]) -> AsyncIterator[int]:
+            Stubborn.running.set()
+            try:
+                await asyncio.Event().wait()
+                yield 0
+            finally:
+                await Stubborn.gate.wait()  # a clean-up that awaits
+                Stubborn.done.set()
+
+    names = ["ab"] * 1000
+    frame = {"id": "h0", "endpoint": "stubborn", "method": "hold", "args": {"names": names}}
+    size = decode_frame(json.dumps({"command": "call", "args": frame})).size
+    settings.STREAMING = {"MAX_PENDING_BYTES": size + size // 2}  # one fits, not two
+    async with socket(endpoints=[Stubborn]) as comm:
+        await call(comm, "hold", "h0", {"names": names}, endpoint="stubborn")
+        await asyncio.wait_for(Stubborn.running.wait(), 10)
+        await comm.send_command("cancel", {"id": "h0"})
+        await call(comm, "hold", "h1", {"names": names}, endpoint="stubborn")
+        await failure(comm, "h1", "rate_limited")  # h0's task still holds its arguments
+        Stubborn.gate.set()
+        await asyncio.wait_for(Stubborn.done.wait(), 10)  # ... and has ended now
+        await call(comm, "hold", "h2", {"names": names}, endpoint="stubborn")
+        await comm.ping()  # no fail came for h2: it runs
+        await comm.send_command("cancel", {"id": "h2"})
 
 
 class Unsendable(Endpoint):

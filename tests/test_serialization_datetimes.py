@@ -8,7 +8,7 @@ and a Unix time in a string (``"1700000000"``) was read as a datetime.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 from pydantic import ValidationError
@@ -105,3 +105,21 @@ def test_python_construction_takes_aware_datetimes_and_refuses_the_rest():
             Stamped(at=bad)
     with pytest.raises(ValidationError, match="year 1 to 9999"):
         Stamped(at=datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1))))
+
+
+class Dated(SerializableEntity):
+    class_name = "tests.datetimes.Dated"
+    on: date
+    days: list[date] = []
+
+
+@pytest.mark.parametrize("text", ["0", "1700000000", "0" * 60_000, "1.5", " 42 "])
+def test_a_unix_time_in_a_string_is_no_date_either(text):
+    """Helper "attacker12": a ``date`` took ``"0"`` (and 60,000 zeros) as 1970-01-01,
+    the number-in-a-string a datetime already refused."""
+    with pytest.raises(InvalidMessage) as caught:
+        decode_object(Dated.class_name, {"on": "2026-01-02", "days": [text]})
+    assert [(e["path"], "Unix time" in e["reason"]) for e in caught.value.errors] == [
+        ("days.0", True)
+    ]
+    assert decode_object(Dated.class_name, {"on": "2026-01-02"}).on == date(2026, 1, 2)

@@ -43,6 +43,7 @@ import asyncio
 import itertools
 import json
 import logging
+import re
 from collections import deque
 from collections.abc import AsyncIterator, Generator
 from typing import TYPE_CHECKING, Any
@@ -309,7 +310,7 @@ class Call:
             try:
                 reader = self._reader
                 item = from_wire(args["value"]) if reader is None else reader.item(args["value"])
-            except StreamingError as exc:
+            except (StreamingError, RecursionError) as exc:
                 self._values.append(_Undecodable(self._undecodable(exc)))
             else:
                 self._values.append(item)
@@ -319,7 +320,7 @@ class Call:
                     reader = self._reader
                     raw = args["value"]
                     value = from_wire(raw) if reader is None else reader.value(raw)
-                except StreamingError as exc:
+                except (StreamingError, RecursionError) as exc:
                     self._end(("error", self._undecodable(exc)))
                     return
                 args = {**args, "value": value}
@@ -333,7 +334,11 @@ class Call:
                 self._stream_changed[name].set()
         self._changed.set()
 
-    def _undecodable(self, exc: StreamingError) -> UndecodableMessage:
+    def _undecodable(self, exc: StreamingError | RecursionError) -> UndecodableMessage:
+        if isinstance(exc, RecursionError):  # a hostile server's 950 levels (attacker12)
+            return UndecodableMessage(
+                "invalid_message", "The value is nested too deeply.", endpoint=self.endpoint
+            )
         return UndecodableMessage(
             exc.code, exc.detail, endpoint=self.endpoint, errors=getattr(exc, "errors", None)
         )
@@ -385,6 +390,23 @@ def deliver(link: _Link, frame: MethodFrame) -> None:
     call = link.calls.get(frame.id)
     if call is not None:
         call._receive(frame)
+
+
+#: The call id of a server's method frame, read off its start when the frame as a whole
+#: cannot be decoded (the server writes ``command``, then ``args`` with ``id`` first).
+_CALL_FRAME = re.compile(
+    r'\{"command": ?"(?:value|done|fail)", ?"args": ?\{"id": ?"([^"\\]{1,128})"'
+)
+
+
+def undecodable(link: _Link, text: str, error: UndecodableMessage) -> None:
+    """A frame from the server that could not be decoded at all: if it is a call's (by
+    its start), the call fails with ``error`` instead of waiting for ever for a frame
+    that came (helper "attacker12": a value nested 950 levels deep)."""
+    found = _CALL_FRAME.match(text[:256])
+    call = link.calls.get(found.group(1)) if found else None
+    if call is not None:
+        call._end(("error", error))
 
 
 def refused(link: _Link, error: ServerError) -> None:

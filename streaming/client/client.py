@@ -40,7 +40,7 @@ from .. import __version__
 from ..exceptions import ProtocolError, SerializationError
 from ..protocol import DataFrame, MethodFrame, decode_frame, encode_command, encode_data
 from ..serialization import SerializableEntity, decode_object, encode_object
-from .calls import deliver, link_lost, refused
+from .calls import deliver, link_lost, refused, undecodable
 from .endpoint_ref import EndpointRef
 from .errors import (
     ClientClosed,
@@ -573,7 +573,9 @@ class Client:
         try:
             frame = decode_frame(message)
         except ProtocolError as exc:
-            self._report(UndecodableMessage(exc.code, exc.detail))
+            undecodable_error = UndecodableMessage(exc.code, exc.detail)
+            self._report(undecodable_error)
+            undecodable(link, message, undecodable_error)
             return
         if isinstance(frame, DataFrame):
             self._on_data(frame)

@@ -74,7 +74,6 @@ def many_endpoints(count: int) -> Callable[[Any], Awaitable[None]]:
     return handler
 
 
-
 def _text_frame(text: str) -> bytes:
     payload = text.encode()
     n = len(payload)
@@ -181,5 +180,22 @@ def late_ponger(every: float = 0.02) -> Callable[[Any], Awaitable[None]]:
                 task = asyncio.ensure_future(chatter())
         if task is not None:
             task.cancel()
+
+    return handler
+
+
+def answering(value_text: str) -> Callable[[Any], Awaitable[None]]:
+    """A ``websockets`` handler that answers pings and every call with ``done`` whose
+    value is the JSON text ``value_text`` (written as it is: a hostile server's)."""
+
+    async def handler(ws: Any) -> None:
+        async for text in ws:
+            frame = json.loads(text)
+            if frame["command"] == "ping":
+                await ws.send(PONG)
+            elif frame["command"] == "call":
+                call_id = json.dumps(frame["args"]["id"])
+                await ws.send(f'{{"command": "done", "args": {{"id": {call_id}, '
+                              f'"value": {value_text}}}}}')  # fmt: skip
 
     return handler
