@@ -294,20 +294,26 @@ _DATETIME_STRINGS = SchemaValidator(core_schema.datetime_schema(strict=True))
 _DATE_STRINGS = SchemaValidator(core_schema.date_schema(strict=True))
 
 
+def _iso_string(value: Any, kind: str, strings: SchemaValidator, form: str) -> Any:
+    """JSON ``value`` parsed as ISO 8601 by ``strings`` (pydantic's strict parsing of a
+    ``kind``): never a number, nor a number in a string, which pydantic would read as a
+    Unix time (``"0"``: 1970-01-01)."""
+    if not isinstance(value, str):
+        raise PydanticCustomError(f"{kind}_type", f"Input should be a valid {kind} string")
+    if _TIMESTAMP_STRING.fullmatch(value):
+        raise PydanticCustomError(
+            f"{kind}_parsing", f"Input should be an ISO 8601 {form}, not a Unix time"
+        )
+    try:
+        return strings.validate_strings(value)  # type: ignore[arg-type]  # a str is one
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise PydanticCustomError(error["type"], error["msg"]) from None
+
+
 def _validate_iso_datetime(value: Any, handler: Any, info: Any) -> datetime:
     if info.mode == "json":
-        if not isinstance(value, str):
-            raise PydanticCustomError("datetime_type", "Input should be a valid datetime string")
-        if _TIMESTAMP_STRING.fullmatch(value):
-            raise PydanticCustomError(
-                "datetime_parsing",
-                "Input should be an ISO 8601 datetime with a timezone, not a Unix time",
-            )
-        try:
-            value = _DATETIME_STRINGS.validate_strings(value)  # type: ignore[arg-type]  # a str is one
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            raise PydanticCustomError(error["type"], error["msg"]) from None
+        value = _iso_string(value, "datetime", _DATETIME_STRINGS, "datetime with a timezone")
     value = handler(value)
     try:  # here, not only in _aware_datetimes, so that an error names its list item
         return _to_utc(value)  # type: ignore[no-any-return]
@@ -316,19 +322,8 @@ def _validate_iso_datetime(value: Any, handler: Any, info: Any) -> datetime:
 
 
 def _validate_iso_date(value: Any, handler: Any, info: Any) -> date:
-    if info.mode == "json":
-        if not isinstance(value, str):
-            raise PydanticCustomError("date_type", "Input should be a valid date string")
-        if _TIMESTAMP_STRING.fullmatch(value):
-            # pydantic reads "0" as 1970-01-01 (helper "attacker12"), as it read a datetime
-            raise PydanticCustomError(
-                "date_parsing", "Input should be an ISO 8601 date (2026-01-02), not a Unix time"
-            )
-        try:
-            value = _DATE_STRINGS.validate_strings(value)  # type: ignore[arg-type]  # a str is one
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            raise PydanticCustomError(error["type"], error["msg"]) from None
+    if info.mode == "json":  # "0" was 1970-01-01 (helper "attacker12")
+        value = _iso_string(value, "date", _DATE_STRINGS, "date (2026-01-02)")
     return handler(value)  # type: ignore[no-any-return]
 
 
