@@ -776,6 +776,8 @@ def type_name(annotation: Any) -> str:
 
 
 def _value_kinds(value: Any) -> frozenset[str]:
+    if isinstance(value, enum.Enum):  # Literal[Color.RED] travels as its value
+        value = value.value
     if isinstance(value, bool):
         return frozenset({"bool"})
     if isinstance(value, int):
@@ -805,17 +807,23 @@ def check_distinct(annotation: Any, members: tuple[Any, ...], where: str) -> Non
             if {_unwrapped(first), _unwrapped(second)} == {int, float}:
                 continue
             values, others = _wire_values(first), _wire_values(second)
-            if values is not None and others is not None and not values & others:
-                continue  # Literal["a"] | Literal["b"], two enums: told apart by value
-            for a in first_kinds:
-                for b in second_kinds:
-                    if (a, b) in _CLASHES or (b, a) in _CLASHES:
-                        raise TypeError(
-                            f"{where}: {annotation!r}: {type_name(first)} and {type_name(second)} "
-                            "may travel as the same JSON, so a value of one could arrive as "
-                            "the other; use one of them, or a message class with a field for "
-                            "each"
-                        )
+            if values is not None and others is not None:
+                # Literals and enums: told apart by value, or not (True == 1 == 1.0)
+                clash = bool(values & others)
+            elif _literal_of(first, second) or _literal_of(second, first):
+                clash = False  # Literal["auto"] | str: the same value, whichever reads it
+            else:
+                clash = any(
+                    (a, b) in _CLASHES or (b, a) in _CLASHES
+                    for a in first_kinds
+                    for b in second_kinds
+                )
+            if clash:
+                raise TypeError(
+                    f"{where}: {annotation!r}: {type_name(first)} and {type_name(second)} "
+                    "may travel as the same JSON, so a value of one could arrive as the "
+                    "other; use one of them, or a message class with a field for each"
+                )
 
 
 def _unwrapped(annotation: Any) -> Any:
@@ -826,16 +834,33 @@ def _unwrapped(annotation: Any) -> Any:
 
 def _wire_values(annotation: Any) -> frozenset[Any] | None:
     """The values a ``Literal`` or an enum travels as; None for any other type (or values
-    that cannot be compared so)."""
+    that cannot be compared so). Compared as pydantic matches them, by equality: ``1``,
+    ``1.0`` and ``True`` are one value (helper "reviewer12": ``Literal[1] | Literal[1.0]``
+    read 1.0 as 1)."""
     annotation = _unwrapped(annotation)
     try:
         if typing.get_origin(annotation) is typing.Literal:
-            return frozenset((type(v), v) for v in typing.get_args(annotation))
+            return frozenset(
+                v.value if isinstance(v, enum.Enum) else v for v in typing.get_args(annotation)
+            )
         if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-            return frozenset((type(m.value), m.value) for m in annotation)
+            return frozenset(m.value for m in annotation)
     except TypeError:  # an unhashable value
         return None
     return None
+
+
+def _literal_of(literal: Any, scalar: Any) -> bool:
+    """Whether ``literal`` is a ``Literal`` of values of exactly the plain type ``scalar``
+    (``Literal["auto"] | str``: either member reads "auto" as the same ``str``), or of
+    floats with a fraction beside ``int`` (which never reads them)."""
+    literal, scalar = _unwrapped(literal), _unwrapped(scalar)
+    if typing.get_origin(literal) is not typing.Literal or scalar not in (str, int, float, bool):
+        return False
+    values = typing.get_args(literal)
+    if all(type(v) is scalar for v in values):
+        return True
+    return scalar is int and all(type(v) is float and not v.is_integer() for v in values)
 
 
 def check_unions(annotation: Any, where: str) -> None:

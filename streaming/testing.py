@@ -22,6 +22,7 @@ ordered queue.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections.abc import Iterator, Sequence
@@ -86,6 +87,7 @@ class CallStream:
         if self._id is not None and not self._ended:
             self._ended = True
             self._comm._cancelled.add(self._id)  # its frames already on the way are skipped
+            self._comm._end_inputs(self._id)
             await self._comm.send_command("cancel", {"id": self._id})
 
     def __aiter__(self) -> CallStream:
@@ -116,6 +118,60 @@ class CallStream:
         if self._credit and self._read % half == 0:
             await self._comm.send_command("credit", {"id": self._id, "n": half})
         return value
+
+
+class _InputPump:
+    """One input stream of a communicator's call: its values sent by a task of its own,
+    as the server grants credit (so that a stream that waits for the call's output does
+    not hold up the reading of it), then ``stream_end``, or ``stream_error`` when the
+    iterator raises. Stopped (the iterator closed) when the call ends."""
+
+    def __init__(self, comm: StreamingCommunicator, call_id: str, name: str, it: Any) -> None:
+        self._comm, self._call_id, self._name, self._iterator = comm, call_id, name, it
+        self._credit = 0
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def grant(self, n: int) -> None:
+        self._credit += n
+        self._changed.set()
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._send())
+
+    def stop(self) -> None:
+        if self._task is None:  # never granted credit: its iterator is closed all the same
+            self._task = asyncio.ensure_future(self._close())
+        else:
+            self._task.cancel()
+
+    async def _close(self) -> None:
+        aclose = getattr(self._iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def _send(self) -> None:
+        from .methods import value_json
+
+        fields: dict[str, Any] = {"id": self._call_id, "stream": self._name}
+        try:
+            while True:
+                while self._credit <= 0:
+                    self._changed.clear()
+                    await self._changed.wait()
+                try:
+                    value = await anext(self._iterator)
+                except StopAsyncIteration:
+                    await self._comm.send_command("stream_end", fields)
+                    return
+                except Exception as exc:
+                    message = str(exc) or type(exc).__name__
+                    await self._comm.send_command("stream_error", {**fields, "message": message})
+                    return
+                self._credit -= 1
+                value = json.loads(value_json(value))
+                await self._comm.send_command("stream_value", {**fields, "value": value})
+        finally:
+            await self._close()
 
 
 @contextmanager
@@ -168,7 +224,7 @@ class StreamingCommunicator(WebsocketCommunicator):
         self._endpoints = [cls.name for cls in endpoints] if endpoints is not None else None
         self._cancelled: set[str] = set()  # calls cancelled by :meth:`stream`
         #: call id -> its input streams' iterators, by name, until each has ended
-        self._inputs: dict[str, dict[str, Any]] = {}
+        self._inputs: dict[str, dict[str, _InputPump]] = {}
 
     async def __aenter__(self) -> StreamingCommunicator:
         connected, _ = await self.connect(timeout=self.default_timeout)
@@ -343,34 +399,16 @@ class StreamingCommunicator(WebsocketCommunicator):
             fields["credit"] = credit
         if streams:
             fields["streams"] = list(streams)
-            self._inputs[call_id] = streams
+            self._inputs[call_id] = {
+                name: _InputPump(self, call_id, name, it) for name, it in streams.items()
+            }
         await self.send_command("call", fields)
         return call_id
 
-    async def _pump(self, call_id: str, name: str, n: int) -> None:
-        """Send up to ``n`` values of the input stream ``name`` (the server's credit), or
-        its end (``stream_end``, or ``stream_error`` when the iterator raised)."""
-        from .methods import value_json
-
-        iterator = self._inputs.get(call_id, {}).get(name)
-        if iterator is None:
-            return  # ended, or not ours
-        for _ in range(n):
-            try:
-                value = await anext(iterator)
-            except StopAsyncIteration:
-                await self.send_command("stream_end", {"id": call_id, "stream": name})
-            except Exception as exc:
-                message = str(exc) or type(exc).__name__
-                fields = {"id": call_id, "stream": name, "message": message}
-                await self.send_command("stream_error", fields)
-            else:
-                value = json.loads(value_json(value))
-                fields = {"id": call_id, "stream": name, "value": value}
-                await self.send_command("stream_value", fields)
-                continue
-            del self._inputs[call_id][name]
-            return
+    def _end_inputs(self, call_id: str) -> None:
+        """The call ended: its input streams stop (their iterators are closed)."""
+        for pump in self._inputs.pop(call_id, {}).values():
+            pump.stop()
 
     async def _call_frame(
         self, call_id: str, timeout: float | None, reader: ValueReader | None = None
@@ -389,12 +427,14 @@ class StreamingCommunicator(WebsocketCommunicator):
                 f"expected a frame of call {call_id!r}, got {frame!r}"
             )
             if frame.command == "credit" and "stream" in frame.args:
-                await self._pump(call_id, frame.args["stream"], frame.args["n"])
-                continue  # an input stream's credit: its values went out
+                pump = self._inputs.get(call_id, {}).get(frame.args["stream"])
+                if pump is not None:  # sent by a task of its own, as the client's are
+                    pump.grant(frame.args["n"])
+                continue
             break
         args = frame.args
         if frame.command in ("fail", "done"):
-            self._inputs.pop(call_id, None)
+            self._end_inputs(call_id)
         if frame.command == "fail":
             exception = args.get("exception")
             if isinstance(exception, dict):

@@ -729,3 +729,19 @@ async def test_frames_keep_a_link_alive_while_its_pongs_are_late():
                 pass
             assert client.streaming_connection_status is StreamingConnectionStatus.connected
             assert client.disconnect_reason is None
+
+
+def test_an_errors_str_names_its_first_fields_and_tolerates_odd_ones():
+    """What a traceback shows: the message and the first failing fields (helper
+    "serverpod12"); a server's odd ``errors`` entries are skipped, not a crash in the
+    logging of the error (helper "reviewer12": ``AttributeError``)."""
+    from streaming.client import CallFailed, ServerError
+
+    odd = ServerError.from_args(
+        {"code": "invalid_message", "message": "bad", "errors": ["x", None]}
+    )
+    assert str(odd) == "bad"
+    errors = [{"path": f"p{i}", "reason": "no"} for i in range(5)]
+    failed = CallFailed("invalid_message", "Invalid.", errors=errors)
+    assert str(failed) == "Invalid. (p0: no; p1: no; p2: no; and 2 more)"
+    assert failed.message == "Invalid."

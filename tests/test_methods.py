@@ -620,7 +620,6 @@ def test_a_union_whose_members_travel_alike_is_refused_where_it_is_read():
         int | datetime.timedelta,
         Level | int,
         Note | dict[str, Any],
-        typing.Literal["a"] | str,
     ]
     for hint in alike:
         with pytest.raises(TypeError, match="travel as the same JSON"):
@@ -657,6 +656,11 @@ def test_a_union_whose_members_travel_alike_is_refused_where_it_is_read():
     apart = [
         # Told apart by their values (helper "attacker12": refused at first)
         typing.Literal["a"] | typing.Literal["b"],
+        # ... or read as the same value whichever member reads it (helper "reviewer12")
+        typing.Literal["auto"] | str,
+        typing.Literal[1] | int,
+        typing.Literal[True] | bool,
+        typing.Literal[1.5] | int,
         Tone | Size,
         Tone | typing.Literal["quiet"],
         typing.Annotated[int, pydantic.Field(ge=0)] | float,
@@ -670,8 +674,19 @@ def test_a_union_whose_members_travel_alike_is_refused_where_it_is_read():
     for hint in apart:
         ValueReader(hint)
     assert ValueReader(typing.Literal[None, "a"] | int).value(None) is None
-    with pytest.raises(TypeError, match="may travel as the same JSON"):
-        ValueReader(Tone | typing.Literal["loud"])  # the same value
+    for same in (
+        Tone | typing.Literal["loud"],  # the same value
+        typing.Literal[1] | typing.Literal[1.0],  # equal, as pydantic compares them
+        typing.Literal[True] | typing.Literal[1],
+        typing.Literal[Tone.LOUD] | typing.Literal["loud"],
+    ):
+        with pytest.raises(TypeError, match="may travel as the same JSON"):
+            ValueReader(same)
+
+    class Mode(SerializableEntity):  # a message's field: the same rule
+        class_name = "tests.methods.Mode"
+        mode: typing.Literal["auto"] | str = "auto"
+
     # A value none of them takes is told what they are (helper "serverpod12").
     with pytest.raises(InvalidMessage) as none:
         ValueReader(int | str | None).value(5.0)
@@ -1406,3 +1421,40 @@ async def test_the_communicator_sends_input_streams_as_the_client_does():
         failed = await comm.call("notes", "upload", strokes=strokes(3, fail=True))
         assert failed == -len("strokes: pen lifted")
         await comm.assert_nothing_received()
+
+
+async def test_the_communicator_sends_an_input_stream_that_waits_for_the_output():
+    """Helper "reviewer12": the communicator sent an input stream's values while it read
+    the call's frames, so a stream that waits for an answer before its next value (a
+    conversation) held up the reading of that answer: the call failed. Each input stream
+    is sent by a task of its own, as the Python client's; its iterator is closed at the
+    call's end."""
+
+    class Echo(Endpoint):
+        @streaming_method
+        async def echo(self, session, xs: AsyncIterator[int]) -> AsyncIterator[int]:
+            async for x in xs:
+                yield x
+
+    heard: list[asyncio.Event] = [asyncio.Event() for _ in range(3)]
+    closed = asyncio.Event()
+
+    async def talk():
+        try:
+            for i in range(3):
+                yield i
+                await heard[i].wait()  # the echo of i was read
+            await asyncio.Event().wait()  # then says nothing more: closed at the end
+        finally:
+            closed.set()
+
+    async with socket(endpoints=[Echo]) as comm:
+        echoes = []
+        async with comm.stream("echo", "echo", xs=talk()) as values:
+            async for value in values:
+                echoes.append(value)
+                heard[value].set()
+                if len(echoes) == 3:
+                    break
+        assert echoes == [0, 1, 2]
+        await asyncio.wait_for(closed.wait(), 10)

@@ -153,6 +153,7 @@ class ServerError(ClientError):
 def _described(message: str, errors: list[dict[str, Any]]) -> str:
     """``message`` with the first failing paths and reasons, as a traceback shows it
     (helper "serverpod12": "1 field(s) failed validation" alone named no field)."""
+    errors = [e for e in errors if isinstance(e, dict)]  # a server's odd values ignored
     if not errors:
         return message
     shown = "; ".join(f"{e.get('path')}: {e.get('reason')}" for e in errors[:3])

@@ -352,7 +352,10 @@ async def test_deactivating_the_user_ends_their_call_in_progress(redis_server, m
             await client.open_streaming_connection()
             assert await client.methods.whoami() == user.pk
             await wait_numsub(rs.url, revocation_channel(user.pk), 1)
-            async with client.methods.endless(name=name, credit=4) as call:
+            # A large credit: with 4 the client granted more every 2 values read, and read
+            # as fast as it could that passed RATE_LIMIT_PER_SECOND (500 frames/s), so the
+            # call failed rate_limited before the revocation came (helper "reviewer12").
+            async with client.methods.endless(name=name, credit=1024) as call:
                 iterator = aiter(call)
                 assert (await anext(iterator)).n == 1  # the call is in progress
 
