@@ -1002,7 +1002,14 @@ class Call:
         """Check the caller and the arguments, then run the method in the call's task.
 
         Runs in the endpoint's lane: after ``stream_opened``, and under the identity the
-        endpoint is open for."""
+        endpoint is open for. Whatever fails on the way (a permission check whose backend
+        is down) fails the call with ``internal_error``: a call is always answered."""
+        try:
+            await self._start(raw_args, opened)
+        except Exception:
+            self._internal_error()
+
+    async def _start(self, raw_args: dict[str, Any], opened: list[Any] | None) -> None:
         from .consumer import EndpointStatus
 
         if self.ended:

@@ -1000,6 +1000,40 @@ async def test_login_and_permissions_apply_per_call(make_user):
         assert (await reply(comm)).args["value"] == "entry"
 
 
+class UnreachableBackend:
+    """An authentication backend whose permission store is down (an LDAP server, say)."""
+
+    def authenticate(self, request, **credentials):
+        return None
+
+    def get_user(self, user_id):
+        return None
+
+    def has_perm(self, user_obj, perm, obj=None):
+        raise ConnectionError("the permission store does not answer")
+
+    async def ahas_perm(self, user_obj, perm, obj=None):
+        raise ConnectionError("the permission store does not answer")
+
+
+async def test_a_permission_check_that_fails_answers_the_call(make_user, settings, caplog):
+    """Helper "reviewer12": an exception while a call was checked (a permission backend
+    that is down) escaped into the lane's log and the call was never answered, its id
+    taken. It fails with ``internal_error``, as a method that raises does."""
+    settings.AUTHENTICATION_BACKENDS = [
+        "django.contrib.auth.backends.ModelBackend",
+        "tests.test_methods.UnreachableBackend",
+    ]
+    alice, alice_key = await make_user("alice", password=None)
+    async with authenticated_socket(alice_key) as comm:
+        with caplog.at_level(logging.ERROR, logger="streaming.methods"):
+            await call(comm, "audit", "a", credit=1)
+            await failure(comm, "a", "internal_error")
+        assert "the permission store does not answer" in caplog.text
+        await call(comm, "whoami", "w", endpoint="private")  # the socket goes on
+        assert await result(comm, "w") == alice.pk
+
+
 async def test_revoking_the_user_ends_the_calls(make_user):
     from streaming.auth import revoke
 
