@@ -13,6 +13,23 @@ from typing import Any
 PONG = json.dumps({"command": "pong", "args": {}})
 
 
+def _serving(
+    on_frame: Callable[[Any, dict[str, Any]], Awaitable[None]],
+) -> Callable[[Any], Awaitable[None]]:
+    """A ``websockets`` handler that answers pings and hands every other frame to
+    ``on_frame(ws, frame)``."""
+
+    async def handler(ws: Any) -> None:
+        async for text in ws:
+            frame = json.loads(text)
+            if frame["command"] == "ping":
+                await ws.send(PONG)
+            else:
+                await on_frame(ws, frame)
+
+    return handler
+
+
 def credit_ignoring(
     cancelled: asyncio.Future[str], values: int = 1000
 ) -> Callable[[Any], Awaitable[None]]:
@@ -20,20 +37,16 @@ def credit_ignoring(
     at once, whatever credit the client granted; the id of the first ``cancel`` it gets
     goes to ``cancelled``."""
 
-    async def handler(ws: Any) -> None:
-        async for text in ws:
-            frame = json.loads(text)
-            if frame["command"] == "ping":
-                await ws.send(PONG)
-            elif frame["command"] == "call":
-                call_id = frame["args"]["id"]
-                for i in range(values):
-                    value = {"command": "value", "args": {"id": call_id, "value": i}}
-                    await ws.send(json.dumps(value))
-            elif frame["command"] == "cancel" and not cancelled.done():
-                cancelled.set_result(frame["args"]["id"])
+    async def on_frame(ws: Any, frame: dict[str, Any]) -> None:
+        if frame["command"] == "call":
+            call_id = frame["args"]["id"]
+            for i in range(values):
+                value = {"command": "value", "args": {"id": call_id, "value": i}}
+                await ws.send(json.dumps(value))
+        elif frame["command"] == "cancel" and not cancelled.done():
+            cancelled.set_result(frame["args"]["id"])
 
-    return handler
+    return _serving(on_frame)
 
 
 def advising_restarts(reasons: list[str]) -> Callable[[Any], Awaitable[None]]:
@@ -188,14 +201,10 @@ def answering(value_text: str) -> Callable[[Any], Awaitable[None]]:
     """A ``websockets`` handler that answers pings and every call with ``done`` whose
     value is the JSON text ``value_text`` (written as it is: a hostile server's)."""
 
-    async def handler(ws: Any) -> None:
-        async for text in ws:
-            frame = json.loads(text)
-            if frame["command"] == "ping":
-                await ws.send(PONG)
-            elif frame["command"] == "call":
-                call_id = json.dumps(frame["args"]["id"])
-                await ws.send(f'{{"command": "done", "args": {{"id": {call_id}, '
-                              f'"value": {value_text}}}}}')  # fmt: skip
+    async def on_frame(ws: Any, frame: dict[str, Any]) -> None:
+        if frame["command"] == "call":
+            call_id = json.dumps(frame["args"]["id"])
+            await ws.send(f'{{"command": "done", "args": {{"id": {call_id}, '
+                          f'"value": {value_text}}}}}')  # fmt: skip
 
-    return handler
+    return _serving(on_frame)
