@@ -100,6 +100,7 @@ async def level(
     ``drain_timeout``): the level's figures. Delivered/s runs to the last delivery. Not
     judged here: :func:`judge` adds ``sustained`` once the contender's bound is known."""
     seconds = seconds or args.seconds
+    senders = getattr(args, "senders", SENDERS_PER_SWARM)  # per load-client process
     uids = [RELAY_UID + i for i in range(len(swarms) * CLIENTS_PER_SWARM)]
     await asyncio.gather(*(s.request(cmd="track", mode="relay") for s in swarms))
     cpu0 = target.cpu_s()
@@ -108,8 +109,8 @@ async def level(
         *(
             s.request(
                 cmd="send",
-                senders=SENDERS_PER_SWARM,
-                src0=i * SENDERS_PER_SWARM,
+                senders=senders,
+                src0=i * senders,
                 rate=rate / len(swarms),
                 seconds=seconds,
                 start=start,

@@ -7,9 +7,13 @@ spreads the connections over the workers, and messages between sockets of differ
 workers go through Redis). Each is measured with the load-client processes of the
 other curves (:mod:`bench.swarm`):
 
-* relay throughput: 200 clients, 40 senders, offering ``--offered`` msgs/s (beyond
-  what any of them delivers here) for ``--seconds``; the rate at which the messages
-  come in, to the last one (:func:`bench.open_loop.level`);
+* relay throughput: 200 clients, all of them senders (``--senders`` per load-client
+  process, 100), offering ``--offered`` msgs/s (beyond what any of them delivers here)
+  for ``--seconds``; the rate at which the messages come in, to the last one
+  (:func:`bench.open_loop.level`). Every client sends: a socket's messages are handled
+  one after another, each ``await``-ing its post, so with Redis a sender waits a round
+  trip per message, and 40 senders (the open-loop curves' number) left one worker with
+  Redis a quarter of a core idle: a measure of the round trip, not of throughput;
 * fan-out throughput: ``--listeners`` listeners of one channel, broadcasts one at a
   time, each awaited by all (:func:`bench.fanout_curve.broadcast_point`).
 
@@ -31,7 +35,7 @@ from typing import Any
 from . import scale
 from .client import Conn, open_conn
 from .fanout_curve import broadcast_point
-from .open_loop import level, open_relay_clients
+from .open_loop import CLIENTS_PER_SWARM, level, open_relay_clients
 from .run import RESULTS
 from .scale import loadavg, stop_all
 from .servers import _TICKS, ROOT, STREAMPOD_UVICORN, ServerProcess
@@ -240,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.workers", description=__doc__)
     parser.add_argument("--offered", type=float, default=40_000.0, help="relay msgs/s offered")
     parser.add_argument("--seconds", type=float, default=2.0, help="relay sending time (2)")
+    parser.add_argument(
+        "--senders", type=int, default=CLIENTS_PER_SWARM,
+        help=f"relay senders per load-client process (all {CLIENTS_PER_SWARM})",
+    )  # fmt: skip
     parser.add_argument("--drain-timeout", type=float, default=60.0)
     parser.add_argument("--listeners", type=int, default=2000, help="fan-out listeners (2,000)")
     parser.add_argument("--deliveries", type=int, default=40000)
