@@ -285,6 +285,10 @@ _STREAMS = (
     collections.abc.AsyncGenerator,
 )
 _BAD = object()
+#: Types whose every instance (of the type itself) a client reads back as one: a result
+#: of one of them is taken as it is, not read again (an aware datetime: value_json
+#: refuses a naive one). Not Decimal (NaN) or time.
+_EXACT = (datetime.datetime, datetime.date, datetime.timedelta, uuid.UUID, bytes)
 #: A list's validation stops at its first error (one object: value_adapter caches by it).
 _FAIL_FAST = Field(fail_fast=True)
 
@@ -346,7 +350,13 @@ def _shape(annotation: Any, where: str) -> _Shape:
     if leaf or origin is typing.Literal:
         # datetime, date, time, timedelta, Decimal, UUID, bytes, an enum, a Literal: as a
         # message's field of that type travels (streaming.serialization.value_adapter).
-        return ("p", value_adapter(annotation))
+        # With the type whose every instance a result may be as it is (_conform).
+        exact = leaf and (annotation in _EXACT or issubclass(annotation, enum.Enum))
+        return (
+            ("p", value_adapter(annotation), annotation)
+            if exact
+            else ("p", value_adapter(annotation))
+        )
     raise TypeError(
         f"{where}: {annotation!r} is not a streaming method type (a message class, str, "
         "int, float, bool, None, Any, datetime, date, time, timedelta, Decimal, UUID, bytes, "
@@ -500,6 +510,77 @@ def _decode(shape: _Shape, value: Any, path: str, errors: list[dict[str, Any]]) 
             errors.append({"path": echo(path), "reason": exc.detail})
             return _BAD
     return value  # "a": any JSON value
+
+
+def result_errors(shape: _Shape, value: Any, path: str = "result") -> list[dict[str, Any]]:
+    """Why ``value``, returned (or yielded) by a method whose return hint is ``shape``,
+    is not of that type: what a client told the method's type
+    (``returns=``, :class:`ValueReader`) would refuse; empty when it is. Checked on the
+    Python value, so a message instance costs an ``isinstance``: a message is validated
+    when it is made. Values of types pydantic reads (``datetime``, ``Decimal``, an enum,
+    a constrained ``Annotated`` type) are checked in their wire form, as the client reads
+    them. An enum where its value's type is declared is taken (it travels as its value)."""
+    errors: list[dict[str, Any]] = []
+    _conform(shape, value, path, errors)
+    return errors
+
+
+def _conform(shape: _Shape, value: Any, path: str, errors: list[dict[str, Any]]) -> None:
+    if len(errors) >= MAX_ERRORS:
+        return
+    kind = shape[0]
+    if kind == "s":
+        expected = shape[1]
+        if isinstance(value, enum.Enum):
+            value = value.value  # as value_json sends it
+        if type(value) is expected or (expected is float and type(value) is int):
+            return
+        reason = f"Should be {_SCALARS[expected]}, not {type(value).__name__}"
+    elif kind == "e":
+        if isinstance(value, shape[1]):
+            return
+        reason = f"Should be a {shape[1].class_name}, not {type(value).__name__}"
+    elif kind in ("l", "set"):
+        if not isinstance(value, list | tuple | set | frozenset):
+            reason = f"Should be a list, not {type(value).__name__}"
+        elif kind == "l" and len(shape) > 2 and len(shape[1]) < 3:  # pydantic's, in one pass
+            _conform(("p", shape[2]), value, path, errors)
+            return
+        else:
+            item_shape = shape[1]
+            if item_shape[0] == "e" and all(isinstance(item, item_shape[1]) for item in value):
+                return  # messages (the common list): no call an item
+            for i, item in enumerate(value):
+                _conform(item_shape, item, f"{path}.{i}", errors)
+            return
+    elif kind == "d":
+        if not isinstance(value, dict):
+            reason = f"Should be a dict, not {type(value).__name__}"
+        else:
+            for key, item in value.items():
+                _conform(shape[1], item, f"{path}.{key}", errors)
+            return
+    elif kind == "p":
+        exact = shape[2] if len(shape) > 2 else None
+        if exact is not None and (
+            type(value) is exact or (isinstance(value, enum.Enum) and isinstance(value, exact))
+        ):
+            return  # an instance of a type taken as it is (_EXACT), an enum's member
+        try:
+            shape[1].validate_json(value_json(value))
+        except ValidationError as exc:
+            errors.extend(value_errors(exc, path))
+        return
+    elif kind == "u":
+        for member in shape[1]:
+            attempt: list[dict[str, Any]] = []
+            _conform(member, value, path, attempt)
+            if not attempt:
+                return
+        reason = f"Should be one of: {shape[3]}, not {type(value).__name__}"
+    else:  # "a", "w": any value
+        return
+    errors.append({"path": path, "reason": reason})
 
 
 def _decode_entity(
@@ -1067,7 +1148,9 @@ class Call:
                 self.send(encode_method("done", self.id))
             else:
                 value = await result
-                self.send(encode_method("done", self.id, value_json(value)))
+                wire = value_json(value)
+                self._check_result(value, "result")
+                self.send(encode_method("done", self.id, wire))
         except asyncio.CancelledError:
             raise
         except SerializableException as exc:
@@ -1089,6 +1172,18 @@ class Call:
             self._close_session()
             self._release_held()
 
+    def _check_result(self, value: Any, path: str) -> None:
+        """``TypeError`` (the call fails with ``internal_error``, logged with what is
+        wrong) for a value the method's return hint does not take: a client reading it
+        as that type would fail, and one reading it without would get the wrong thing."""
+        if self.spec.result[0] == "a":
+            return
+        errors = result_errors(self.spec.result, value, path)
+        if errors:
+            where = f"{self.slot.cls.__qualname__}.{self.spec.name}"
+            described = "; ".join(f"{e['path']}: {e['reason']}" for e in errors[:3])
+            raise TypeError(f"{where} returned a value its return type does not take: {described}")
+
     def _internal_error(self) -> None:
         logger.exception("%s.%s raised", self.slot.cls.__qualname__, self.spec.name)
         self.fail(ErrorCode.INTERNAL_ERROR, "The server failed to handle this call.")
@@ -1103,6 +1198,7 @@ class Call:
         in its socket's turn (:meth:`Calls.take_turn`)."""
         loop = asyncio.get_running_loop()
         calls = self.calls
+        sent = 0
         try:
             while True:
                 while self.credit <= 0:
@@ -1118,7 +1214,10 @@ class Call:
                 except StopAsyncIteration:
                     return
                 self.credit -= 1
-                if not self.send(encode_method("value", self.id, value_json(value))):
+                wire = value_json(value)
+                self._check_result(value, f"value {sent}")
+                sent += 1
+                if not self.send(encode_method("value", self.id, wire)):
                     return  # the socket is closing, or the call failed
                 if turn_due(loop.time()):  # the other sockets' turn (FAIR_SLICE)
                     await calls.take_turn()

@@ -1492,3 +1492,103 @@ async def test_the_communicator_sends_an_input_stream_that_waits_for_the_output(
                     break
         assert echoes == [0, 1, 2]
         await asyncio.wait_for(closed.wait(), 10)
+
+
+# -- results checked against the return hint -------------------------------------------------
+
+
+class Careless(Endpoint):
+    """Methods returning what their hints do not say (a client told the type with
+    ``returns=`` could not read it; one without would take the wrong thing)."""
+
+    @streaming_method
+    async def count(self, session, value: str) -> int:
+        return {"int": 3, "str": "3", "bool": True, "float": 3.0}[value]  # type: ignore[return-value]
+
+    @streaming_method
+    async def nothing(self, session) -> None:
+        return 5  # type: ignore[return-value]
+
+    @streaming_method
+    async def notes(self, session, odd: bool) -> list[Note]:
+        return [Note(text="a"), {"text": "b"} if odd else Note(text="b")]  # type: ignore[list-item]
+
+    @streaming_method
+    async def when(self, session, odd: bool) -> datetime.date:
+        return "yesterday" if odd else datetime.date(2026, 12, 2)  # type: ignore[return-value]
+
+    @streaming_method
+    async def positive(self, session, n: int) -> typing.Annotated[int, pydantic.Field(ge=0)]:
+        return n
+
+    @streaming_method
+    async def either(self, session, value: str) -> int | str | None:
+        return {"int": 1, "str": "s", "none": None, "float": 1.5}[value]
+
+    @streaming_method
+    async def shade(self, session) -> str:
+        return Shade.DARK  # type: ignore[return-value]  # an enum travels as its value
+
+    @streaming_method
+    async def ticks(self, session, bad_at: int) -> AsyncIterator[Note]:
+        try:
+            for i in range(3):
+                yield Note(text="tick", n=i) if i != bad_at else "tick"  # type: ignore[misc]
+        finally:
+            Probe.finished.set()
+
+    @streaming_method
+    async def anything(self, session) -> Any:
+        return {"a": [1, "b", None]}
+
+
+async def test_a_result_its_return_hint_does_not_take_fails_the_call_and_says_why(caplog):
+    """The value is not sent: the call fails with internal_error, and the log names the
+    method and what is wrong (it was sent as it was before)."""
+    async with socket(endpoints=[Careless]) as comm:
+        with caplog.at_level(logging.ERROR, logger="streaming.methods"):
+            wrong = [
+                ("count", {"value": "str"}, "result: Should be a valid integer, not str"),
+                ("count", {"value": "bool"}, "result: Should be a valid integer, not bool"),
+                ("count", {"value": "float"}, "result: Should be a valid integer, not float"),
+                ("nothing", {}, "result: Should be None, not int"),
+                ("notes", {"odd": True}, "result.1: Should be a tests.methods.Note, not dict"),
+                ("when", {"odd": True}, "result: Input should be a valid date"),
+                ("positive", {"n": -1}, "result: Input should be greater than or equal to 0"),
+                ("either", {"value": "float"}, "result: Should be one of: int, str, not float"),
+            ]
+            for i, (method, args, why) in enumerate(wrong):
+                caplog.clear()
+                await call(comm, method, f"w{i}", args, endpoint="careless")
+                await failure(comm, f"w{i}", "internal_error")
+                assert f"Careless.{method} returned a value its return type does not take" in (
+                    caplog.text
+                )
+                assert why in caplog.text, caplog.text
+            right = [
+                ("count", {"value": "int"}, 3),
+                ("notes", {"odd": False}, [{"className": "tests.methods.Note",
+                                            "data": {"text": "a", "n": 0}},
+                                           {"className": "tests.methods.Note",
+                                            "data": {"text": "b", "n": 0}}]),
+                ("when", {"odd": False}, "2026-12-02"),
+                ("positive", {"n": 0}, 0),
+                ("either", {"value": "none"}, None),
+                ("either", {"value": "str"}, "s"),
+                ("shade", {}, "dark"),
+                ("anything", {}, {"a": [1, "b", None]}),
+            ]  # fmt: skip
+            for i, (method, args, value) in enumerate(right):
+                await call(comm, method, f"r{i}", args, endpoint="careless")
+                assert await result(comm, f"r{i}") == value
+
+
+async def test_a_stream_value_its_hint_does_not_take_ends_the_stream_with_internal_error(caplog):
+    async with socket(endpoints=[Careless]) as comm:
+        with caplog.at_level(logging.ERROR, logger="streaming.methods"):
+            await call(comm, "ticks", "t", {"bad_at": 1}, endpoint="careless")
+            first = await reply(comm)
+            assert (first.command, first.args["value"]["data"]["n"]) == ("value", 0)
+            await failure(comm, "t", "internal_error")
+            await asyncio.wait_for(Probe.finished.wait(), 5)  # the generator was closed
+        assert "value 1: Should be a tests.methods.Note, not str" in caplog.text
