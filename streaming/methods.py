@@ -393,9 +393,13 @@ def _json_types(annotation: Any) -> frozenset[type] | None:
 
 def _constrains(metadata: tuple[Any, ...]) -> bool:
     """Whether ``Annotated``'s ``metadata`` holds something pydantic checks (``Field``,
-    ``annotated_types``' constraints, a validator), not notes for people."""
+    ``annotated_types``' constraints, a validator, or another library's or the app's own
+    object that speaks pydantic's protocol, ``__get_pydantic_core_schema__``), not notes
+    for people."""
     return any(
-        type(item).__module__.split(".")[0] in ("pydantic", "annotated_types") for item in metadata
+        type(item).__module__.split(".")[0] in ("pydantic", "annotated_types")
+        or hasattr(item, "__get_pydantic_core_schema__")
+        for item in metadata
     )
 
 
