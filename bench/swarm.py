@@ -247,8 +247,12 @@ class SwarmProcess:
     same protocol (a JSON request a line on stdin, a JSON reply a line on stdout, and
     ``{"cmd": "close"}`` to end)."""
 
-    def __init__(self, module: str = "bench.swarm", *args: str) -> None:
+    def __init__(
+        self, module: str = "bench.swarm", *args: str, command: list[str] | None = None
+    ) -> None:
+        """``command``: run that program instead (the C client, :mod:`bench.cswarm`)."""
         self.argv = ["-m", module, *args]
+        self.command = command
         self.proc: asyncio.subprocess.Process | None = None
         self.replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.on_done: Any = None  # called with the seq of each "done" line
@@ -261,7 +265,7 @@ class SwarmProcess:
 
         env = {**os.environ, **({"BENCH_CLIENT": client} if client else {})}
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, *self.argv,
+            *(self.command or [sys.executable, *self.argv]),
             cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             limit=2**26, env=env,
         )  # fmt: skip

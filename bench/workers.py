@@ -47,6 +47,15 @@ CONFIGS = [("1 worker, in-memory", 1, False), ("1 worker + Redis", 1, True),
            ("2 workers + Redis", 2, True)]  # fmt: skip
 
 
+def load_client(args: argparse.Namespace) -> SwarmProcess:
+    """A load-client process: the C client (:mod:`bench.cswarm`) or :mod:`bench.swarm`."""
+    if args.client == "c":
+        from .cswarm import swarm_process
+
+        return swarm_process()
+    return SwarmProcess()
+
+
 def tree_cpu_s(pid: int) -> float:
     """CPU seconds of a process and its children (uvicorn's workers), from /proc."""
     total = 0.0
@@ -87,7 +96,7 @@ async def measure(
         )
         for _ in range(4 * workers):  # each worker imports lazily on its first sockets
             await warm_up(target)
-        swarms = list(await asyncio.gather(*(SwarmProcess().start() for _ in range(2))))
+        swarms = list(await asyncio.gather(*(load_client(args).start() for _ in range(2))))
         await open_relay_clients(swarms, "streampod", proc.base)
         await quiesce(target, timeout=5)
         if profiler is not None:
@@ -99,7 +108,7 @@ async def measure(
                 profiler.stop()
         print(f"{name:<22} relay: {out['relay']['delivered_per_s']} msgs/s", flush=True)
         await asyncio.gather(*(s.stop() for s in swarms))
-        swarms = list(await asyncio.gather(*(SwarmProcess().start() for _ in range(2))))
+        swarms = list(await asyncio.gather(*(load_client(args).start() for _ in range(2))))
         half = args.listeners // 2
         for s in swarms:
             reply = await s.request(
@@ -250,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--drain-timeout", type=float, default=60.0)
     parser.add_argument("--listeners", type=int, default=2000, help="fan-out listeners (2,000)")
+    parser.add_argument(
+        "--client", choices=("c", "python"), default="c",
+        help="the load clients: bench/cswarm.c (c, the default) or bench.swarm (python)",
+    )  # fmt: skip
     parser.add_argument("--deliveries", type=int, default=40000)
     parser.add_argument("--max-broadcasts", type=int, default=100)
     parser.add_argument("--max-point-seconds", type=float, default=45.0)

@@ -172,16 +172,21 @@ def test_the_load_client_comparison_runs_both_clients(tmp_path: Path) -> None:
     assert "| bare websockets (ceiling) | 200 |" in text
 
 
-def test_the_workers_comparison_runs_one_and_two_uvicorn_workers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("client", ["c", "python"])
+def test_the_workers_comparison_runs_one_and_two_uvicorn_workers(
+    tmp_path: Path, client: str
+) -> None:
     """``make bench-scale``'s two uvicorn workers against one (bench/workers.py): relay and
-    fan-out through each configuration, nothing lost, medians and ratios written."""
+    fan-out through each configuration, with either load client, nothing lost, medians and
+    ratios written."""
     if shutil.which("redis-server") is None:
         message = "redis-server is not installed (the workers share a private one)"
         if IN_CI:
             pytest.fail(message + "; CI=true needs it")
         pytest.skip(message)
     run_bench("bench.workers", "--runs", "1", "--offered", "400", "--seconds", "0.5",
-              "--listeners", "10", "--deliveries", "30", "--out", str(tmp_path))  # fmt: skip
+              "--listeners", "10", "--deliveries", "30", "--client", client,
+              "--out", str(tmp_path))  # fmt: skip
     [results_json] = tmp_path.glob("*-workers.json")
     rows = json.loads(results_json.read_text())["results"]
     assert [r["name"] for r in rows] == [
