@@ -23,7 +23,7 @@ from .models import Message
 from .pagination import AfterIdPagination, CheckedLimitOffsetPagination
 from .people import chat_partners
 from .serializers import ConversationQuerySerializer, MessageSerializer, PersonSerializer
-from .throttling import ScopedRateThrottleFailOpen
+from .throttling import ScopedRateThrottleFailLocal, ScopedRateThrottleFailOpen
 
 
 class TokenView(ObtainAuthToken):
@@ -31,7 +31,7 @@ class TokenView(ObtainAuthToken):
     ``obtain_auth_token``, which has no throttle of its own, throttled per client
     address so that passwords cannot be guessed at full speed."""
 
-    throttle_classes = [ScopedRateThrottleFailOpen]
+    throttle_classes = [ScopedRateThrottleFailLocal]
     throttle_scope = "auth_token"
 
 

@@ -75,10 +75,16 @@ class CacheOutage:
     """
 
     def __init__(
-        self, name: str, *, pause: float = OUTAGE_PAUSE, clock: Callable[[], float] = time.monotonic
+        self,
+        name: str,
+        *,
+        pause: float = OUTAGE_PAUSE,
+        clock: Callable[[], float] = time.monotonic,
+        meanwhile: str = "letting events through unchecked",
     ) -> None:
         self.name = name
         self.pause = pause
+        self.meanwhile = meanwhile  # what the limiter does while the cache fails (the log)
         self._clock = clock
         self._lock = threading.Lock()
         self._until = 0.0  # paused until then (clock time)
@@ -110,18 +116,19 @@ class CacheOutage:
             count = self.let_through
         if first:
             logger.warning(
-                "%s: the cache failed; letting events through unchecked for %gs at a time "
-                "until it answers",
+                "%s: the cache failed; %s for %gs at a time until it answers",
                 self.name,
+                self.meanwhile,
                 self.pause,
                 exc_info=exc,
             )
         else:
             logger.warning(
-                "%s: the cache still fails (%r); %d event(s) let through so far",
+                "%s: the cache still fails (%r); %d event(s) not asked about so far (%s)",
                 self.name,
                 exc,
                 count,
+                self.meanwhile,
             )
 
     def answered(self) -> None:
@@ -134,9 +141,10 @@ class CacheOutage:
             count, self.let_through = self.let_through, 0
         if was_down:
             logger.warning(
-                "%s: the cache answers again; %d event(s) were let through unchecked",
+                "%s: the cache answers again; %d event(s) were not asked about (%s)",
                 self.name,
                 count,
+                self.meanwhile,
             )
 
 
@@ -213,14 +221,24 @@ class AtomicSimpleRateThrottle(SimpleRateThrottle):
     """DRF's ``SimpleRateThrottle`` counting with a :class:`SlidingWindow` in its cache
     (``self.cache``, Django's default) instead of a history read and written back.
 
-    ``fail_open = True`` (a class attribute) lets requests through while the cache fails,
-    asking it again only every :data:`OUTAGE_PAUSE` seconds (:class:`CacheOutage`, one per
-    throttle class); by default an error of the cache propagates, as DRF's does (the view
-    answers 500)."""
+    While the cache fails (a class attribute decides; the cache is then asked again only
+    every :data:`OUTAGE_PAUSE` seconds, :class:`CacheOutage`, one per throttle class):
+
+    * ``fail_local = True``: requests are counted in this process's memory instead, so the
+      limit still holds, per process rather than per cluster: for a limit that must not
+      lapse when Redis does (a sign-in's: guesses at passwords);
+    * ``fail_open = True``: requests are let through (an API that should stay available);
+    * neither (the default): the cache's error propagates, as DRF's does (the view answers
+      500, each request after the cache's timeout).
+    """
 
     fail_open = False
+    fail_local = False
+    #: Most clients a process counts in memory during an outage (then the oldest go).
+    LOCAL_ENTRIES = 100_000
     _wait_for: float | None = None
     _outages: dict[type, CacheOutage] = {}
+    _local: dict[type, Any] = {}
 
     def allow_request(self, request: Any, view: Any) -> bool:
         if self.rate is None:
@@ -229,26 +247,54 @@ class AtomicSimpleRateThrottle(SimpleRateThrottle):
         if self.key is None:
             return True
         window = SlidingWindow(self.num_requests, self.duration, self.cache, clock=self.timer)
-        if not self.fail_open:
+        if not (self.fail_open or self.fail_local):
             self._wait_for = window.hit(self.key)
             return self._wait_for is None
         outage = self._outage()
         if outage.paused():
-            return True
+            return self._meanwhile()
         try:
             self._wait_for = window.hit(self.key)
         except Exception as exc:
             outage.failed(exc)
-            return True
+            return self._meanwhile()
         outage.answered()
         return self._wait_for is None
+
+    def _meanwhile(self) -> bool:
+        """The answer while the cache fails: counted in this process, or let through."""
+        if not self.fail_local:
+            return True
+        local = SlidingWindow(
+            self.num_requests, self.duration, self._local_cache(), clock=self.timer
+        )
+        self._wait_for = local.hit(self.key)
+        return self._wait_for is None
+
+    @classmethod
+    def _local_cache(cls) -> Any:
+        from django.core.cache.backends.locmem import LocMemCache  # atomic add and incr
+
+        cache = AtomicSimpleRateThrottle._local.get(cls)
+        if cache is None:
+            made = LocMemCache(
+                f"streaming-throttle-{cls.__module__}.{cls.__qualname__}",
+                {"OPTIONS": {"MAX_ENTRIES": cls.LOCAL_ENTRIES}},
+            )
+            cache = AtomicSimpleRateThrottle._local.setdefault(cls, made)
+        return cache
 
     @classmethod
     def _outage(cls) -> CacheOutage:
         outage = AtomicSimpleRateThrottle._outages.get(cls)
         if outage is None:
+            meanwhile = (
+                "counting in this process's memory"
+                if cls.fail_local
+                else "letting events through unchecked"
+            )
             outage = AtomicSimpleRateThrottle._outages.setdefault(
-                cls, CacheOutage(f"throttle {cls.__qualname__}")
+                cls, CacheOutage(f"throttle {cls.__qualname__}", meanwhile=meanwhile)
             )
         return outage
 

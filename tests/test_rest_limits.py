@@ -193,6 +193,53 @@ def test_the_default_token_rate_is_ten_a_minute():
 
 
 @pytest.fixture
+def _redis_down(settings):
+    """The cache is a Redis that refuses connections (a port nothing listens on), and
+    the throttles' memory of outages starts and ends empty."""
+    import socket
+
+    from streaming.throttling import AtomicSimpleRateThrottle
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{port}/0",
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+    }
+    AtomicSimpleRateThrottle._outages.clear()
+    AtomicSimpleRateThrottle._local.clear()
+    yield
+    AtomicSimpleRateThrottle._outages.clear()
+    AtomicSimpleRateThrottle._local.clear()
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("_fast_passwords", "_redis_down")
+def test_the_token_rate_holds_while_redis_is_down(caplog):
+    """Passwords cannot be guessed at full speed because Redis is down: the sign-in's
+    throttle counts in this process's memory while its cache fails (helper "operator13":
+    30 guesses of 30 were checked, the throttle let everything through). The chat's API
+    stays open meanwhile (its throttle lets requests through)."""
+    get_user_model().objects.create_user("erin", password="pw-erin-1")
+    client = APIClient()
+    with caplog.at_level("WARNING", logger="streaming.throttling"):
+        codes = [
+            client.post(TOKEN_URL, {"username": "erin", "password": "nope"}).status_code
+            for _ in range(14)
+        ]
+    assert codes == [400] * 10 + [429] * 4
+    assert "counting in this process's memory" in caplog.text
+    token = client.post(TOKEN_URL, {"username": "erin", "password": "pw-erin-1"})
+    assert token.status_code == 429  # the limit holds for the right password too
+    client.force_authenticate(get_user_model().objects.get(username="erin"))
+    assert all(client.get(USERS_URL).status_code == 200 for _ in range(3))
+
+
+@pytest.fixture
 def people(_fast_passwords, _private_cache):
     User = get_user_model()
     return [User.objects.create_user(f"user{n}", password="pw-user-1") for n in range(3)]
