@@ -359,7 +359,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where `collectstatic` writes: outside the code with DJANGO_STATIC_ROOT (a read-only
+# deployment of the code; helper "operator13").
+STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", "").strip() or BASE_DIR / "staticfiles")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
@@ -380,5 +382,8 @@ LOGGING = {
     "loggers": {
         "streaming": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "chat": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # A 500's traceback: with DEBUG off Django only mails it to ADMINS (helper
+        # "operator13": the log had the access line alone).
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
     },
 }

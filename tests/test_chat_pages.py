@@ -5,7 +5,7 @@ import re
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from chat.demo import DEMO_PASSWORD
 from chat.models import Message
@@ -79,13 +79,23 @@ def test_demo_accounts_are_shown_only_with_debug(client, settings, debug):
     assert ('data-username="bob"' in page) is debug
 
 
+def test_seed_demo_refuses_to_make_known_passwords_with_debug_off(settings):
+    """A production server must not get a superuser whose password is in the source
+    (helper "operator13": it was created without a word)."""
+    settings.DEBUG = False
+    with pytest.raises(CommandError, match="createsuperuser"):
+        call_command("seed_demo")
+    assert not get_user_model().objects.exists()
+
+
 @pytest.mark.parametrize("debug", [True, False])
 def test_seed_demo_creates_accounts_once_and_prints_credentials_only_with_debug(
     settings, capsys, debug
 ):
     settings.DEBUG = debug
-    call_command("seed_demo")
-    call_command("seed_demo")  # idempotent
+    on_purpose = [] if debug else ["--known-passwords-without-debug"]
+    call_command("seed_demo", *on_purpose)
+    call_command("seed_demo", *on_purpose)  # idempotent
     User = get_user_model()
     assert sorted(User.objects.values_list("username", flat=True)) == [
         "admin",

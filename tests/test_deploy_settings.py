@@ -182,6 +182,11 @@ def test_streampod_redis_prefix_sets_it(load):
     assert settings["CACHES"]["default"]["KEY_PREFIX"] == "staging"
 
 
+def test_static_root_may_be_outside_the_code(load, tmp_path):
+    assert load()["STATIC_ROOT"] == SETTINGS_FILE.parent.parent / "staticfiles"
+    assert load(DJANGO_STATIC_ROOT=str(tmp_path))["STATIC_ROOT"] == tmp_path
+
+
 def test_without_redis_one_process(load):
     settings = load()
     assert settings["CHANNEL_LAYERS"]["default"]["BACKEND"].endswith("InMemoryChannelLayer")

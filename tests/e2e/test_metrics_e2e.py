@@ -196,6 +196,25 @@ async def test_readyz_names_an_unreachable_database(server, django_db_setup):
     assert "OperationalError" in response.json()["checks"]["database"]
 
 
+async def test_a_server_error_on_http_is_logged_with_its_traceback(django_db_setup):
+    """With DEBUG off, Django logs a 500's traceback only to ADMINS by mail: the log had
+    the access line alone, and nothing under --no-access-log (helper "operator13")."""
+    dead = f"postgres://postgres@127.0.0.1:{free_port()}/streampod_nowhere"
+    srv = SERVERS["uvicorn"](env={"DATABASE_URL": dead})
+    await asyncio.to_thread(srv.start)
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            response = await client.post(
+                srv.http_url + "/api/auth/token/", data={"username": "a", "password": "b"}
+            )
+    finally:
+        await asyncio.to_thread(srv.stop)
+    assert response.status_code == 500
+    logs = srv.logs()
+    assert "ERROR django.request: Internal Server Error: /api/auth/token/" in logs
+    assert "OperationalError" in logs and "Traceback" in logs
+
+
 @pytest.mark.parametrize("server", ["daphne", "uvicorn"])
 async def test_probes_reach_a_production_server_by_its_address(server, django_db_setup):
     """Only chat.example.com allowed and HTTPS enforced, as in production: a probe or a

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from chat.demo import ADMIN_USERNAME, DEMO_PASSWORD, DEMO_USERS
 
@@ -19,8 +19,23 @@ class Command(BaseCommand):
             default=8000,
             help="The port the demo is served on, for the URL printed (`make run PORT=...`).",
         )
+        parser.add_argument(
+            "--known-passwords-without-debug",
+            action="store_true",
+            help="Create the accounts (a superuser among them, every password the demo's) "
+            "even with DEBUG off: a demo put online on purpose.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if not settings.DEBUG and not options["known_passwords_without_debug"]:
+            # A production server must not get a superuser whose password is in the
+            # source (helper "operator13": it was created without a word).
+            raise CommandError(
+                "DEBUG is off: seed_demo would create a superuser 'admin' and users whose "
+                f"password is {DEMO_PASSWORD!r}, known to anyone who reads the code. Create "
+                "real accounts with `manage.py createsuperuser`, or pass "
+                "--known-passwords-without-debug for a demo put online on purpose."
+            )
         User = get_user_model()
         for username, first_name in DEMO_USERS:
             if not User.objects.filter(username=username).exists():
