@@ -704,15 +704,23 @@ class MessageBus:
             len(channels),
         )
 
-    def subscription_stalled(self, silent_for: float, group: str) -> None:
+    def subscription_stalled(
+        self, silent_for: float, group: str, *, unreachable: bool = False
+    ) -> None:
         """No heartbeat of ``group`` came back for ``silent_for`` seconds (at least
         ``BUS_STALL_TIMEOUT``): the subscription that carries it is taken for lost (see
-        :meth:`subscription_lost`), and :meth:`stalled_for` says so until one comes back."""
+        :meth:`subscription_lost`), and :meth:`stalled_for` says so until one comes back.
+        ``unreachable``: the heartbeats could not even be sent (Redis is down or refuses),
+        which the log says instead of blaming a path that stalls (helper "operator13")."""
         metrics.bus_stall()
-        self.subscription_lost(
-            f"no heartbeat of {group} came back for {silent_for:.1f}s: the subscription "
-            "is stalled (a path to Redis that acknowledges and does not answer)"
-        )
+        if unreachable:
+            why = "Redis is down or unreachable (the heartbeats cannot be sent either)"
+        else:
+            why = (
+                "the subscription is stalled (a path to Redis that acknowledges and does "
+                "not answer)"
+            )
+        self.subscription_lost(f"no heartbeat of {group} came back for {silent_for:.1f}s: {why}")
 
     def subscription_behind(self, silent_for: float, group: str) -> None:
         """No heartbeat of ``group`` came back for ``silent_for`` seconds (at least

@@ -107,6 +107,7 @@ class ReconnectWatch:
         self._bus = bus
         self._layer = layer
         self._beats: list[HeartbeatWatch] = []  # one per shard: stalls only
+        self._beats_of: dict[int, HeartbeatWatch] = {}  # by id(shard)
         self._pruning: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
@@ -119,6 +120,7 @@ class ReconnectWatch:
                 )
                 _count_reads(shard, beats)
                 self._beats.append(beats)
+                self._beats_of[id(shard)] = beats
                 beats.start()
 
     def _resetter(self, shard: Any) -> Callable[[], Awaitable[None]]:
@@ -175,6 +177,9 @@ class ReconnectWatch:
                 connection.deregister_connect_callback(self._connected)
                 return
             self._bus.subscription_lost("a Redis subscriber connection reconnected")
+            beats = self._beats_of.get(id(shard))
+            if beats is not None:
+                beats.reconnected()
             task = asyncio.get_running_loop().create_task(self._prune(shard))
             self._pruning.add(task)
             task.add_done_callback(self._pruning.discard)
@@ -306,6 +311,7 @@ class HeartbeatWatch:
         self.counts_reads = False
         self._reads_seen = -1  # reads (or events) at the last check
         self._behind = False  # told: the bus is behind what it reads, not stalled
+        self._sends_fail = False  # the last heartbeat could not be sent: Redis is unreachable
 
     @property
     def group(self) -> str:
@@ -346,7 +352,8 @@ class HeartbeatWatch:
             self._sent += 1
             event = {"type": HEARTBEAT_TYPE, "origin": bus.id, "group": self._group,
                      "seq": self._sent}  # fmt: skip
-            if await bus.try_broker(bus.layer.group_send(self._group, event)):
+            self._sends_fail = not await bus.try_broker(bus.layer.group_send(self._group, event))
+            if not self._sends_fail:
                 self._unanswered += 1
 
     async def _check_stall(self) -> None:
@@ -392,7 +399,7 @@ class HeartbeatWatch:
         )
         self._stalled_at = now
         if first:
-            self._bus.subscription_stalled(silent, self._group)
+            self._bus.subscription_stalled(silent, self._group, unreachable=self._sends_fail)
         if self._reset is not None:
             try:
                 async with asyncio.timeout(streaming_settings.PUBLISH_TIMEOUT):
@@ -403,6 +410,17 @@ class HeartbeatWatch:
                 if stopping():
                     raise asyncio.CancelledError from None
                 logger.warning("bus: dropping the stalled connection failed: %r", exc)
+
+    def reconnected(self) -> None:
+        """The subscriber connection that carries this group's heartbeats has connected
+        again, and the gap was told: silence is counted from now. Before, a Redis down for
+        about ``BUS_STALL_TIMEOUT`` (a restart) was told twice: as the gap, and, when the
+        first heartbeats after the reconnect took a beat or two while the new connection
+        read its own traffic, as a bus "that far behind" (a second round of 1012s; helper
+        "operator13"). A new connection that stalls is still seen, ``BUS_STALL_TIMEOUT``
+        after it connected. A stall already told stays told until a heartbeat comes back."""
+        self._back_at = time.monotonic()
+        self._suspect = False
 
     def heartbeat(self, event: dict[str, Any]) -> None:
         """A heartbeat of this bus came back."""
