@@ -492,7 +492,7 @@ def test_silence_from_before_a_reconnect_is_not_taken_for_a_backlog(settings):
 
 
 async def test_a_reconnect_restarts_the_silence_of_its_shards_heartbeats(pair, redis_server):
-    a, b = pair
+    _a, b = pair
     await listen_and_cut(pair, redis_server.url)
     cut = time.monotonic()
     [beats] = b._watch._beats
@@ -505,7 +505,7 @@ async def test_redis_down_is_told_as_down_not_as_a_path_that_stalls(pair, redis_
     """A stopped Redis (connections refused) was told, and logged, as "a path to Redis
     that acknowledges and does not answer", sending the operator to look for a proxy."""
     settings.STREAMING = {"BUS_HEARTBEAT_INTERVAL": 0.05, "BUS_STALL_TIMEOUT": 0.3}
-    a, b = pair
+    _a, b = pair
     inbox, name = Inbox(), f"user_{uuid.uuid4().hex[:8]}"
     await b.add_listener(name, inbox, owner=Owner())
     redis_server.stop()
