@@ -82,6 +82,7 @@ class ChatUser:
 
     user_id: int
     display_name: str
+    typing_streams: int = 0  # typing() calls in progress on this socket
 
 
 class ChatEndpoint(Endpoint):
@@ -100,6 +101,12 @@ class ChatEndpoint(Endpoint):
     #: The page sends one every 2 s at most while the user types.
     typing_rate_signals: ClassVar[int] = 10
     typing_rate_period: ClassVar[float] = 10.0
+
+    #: At most this many ``typing`` streams at once per socket (the page has one, for the
+    #: conversation open); more fail with ``rate_limited``. Each listens on a channel of
+    #: its own: 100 sockets of one user with 255 each were 25,500 channels, and two such
+    #: users stalled the process for minutes (helper "attacker13").
+    typing_streams_per_socket: ClassVar[int] = 8
 
     @classmethod
     def rate_limit(cls) -> SharedRateLimit:
@@ -225,16 +232,30 @@ class ChatEndpoint(Endpoint):
         """
         me = session.auth.authenticated_user_id
         assert me is not None  # login_required
-        channel = typing_channel(me, with_user)
-        events = session.messages.listen(channel)
+        mine: ChatUser = self.get_user_object(session)
+        if mine.typing_streams >= self.typing_streams_per_socket:
+            raise RateLimited(
+                f"At most {self.typing_streams_per_socket} typing streams at once per socket."
+            )
+        mine.typing_streams += 1
         try:
-            await get_bus().wait_joined({channel})
-        except MessagingUnavailable:
-            logger.warning("user %s: typing listener is local-only for now", me)
-        yield TypingEvent(user_id=with_user, recipient_id=me, typing=False)
-        async for event in events:
-            if isinstance(event, TypingEvent):
-                yield event
+            if not await store.is_active_user(with_user):  # a channel per made-up id: no
+                raise InvalidMessage(
+                    "Invalid call: with_user.",
+                    errors=[{"path": "with_user", "reason": "no active user has this id"}],
+                )
+            channel = typing_channel(me, with_user)
+            events = session.messages.listen(channel)
+            try:
+                await get_bus().wait_joined({channel})
+            except MessagingUnavailable:
+                logger.warning("user %s: typing listener is local-only for now", me)
+            yield TypingEvent(user_id=with_user, recipient_id=me, typing=False)
+            async for event in events:
+                if isinstance(event, TypingEvent):
+                    yield event
+        finally:
+            mine.typing_streams -= 1
 
     @streaming_method
     async def notify_typing(

@@ -31,6 +31,12 @@ def save_message(sender_id: int, recipient_id: int, text: str) -> ChatMessage | 
     return message.to_chat_message()
 
 
+async def is_active_user(user_id: int) -> bool:
+    """Whether ``user_id`` is an active user (the async ORM, in its owner's turn)."""
+    async with fair_database():
+        return await get_user_model().objects.filter(pk=user_id, is_active=True).aexists()
+
+
 #: The most messages one ``conversation`` call returns (the REST API's page size cap).
 MAX_HISTORY = 200
 

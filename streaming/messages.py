@@ -45,6 +45,7 @@ import hashlib
 import inspect
 import logging
 import re
+import time
 import uuid
 import weakref
 from collections import deque
@@ -91,9 +92,19 @@ PROBE_RESEND_MAX = 0.4
 #: 8,000 channels, 8,000 probes resent every 50 to 400 ms took the process's whole core,
 #: every join timed out and was tried again, and no socket came back (bench/herd.py).
 JOIN_CONCURRENCY = 128
+#: Leaves at the broker at once (each waits for its shard's lock; the others wait their
+#: turn, the timeout not yet running). Unbounded, 51,000 leaves (two users' storm of
+#: typing calls, closed) queued on channels-redis' one lock per shard, whose waiters
+#: asyncio scans and removes one by one: each timed out, was tried again, and the process
+#: spun at 100% for minutes, handshakes unanswered (helper "attacker13").
+LEAVE_CONCURRENCY = 64
 #: A leave may take this many times ``PUBLISH_TIMEOUT`` (it waits for the shard's lock
 #: behind every join and leave queued there) before it is tried again.
 LEAVE_TIMEOUTS = 4
+#: Seconds between two log lines about joins and leaves that failed (the ones between are
+#: counted in the next): a Redis outage with 50,000 channels wrote a line per channel per
+#: retry (974,000 lines, 132 MB in 12 minutes).
+FAILURE_LOG_INTERVAL = 10.0
 #: Seconds ``aclose`` waits for the bus's tasks to stop.
 ACLOSE_TIMEOUT = 5.0
 
@@ -203,6 +214,8 @@ class MessageBus:
         self._channel_name: str | None = None
         self._receiver_lock = asyncio.Lock()
         self._join_slots = asyncio.Semaphore(JOIN_CONCURRENCY)
+        self._leave_slots = asyncio.Semaphore(LEAVE_CONCURRENCY)
+        self._failures = _FailureLog()
         self._receiver: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._probes: dict[str, asyncio.Future[None]] = {}
@@ -514,9 +527,12 @@ class MessageBus:
                         # or of a join never confirmed (its SUBSCRIBE may have gone out),
                         # first restores the group (no command if the shard still counts
                         # it as subscribed), then leaves it.
-                        async with asyncio.timeout(
-                            LEAVE_TIMEOUTS * streaming_settings.PUBLISH_TIMEOUT
+                        async with (
+                            self._leave_slots,
+                            asyncio.timeout(LEAVE_TIMEOUTS * streaming_settings.PUBLISH_TIMEOUT),
                         ):
+                            if channel in self._channels:
+                                continue  # listened to again meanwhile: read again
                             if repair or channel in self._begun:
                                 await self.layer.group_add(group_name(channel), self._channel_name)
                             repair = True  # until it is done
@@ -527,13 +543,7 @@ class MessageBus:
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:
-                        logger.warning(
-                            "channel %r: group %s failed (%r); retrying in %.2fs",
-                            channel,
-                            "join" if want else "leave",
-                            exc,
-                            delay,
-                        )
+                        self._failures.note(channel, "join" if want else "leave", exc, delay)
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, 5.0)
         finally:
@@ -886,6 +896,31 @@ def post_message(
     ``asyncio.run(post_message(...))`` fails (no loop is running when the call is made).
     """
     return get_bus().post_message(channel, message, global_=global_)
+
+
+class _FailureLog:
+    """Logs joins and leaves that failed: the first at once, then at most one line every
+    :data:`FAILURE_LOG_INTERVAL` seconds, with how many failed since the last line."""
+
+    def __init__(self) -> None:
+        self._last = -FAILURE_LOG_INTERVAL
+        self._since = 0  # failures not logged since the last line
+
+    def note(self, channel: str, what: str, exc: BaseException, delay: float) -> None:
+        now = time.monotonic()
+        if now - self._last < FAILURE_LOG_INTERVAL:
+            self._since += 1
+            return
+        more = f" ({self._since} more failed since the last such line)" if self._since else ""
+        logger.warning(
+            "channel %r: group %s failed (%r); retrying in %.2fs%s",
+            channel,
+            what,
+            exc,
+            delay,
+            more,
+        )
+        self._last, self._since = now, 0
 
 
 class _End:

@@ -490,6 +490,55 @@ async def test_joins_after_a_gap_go_a_bounded_number_at_a_time(settings, monkeyp
         reset_bus()
 
 
+class CountingLock(asyncio.Lock):
+    """A shard's lock that counts the tasks waiting for it at once (the most)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = self.most = 0
+
+    async def acquire(self) -> bool:
+        self.waiting += 1
+        self.most = max(self.most, self.waiting)
+        try:
+            return await super().acquire()
+        finally:
+            self.waiting -= 1
+
+
+async def test_leaves_go_to_the_broker_a_bounded_number_at_a_time(pair):
+    """Helper "attacker13": two users' typing calls (51,000 channels) closed at once made
+    51,000 leaves wait for channels-redis' one lock per shard, whose waiters asyncio scans
+    and removes one by one: each leave timed out, was tried again, and the process spun
+    at 100% for minutes, answering no handshake. Expected: at most ``LEAVE_CONCURRENCY``
+    leaves wait at the broker (the lock), the others wait their turn, and every channel
+    is left."""
+    from streaming.messages import LEAVE_CONCURRENCY, group_name
+
+    url = require_redis()
+    _, b = pair
+    names = [channel() for _ in range(1000)]
+    owner = Owner()
+    for name in names:
+        b.add_listener(name, Inbox(), owner=owner)
+    await asyncio.wait_for(b.wait_joined(names, bounded=False), WAIT)
+    loop_layer = b.layer._get_layer()
+    [shard] = loop_layer._shards
+    counting = shard._lock = CountingLock()
+    async with counting:  # the shard is busy (a publish's round trip, a join): leaves queue
+        b.remove_owner(owner)
+        for _ in range(20):  # turns of the event loop: each leave goes as far as it may
+            await asyncio.sleep(0)
+        queued = counting.waiting
+    assert queued == LEAVE_CONCURRENCY, queued  # was 1,000: every leave at the lock
+    async with asyncio.timeout(WAIT):  # a failure guard: every channel is left
+        while b._joined or b._reconcilers:  # noqa: ASYNC110 (a state, polled)
+            await asyncio.sleep(0.02)
+    assert counting.most <= LEAVE_CONCURRENCY + 1, counting.most
+    carrier = loop_layer._get_group_channel_name(group_name(names[0]))
+    assert await _subscribers(url, carrier) == 0
+
+
 async def _subscribers(url: str, redis_channel: str) -> int:
     import redis.asyncio as aioredis
 

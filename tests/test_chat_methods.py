@@ -196,3 +196,28 @@ async def test_ids_no_database_can_hold_are_invalid_arguments(make_user, caplog)
         error = await comm.receive_error("invalid_message")
         assert [e["path"] for e in error["errors"]] == ["recipient_id"]
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_typing_streams_are_for_active_users_and_a_few_per_socket(make_user, monkeypatch):
+    """Helper "attacker13": each typing call listened on a channel of its own, for any
+    made-up id: 100 sockets of one user with 255 calls each were 25,500 channels (and
+    Redis subscriptions), and two such users stalled the process for minutes. A typing
+    stream is now for an active user, and a socket holds a few at once."""
+    from tests.test_methods import failure
+
+    monkeypatch.setattr(ChatEndpoint, "typing_streams_per_socket", 2)
+    alice, _ = await make_user("alice")
+    bob, _ = await make_user("bob")
+    carol, _ = await make_user("carol")
+    async with chat_socket(alice) as comm:
+        await call(comm, "typing", "nobody", with_user=carol.pk + 1000)
+        errors = (await failure(comm, "nobody", "invalid_message"))["errors"]
+        assert errors == [{"path": "with_user", "reason": "no active user has this id"}]
+        for n, other in enumerate([bob, carol]):
+            await call(comm, "typing", f"t{n}", with_user=other.pk)
+            assert (await next_value(comm, f"t{n}"))["data"]["typing"] is False
+        await call(comm, "typing", "third", with_user=bob.pk)
+        await failure(comm, "third", "rate_limited")
+    async with chat_socket(alice) as other_socket:  # per socket: another has room
+        await call(other_socket, "typing", "t", with_user=bob.pk)
+        assert (await next_value(other_socket, "t"))["data"]["typing"] is False

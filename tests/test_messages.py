@@ -162,8 +162,10 @@ async def test_the_docs_example_user_to_user(bus):
         def __init__(self, pk):
             self.pk = pk
 
-    async with StreamingCommunicator(endpoints=[ChatEndpoint], user=U(1)) as alice, \
-            StreamingCommunicator(endpoints=[ChatEndpoint], user=U(2)) as bob:
+    async with (
+        StreamingCommunicator(endpoints=[ChatEndpoint], user=U(1)) as alice,
+        StreamingCommunicator(endpoints=[ChatEndpoint], user=U(2)) as bob,
+    ):
         await alice.sync("chat")
         await bob.sync("chat")
         await alice.send_message("chat", Chat(recipient_id=2, text="hi bob"))
@@ -256,3 +258,25 @@ async def test_the_listeners_of_one_socket_are_bounded(bus, settings):
     async with StreamingCommunicator(endpoints=[Rooms]) as comm:
         await comm.send_message("rooms", Join(room="c"))
         assert (await comm.receive_message("rooms")).room == "c"
+
+
+def test_failed_joins_and_leaves_are_logged_a_line_an_interval(monkeypatch, caplog):
+    """Helper "attacker13": with 50,000 channels every join or leave that failed logged a
+    line per channel per retry (974,000 lines, 132 MB in 12 minutes). One line at once,
+    then one an interval saying how many failed meanwhile."""
+    import logging
+
+    from streaming import messages
+
+    now = [1000.0]
+    monkeypatch.setattr(messages.time, "monotonic", lambda: now[0])
+    log = messages._FailureLog()
+    with caplog.at_level(logging.WARNING, logger="streaming.messages"):
+        for n in range(50_000):
+            log.note(f"typing_{n}", "leave", TimeoutError(), 0.05)
+        now[0] += messages.FAILURE_LOG_INTERVAL
+        log.note("typing_0", "leave", TimeoutError(), 0.1)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "channel 'typing_0': group leave failed" in lines[0]
+    assert "(49999 more failed since the last such line)" in lines[1]
