@@ -33,7 +33,7 @@ from typing import ClassVar
 
 from streaming.endpoint import Endpoint, streaming_method
 from streaming.exceptions import InvalidMessage, MessagingUnavailable, RateLimited
-from streaming.messages import get_bus
+from streaming.messages import get_bus, publish_until_sent
 from streaming.serialization import SerializableEntity, encode_object
 from streaming.session import StreamingSession
 
@@ -194,9 +194,16 @@ class ChatEndpoint(Endpoint):
             try:
                 await session.messages.post_message(channel, stored)
             except MessagingUnavailable:
-                # Stored, and delivered to this server's listeners: the others fetch it
-                # (GET /api/chat/messages/?after=) when their socket comes back.
-                logger.warning("message %s saved but not published to %s", stored.id, channel)
+                # Stored, and delivered to this server's listeners; the other servers'
+                # get it late rather than never (helper "attacker13": a recipient whose
+                # socket stayed open on another server never saw it, nothing told its
+                # page to catch up). A page shows each message id once, in order.
+                logger.warning(
+                    "message %s saved but not published to %s yet: trying again",
+                    stored.id,
+                    channel,
+                )
+                publish_until_sent(channel, stored)
 
     # -- streaming methods ---------------------------------------------------------------
 

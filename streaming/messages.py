@@ -365,6 +365,19 @@ class MessageBus:
             result.set_result(True)
         return result
 
+    def publish_again(self, channel: str, message: SerializableEntity) -> asyncio.Future[bool]:
+        """The cluster publish of a post whose publish failed (``MessagingUnavailable``),
+        without this process's listeners, which had it: otherwise as
+        :meth:`post_message` with ``global_=True`` (a future, the same failures)."""
+        check_channel(channel)
+        if not self.cross_process:
+            raise MessagingNotGlobal()
+        event = {"type": EVENT_TYPE, "origin": self.id, "channel": channel,
+                 "object": encode_object(message)}  # fmt: skip
+        result: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._publish_soon(channel, event, result)
+        return result
+
     def _publish_soon(
         self, channel: str, event: dict[str, Any], result: asyncio.Future[bool]
     ) -> None:
@@ -921,6 +934,70 @@ class _FailureLog:
             more,
         )
         self._last, self._since = now, 0
+
+
+#: Seconds between the tries of :func:`publish_until_sent` (the last one repeats).
+REPUBLISH_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+#: Posts being published again at most, per process; more are logged and dropped.
+MAX_REPUBLISHING = 10_000
+_republishing: set[asyncio.Task[bool]] = set()
+
+
+def publish_until_sent(
+    channel: str, message: SerializableEntity, *, retry_for: float = 120.0
+) -> asyncio.Task[bool] | None:
+    """Publish a post whose cluster publish failed (``await post_message(...)`` raised
+    ``MessagingUnavailable``) again, after :data:`REPUBLISH_DELAYS`, for up to
+    ``retry_for`` seconds, in a task of this process, so that the other servers'
+    listeners get it late rather than never (this process's had it at once). The task's
+    result: True once published, False if given up (logged). None, and logged, when
+    :data:`MAX_REPUBLISHING` posts are being tried already.
+
+    A failed try whose post had reached Redis (its round trip timed out) may still
+    arrive, and a later try arrives too: a listener may then get the message twice, and
+    late posts arrive after later ones. Give such messages an id, as the chat's
+    ``ChatMessage`` has (its page shows each id once, in order). Call it on the event loop.
+    """
+    if len(_republishing) >= MAX_REPUBLISHING:
+        logger.error(
+            "a post to %r was not published and is not tried again: %d posts are being "
+            "tried already",
+            channel,
+            len(_republishing),
+        )
+        return None
+    task = asyncio.get_running_loop().create_task(
+        _republish(get_bus(), channel, message, retry_for)
+    )
+    _republishing.add(task)
+    task.add_done_callback(_republishing.discard)
+    return task
+
+
+async def _republish(
+    bus: MessageBus, channel: str, message: SerializableEntity, retry_for: float
+) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + retry_for
+    for attempt, delay in enumerate(_delays(REPUBLISH_DELAYS), start=2):
+        if loop.time() + delay > deadline:
+            logger.error("a post to %r was not published in %.0fs: given up", channel, retry_for)
+            return False
+        await asyncio.sleep(delay)
+        try:
+            await bus.publish_again(channel, message)
+        except MessagingUnavailable:
+            continue
+        logger.warning("a post to %r was published at try %d", channel, attempt)
+        return True
+    raise AssertionError("unreachable")  # _delays never ends
+
+
+def _delays(delays: tuple[float, ...]) -> Generator[float, None, None]:
+    """``delays``, then the last one for ever."""
+    yield from delays
+    while True:
+        yield delays[-1]
 
 
 class _End:

@@ -629,3 +629,55 @@ async def test_a_leave_that_failed_is_made_again_once_redis_is_back():
             await bus.aclose()
             with contextlib.suppress(Exception):
                 await layer.flush()
+
+
+class HoldingFirst(DelayingProxy):
+    """Holds back the first command chunk holding ``keyword`` only."""
+
+    async def _pump(self, reader, writer, *, hold: bool) -> None:
+        try:
+            while chunk := await reader.read(65536):
+                if hold and not self.held and self.keyword in chunk.upper():
+                    self.held += 1
+                    self.holding.set()
+                    await asyncio.sleep(self.delay)  # the fault: one late publish
+                writer.write(chunk)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_post_that_could_not_be_published_is_published_again(settings):
+    """Helper "attacker13": a chat message that could not be published in time (it
+    waited behind a batch Redis was slow to answer) was saved and given up: its recipient's
+    socket on another server, open all along, never got it, and nothing told its page to
+    catch up. ``publish_until_sent`` publishes it again until it goes: the other server's
+    listener gets it, once, and this server's listener got it once, at once."""
+    from streaming import messages
+    from streaming.exceptions import MessagingUnavailable
+
+    settings.STREAMING = {"PUBLISH_TIMEOUT": 0.2}
+    proxy = HoldingFirst(require_redis(), delay=1.0, keyword=b"PUBLISH")
+    async with proxied_and_direct(proxy) as (posting, listening):
+        name = channel()
+        theirs, mine = Inbox(), Inbox()
+        await listening.add_listener(name, theirs, owner=Owner())
+        posting.add_listener(name, mine, owner=Owner())  # this server's own listener
+        slow = posting.post_message(name, Tick(n=0))  # its batch is held for 1 s
+        await asyncio.wait_for(proxy.holding.wait(), 10)
+        with pytest.raises(MessagingUnavailable):  # queued behind it: withdrawn
+            await posting.post_message(name, Tick(n=1))
+        with contextlib.suppress(MessagingUnavailable):
+            await slow  # "may not have arrived": it does, late
+        messages._buses[asyncio.get_running_loop()] = posting  # the task's get_bus()
+        messages._last = None
+        try:
+            task = messages.publish_until_sent(name, Tick(n=1))
+            assert task is not None
+            assert await asyncio.wait_for(task, WAIT) is True
+        finally:
+            messages.reset_bus()
+        assert sorted(await theirs.wait_for(2)) == [0, 1]
+        assert mine.got == [0, 1]  # at once, once: publishing again calls no local listener
