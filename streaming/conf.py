@@ -65,6 +65,9 @@ DEFAULTS: dict[str, Any] = {
     # Sockets one user may hold on one server process; the next is closed with 4029.
     # None: no limit.
     "MAX_SOCKETS_PER_USER": 100,
+    # Seconds a socket may stay open without a signed-in user (handshake credentials or an
+    # auth command); then it is closed with 4401. None: anonymous sockets stay.
+    "ANONYMOUS_TIMEOUT": None,
     # Seconds between re-checks that the users of open sockets are still active (catches
     # changes made without signals, such as QuerySet.update); None turns it off.
     "USER_RECHECK_INTERVAL": 60.0,
@@ -120,6 +123,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "FLOOD_CLOSE_AFTER": (int,),
     "FLOOD_WINDOW": (int, float),
     "MAX_SOCKETS_PER_USER": (int, type(None)),
+    "ANONYMOUS_TIMEOUT": (int, float, type(None)),
     "USER_RECHECK_INTERVAL": (int, float, type(None)),
     "PUBLISH_TIMEOUT": (int, float),
     "LISTEN_QUEUE_LIMIT": (int,),

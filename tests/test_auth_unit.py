@@ -280,6 +280,40 @@ async def test_auth_command_switches_identity_and_reopens_endpoints(make_user):
         await comm.assert_nothing_received()
 
 
+async def test_anonymous_timeout_closes_sockets_that_sign_in_no_user(make_user, settings):
+    """``ANONYMOUS_TIMEOUT``: an app whose every socket is a user's closes the others, so
+    that nobody holds anonymous sockets (helper "attacker13": 5,000 from one address, each
+    with a message begun and never finished, held 390 MB). A socket signed in at the
+    handshake, or by an ``auth`` command in time, stays; one whose ``auth`` fails is timed
+    again from its answer."""
+    settings.STREAMING = {"ANONYMOUS_TIMEOUT": 0.3}
+    alice, alice_key = await make_user("alice", password=None)
+    async with (
+        communicator(authorization=alice_key) as signed_in,
+        communicator() as signs_in_later,
+    ):
+        assert await signed_in.receive_message("who") == Identity(user_id=alice.pk)
+        assert await signed_in.receive_message("members") == Identity(user_id=alice.pk)
+        assert await signs_in_later.receive_message("who") == Identity(user_id=None)
+        await signs_in_later.send_command("auth", {"key": alice_key})
+        assert await signs_in_later.receive_message("who") == Identity(user_id=alice.pk)
+        assert await signs_in_later.receive_message("members") == Identity(user_id=alice.pk)
+        assert await signs_in_later.receive_command("auth") == {"user_id": alice.pk}
+        anonymous = communicator()  # opened after both: its timer fires after theirs would
+        connected, _ = await anonymous.connect()
+        assert connected
+        assert await anonymous.receive_message("who") == Identity(user_id=None)
+        assert await anonymous.receive_close() == 4401
+        await anonymous.disconnect()
+        for comm in (signed_in, signs_in_later):  # both still open
+            await comm.send_command("ping", {})
+            assert await comm.receive_command("pong") == {}
+        await signs_in_later.send_command("auth", {"key": "Token wrong"})  # signed out
+        assert await signs_in_later.receive_message("who") == Identity(user_id=None)
+        assert await signs_in_later.receive_command("auth") == {"user_id": None}
+        assert await signs_in_later.receive_close() == 4401
+
+
 async def test_auth_is_answered_while_a_hook_is_blocked():
     gate, entered = asyncio.Event(), asyncio.Event()
 
