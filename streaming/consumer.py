@@ -163,6 +163,7 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         self._torn_down = False
         self._late_join: asyncio.Task[None] | None = None  # see _until_open
         self._anonymous_timer: asyncio.TimerHandle | None = None  # ANONYMOUS_TIMEOUT
+        self._anonymous_over = False  # its time ran out while an auth command was answered
         self._max_bytes = 0
         self._max_values = 0
         self._max_depth = 0
@@ -252,7 +253,9 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         ``ANONYMOUS_TIMEOUT`` seconds (None: never). An app whose every socket is a user's
         sets it, so that nobody holds anonymous sockets open: an attacker's 5,000 from one
         address, each with a message begun and never finished, held 390 MB (helper
-        "attacker13"). An ``auth`` command under way gets its answer first."""
+        "attacker13"). One deadline from the moment the socket opens, or its user signs
+        out: failed ``auth`` commands do not extend it (helper "reviewer13"); one under
+        way at the deadline gets its answer first."""
         timeout = streaming_settings.ANONYMOUS_TIMEOUT
         if self._anonymous_timer is not None:
             self._anonymous_timer.cancel()
@@ -267,8 +270,12 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
         self._anonymous_timer = None
         if self._torn_down or getattr(self.user, "is_authenticated", False):
             return
-        if self._auth_task is not None:  # its answer decides (it times the socket again)
+        if self._auth_task is not None:  # its answer decides (_authenticate)
+            self._anonymous_over = True
             return
+        self._close_anonymous()
+
+    def _close_anonymous(self) -> None:
         logger.info(
             "closing %s: no user signed in within ANONYMOUS_TIMEOUT", self.scope.get("client")
         )
@@ -845,8 +852,13 @@ class StreamingConsumer(AsyncJsonWebsocketConsumer):
             if new_id != old_id:
                 await self._set_identity(new_user, reopen=True)
             self.send_text(protocol.encode_command("auth", {"user_id": new_id}))
-            if new_id is None:  # still (or again) anonymous: timed from now
+            if new_id is None and old_id is not None:  # signed out: timed from now
+                self._anonymous_over = False
                 self._time_anonymous()
+            elif new_id is None and self._anonymous_over:  # its time ran out meanwhile
+                self._close_anonymous()
+            elif new_id is not None:
+                self._anonymous_over = False
         except Exception:
             logger.exception("re-authenticating %s failed", self.scope.get("client"))
             self.send_error(ErrorCode.INTERNAL_ERROR, "The server failed to authenticate.")

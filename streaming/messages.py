@@ -505,6 +505,14 @@ class MessageBus:
                 while True:
                     want = channel in self._channels
                     have = channel in self._joined
+                    if want and have and repair:
+                        # Listened to again while its leave failed: channels-redis forgot
+                        # the group before the UNSUBSCRIBE that failed, so "joined" is no
+                        # longer true (helper "reviewer13": deaf until left again). Joined
+                        # again, with its probe.
+                        self._joined.discard(channel)
+                        self._begun.add(channel)
+                        have = repair = False
                     if want and have:
                         self._channels[channel].set_joined()
                         return

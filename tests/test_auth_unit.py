@@ -6,6 +6,7 @@ handshake, so ``override_settings`` changes the answer without any re-import.
 """
 
 import asyncio
+import json
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -312,6 +313,28 @@ async def test_anonymous_timeout_closes_sockets_that_sign_in_no_user(make_user, 
         assert await signs_in_later.receive_message("who") == Identity(user_id=None)
         assert await signs_in_later.receive_command("auth") == {"user_id": None}
         assert await signs_in_later.receive_close() == 4401
+
+
+async def test_failed_auth_commands_do_not_extend_the_anonymous_timeout(settings):
+    """Helper "reviewer13": each failed ``auth`` restarted the clock, so a socket sending a
+    wrong key a little more often than the timeout stayed open for good. One deadline
+    from the open: the wrong keys are answered, and the socket is closed at it."""
+    settings.STREAMING = {"ANONYMOUS_TIMEOUT": 0.5}
+    comm = communicator()
+    connected, _ = await comm.connect()
+    assert connected
+    assert await comm.receive_message("who") == Identity(user_id=None)
+    frames = []
+    async with asyncio.timeout(10):  # a failure guard: before, answered for ever
+        while True:  # a wrong key as fast as they are answered, until the close
+            await comm.send_command("auth", {"key": "Token wrong"})
+            frame = await comm.receive_output(timeout=5)
+            frames.append(frame)
+            if frame["type"] == "websocket.close":
+                break
+            assert json.loads(frame["text"]) == {"command": "auth", "args": {"user_id": None}}
+    assert frames[-1]["code"] == 4401
+    await comm.disconnect()
 
 
 async def test_auth_is_answered_while_a_hook_is_blocked():

@@ -667,3 +667,33 @@ async def test_a_post_that_could_not_be_published_is_published_again(settings):
             messages.reset_bus()
         assert sorted(await theirs.wait_for(2)) == [0, 1]
         assert mine.got == [0, 1]  # at once, once: publishing again calls no local listener
+
+
+async def test_a_channel_listened_to_again_while_its_leave_fails_is_joined_again(pair):
+    """Helper "reviewer13": channels-redis forgets a group before its UNSUBSCRIBE; if that
+    fails (a connection dropped) and the channel gets a listener again before the leave is
+    tried again, the bus took it for joined: the layer no longer had the group, and this
+    server never got another server's posts to it (a page reloaded during a Redis hiccup,
+    deaf until its channel was left again). It is joined again, with its probe."""
+    a, b = pair
+    name = channel()
+    first = Owner()
+    b.add_listener(name, Inbox(), owner=first)
+    await asyncio.wait_for(b.wait_joined([name]), WAIT)
+    shard = b.layer._get_layer()._shards[0]
+    unsubscribe = shard.unsubscribe
+    failed = asyncio.Event()
+
+    async def dropped(redis_channel):  # this one UNSUBSCRIBE fails
+        shard.unsubscribe = unsubscribe
+        failed.set()
+        raise ConnectionError("connection dropped")
+
+    shard.unsubscribe = dropped
+    b.remove_owner(first)  # the page closes...
+    await asyncio.wait_for(failed.wait(), WAIT)  # ...its leave failed, retried after a pause
+    inbox = Inbox()
+    b.add_listener(name, inbox, owner=Owner())  # ...and opens again meanwhile
+    await asyncio.wait_for(b.wait_joined([name]), WAIT)
+    await a.post_message(name, Tick(n=7))
+    assert await inbox.wait_for(1) == [7]  # before: never (the guard's timeout)

@@ -1572,6 +1572,15 @@ class Careless(Endpoint):
     async def anything(self, session) -> Any:
         return {"a": [1, "b", None]}
 
+    @streaming_method
+    async def subclasses(self, session) -> dict[str, str | float]:
+        from django.utils.html import format_html
+
+        class Float(float):  # numpy.float64 is one
+            pass
+
+        return {"safe": format_html("<b>{}</b>", "hi"), "mean": Float(1.5), "n": 2}
+
 
 async def test_a_result_its_return_hint_does_not_take_fails_the_call_and_says_why(caplog):
     """The value is not sent: the call fails with internal_error, and the log names the
@@ -1608,6 +1617,8 @@ async def test_a_result_its_return_hint_does_not_take_fails_the_call_and_says_wh
                 ("either", {"value": "str"}, "s"),
                 ("shade", {}, "dark"),
                 ("anything", {}, {"a": [1, "b", None]}),
+                # helper "reviewer13": subclasses travel as their base (a SafeString was refused)
+                ("subclasses", {}, {"safe": "<b>hi</b>", "mean": 1.5, "n": 2}),
             ]  # fmt: skip
             for i, (method, args, value) in enumerate(right):
                 await call(comm, method, f"r{i}", args, endpoint="careless")
