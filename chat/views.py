@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from django.conf import settings
@@ -14,6 +15,7 @@ from django.urls import reverse
 from .demo import DEMO_PASSWORD, DEMO_USERS
 from .people import display_name
 from .protocol import MAX_TEXT_LENGTH
+from .throttling import sign_in_wait
 
 
 class ChatLoginView(LoginView):
@@ -26,6 +28,17 @@ class ChatLoginView(LoginView):
     template_name = "chat/login.html"
     redirect_authenticated_user = True
 
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        wait = sign_in_wait(request)
+        if wait is None:
+            return super().post(request, *args, **kwargs)
+        form = self.get_form()
+        form.add_error(None, f"Too many sign-in attempts; try again in {math.ceil(wait)} s.")
+        response = self.form_invalid(form)
+        response.status_code = 429
+        response["Retry-After"] = str(math.ceil(wait))
+        return response
+
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
         context["signed_out"] = self.request.method == "GET" and "signed_out" in self.request.GET
@@ -33,6 +46,23 @@ class ChatLoginView(LoginView):
             context["demo_users"] = [name for name, _ in DEMO_USERS]
             context["demo_password"] = DEMO_PASSWORD
         return context
+
+
+def admin_login(request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+    """The admin's sign-in, throttled as the chat's (:func:`chat.throttling.sign_in_wait`)."""
+    from django.contrib import admin
+
+    if request.method == "POST":
+        wait = sign_in_wait(request)
+        if wait is not None:
+            response = HttpResponse(
+                f"Too many sign-in attempts; try again in {math.ceil(wait)} s.\n",
+                status=429,
+                content_type="text/plain; charset=utf-8",
+            )
+            response["Retry-After"] = str(math.ceil(wait))
+            return response
+    return admin.site.login(request, extra_context)
 
 
 @login_required

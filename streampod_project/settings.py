@@ -341,6 +341,8 @@ REST_FRAMEWORK = {
         "auth_token": _rate("STREAMPOD_THROTTLE_AUTH_TOKEN", "10/min"),
         # GET /api/users/ and /api/chat/messages/, per user.
         "chat_api": _rate("STREAMPOD_THROTTLE_CHAT_API", "300/min"),
+        # POST /login/ and /admin/login/, per client address (chat/throttling.py).
+        "sign_in": _rate("STREAMPOD_THROTTLE_SIGN_IN", "10/min"),
     },
     # The client address the throttle counts by: REMOTE_ADDR (0), or the address that
     # many proxies back in X-Forwarded-For. DRF's default (None) believes any

@@ -215,7 +215,11 @@ def test_the_https_variables(load):
     assert settings["SECURE_HSTS_PRELOAD"] is False
     assert settings["SESSION_COOKIE_SECURE"] is settings["CSRF_COOKIE_SECURE"] is True
     rest = settings["REST_FRAMEWORK"]
-    assert rest["DEFAULT_THROTTLE_RATES"] == {"auth_token": "5/hour", "chat_api": None}
+    assert rest["DEFAULT_THROTTLE_RATES"] == {
+        "auth_token": "5/hour",
+        "chat_api": None,
+        "sign_in": "10/min",
+    }
     assert rest["NUM_PROXIES"] == 2
 
 

@@ -182,6 +182,7 @@ def test_the_default_token_rate_is_ten_a_minute():
     assert settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] == {
         "auth_token": "10/min",
         "chat_api": "300/min",
+        "sign_in": "10/min",
     }
     get_user_model().objects.create_user("dana", password="pw-dana-1")
     client = APIClient()
@@ -190,6 +191,34 @@ def test_the_default_token_rate_is_ten_a_minute():
     response = client.post(TOKEN_URL, {"username": "dana", "password": "nope"})
     assert response.status_code == 429
     assert 0 < int(response["Retry-After"]) <= 60
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("_fast_passwords", "_private_cache")
+def test_the_sign_in_forms_share_the_token_views_allowance():
+    """Helper "reviewer13": the chat's sign-in form and the admin's had no throttle (50
+    wrong guesses of 50 were checked on each, then the right password signed in). One
+    allowance per address for both: 10 a minute, then 429 with Retry-After (the token
+    view has its own)."""
+    from django.test import Client
+
+    get_user_model().objects.create_superuser("root", "root@example.com", "pw-root-1")
+    client = Client()
+    codes = [
+        client.post("/login/", {"username": "root", "password": "nope"}).status_code
+        for _ in range(4)
+    ]
+    codes += [
+        client.post("/admin/login/", {"username": "root", "password": "nope"}).status_code
+        for _ in range(6)
+    ]
+    assert codes == [200] * 10  # wrong passwords, each checked
+    form = client.post("/login/", {"username": "root", "password": "pw-root-1"})
+    assert form.status_code == 429 and b"Too many sign-in attempts" in form.content
+    assert 0 < int(form["Retry-After"]) <= 60
+    admin = client.post("/admin/login/", {"username": "root", "password": "pw-root-1"})
+    assert admin.status_code == 429
+    assert client.get("/admin/login/").status_code == 200  # the page itself is not limited
 
 
 @pytest.fixture
