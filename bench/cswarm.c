@@ -17,8 +17,9 @@
  * is not: the server is ours, on loopback), masked text frames (one mask key per
  * connection, as bench/rawws.py, which says why), the server's frames of any length,
  * fragmented messages joined, pings answered with pongs, the close handshake either way.
- * Back-pressure: a sender whose connection has more than 64 KiB unsent waits (its message's
- * scheduled time counts the wait). Times are CLOCK_MONOTONIC seconds: Python's
+ * Back-pressure: when the next message's sender has more than 64 KiB unsent, sending waits
+ * (every sender: messages go in their scheduled order, as bench.swarm's awaited sends do),
+ * and the wait counts in those messages' latency (each is stamped with its schedule). Times are CLOCK_MONOTONIC seconds: Python's
  * time.perf_counter() on Linux, so the coordinator's and bench.swarm's stamps compare.
  */
 #define _GNU_SOURCE
@@ -51,6 +52,8 @@ enum { CONNECTING, UPGRADING, WAITING_READY, OPEN, CLOSING, CLOSED, FAILED };
 
 typedef struct {
     int fd, uid, state, writable_wanted;
+    char host[64];
+    int port;
     buf_t in, out, frag;
     int frag_op;
     unsigned char mask[4];
@@ -60,6 +63,7 @@ typedef struct {
 
 static conn_t **conns; /* each allocated once: epoll holds pointers to them */
 static int n_conns, opening, opened_now, failed_now, open_pending, blocked;
+static int n_opened; /* connections that got their BenchReady: bench.swarm's len(conns) */
 static int epfd;
 static char first_error[160];
 
@@ -73,6 +77,7 @@ static int *counts;
 static size_t cap_counts;
 static uint64_t *seen;
 static size_t cap_seen, n_seen;
+static int seen_bits; /* cap_seen == 1 << seen_bits */
 static struct rusage ru0;
 
 /* sending */
@@ -193,23 +198,28 @@ static void send_frame(conn_t *c, int opcode, const char *payload, size_t n) {
 
 /* -- what arrives -------------------------------------------------------------------- */
 
+static size_t slot_of(uint64_t key) { /* the product's high bits: every bit of key counts */
+    return (size_t)((key * 0x9E3779B97F4A7C15ULL) >> (64 - seen_bits));
+}
+
 static int seen_add(uint64_t key) { /* 1 if new */
     key += 1; /* 0 marks a free slot */
     if ((n_seen + 1) * 2 > cap_seen) {
         size_t old_cap = cap_seen;
         uint64_t *old = seen;
-        cap_seen = cap_seen ? cap_seen * 2 : 1 << 16;
+        seen_bits = seen_bits ? seen_bits + 1 : 16;
+        cap_seen = (size_t)1 << seen_bits;
         seen = calloc(cap_seen, sizeof *seen);
         if (!seen) die("calloc");
         for (size_t i = 0; i < old_cap; i++)
             if (old[i]) {
-                size_t j = (old[i] * 0x9E3779B97F4A7C15ULL) & (cap_seen - 1);
+                size_t j = slot_of(old[i]);
                 while (seen[j]) j = (j + 1) & (cap_seen - 1);
                 seen[j] = old[i];
             }
         free(old);
     }
-    size_t j = (key * 0x9E3779B97F4A7C15ULL) & (cap_seen - 1);
+    size_t j = slot_of(key);
     while (seen[j]) {
         if (seen[j] == key) return 0;
         j = (j + 1) & (cap_seen - 1);
@@ -245,6 +255,7 @@ static void on_text(conn_t *c, char *text) { /* NUL-terminated */
             c->state = OPEN;
             opening--;
             opened_now++;
+            n_opened++;
         } else if (strstr(text, "\"command\":\"error\"") || strstr(text, "\"command\": \"error\"")) {
             snprintf(first_error, sizeof first_error, "refused: %.100s", text);
             finish(c, FAILED);
@@ -288,7 +299,7 @@ static void on_text(conn_t *c, char *text) { /* NUL-terminated */
         memset(counts + cap_counts, 0, (cap - cap_counts) * sizeof *counts);
         cap_counts = cap;
     }
-    if (++counts[seq] == n_conns) emit("{\"done\": %ld}", seq); /* as bench.swarm counts */
+    if (++counts[seq] == n_opened) emit("{\"done\": %ld}", seq); /* as bench.swarm counts */
 }
 
 static void on_frames(conn_t *c) {
@@ -322,6 +333,13 @@ static void on_frames(conn_t *c) {
             for (uint64_t i = 0; i < n; i++) payload[i] ^= p[h - 4 + (i & 3)];
         at += h + n;
         if (op == 0x8) { /* close: answer with its code, then the server ends the TCP */
+            if (c->state == UPGRADING || c->state == WAITING_READY) { /* refused: 4029, 4401... */
+                int code = n >= 2 ? ((unsigned char)payload[0] << 8 | (unsigned char)payload[1]) : 1005;
+                snprintf(first_error, sizeof first_error, "closed with %d before ready", code);
+                send_frame(c, 0x8, payload, n >= 2 ? 2 : 0);
+                finish(c, FAILED);
+                return;
+            }
             if (c->state != CLOSING) {
                 if (c->state == OPEN) closed_count++; /* counted before the answer leaves */
                 c->state = CLOSING;
@@ -398,7 +416,7 @@ static void on_readable(conn_t *c) {
     }
 }
 
-static void on_connected(conn_t *c, const char *host, int port) {
+static void on_connected(conn_t *c) {
     int err = 0;
     socklen_t len = sizeof err;
     getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
@@ -424,7 +442,7 @@ static void on_connected(conn_t *c, const char *host, int port) {
     int n = snprintf(request, sizeof request,
                      "GET /websocket/?uid=%d HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                     c->uid, host, port, key64);
+                     c->uid, c->host, c->port, key64);
     c->state = UPGRADING;
     buf_add(&c->out, request, n);
     flush(c);
@@ -438,9 +456,6 @@ static double num(const char *line, const char *key, double otherwise) {
     const char *p = field(line, pattern);
     return p ? strtod(p, NULL) : otherwise;
 }
-
-static char host[64] = "127.0.0.1";
-static int port;
 
 static void cmd_open(const char *line) {
     const char *p = field(line, "\"conns\":");
@@ -456,10 +471,6 @@ static void cmd_open(const char *line) {
         const char *h = strstr(p, "://");
         h = h && h < end ? h + 3 : p;
         const char *colon = memchr(h, ':', end - h);
-        if (colon) {
-            snprintf(host, sizeof host, "%.*s", (int)(colon - h), h);
-            port = atoi(colon + 1);
-        }
         p = strchr(end, ',');
         if (!p) break;
         int uid = atoi(p + 1);
@@ -467,15 +478,22 @@ static void cmd_open(const char *line) {
         conn_t *c = conns ? calloc(1, sizeof *c) : NULL;
         if (!c) die("alloc");
         conns[n_conns] = c;
+        if (colon) { /* each connection to its own base */
+            snprintf(c->host, sizeof c->host, "%.*s", (int)(colon - h), h);
+            c->port = atoi(colon + 1);
+        } else {
+            snprintf(c->host, sizeof c->host, "127.0.0.1");
+            c->port = 80;
+        }
         c->uid = uid;
         c->last = -1;
         for (int i = 0; i < 4; i++) c->mask[i] = (next_random() & 0xfe) | 1; /* never 0 */
         n_conns++;
     }
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
-    inet_pton(AF_INET, host, &addr.sin_addr);
     for (int i = first; i < n_conns; i++) {
         conn_t *c = conns[i];
+        struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(c->port)};
+        inet_pton(AF_INET, c->host, &addr.sin_addr);
         c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
         if (c->fd < 0) die("socket");
         int one = 1;
@@ -504,7 +522,7 @@ static void cmd_track(const char *line) {
     if (counts) memset(counts, 0, cap_counts * sizeof *counts);
     for (int i = 0; i < n_conns; i++) conns[i]->last = -1;
     getrusage(RUSAGE_SELF, &ru0);
-    emit("{\"tracking\": %d}", n_conns);
+    emit("{\"tracking\": %d}", n_opened);
 }
 
 static void cmd_send(const char *line) {
@@ -689,7 +707,7 @@ int main(void) {
             }
             if (c->fd < 0) continue;
             if (c->state == CONNECTING && (events[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
-                on_connected(c, host, port);
+                on_connected(c);
                 continue;
             }
             if (events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) on_readable(c);

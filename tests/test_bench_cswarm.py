@@ -131,3 +131,60 @@ async def test_the_c_client_reports_a_refused_upgrade(built) -> None:
         assert "connect" in reply["errors"][0]
     finally:
         await swarm.stop()
+
+
+async def test_the_c_client_answers_an_open_whose_socket_is_refused_before_ready(built) -> None:
+    """Helper "reviewer13": a socket closed before its BenchReady (4029, 4401) left the
+    open unanswered until the coordinator's timeout."""
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.close(4029, "too many sockets")
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        swarm = await swarm_process().start()
+        try:
+            reply = await swarm.request(
+                cmd="open", dialect="streampod", conns=[[f"ws://127.0.0.1:{port}", 1]], timeout=10
+            )
+            assert (reply["opened"], reply["failed"]) == (0, 1)
+            assert "4029" in reply["errors"][0]
+        finally:
+            await swarm.stop()
+
+
+async def test_each_connection_goes_to_its_own_base_and_only_open_ones_count(built) -> None:
+    """Helper "reviewer13": every connection went to the last base named, and failed
+    opens counted in ``tracking`` and in the quorum of ``done`` (which never came)."""
+    seen: dict[int, list[str]] = {}
+
+    async def handler(ws: ServerConnection) -> None:
+        port = ws.local_address[1]
+        assert ws.request is not None
+        seen.setdefault(port, []).append(ws.request.path)
+        await ws.send(json.dumps({"object": {"className": "BenchReady", "data": {"uid": 0}}}))
+        await ws.send(relay(0, time.perf_counter()))
+        await ws.wait_closed()
+
+    async with (
+        serve(handler, "127.0.0.1", 0, compression=None) as one,
+        serve(handler, "127.0.0.1", 0, compression=None) as two,
+    ):
+        ports = [s.sockets[0].getsockname()[1] for s in (one, two)]
+        swarm = await swarm_process().start()
+        done = asyncio.Event()
+        swarm.on_done = lambda seq: done.set()
+        try:
+            assert await swarm.request(cmd="track") == {"tracking": 0}
+            reply = await swarm.request(
+                cmd="open",
+                dialect="streampod",
+                conns=[[f"ws://127.0.0.1:{ports[0]}", 1], [f"ws://127.0.0.1:{ports[1]}", 2],
+                       ["ws://127.0.0.1:9", 3]],
+            )  # fmt: skip
+            assert (reply["opened"], reply["failed"]) == (2, 1)
+            await asyncio.wait_for(done.wait(), 10)  # seq 0 reached both open sockets
+            assert await swarm.request(cmd="close") == {"closed": 3}
+        finally:
+            await swarm.stop()
+    assert seen == {ports[0]: ["/websocket/?uid=1"], ports[1]: ["/websocket/?uid=2"]}
