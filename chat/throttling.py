@@ -13,6 +13,7 @@ share, so handshakes waited behind them.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from streaming.throttling import AtomicScopedRateThrottle
@@ -35,12 +36,13 @@ class _SignInView:
     throttle_scope = "sign_in"
 
 
-def sign_in_wait(request: Any) -> float | None:
-    """None if a sign-in from this request may be tried, else the seconds to wait: the
+def sign_in_wait(request: Any) -> int | None:
+    """None if a sign-in from this request may be tried, else the whole seconds to wait
+    (``Retry-After``): the
     ``sign_in`` scope (10 a minute per client address, ``STREAMPOD_THROTTLE_SIGN_IN``),
     shared by the chat's sign-in form and the admin's, counted as the token view's is
     (helper "reviewer13": 50 of 50 wrong guesses were checked on each)."""
     throttle = ScopedRateThrottleFailLocal()
     if throttle.allow_request(request, _SignInView()):
         return None
-    return throttle.wait() or 1.0
+    return math.ceil(throttle.wait() or 1.0)

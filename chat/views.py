@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from django.conf import settings
@@ -33,10 +32,10 @@ class ChatLoginView(LoginView):
         if wait is None:
             return super().post(request, *args, **kwargs)
         form = self.get_form()
-        form.add_error(None, f"Too many sign-in attempts; try again in {math.ceil(wait)} s.")
+        form.add_error(None, f"Too many sign-in attempts; try again in {wait} s.")
         response = self.form_invalid(form)
         response.status_code = 429
-        response["Retry-After"] = str(math.ceil(wait))
+        response["Retry-After"] = str(wait)
         return response
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
@@ -56,11 +55,11 @@ def admin_login(request: HttpRequest, extra_context: dict[str, Any] | None = Non
         wait = sign_in_wait(request)
         if wait is not None:
             response = HttpResponse(
-                f"Too many sign-in attempts; try again in {math.ceil(wait)} s.\n",
+                f"Too many sign-in attempts; try again in {wait} s.\n",
                 status=429,
                 content_type="text/plain; charset=utf-8",
             )
-            response["Retry-After"] = str(math.ceil(wait))
+            response["Retry-After"] = str(wait)
             return response
     return admin.site.login(request, extra_context)
 

@@ -359,8 +359,7 @@ class MessageBus:
             self._deliver(channel, entry, message)
         result: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         if self.cross_process and global_ is not False:
-            event = {"type": EVENT_TYPE, "origin": self.id, "channel": channel, "object": wire}
-            self._publish_soon(channel, event, result)
+            self._publish_soon(channel, self._event(channel, wire), result)
         else:
             result.set_result(True)
         return result
@@ -372,11 +371,13 @@ class MessageBus:
         check_channel(channel)
         if not self.cross_process:
             raise MessagingNotGlobal()
-        event = {"type": EVENT_TYPE, "origin": self.id, "channel": channel,
-                 "object": encode_object(message)}  # fmt: skip
         result: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._publish_soon(channel, event, result)
+        self._publish_soon(channel, self._event(channel, encode_object(message)), result)
         return result
+
+    def _event(self, channel: str, wire: str) -> dict[str, Any]:
+        """The channel-layer event that carries a post (``wire``: the encoded message)."""
+        return {"type": EVENT_TYPE, "origin": self.id, "channel": channel, "object": wire}
 
     def _publish_soon(
         self, channel: str, event: dict[str, Any], result: asyncio.Future[bool]

@@ -74,6 +74,16 @@ def channel() -> str:
     return f"user_{uuid.uuid4().hex[:8]}"
 
 
+async def listening(bus: MessageBus, count: int) -> tuple[list[str], Owner]:
+    """``count`` new channels, each with a listener of one owner on ``bus``, joined."""
+    names = [channel() for _ in range(count)]
+    owner = Owner()
+    for name in names:
+        bus.add_listener(name, Inbox(), owner=owner)
+    await asyncio.wait_for(bus.wait_joined(names, bounded=False), WAIT)
+    return names, owner
+
+
 async def test_a_post_right_after_the_join_is_confirmed_always_arrives(pair):
     a, b = pair
     # Fifty fresh channels: each joined on b, then posted to from a at once.
@@ -521,11 +531,7 @@ async def test_leaves_go_to_the_broker_a_bounded_number_at_a_time(pair):
 
     url = require_redis()
     _, b = pair
-    names = [channel() for _ in range(1000)]
-    owner = Owner()
-    for name in names:
-        b.add_listener(name, Inbox(), owner=owner)
-    await asyncio.wait_for(b.wait_joined(names, bounded=False), WAIT)
+    names, owner = await listening(b, 1000)
     loop_layer = b.layer._get_layer()
     [shard] = loop_layer._shards
     counting = shard._lock = CountingLock()
@@ -561,11 +567,7 @@ async def test_a_leave_held_up_past_the_timeout_still_unsubscribes(pair, setting
     settings.STREAMING = {"PUBLISH_TIMEOUT": 0.2}
     url = require_redis()
     _, b = pair
-    names = [channel() for _ in range(3)]
-    owner = Owner()
-    for name in names:
-        b.add_listener(name, Inbox(), owner=owner)
-    await b.wait_joined(names)
+    names, owner = await listening(b, 3)
     loop_layer = b.layer._get_layer()
     carriers = [loop_layer._get_group_channel_name(group_name(name)) for name in names]
     assert [await _subscribers(url, carrier) for carrier in carriers] == [1, 1, 1]
